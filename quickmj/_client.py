@@ -1,0 +1,494 @@
+"""AsyncClient: one method per relay endpoint, plus batch reads and downloads."""
+
+from __future__ import annotations
+
+import enum
+import logging
+import os
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import TypeAlias
+from urllib.parse import quote
+
+import anyio
+
+from ._config import (
+    AuthScheme,
+    Mode,
+    RetryPolicy,
+    Timeouts,
+    check_auth_scheme,
+    resolve_api_key,
+    resolve_base_url,
+    resolve_mode,
+)
+from ._converter import unstructure
+from ._download import download_url, safe_stem
+from ._images import ImageInput, to_data_url, to_wire_images
+from ._models import (
+    ActionRequest,
+    BlendDimensions,
+    BlendRequest,
+    BotType,
+    Button,
+    DescribeRequest,
+    ImagineRequest,
+    ListByIdsRequest,
+    ModalRequest,
+    ShortenRequest,
+    SubmitRequest,
+    SubmitResult,
+    Task,
+)
+from ._responses import parse_submit, parse_task_list, parse_task_or_none, rejection_from_body
+from ._transport import EMPTY, Transport
+from .errors import (
+    DownloadError,
+    InvalidInputError,
+    MalformedResponseError,
+    NotFoundError,
+    QueueFullError,
+    RelatedTaskNotFoundError,
+    SubmitRejectedError,
+    TaskNotFoundError,
+    UsageError,
+)
+
+__all__ = ("AsyncClient", "TaskRef")
+
+logger = logging.getLogger("quickmj")
+
+#: Wherever a task is expected: a Task, the SubmitResult that created it, or its id.
+TaskRef: TypeAlias = "Task | SubmitResult | str"
+
+_BLEND_MIN, _BLEND_MAX = 2, 5
+
+
+class _State(enum.Enum):
+    UNOPENED = 1  # built, no request made yet
+    OPENED = 2  # a session exists
+    CLOSED = 3  # aclose() ran; the client cannot be reused
+
+
+def task_id_of(ref: TaskRef) -> str:
+    """The id behind a TaskRef, validated as a non-empty string."""
+    if isinstance(ref, Task):
+        value = ref.id
+    elif isinstance(ref, SubmitResult):
+        value = ref.task_id
+    elif isinstance(ref, str):
+        value = ref.strip()
+    else:
+        raise InvalidInputError(
+            f"expected a Task, SubmitResult or task id, got {type(ref).__name__}"
+        )
+    if not value:
+        raise InvalidInputError("empty task id")
+    return value
+
+
+def _id_path(task_id: str) -> str:
+    # Quoted as one path segment: an id can never reach another route.
+    return quote(task_id, safe="")
+
+
+class AsyncClient:
+    """Async client for a midjourney-proxy style relay (QuickRouter by default).
+
+    Use it as ``async with AsyncClient() as mj: ...`` or call ``await mj.aclose()``. The
+    aiohttp session is created on first use, inside the running event loop.
+
+    Args:
+        api_key: the relay key; defaults to ``$QUICKMJ_API_KEY``.
+        base_url: defaults to ``$QUICKMJ_BASE_URL`` or ``https://api.quickrouter.ai``.
+        mode: ``"fast"``, ``"relax"``, ``"turbo"`` or None (the key's default), also from
+            ``$QUICKMJ_MODE``; sent as the ``/mj-fast``-style path prefix.
+        auth_scheme: ``"bearer"`` (QuickRouter), ``"mj-api-secret"`` or ``"raw"`` for
+            self-hosted midjourney-proxy servers.
+        timeouts: HTTP timeouts (never job timeouts).
+        retry: backoff policy for reads; submits are never re-sent blindly.
+        max_connections: size of the connection pool.
+        list_chunk_size: ids per list-by-condition request in ``fetch_many``.
+    """
+
+    def __init__(
+        self,
+        api_key: str | None = None,
+        *,
+        base_url: str | None = None,
+        mode: Mode | None = None,
+        auth_scheme: AuthScheme = "bearer",
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        max_connections: int = 64,
+        list_chunk_size: int = 100,
+    ) -> None:
+        if max_connections < 1:
+            raise InvalidInputError("max_connections must be at least 1")
+        if list_chunk_size < 1:
+            raise InvalidInputError("list_chunk_size must be at least 1")
+        self._mode = resolve_mode(mode)
+        self._transport = Transport(
+            api_key=resolve_api_key(api_key),
+            base_url=resolve_base_url(base_url),
+            mode=self._mode,
+            auth_scheme=check_auth_scheme(auth_scheme),
+            timeouts=timeouts or Timeouts(),
+            retry=retry or RetryPolicy(),
+            max_connections=max_connections,
+        )
+        self._auth_scheme = auth_scheme
+        self._list_chunk_size = list_chunk_size
+        self._max_connections = max_connections
+        self._state = _State.UNOPENED
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncClient base_url={self.base_url!r} mode={self._mode!r} "
+            f"auth_scheme={self._auth_scheme!r}>"
+        )
+
+    @property
+    def base_url(self) -> str:
+        return self._transport.base_url
+
+    @property
+    def mode(self) -> Mode | None:
+        return self._mode
+
+    @property
+    def retry(self) -> RetryPolicy:
+        return self._transport.retry
+
+    @property
+    def is_closed(self) -> bool:
+        return self._state is _State.CLOSED
+
+    # ---- lifecycle ----
+
+    async def __aenter__(self) -> AsyncClient:
+        if self._state is _State.CLOSED:
+            raise UsageError("cannot reopen a closed client; create a new one")
+        self._state = _State.OPENED
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session. Idempotent; further calls raise ClientClosedError."""
+        if self._state is _State.CLOSED:
+            return
+        self._state = _State.CLOSED
+        await self._close_hooks()
+        await self._transport.aclose()
+
+    async def _close_hooks(self) -> None:
+        """Extension point for components that must stop before the session closes."""
+
+    # ---- submits ----
+
+    async def imagine(
+        self,
+        prompt: str,
+        *,
+        images: Sequence[ImageInput] = (),
+        bot_type: BotType | str | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        """Submit an /imagine job. ``images`` are reference images (bytes, paths, URLs)."""
+        if not prompt or not prompt.strip():
+            raise InvalidInputError("prompt must not be empty")
+        wire = await to_wire_images(tuple(images)) if images else None
+        return await self._submit(
+            "imagine",
+            ImagineRequest(
+                prompt=prompt.strip(),
+                base64_array=wire,
+                bot_type=_bot_type(bot_type),
+                notify_hook=notify_hook,
+                state=state,
+            ),
+        )
+
+    async def blend(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        dimensions: BlendDimensions | str | None = None,
+        bot_type: BotType | str | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        """Blend 2 to 5 images; ``dimensions`` is PORTRAIT, SQUARE or LANDSCAPE."""
+        if isinstance(images, (str, bytes)) or not _BLEND_MIN <= len(images) <= _BLEND_MAX:
+            raise InvalidInputError(f"blend takes {_BLEND_MIN} to {_BLEND_MAX} images")
+        dims = BlendDimensions(dimensions.upper()) if isinstance(dimensions, str) else dimensions
+        if dims is not None and not dims.is_known:
+            raise InvalidInputError("dimensions must be PORTRAIT, SQUARE or LANDSCAPE")
+        return await self._submit(
+            "blend",
+            BlendRequest(
+                base64_array=await to_wire_images(tuple(images)),
+                dimensions=dims,
+                bot_type=_bot_type(bot_type),
+                notify_hook=notify_hook,
+                state=state,
+            ),
+        )
+
+    async def describe(
+        self,
+        image: ImageInput,
+        *,
+        bot_type: BotType | str | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        """Ask Midjourney for four prompts that describe ``image``."""
+        return await self._submit(
+            "describe",
+            DescribeRequest(
+                base64=await to_data_url(image, allow_url=False),
+                bot_type=_bot_type(bot_type),
+                notify_hook=notify_hook,
+                state=state,
+            ),
+        )
+
+    async def shorten(
+        self,
+        prompt: str,
+        *,
+        bot_type: BotType | str | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        """Analyse a prompt and suggest shorter versions."""
+        if not prompt or not prompt.strip():
+            raise InvalidInputError("prompt must not be empty")
+        return await self._submit(
+            "shorten",
+            ShortenRequest(
+                prompt=prompt.strip(),
+                bot_type=_bot_type(bot_type),
+                notify_hook=notify_hook,
+                state=state,
+            ),
+        )
+
+    async def action(
+        self,
+        task: TaskRef,
+        button: Button | str,
+        *,
+        choose_same_channel: bool = False,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        """Press a button of a finished task (upscale, variation, reroll, zoom, pan, ...).
+
+        ``button`` is a Button, a raw customId (``"MJ::JOB::upsample::2::..."``) or a label
+        such as ``"U2"``, ``"V3"`` or ``"🔄"`` looked up on the task (fetched if you pass an
+        id). If the answer ``needs_modal``, finish with ``modal(result.task_id, ...)``.
+        """
+        task_id = task_id_of(task)
+        custom_id = await self._resolve_custom_id(task, button)
+        return await self._submit(
+            "action",
+            ActionRequest(
+                task_id=task_id,
+                custom_id=custom_id,
+                choose_same_channel=choose_same_channel,
+                notify_hook=notify_hook,
+                state=state,
+            ),
+        )
+
+    async def modal(
+        self,
+        task: TaskRef,
+        *,
+        prompt: str | None = None,
+        mask: ImageInput | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> SubmitResult:
+        """Confirm a task waiting in MODAL (after an ``action`` answered ``needs_modal``).
+
+        For custom zoom pass a prompt with ``--zoom 1..2``; for vary region pass ``mask`` (a
+        PNG, white where to repaint) and optionally a new prompt.
+        """
+        return await self._submit(
+            "modal",
+            ModalRequest(
+                task_id=task_id_of(task),
+                prompt=prompt,
+                mask_base64=await to_data_url(mask, allow_url=False) if mask is not None else None,
+                notify_hook=notify_hook,
+                state=state,
+            ),
+        )
+
+    async def _resolve_custom_id(self, task: TaskRef, button: Button | str) -> str:
+        if isinstance(button, Button):
+            return button.custom_id
+        if not isinstance(button, str) or not button.strip():
+            raise InvalidInputError("button must be a Button, a customId or a label")
+        if button.startswith("MJ::"):
+            return button  # a raw customId, known to us or not
+        resolved = task if isinstance(task, Task) else await self.fetch(task)
+        return resolved.button(button).custom_id
+
+    async def _submit(self, endpoint: str, request: SubmitRequest) -> SubmitResult:
+        path = f"/submit/{endpoint}"
+        body = unstructure(request)
+        policy = self._transport.retry
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                data = await self._transport.request_json(
+                    "POST", path, body=body, idempotent=False, request=request, state=request.state
+                )
+                result = parse_submit(data, path)
+            except QueueFullError:
+                # Nothing was created, so a retry cannot pay twice; only when asked for.
+                if not policy.retry_submits or attempt >= policy.max_attempts:
+                    raise
+                await anyio.sleep(policy.delay(attempt))
+                continue
+            logger.debug("%s -> task %s (code %d)", path, result.task_id, result.code)
+            return result
+
+    # ---- reads ----
+
+    async def fetch(self, task: TaskRef) -> Task:
+        """The task's current state. Unknown id -> TaskNotFoundError."""
+        task_id = task_id_of(task)
+        path = f"/task/{_id_path(task_id)}/fetch"
+        try:
+            data = await self._transport.request_json("GET", path, idempotent=True)
+        except (NotFoundError, RelatedTaskNotFoundError) as exc:
+            raise TaskNotFoundError(task_id) from exc
+        except SubmitRejectedError as exc:
+            if "found" in exc.description.lower():
+                raise TaskNotFoundError(task_id) from exc
+            raise
+        found = parse_task_or_none(data, path)
+        if found is None:
+            raise TaskNotFoundError(task_id)
+        return found
+
+    async def list_tasks(self, ids: Iterable[str]) -> list[Task]:
+        """One list-by-condition request, as the relay answers it: any order, unknown ids
+        left out. Most callers want ``fetch_many``."""
+        unique = tuple(dict.fromkeys(ids))
+        if not unique:
+            return []
+        path = "/task/list-by-condition"
+        data = await self._transport.request_json(
+            "POST", path, body=unstructure(ListByIdsRequest(ids=unique)), idempotent=True
+        )
+        return parse_task_list(data, path)
+
+    async def fetch_many(self, tasks: Iterable[TaskRef], *, max_concurrency: int = 4) -> list[Task]:
+        """Fetch many tasks with list-by-condition, ``list_chunk_size`` ids per request.
+
+        Returns tasks in input order (duplicates repeated). Ids the relay does not return
+        are asked for again (relays may truncate); any still missing raise TaskNotFoundError
+        with ``missing ids`` in ``task_ids`` and the tasks that were found in ``found``.
+        """
+        ids = [task_id_of(t) for t in tasks]
+        found: dict[str, Task] = {}
+        pending = list(dict.fromkeys(ids))
+        limiter = anyio.CapacityLimiter(max(1, max_concurrency))
+
+        async def run_chunk(chunk: list[str]) -> None:
+            async with limiter:
+                for t in await self.list_tasks(chunk):
+                    if t.id in wanted:
+                        found[t.id] = t
+
+        while pending:
+            wanted = set(pending)
+            before = len(found)
+            async with anyio.create_task_group() as tg:
+                for i in range(0, len(pending), self._list_chunk_size):
+                    tg.start_soon(run_chunk, pending[i : i + self._list_chunk_size])
+            pending = [i for i in pending if i not in found]
+            if len(found) == before:
+                break  # no progress: what is left is unknown to the relay
+        missing = [i for i in dict.fromkeys(ids) if i not in found]
+        if missing:
+            raise TaskNotFoundError(missing, found=[found[i] for i in ids if i in found])
+        return [found[i] for i in ids]
+
+    async def image_seed(self, task: TaskRef) -> str:
+        """The Midjourney seed of a finished task (may take up to a minute on some relays)."""
+        task_id = task_id_of(task)
+        path = f"/task/{_id_path(task_id)}/image-seed"
+        try:
+            data = await self._transport.request_json(
+                "GET", path, idempotent=True, read_timeout=self._transport.timeouts.image_seed
+            )
+        except RelatedTaskNotFoundError as exc:
+            raise TaskNotFoundError(task_id) from exc
+        if isinstance(data, dict) and "code" not in data and "id" in data:
+            # The relay's docs show a Task here (a copy error): refuse clearly.
+            raise MalformedResponseError(
+                f"{path}: expected {{code, result}} with the seed, got a task object", path=path
+            )
+        rejection = rejection_from_body(data, status=200, body="", path=path)
+        if rejection is not None:
+            if isinstance(rejection, RelatedTaskNotFoundError):
+                raise TaskNotFoundError(task_id) from rejection
+            raise rejection
+        result = parse_submit(data, path) if data is not EMPTY else None
+        if result is None or not result.result:
+            raise MalformedResponseError(f"{path}: no seed in the answer", path=path)
+        return result.result
+
+    async def download(
+        self,
+        task: TaskRef,
+        dest: str | os.PathLike[str],
+        *,
+        index: int | None = None,
+        filename: str | None = None,
+    ) -> Path:
+        """Save the task's image into directory ``dest`` and return the file's path.
+
+        The name is derived from the task id (``<id>.png``, or ``<id>-<index>.png`` for one
+        of ``image_urls``), never from the URL; ``filename`` overrides the stem and is
+        sanitised too. The file appears only when complete (atomic rename).
+        """
+        resolved = task if isinstance(task, Task) else await self.fetch(task)
+        if index is None:
+            url = resolved.image_url
+            stem = safe_stem(filename or resolved.id)
+        else:
+            if not 1 <= index <= len(resolved.image_urls):
+                raise InvalidInputError(
+                    f"task {resolved.id} has {len(resolved.image_urls)} image_urls; "
+                    f"index {index} is out of range"
+                )
+            url = resolved.image_urls[index - 1].url
+            stem = safe_stem(filename or f"{resolved.id}-{index}")
+        if not url:
+            raise DownloadError(f"task {resolved.id} has no image yet (status {resolved.status})")
+        return await download_url(self._transport, url, dest, stem)
+
+
+def _bot_type(value: BotType | str | None) -> BotType | None:
+    if value is None or isinstance(value, BotType):
+        return value
+    aliases = {"mj": "MID_JOURNEY", "midjourney": "MID_JOURNEY", "niji": "NIJI_JOURNEY"}
+    return BotType(aliases.get(value.lower(), value.upper()))

@@ -1,0 +1,220 @@
+"""The one cattrs converter that maps every wire structure to and from JSON.
+
+Rules (registered once, at import):
+
+- camelCase on the wire, snake_case in Python, for every attrs class;
+- unknown JSON fields are ignored; missing optional fields take their defaults;
+- ``null`` for a field with a default means the default (relays send ``"buttons": null``);
+- ids and other strings accept JSON numbers (some relays send ids as numbers) but never
+  objects, lists or booleans;
+- enums keep unknown values (see ``_models._OpenEnum``); ``""`` for an optional enum is None;
+- ``properties`` is kept whole, as a plain dict;
+- request classes omit fields that are None.
+
+Any structuring problem becomes :class:`quickmj.MalformedResponseError` naming the field.
+"""
+
+from __future__ import annotations
+
+import math
+import types
+import typing
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, override
+
+from . import _models as m
+from .errors import MalformedResponseError
+
+__all__ = ("converter", "make_converter", "structure", "to_camel", "unstructure")
+
+T = TypeVar("T")
+
+_REQUEST_CLASSES: frozenset[type] = frozenset(
+    {
+        m.ImagineRequest,
+        m.BlendRequest,
+        m.DescribeRequest,
+        m.ShortenRequest,
+        m.ActionRequest,
+        m.ModalRequest,
+        m.ListByIdsRequest,
+    }
+)
+
+
+def to_camel(name: str) -> str:
+    """``mask_base64`` -> ``maskBase64``."""
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _structure_str(value: Any, _: type) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        raise TypeError(f"expected a string, got {value!r}")
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        # A 16-digit id that went through a float parser still reads as the same digits.
+        return str(int(value))
+    raise TypeError(f"expected a string, got {type(value).__name__}")
+
+
+def _structure_int(value: Any, _: type) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"expected an integer, got {value!r}")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        return int(value)
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value.strip())
+    raise TypeError(f"expected an integer, got {type(value).__name__}")
+
+
+def _structure_bool(value: Any, _: type) -> bool:
+    if isinstance(value, bool):
+        return value
+    raise TypeError(f"expected a boolean, got {type(value).__name__}")
+
+
+def _structure_properties(value: Any, _: type) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return dict(value)
+    raise TypeError(f"expected an object, got {type(value).__name__}")
+
+
+def _structure_media(value: Any, _: type) -> m.MediaUrl:
+    # imageUrls come as ["url", ...] on some relays and [{"url", "thumbnail"}] on others.
+    if isinstance(value, str):
+        return m.MediaUrl(url=value)
+    if isinstance(value, dict):
+        url = value.get("url")
+        thumb = value.get("thumbnail")
+        if isinstance(url, str) and (thumb is None or isinstance(thumb, str)):
+            return m.MediaUrl(url=url, thumbnail=thumb)
+    raise TypeError(f"expected a URL or {{url, thumbnail}}, got {type(value).__name__}")
+
+
+def _make_enum_hook(cls: type[m._OpenEnum]) -> Callable[[Any, type], Any]:
+    def hook(value: Any, _: type) -> Any:
+        if not isinstance(value, str):
+            raise TypeError(f"expected a string for {cls.__name__}, got {type(value).__name__}")
+        return cls(value)
+
+    return hook
+
+
+def _optional_inner(tp: Any) -> Any:
+    """For ``X | None`` return X, else None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1 and len(typing.get_args(tp)) == 2:
+            return args[0]
+    return None
+
+
+def _is_enum(tp: Any) -> bool:
+    return isinstance(tp, type) and issubclass(tp, m._OpenEnum)
+
+
+def _structure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
+    def factory(cls: type) -> Any:
+        fields = attrs.fields(cls)
+        overrides = {f.name: override(rename=to_camel(f.name)) for f in fields}
+        inner: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, c, **overrides)  # type: ignore[arg-type]
+        # Fields whose null means "use the default" (relays send null for absent lists).
+        defaulted = {
+            to_camel(f.name)
+            for f in fields
+            if f.default is not attrs.NOTHING and _optional_inner(f.type) is None
+        }
+        # A blank enum ("status": "" in the relay's template sample) means "not given".
+        optional_enums = {
+            to_camel(f.name)
+            for f in fields
+            if f.default is not attrs.NOTHING and _is_enum(_optional_inner(f.type) or f.type)
+        }
+
+        def structure(value: Any, _: type) -> Any:
+            if not isinstance(value, dict):
+                raise TypeError(
+                    f"expected an object for {cls.__name__}, got {type(value).__name__}"
+                )
+            if any(value.get(k, 0) is None for k in defaulted) or any(
+                value.get(k) == "" for k in optional_enums
+            ):
+                value = {
+                    k: v
+                    for k, v in value.items()
+                    if not ((k in defaulted and v is None) or (k in optional_enums and v == ""))
+                }
+            return inner(value, cls)
+
+        return structure
+
+    return factory
+
+
+def _unstructure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
+    def factory(cls: type) -> Any:
+        overrides = {f.name: override(rename=to_camel(f.name)) for f in attrs.fields(cls)}
+        inner: Callable[[Any], Any] = make_dict_unstructure_fn(cls, c, **overrides)  # type: ignore[arg-type]
+        if cls not in _REQUEST_CLASSES:
+            return inner
+
+        def unstructure(obj: Any) -> dict[str, Any]:
+            return {k: v for k, v in inner(obj).items() if v is not None}
+
+        return unstructure
+
+    return factory
+
+
+def configure_converter(c: cattrs.Converter) -> None:
+    """Register quickmj's hooks on ``c`` (primitives first, then enums, then classes)."""
+    c.register_structure_hook(str, _structure_str)
+    c.register_structure_hook(int, _structure_int)
+    c.register_structure_hook(bool, _structure_bool)
+    c.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_properties)
+    c.register_structure_hook(m.MediaUrl, _structure_media)
+    for enum_cls in (m.TaskStatus, m.TaskAction, m.BotType, m.BlendDimensions):
+        c.register_structure_hook(enum_cls, _make_enum_hook(enum_cls))
+    c.register_unstructure_hook(tuple, list)
+    c.register_structure_hook_factory(attrs.has, _structure_attrs_factory(c))
+    c.register_unstructure_hook_factory(attrs.has, _unstructure_attrs_factory(c))
+
+
+def make_converter(**kwargs: Any) -> cattrs.Converter:
+    """Build a converter configured for quickmj (tests build a strict one from this)."""
+    c = cattrs.Converter(**kwargs)
+    configure_converter(c)
+    return c
+
+
+#: The converter every module uses. Hooks are generated once per class and cached.
+converter = make_converter()
+
+
+def structure(data: Any, cls: type[T], *, what: str = "", status: int | None = None) -> T:
+    """Structure JSON data into ``cls`` or raise MalformedResponseError naming the field."""
+    try:
+        return converter.structure(data, cls)
+    except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
+        if isinstance(exc, cattrs.BaseValidationError):
+            detail = "; ".join(cattrs.transform_error(exc, path=what or cls.__name__))
+        else:
+            detail = f"{what or cls.__name__}: {exc}"
+        raise MalformedResponseError(f"unexpected response shape: {detail}", status=status) from exc
+
+
+def unstructure(obj: Any) -> Any:
+    """Unstructure a wire structure into JSON-ready data (camelCase keys)."""
+    return converter.unstructure(obj)

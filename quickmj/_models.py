@@ -1,0 +1,412 @@
+"""Wire structures: frozen, slotted attrs classes with snake_case fields.
+
+The models know nothing about JSON: camelCase names and type coercion live in
+``_converter.py``. Enums are forward compatible: a value this version does not know (a new
+status or action from a newer relay) becomes a pseudo-member whose ``.value`` is the raw
+string and whose ``is_known`` is False, rather than an error or a wrong known value.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import re
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+
+from .errors import ButtonNotFoundError
+
+__all__ = (
+    "ActionRequest",
+    "BlendDimensions",
+    "BlendRequest",
+    "BotType",
+    "Button",
+    "DescribeRequest",
+    "ImagineRequest",
+    "ListByIdsRequest",
+    "MediaUrl",
+    "ModalRequest",
+    "ShortenRequest",
+    "SubmitResult",
+    "Task",
+    "TaskAction",
+    "TaskStatus",
+)
+
+
+class _OpenEnum(str, enum.Enum):
+    """A str enum that keeps unknown values as ``UNKNOWN`` pseudo-members."""
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if not isinstance(value, str):
+            return None
+        # Not registered in _value2member_map_: unknown values cannot grow the enum.
+        member = str.__new__(cls, value)
+        member._name_ = "UNKNOWN"
+        member._value_ = value
+        return member
+
+    @property
+    def is_known(self) -> bool:
+        """False for a value this version of quickmj does not know."""
+        return self._name_ != "UNKNOWN"
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+class TaskStatus(_OpenEnum):
+    """Status of a task. Unknown values are kept (``TaskStatus("PAUSED").is_known is False``)."""
+
+    NOT_START = "NOT_START"
+    SUBMITTED = "SUBMITTED"
+    MODAL = "MODAL"
+    IN_PROGRESS = "IN_PROGRESS"
+    FAILURE = "FAILURE"
+    SUCCESS = "SUCCESS"
+    CANCEL = "CANCEL"
+
+    @property
+    def is_terminal(self) -> bool:
+        """SUCCESS, FAILURE and CANCEL: the task will not change any more."""
+        return self in _TERMINAL
+
+
+_TERMINAL = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILURE, TaskStatus.CANCEL})
+
+
+class TaskAction(_OpenEnum):
+    """What a task does. Relays add actions over time; unknown ones are kept."""
+
+    IMAGINE = "IMAGINE"
+    UPSCALE = "UPSCALE"
+    VARIATION = "VARIATION"
+    HIGH_VARIATION = "HIGH_VARIATION"
+    LOW_VARIATION = "LOW_VARIATION"
+    REROLL = "REROLL"
+    ZOOM = "ZOOM"
+    CUSTOM_ZOOM = "CUSTOM_ZOOM"
+    PAN = "PAN"
+    INPAINT = "INPAINT"
+    OUTPAINT = "OUTPAINT"
+    MODAL = "MODAL"
+    DESCRIBE = "DESCRIBE"
+    BLEND = "BLEND"
+    SHORTEN = "SHORTEN"
+    SHOW = "SHOW"
+    ACTION = "ACTION"
+    PIC_READER = "PIC_READER"
+    SWAP_FACE = "SWAP_FACE"
+    SWAP_VIDEO_FACE = "SWAP_VIDEO_FACE"
+    VIDEO = "VIDEO"
+    VIDEO_EXTEND = "VIDEO_EXTEND"
+    EDIT = "EDIT"
+    EDITS = "EDITS"
+    RETEXTURE = "RETEXTURE"
+    UPSCALE_HD = "UPSCALE_HD"
+    UPLOAD = "UPLOAD"
+
+
+class BotType(_OpenEnum):
+    """Which Discord bot runs the job."""
+
+    MID_JOURNEY = "MID_JOURNEY"
+    NIJI_JOURNEY = "NIJI_JOURNEY"
+
+
+class BlendDimensions(_OpenEnum):
+    """Aspect ratio of a blend: PORTRAIT 2:3, SQUARE 1:1, LANDSCAPE 3:2."""
+
+    PORTRAIT = "PORTRAIT"
+    SQUARE = "SQUARE"
+    LANDSCAPE = "LANDSCAPE"
+
+
+# Button kinds whose customId carries a meaningful 1-4 position ("U2", "V3", ...).
+_INDEXED_KINDS = frozenset({"upsample", "variation", "video_virtual_upscale", "PicReader"})
+# Buttons that always open a modal (protocol.md §5): the action answers code 21.
+_MODAL_KINDS = frozenset({"CustomZoom", "Inpaint", "PicReader", "PromptAnalyzer"})
+
+
+@attrs.frozen
+class Button:
+    """A button of a finished task, pressed with ``AsyncClient.action``."""
+
+    custom_id: str
+    emoji: str = ""
+    label: str = ""
+    type: int = 2
+    style: int = 2
+
+    @property
+    def kind(self) -> str:
+        """The action name inside ``customId``: ``upsample``, ``variation``, ``reroll``,
+        ``pan_left``, ``Outpaint``, ``CustomZoom``, ``Inpaint``, ... (``""`` if unparsable)."""
+        parts = self.custom_id.split("::")
+        if len(parts) < 2 or parts[0] != "MJ":
+            return ""
+        if parts[1] in ("JOB", "Job") and len(parts) > 2:
+            return parts[2]
+        return parts[1]
+
+    @property
+    def index(self) -> int | None:
+        """The image position 1-4 for U/V-style buttons, else None."""
+        parts = self.custom_id.split("::")
+        if self.kind in _INDEXED_KINDS and len(parts) > 3 and parts[3].isdigit():
+            n = int(parts[3])
+            return n if 1 <= n <= 4 else None
+        return None
+
+    @property
+    def always_needs_modal(self) -> bool:
+        """True for buttons whose action always waits for ``modal`` (custom zoom, vary region)."""
+        return self.kind in _MODAL_KINDS
+
+    @property
+    def display(self) -> str:
+        """The label, or the emoji when the label is empty (the reroll button is ``🔄``)."""
+        return self.label or self.emoji or self.custom_id
+
+
+@attrs.frozen
+class MediaUrl:
+    """One of several result files (``imageUrls`` / ``videoUrls`` on relays that send them)."""
+
+    url: str
+    thumbnail: str | None = None
+
+
+def _ms_to_datetime(ms: int | None) -> dt.datetime | None:
+    if not ms:
+        return None
+    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+
+
+_PERCENT = re.compile(r"^\s*(\d{1,3})(?:\.\d+)?\s*%?\s*$")
+
+
+@attrs.frozen
+class Task:
+    """A Midjourney job as the relay reports it (fetch, list-by-condition, notifyHook)."""
+
+    id: str
+    status: TaskStatus = TaskStatus.NOT_START
+    action: TaskAction | None = None
+    progress: str | None = None
+    prompt: str | None = None
+    prompt_en: str | None = None
+    description: str | None = None
+    state: str | None = None
+    custom_id: str | None = None
+    bot_type: str | None = None
+    submit_time: int | None = None
+    start_time: int | None = None
+    finish_time: int | None = None
+    image_url: str | None = None
+    image_urls: tuple[MediaUrl, ...] = ()
+    video_url: str | None = None
+    video_urls: tuple[MediaUrl, ...] = ()
+    fail_reason: str | None = None
+    buttons: tuple[Button, ...] = ()
+    mask_base64: str | None = None
+    parent_id: str | None = None
+    seed: str | None = None
+    properties: dict[str, Any] = attrs.field(factory=dict, hash=False)
+
+    @property
+    def is_done(self) -> bool:
+        """The task reached a terminal status (SUCCESS, FAILURE or CANCEL)."""
+        return self.status.is_terminal
+
+    @property
+    def is_success(self) -> bool:
+        return self.status is TaskStatus.SUCCESS
+
+    @property
+    def is_failed(self) -> bool:
+        """FAILURE or CANCEL."""
+        return self.status in (TaskStatus.FAILURE, TaskStatus.CANCEL)
+
+    @property
+    def needs_modal(self) -> bool:
+        """The task waits in MODAL for ``AsyncClient.modal`` (custom zoom, vary region, remix)."""
+        return self.status is TaskStatus.MODAL
+
+    @property
+    def progress_percent(self) -> int | None:
+        """Progress as an int 0-100 (``"46%"`` -> 46); None when the relay gave none."""
+        if self.progress:
+            m = _PERCENT.match(self.progress)
+            if m:
+                return min(int(m.group(1)), 100)
+        return 100 if self.status is TaskStatus.SUCCESS else None
+
+    @property
+    def submitted_at(self) -> dt.datetime | None:
+        """``submitTime`` as an aware UTC datetime (None when absent or 0)."""
+        return _ms_to_datetime(self.submit_time)
+
+    @property
+    def started_at(self) -> dt.datetime | None:
+        return _ms_to_datetime(self.start_time)
+
+    @property
+    def finished_at(self) -> dt.datetime | None:
+        return _ms_to_datetime(self.finish_time)
+
+    @property
+    def final_prompt(self) -> str | None:
+        """The prompt as Midjourney ran it (``properties.finalPrompt``), when given."""
+        value = self.properties.get("finalPrompt")
+        return value if isinstance(value, str) else None
+
+    def button(self, wanted: str) -> Button:
+        """Find a button by label (``"U2"``), emoji (``"🔄"``) or exact customId.
+
+        Labels match case-insensitively; ``"U1"``-``"U4"`` and ``"V1"``-``"V4"`` also match
+        by customId when a relay sends buttons without labels. Raises ButtonNotFoundError.
+        """
+        key = wanted.strip()
+        for b in self.buttons:
+            if key == b.custom_id or (b.label and key.casefold() == b.label.casefold()):
+                return b
+        for b in self.buttons:
+            if b.emoji and key == b.emoji:
+                return b
+        m = re.fullmatch(r"([UuVv])([1-4])", key)
+        if m:
+            kind = "upsample" if m.group(1) in "Uu" else "variation"
+            for b in self.buttons:
+                if b.kind == kind and b.index == int(m.group(2)):
+                    return b
+        raise ButtonNotFoundError(wanted, self.id, [b.display for b in self.buttons])
+
+
+_SUCCESS_CODES = frozenset({1, 21, 22})
+
+
+@attrs.frozen
+class SubmitResult:
+    """The relay's answer to a submit (and to image-seed): ``{code, description, result}``."""
+
+    code: int
+    description: str = ""
+    result: str | None = None
+    properties: dict[str, Any] = attrs.field(factory=dict, hash=False)
+
+    @property
+    def task_id(self) -> str:
+        """The new task's id (for code 21, the id of the MODAL task to pass to ``modal``)."""
+        return self.result or ""
+
+    @property
+    def ok(self) -> bool:
+        """Codes 1, 21 and 22 create a task; anything else is a rejection."""
+        return self.code in _SUCCESS_CODES
+
+    @property
+    def needs_modal(self) -> bool:
+        """Code 21: the new task waits in MODAL until you call ``modal(result.task_id, ...)``."""
+        return self.code == 21
+
+    @property
+    def queued(self) -> bool:
+        """Code 22: accepted, but queued behind other jobs."""
+        return self.code == 22
+
+    @property
+    def queue_position(self) -> int | None:
+        """For code 22, how many jobs are ahead (``properties.numberOfQueues``)."""
+        value = self.properties.get("numberOfQueues")
+        if isinstance(value, bool):
+            return None
+        if isinstance(value, int):
+            return value
+        if isinstance(value, str) and value.isdigit():
+            return int(value)
+        return None
+
+
+@attrs.frozen
+class FailureBody:
+    """``{"success": false, "code": -1, "message": ...}``, sent by some relays on errors."""
+
+    success: bool
+    code: int = -1
+    message: str = ""
+
+
+# ---- requests (None fields are omitted from the JSON body) ----
+
+
+@attrs.frozen
+class ImagineRequest:
+    prompt: str
+    base64_array: tuple[str, ...] | None = None
+    bot_type: BotType | None = None
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class BlendRequest:
+    base64_array: tuple[str, ...]
+    dimensions: BlendDimensions | None = None
+    bot_type: BotType | None = None
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class DescribeRequest:
+    base64: str
+    bot_type: BotType | None = None
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class ShortenRequest:
+    prompt: str
+    bot_type: BotType | None = None
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class ActionRequest:
+    task_id: str
+    custom_id: str
+    # QuickRouter documents this as required; False = only the task's own account.
+    choose_same_channel: bool = False
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class ModalRequest:
+    task_id: str
+    prompt: str | None = None
+    mask_base64: str | None = None
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class ListByIdsRequest:
+    ids: tuple[str, ...]
+
+
+SubmitRequest = (
+    ImagineRequest | BlendRequest | DescribeRequest | ShortenRequest | ActionRequest | ModalRequest
+)
+
+
+def properties_of(value: Mapping[str, Any] | None) -> dict[str, Any]:
+    """A fresh dict copy of an optional mapping."""
+    return dict(value) if value else {}

@@ -1,0 +1,310 @@
+"""The quickmj error hierarchy.
+
+Every error the SDK raises derives from :class:`QuickMJError`, so one ``except`` catches them
+all; the branches let callers react at the right level::
+
+    QuickMJError
+    ├── ConfigurationError (ValueError)      missing API key, bad mode or option
+    ├── InvalidInputError (ValueError)       bad argument: image, blend count, empty prompt
+    │   └── ButtonNotFoundError (LookupError)   no such button on the task
+    ├── UsageError (RuntimeError)            misuse of the client
+    │   └── ClientClosedError                 the client was closed
+    ├── TransportError                       the request did not complete
+    │   ├── ConnectError (ConnectionError)       could not connect: nothing reached the relay
+    │   ├── RequestTimeoutError (TimeoutError)   no answer in time
+    │   └── SubmitOutcomeUnknownError            a submit may or may not have created a job
+    ├── APIError                             the relay answered with an error
+    │   ├── HTTPStatusError                      by HTTP status
+    │   │   ├── AuthenticationError (401/403)
+    │   │   ├── NotFoundError (404)
+    │   │   ├── RateLimitError (429, .retry_after)
+    │   │   └── ServerError (5xx)
+    │   └── SubmitRejectedError                  by relay code (.code, .description, .properties)
+    │       ├── ValidationError (4)
+    │       ├── RelatedTaskNotFoundError (3)
+    │       ├── QueueFullError (23; 9 "queue full")
+    │       └── BannedPromptError (24, .banned_word)
+    ├── MalformedResponseError (ValueError)  non-JSON, HTML or wrong-shape body
+    ├── DownloadError                        an image could not be saved
+    │   └── UnsafeURLError (ValueError)          a URL the SDK refuses to follow
+    └── TaskError                            about one task
+        ├── TaskFailedError                      the task ended in FAILURE (.task, .fail_reason)
+        ├── TaskNotFoundError (LookupError)      the relay does not know the id
+        └── TaskTimeoutError (TimeoutError)      waiting gave up (.task_id, .last_task)
+
+No error message ever contains the API key: the transport redacts it from any body excerpt.
+"""
+
+from __future__ import annotations
+
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+if typing.TYPE_CHECKING:
+    from ._models import Task
+
+__all__ = (
+    "APIError",
+    "AuthenticationError",
+    "BannedPromptError",
+    "ButtonNotFoundError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConnectError",
+    "DownloadError",
+    "HTTPStatusError",
+    "InvalidInputError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "QueueFullError",
+    "QuickMJError",
+    "RateLimitError",
+    "RelatedTaskNotFoundError",
+    "RequestTimeoutError",
+    "ServerError",
+    "SubmitOutcomeUnknownError",
+    "SubmitRejectedError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "TransportError",
+    "UnsafeURLError",
+    "UsageError",
+    "ValidationError",
+)
+
+#: How much of a response body an error keeps (characters).
+BODY_EXCERPT_LIMIT = 500
+
+
+def excerpt(body: str | bytes | None, limit: int = BODY_EXCERPT_LIMIT) -> str:
+    """Return a printable, truncated excerpt of a response body."""
+    if body is None:
+        return ""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    text = text.strip()
+    if len(text) > limit:
+        return text[:limit] + f"... [{len(text) - limit} more characters]"
+    return text
+
+
+class QuickMJError(Exception):
+    """Base class of every error raised by quickmj."""
+
+
+class ConfigurationError(QuickMJError, ValueError):
+    """The client is configured wrongly (for example no API key)."""
+
+
+class InvalidInputError(QuickMJError, ValueError):
+    """An argument is unusable: an unreadable image, a wrong blend count, an empty prompt."""
+
+
+class ButtonNotFoundError(InvalidInputError, LookupError):
+    """The task has no button matching the label or customId asked for."""
+
+    def __init__(self, wanted: str, task_id: str, available: Sequence[str]) -> None:
+        self.wanted = wanted
+        self.task_id = task_id
+        self.available = tuple(available)
+        shown = ", ".join(repr(a) for a in self.available) or "none"
+        super().__init__(f"task {task_id} has no button {wanted!r} (available: {shown})")
+
+
+class UsageError(QuickMJError, RuntimeError):
+    """The client was used in a way it does not support."""
+
+
+class ClientClosedError(UsageError):
+    """The client was closed; pending waits fail with this, new calls too."""
+
+
+class TransportError(QuickMJError):
+    """The HTTP exchange did not complete (network, timeout, dropped connection)."""
+
+    def __init__(self, message: str, *, method: str = "", path: str = "") -> None:
+        self.method = method
+        self.path = path
+        super().__init__(message)
+
+
+class ConnectError(TransportError, ConnectionError):
+    """No connection could be made; the request never reached the relay."""
+
+
+class RequestTimeoutError(TransportError, TimeoutError):
+    """The relay did not answer in time (an HTTP timeout, not a job timeout)."""
+
+
+class SubmitOutcomeUnknownError(TransportError):
+    """A submit was sent, but whether the relay created (and bills) a job is unknown.
+
+    Raised when the connection drops or times out after the request went out, or when a
+    gateway answers 5xx. quickmj never re-sends such a submit by itself: look the job up
+    (by the ``state`` you passed) or decide to submit again.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        method: str = "",
+        path: str = "",
+        request: Any = None,
+        state: str | None = None,
+    ) -> None:
+        self.request = request
+        self.state = state
+        super().__init__(message, method=method, path=path)
+
+
+class APIError(QuickMJError):
+    """The relay answered, and the answer is an error."""
+
+    def __init__(self, message: str, *, status: int, body: str = "", path: str = "") -> None:
+        self.status = status
+        self.body = body
+        self.path = path
+        super().__init__(message)
+
+
+class HTTPStatusError(APIError):
+    """An HTTP error status without a relay code in the body."""
+
+
+class AuthenticationError(HTTPStatusError):
+    """HTTP 401/403: the key is missing, wrong, disabled or lacks permission."""
+
+
+class NotFoundError(HTTPStatusError):
+    """HTTP 404 on a route (not a relay code 3)."""
+
+
+class RateLimitError(HTTPStatusError):
+    """HTTP 429: slow down. ``retry_after`` is the relay's hint in seconds, if it gave one."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int = 429,
+        body: str = "",
+        path: str = "",
+        retry_after: float | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(message, status=status, body=body, path=path)
+
+
+class ServerError(HTTPStatusError):
+    """HTTP 5xx (gateways often answer with an HTML page)."""
+
+
+class SubmitRejectedError(APIError):
+    """The relay rejected the request with a code in the body (nothing was created)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: int,
+        description: str = "",
+        properties: Mapping[str, Any] | None = None,
+        status: int = 200,
+        body: str = "",
+        path: str = "",
+    ) -> None:
+        self.code = code
+        self.description = description
+        self.properties: dict[str, Any] = dict(properties or {})
+        super().__init__(message, status=status, body=body, path=path)
+
+
+class ValidationError(SubmitRejectedError):
+    """Code 4: the relay found the request invalid (prompt, image, parent state, ...)."""
+
+
+class RelatedTaskNotFoundError(SubmitRejectedError):
+    """Code 3: the parent task (or a usable account) was not found."""
+
+
+class QueueFullError(SubmitRejectedError):
+    """Code 23 (or 9 with a queue-full message): nothing was created; retry later."""
+
+
+class BannedPromptError(SubmitRejectedError):
+    """Code 24: the prompt contains a banned word (``banned_word`` when the relay says which)."""
+
+    @property
+    def banned_word(self) -> str | None:
+        word = self.properties.get("bannedWord")
+        return str(word) if word is not None else None
+
+
+class MalformedResponseError(QuickMJError, ValueError):
+    """The relay's answer is not what the protocol promises (HTML, bad JSON, wrong shape)."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, body: str = "", path: str = ""
+    ) -> None:
+        self.status = status
+        self.body = body
+        self.path = path
+        super().__init__(message)
+
+
+class DownloadError(QuickMJError):
+    """An image could not be downloaded or saved."""
+
+
+class UnsafeURLError(DownloadError, ValueError):
+    """A URL quickmj refuses to fetch (not http/https, or otherwise unsafe)."""
+
+
+class TaskError(QuickMJError):
+    """Base class of errors about one task."""
+
+
+class TaskFailedError(TaskError):
+    """The task ended in FAILURE (or CANCEL). ``task`` holds its last state."""
+
+    def __init__(self, task: Task) -> None:
+        self.task = task
+        self.fail_reason = task.fail_reason or ""
+        reason = self.fail_reason or "no reason given"
+        super().__init__(f"task {task.id} ended in {task.status.value}: {reason}")
+
+
+class TaskNotFoundError(TaskError, LookupError):
+    """The relay does not know this task id (or these ids)."""
+
+    def __init__(
+        self,
+        task_ids: str | Sequence[str],
+        *,
+        found: Sequence[Task] = (),
+    ) -> None:
+        ids = (task_ids,) if isinstance(task_ids, str) else tuple(task_ids)
+        self.task_ids = ids
+        self.task_id = ids[0] if ids else ""
+        #: Tasks that were found, in input order, when several ids were asked for.
+        self.found: tuple[Task, ...] = tuple(found)
+        if len(ids) == 1:
+            message = f"task {ids[0]} not found"
+        else:
+            head = ", ".join(ids[:10]) + (", ..." if len(ids) > 10 else "")
+            message = f"{len(ids)} tasks not found: {head}"
+        super().__init__(message)
+
+
+class TaskTimeoutError(TaskError, TimeoutError):
+    """Waiting for a task gave up. The task itself may still finish on the relay."""
+
+    def __init__(self, task_id: str, timeout: float, last_task: Task | None = None) -> None:
+        self.task_id = task_id
+        self.timeout = timeout
+        self.last_task = last_task
+        where = f" (last seen {last_task.status.value})" if last_task is not None else ""
+        super().__init__(f"task {task_id} did not finish within {timeout:g} s{where}")
