@@ -6,7 +6,7 @@ Start with :class:`AsyncClient` (or the blocking :class:`Client` facade). Errors
 
 from __future__ import annotations
 
-from ._client import AsyncClient, TaskRef
+from ._client import AsyncClient, ProgressCallback, TaskRef
 from ._config import DEFAULT_BASE_URL, AuthScheme, Mode, RetryPolicy, Timeouts
 from ._models import (
     ActionRequest,
@@ -25,6 +25,7 @@ from ._models import (
     TaskAction,
     TaskStatus,
 )
+from ._poller import PollPolicy
 from ._version import __version__
 from .errors import (
     APIError,
@@ -49,6 +50,7 @@ from .errors import (
     SubmitRejectedError,
     TaskError,
     TaskFailedError,
+    TaskNeedsModalError,
     TaskNotFoundError,
     TaskTimeoutError,
     TransportError,
@@ -84,6 +86,8 @@ __all__ = (
     "ModalRequest",
     "Mode",
     "NotFoundError",
+    "PollPolicy",
+    "ProgressCallback",
     "QueueFullError",
     "QuickMJError",
     "RateLimitError",
@@ -99,6 +103,7 @@ __all__ = (
     "TaskAction",
     "TaskError",
     "TaskFailedError",
+    "TaskNeedsModalError",
     "TaskNotFoundError",
     "TaskRef",
     "TaskStatus",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import inspect
 import logging
+import math
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import TypeAlias
+from typing import Any, Literal, TypeAlias, overload
 from urllib.parse import quote
 
 import anyio
@@ -41,9 +43,11 @@ from ._models import (
     SubmitResult,
     Task,
 )
+from ._poller import Poller, PollPolicy, Subscription, _Final
 from ._responses import parse_submit, parse_task_list, parse_task_or_none, rejection_from_body
 from ._transport import EMPTY, Transport
 from .errors import (
+    ClientClosedError,
     DownloadError,
     InvalidInputError,
     MalformedResponseError,
@@ -51,16 +55,22 @@ from .errors import (
     QueueFullError,
     RelatedTaskNotFoundError,
     SubmitRejectedError,
+    TaskFailedError,
+    TaskNeedsModalError,
     TaskNotFoundError,
+    TaskTimeoutError,
     UsageError,
 )
 
-__all__ = ("AsyncClient", "TaskRef")
+__all__ = ("AsyncClient", "ProgressCallback", "TaskRef")
 
 logger = logging.getLogger("quickmj")
 
 #: Wherever a task is expected: a Task, the SubmitResult that created it, or its id.
 TaskRef: TypeAlias = "Task | SubmitResult | str"
+
+#: Called with each new state of a task (status or progress change); may be async.
+ProgressCallback: TypeAlias = Callable[[Task], Any]
 
 _BLEND_MIN, _BLEND_MAX = 2, 5
 
@@ -110,6 +120,7 @@ class AsyncClient:
         retry: backoff policy for reads; submits are never re-sent blindly.
         max_connections: size of the connection pool.
         list_chunk_size: ids per list-by-condition request in ``fetch_many``.
+        poll: how the background poller batches status reads for ``wait`` and friends.
     """
 
     def __init__(
@@ -123,6 +134,7 @@ class AsyncClient:
         retry: RetryPolicy | None = None,
         max_connections: int = 64,
         list_chunk_size: int = 100,
+        poll: PollPolicy | None = None,
     ) -> None:
         if max_connections < 1:
             raise InvalidInputError("max_connections must be at least 1")
@@ -142,6 +154,8 @@ class AsyncClient:
         self._list_chunk_size = list_chunk_size
         self._max_connections = max_connections
         self._state = _State.UNOPENED
+        self._poll_policy = poll or PollPolicy()
+        self._poller: Poller | None = None
 
     def __repr__(self) -> str:
         return (
@@ -190,10 +204,49 @@ class AsyncClient:
         await self._transport.aclose()
 
     async def _close_hooks(self) -> None:
-        """Extension point for components that must stop before the session closes."""
+        # The poller stops first: its requests need the session.
+        if self._poller is not None:
+            await self._poller.aclose()
+
+    @property
+    def poller(self) -> Poller:
+        """The background poller (created on first use; its loop starts with the first wait)."""
+        if self._state is _State.CLOSED:
+            raise ClientClosedError("the client is closed")
+        if self._poller is None:
+            self._poller = Poller(self.list_tasks, self.fetch, self._poll_policy)
+        return self._poller
 
     # ---- submits ----
+    #
+    # Each submit returns the SubmitResult; with ``wait=True`` it waits for the job through
+    # the poller and returns the finished Task instead (``timeout`` and ``on_progress`` as
+    # in ``wait``). The overloads only tell type checkers which one comes back.
 
+    @overload
+    async def imagine(
+        self,
+        prompt: str,
+        *,
+        images: Sequence[ImageInput] = ...,
+        bot_type: BotType | str | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[False] = ...,
+    ) -> SubmitResult: ...
+    @overload
+    async def imagine(
+        self,
+        prompt: str,
+        *,
+        images: Sequence[ImageInput] = ...,
+        bot_type: BotType | str | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[True],
+        timeout: float | None = ...,
+        on_progress: ProgressCallback | None = ...,
+    ) -> Task: ...
     async def imagine(
         self,
         prompt: str,
@@ -202,22 +255,47 @@ class AsyncClient:
         bot_type: BotType | str | None = None,
         notify_hook: str | None = None,
         state: str | None = None,
-    ) -> SubmitResult:
+        wait: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> SubmitResult | Task:
         """Submit an /imagine job. ``images`` are reference images (bytes, paths, URLs)."""
         if not prompt or not prompt.strip():
             raise InvalidInputError("prompt must not be empty")
         wire = await to_wire_images(tuple(images)) if images else None
-        return await self._submit(
-            "imagine",
-            ImagineRequest(
-                prompt=prompt.strip(),
-                base64_array=wire,
-                bot_type=_bot_type(bot_type),
-                notify_hook=notify_hook,
-                state=state,
-            ),
+        request = ImagineRequest(
+            prompt=prompt.strip(),
+            base64_array=wire,
+            bot_type=_bot_type(bot_type),
+            notify_hook=self._hook_url(notify_hook),
+            state=state,
         )
+        return await self._submit_and_maybe_wait("imagine", request, wait, timeout, on_progress)
 
+    @overload
+    async def blend(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        dimensions: BlendDimensions | str | None = ...,
+        bot_type: BotType | str | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[False] = ...,
+    ) -> SubmitResult: ...
+    @overload
+    async def blend(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        dimensions: BlendDimensions | str | None = ...,
+        bot_type: BotType | str | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[True],
+        timeout: float | None = ...,
+        on_progress: ProgressCallback | None = ...,
+    ) -> Task: ...
     async def blend(
         self,
         images: Sequence[ImageInput],
@@ -226,24 +304,47 @@ class AsyncClient:
         bot_type: BotType | str | None = None,
         notify_hook: str | None = None,
         state: str | None = None,
-    ) -> SubmitResult:
+        wait: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> SubmitResult | Task:
         """Blend 2 to 5 images; ``dimensions`` is PORTRAIT, SQUARE or LANDSCAPE."""
         if isinstance(images, (str, bytes)) or not _BLEND_MIN <= len(images) <= _BLEND_MAX:
             raise InvalidInputError(f"blend takes {_BLEND_MIN} to {_BLEND_MAX} images")
         dims = BlendDimensions(dimensions.upper()) if isinstance(dimensions, str) else dimensions
         if dims is not None and not dims.is_known:
             raise InvalidInputError("dimensions must be PORTRAIT, SQUARE or LANDSCAPE")
-        return await self._submit(
-            "blend",
-            BlendRequest(
-                base64_array=await to_wire_images(tuple(images)),
-                dimensions=dims,
-                bot_type=_bot_type(bot_type),
-                notify_hook=notify_hook,
-                state=state,
-            ),
+        request = BlendRequest(
+            base64_array=await to_wire_images(tuple(images)),
+            dimensions=dims,
+            bot_type=_bot_type(bot_type),
+            notify_hook=self._hook_url(notify_hook),
+            state=state,
         )
+        return await self._submit_and_maybe_wait("blend", request, wait, timeout, on_progress)
 
+    @overload
+    async def describe(
+        self,
+        image: ImageInput,
+        *,
+        bot_type: BotType | str | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[False] = ...,
+    ) -> SubmitResult: ...
+    @overload
+    async def describe(
+        self,
+        image: ImageInput,
+        *,
+        bot_type: BotType | str | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[True],
+        timeout: float | None = ...,
+        on_progress: ProgressCallback | None = ...,
+    ) -> Task: ...
     async def describe(
         self,
         image: ImageInput,
@@ -251,18 +352,41 @@ class AsyncClient:
         bot_type: BotType | str | None = None,
         notify_hook: str | None = None,
         state: str | None = None,
-    ) -> SubmitResult:
-        """Ask Midjourney for four prompts that describe ``image``."""
-        return await self._submit(
-            "describe",
-            DescribeRequest(
-                base64=await to_data_url(image, allow_url=False),
-                bot_type=_bot_type(bot_type),
-                notify_hook=notify_hook,
-                state=state,
-            ),
+        wait: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> SubmitResult | Task:
+        """Ask Midjourney for four prompts that describe ``image`` (``Task.final_prompt``)."""
+        request = DescribeRequest(
+            base64=await to_data_url(image, allow_url=False),
+            bot_type=_bot_type(bot_type),
+            notify_hook=self._hook_url(notify_hook),
+            state=state,
         )
+        return await self._submit_and_maybe_wait("describe", request, wait, timeout, on_progress)
 
+    @overload
+    async def shorten(
+        self,
+        prompt: str,
+        *,
+        bot_type: BotType | str | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[False] = ...,
+    ) -> SubmitResult: ...
+    @overload
+    async def shorten(
+        self,
+        prompt: str,
+        *,
+        bot_type: BotType | str | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[True],
+        timeout: float | None = ...,
+        on_progress: ProgressCallback | None = ...,
+    ) -> Task: ...
     async def shorten(
         self,
         prompt: str,
@@ -270,20 +394,45 @@ class AsyncClient:
         bot_type: BotType | str | None = None,
         notify_hook: str | None = None,
         state: str | None = None,
-    ) -> SubmitResult:
+        wait: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> SubmitResult | Task:
         """Analyse a prompt and suggest shorter versions."""
         if not prompt or not prompt.strip():
             raise InvalidInputError("prompt must not be empty")
-        return await self._submit(
-            "shorten",
-            ShortenRequest(
-                prompt=prompt.strip(),
-                bot_type=_bot_type(bot_type),
-                notify_hook=notify_hook,
-                state=state,
-            ),
+        request = ShortenRequest(
+            prompt=prompt.strip(),
+            bot_type=_bot_type(bot_type),
+            notify_hook=self._hook_url(notify_hook),
+            state=state,
         )
+        return await self._submit_and_maybe_wait("shorten", request, wait, timeout, on_progress)
 
+    @overload
+    async def action(
+        self,
+        task: TaskRef,
+        button: Button | str,
+        *,
+        choose_same_channel: bool = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[False] = ...,
+    ) -> SubmitResult: ...
+    @overload
+    async def action(
+        self,
+        task: TaskRef,
+        button: Button | str,
+        *,
+        choose_same_channel: bool = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[True],
+        timeout: float | None = ...,
+        on_progress: ProgressCallback | None = ...,
+    ) -> Task: ...
     async def action(
         self,
         task: TaskRef,
@@ -292,26 +441,52 @@ class AsyncClient:
         choose_same_channel: bool = False,
         notify_hook: str | None = None,
         state: str | None = None,
-    ) -> SubmitResult:
+        wait: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> SubmitResult | Task:
         """Press a button of a finished task (upscale, variation, reroll, zoom, pan, ...).
 
         ``button`` is a Button, a raw customId (``"MJ::JOB::upsample::2::..."``) or a label
         such as ``"U2"``, ``"V3"`` or ``"🔄"`` looked up on the task (fetched if you pass an
-        id). If the answer ``needs_modal``, finish with ``modal(result.task_id, ...)``.
+        id). If the answer ``needs_modal`` (custom zoom, vary region), finish with
+        ``modal(result.task_id, ...)``; with ``wait=True`` that case raises
+        TaskNeedsModalError.
         """
         task_id = task_id_of(task)
-        custom_id = await self._resolve_custom_id(task, button)
-        return await self._submit(
-            "action",
-            ActionRequest(
-                task_id=task_id,
-                custom_id=custom_id,
-                choose_same_channel=choose_same_channel,
-                notify_hook=notify_hook,
-                state=state,
-            ),
+        request = ActionRequest(
+            task_id=task_id,
+            custom_id=await self._resolve_custom_id(task, button),
+            choose_same_channel=choose_same_channel,
+            notify_hook=self._hook_url(notify_hook),
+            state=state,
         )
+        return await self._submit_and_maybe_wait("action", request, wait, timeout, on_progress)
 
+    @overload
+    async def modal(
+        self,
+        task: TaskRef,
+        *,
+        prompt: str | None = ...,
+        mask: ImageInput | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[False] = ...,
+    ) -> SubmitResult: ...
+    @overload
+    async def modal(
+        self,
+        task: TaskRef,
+        *,
+        prompt: str | None = ...,
+        mask: ImageInput | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+        wait: Literal[True],
+        timeout: float | None = ...,
+        on_progress: ProgressCallback | None = ...,
+    ) -> Task: ...
     async def modal(
         self,
         task: TaskRef,
@@ -320,22 +495,42 @@ class AsyncClient:
         mask: ImageInput | None = None,
         notify_hook: str | None = None,
         state: str | None = None,
-    ) -> SubmitResult:
+        wait: bool = False,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> SubmitResult | Task:
         """Confirm a task waiting in MODAL (after an ``action`` answered ``needs_modal``).
 
         For custom zoom pass a prompt with ``--zoom 1..2``; for vary region pass ``mask`` (a
         PNG, white where to repaint) and optionally a new prompt.
         """
-        return await self._submit(
-            "modal",
-            ModalRequest(
-                task_id=task_id_of(task),
-                prompt=prompt,
-                mask_base64=await to_data_url(mask, allow_url=False) if mask is not None else None,
-                notify_hook=notify_hook,
-                state=state,
-            ),
+        request = ModalRequest(
+            task_id=task_id_of(task),
+            prompt=prompt,
+            mask_base64=await to_data_url(mask, allow_url=False) if mask is not None else None,
+            notify_hook=self._hook_url(notify_hook),
+            state=state,
         )
+        return await self._submit_and_maybe_wait("modal", request, wait, timeout, on_progress)
+
+    def _hook_url(self, notify_hook: str | None) -> str | None:
+        """The notifyHook to send: the caller's, else an active receiver's (if any)."""
+        return notify_hook
+
+    async def _submit_and_maybe_wait(
+        self,
+        endpoint: str,
+        request: SubmitRequest,
+        wait: bool,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> SubmitResult | Task:
+        result = await self._submit(endpoint, request)
+        if not wait:
+            return result
+        if result.needs_modal:
+            raise TaskNeedsModalError(result.task_id)
+        return await self.wait(result, timeout=timeout, on_progress=on_progress)
 
     async def _resolve_custom_id(self, task: TaskRef, button: Button | str) -> str:
         if isinstance(button, Button):
@@ -431,6 +626,115 @@ class AsyncClient:
             raise TaskNotFoundError(missing, found=[found[i] for i in ids if i in found])
         return [found[i] for i in ids]
 
+    # ---- waiting (through the shared poller) ----
+
+    async def wait(
+        self,
+        task: TaskRef,
+        *,
+        timeout: float | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Task:
+        """Wait until the task finishes and return it (status SUCCESS).
+
+        Raises TaskFailedError (with ``.task``) on FAILURE/CANCEL, TaskTimeoutError after
+        ``timeout`` seconds (the job itself goes on), TaskNotFoundError for an unknown id,
+        TaskNeedsModalError if it sits in MODAL. ``on_progress(task)`` is called on each
+        status or progress change. Concurrent waits on one id share one tracked entry.
+        """
+        task_id = task_id_of(task)
+        sub = self.poller.subscribe([task_id], updates=on_progress is not None)
+        try:
+            final = await self._next_final(sub, task_id, timeout, on_progress)
+        finally:
+            sub.close()
+        done = _settle(task_id, final)
+        if done.is_failed:
+            raise TaskFailedError(done)
+        return done
+
+    async def _next_final(
+        self,
+        sub: Subscription,
+        task_id: str,
+        timeout: float | None,
+        on_progress: ProgressCallback | None,
+    ) -> _Final:
+        with anyio.move_on_after(math.inf if timeout is None else timeout):
+            while True:
+                item = await sub.next()
+                if isinstance(item, Task):
+                    await _call(on_progress, item)
+                    continue
+                return item[1]
+        raise TaskTimeoutError(task_id, timeout or 0.0, sub.last.get(task_id))
+
+    async def as_completed(
+        self, tasks: Iterable[TaskRef], *, timeout: float | None = None
+    ) -> AsyncIterator[Task]:
+        """Yield each task as it reaches a terminal state, in completion order.
+
+        Failed tasks are yielded too (check ``task.is_failed``); nothing is raised for them.
+        A task stuck in MODAL is yielded as it is once ``PollPolicy.modal_timeout`` passes.
+        Unknown ids raise TaskNotFoundError after every other task was yielded; ``timeout``
+        bounds the whole iteration (TaskTimeoutError lists what is still pending).
+        """
+        ids = list(dict.fromkeys(task_id_of(t) for t in tasks))
+        if not ids:
+            return
+        sub = self.poller.subscribe(ids)
+        pending = set(ids)
+        missing: list[str] = []
+        deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
+        try:
+            while pending:
+                item = None
+                with anyio.move_on_after(deadline - anyio.current_time()):
+                    item = await sub.next()
+                if item is None:
+                    first = next(i for i in ids if i in pending)
+                    raise TaskTimeoutError(
+                        first,
+                        timeout or 0.0,
+                        sub.last.get(first),
+                        pending=[i for i in ids if i in pending],
+                    )
+                if isinstance(item, Task):
+                    continue
+                task_id, final = item
+                pending.discard(task_id)
+                if isinstance(final.error, TaskNotFoundError):
+                    missing.append(task_id)
+                    continue
+                yield _settle(task_id, final, modal_ok=True)
+        finally:
+            sub.close()
+        if missing:
+            raise TaskNotFoundError(missing)
+
+    async def watch(self, task: TaskRef) -> AsyncIterator[Task]:
+        """Yield the task on each status or progress change, ending with its final state.
+
+        A FAILURE is yielded, not raised. A task stuck in MODAL ends the iteration (after
+        ``PollPolicy.modal_timeout``) with its MODAL state.
+        """
+        task_id = task_id_of(task)
+        sub = self.poller.subscribe([task_id], updates=True)
+        last: Task | None = None
+        try:
+            while True:
+                item = await sub.next()
+                if isinstance(item, Task):
+                    last = item
+                    yield item
+                    continue
+                done = _settle(task_id, item[1], modal_ok=True)
+                if done is not last:
+                    yield done
+                return
+        finally:
+            sub.close()
+
     async def image_seed(self, task: TaskRef) -> str:
         """The Midjourney seed of a finished task (may take up to a minute on some relays)."""
         task_id = task_id_of(task)
@@ -492,3 +796,20 @@ def _bot_type(value: BotType | str | None) -> BotType | None:
         return value
     aliases = {"mj": "MID_JOURNEY", "midjourney": "MID_JOURNEY", "niji": "NIJI_JOURNEY"}
     return BotType(aliases.get(value.lower(), value.upper()))
+
+
+def _settle(task_id: str, final: _Final, *, modal_ok: bool = False) -> Task:
+    """The task a listener ended with, or the error it ended with, raised."""
+    if final.error is not None:
+        raise final.error
+    assert final.task is not None
+    if final.task.needs_modal and not modal_ok:
+        raise TaskNeedsModalError(task_id, final.task)
+    return final.task
+
+
+async def _call(callback: ProgressCallback | None, task: Task) -> None:
+    if callback is not None:
+        result = callback(task)
+        if inspect.isawaitable(result):
+            await result

@@ -29,6 +29,7 @@ all; the branches let callers react at the right level::
     │   └── UnsafeURLError (ValueError)          a URL the SDK refuses to follow
     └── TaskError                            about one task
         ├── TaskFailedError                      the task ended in FAILURE (.task, .fail_reason)
+        ├── TaskNeedsModalError                  the task waits in MODAL for ``modal()``
         ├── TaskNotFoundError (LookupError)      the relay does not know the id
         └── TaskTimeoutError (TimeoutError)      waiting gave up (.task_id, .last_task)
 
@@ -67,6 +68,7 @@ __all__ = (
     "SubmitRejectedError",
     "TaskError",
     "TaskFailedError",
+    "TaskNeedsModalError",
     "TaskNotFoundError",
     "TaskTimeoutError",
     "TransportError",
@@ -277,6 +279,23 @@ class TaskFailedError(TaskError):
         super().__init__(f"task {task.id} ended in {task.status.value}: {reason}")
 
 
+class TaskNeedsModalError(TaskError):
+    """The task waits in MODAL: finish it with ``modal(task_id, prompt=..., mask=...)``.
+
+    Raised by waits on a task that stays in MODAL longer than ``PollPolicy.modal_timeout``
+    and by ``wait=True`` submits answered with code 21. ``task`` is None when only the id
+    is known.
+    """
+
+    def __init__(self, task_id: str, task: Task | None = None) -> None:
+        self.task_id = task_id
+        self.task = task
+        super().__init__(
+            f"task {task_id} waits in MODAL: call modal({task_id!r}, prompt=..., mask=...) "
+            "to continue it"
+        )
+
+
 class TaskNotFoundError(TaskError, LookupError):
     """The relay does not know this task id (or these ids)."""
 
@@ -300,11 +319,23 @@ class TaskNotFoundError(TaskError, LookupError):
 
 
 class TaskTimeoutError(TaskError, TimeoutError):
-    """Waiting for a task gave up. The task itself may still finish on the relay."""
+    """Waiting gave up. The task itself may still finish on the relay: wait again later.
 
-    def __init__(self, task_id: str, timeout: float, last_task: Task | None = None) -> None:
+    ``task_id`` is the (first) unfinished id, ``pending`` all of them (``as_completed``).
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        timeout: float,
+        last_task: Task | None = None,
+        *,
+        pending: Sequence[str] = (),
+    ) -> None:
         self.task_id = task_id
         self.timeout = timeout
         self.last_task = last_task
+        self.pending = tuple(pending) or (task_id,)
         where = f" (last seen {last_task.status.value})" if last_task is not None else ""
-        super().__init__(f"task {task_id} did not finish within {timeout:g} s{where}")
+        what = f"task {task_id}" if len(self.pending) == 1 else f"{len(self.pending)} tasks"
+        super().__init__(f"{what} did not finish within {timeout:g} s{where}")
