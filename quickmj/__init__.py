@@ -26,6 +26,7 @@ from ._models import (
     TaskStatus,
 )
 from ._poller import PollPolicy
+from ._sync import Client
 from ._version import __version__
 from .errors import (
     APIError,
@@ -72,6 +73,7 @@ __all__ = (
     "BotType",
     "Button",
     "ButtonNotFoundError",
+    "Client",
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
