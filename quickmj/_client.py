@@ -25,7 +25,7 @@ from ._config import (
     resolve_base_url,
     resolve_mode,
 )
-from ._converter import unstructure
+from ._converter import structure, unstructure
 from ._download import download_url, safe_stem
 from ._images import ImageInput, to_data_url, to_wire_images
 from ._models import (
@@ -44,7 +44,7 @@ from ._models import (
     Task,
 )
 from ._poller import Poller, PollPolicy, Subscription, _Final
-from ._responses import parse_submit, parse_task_list, parse_task_or_none, rejection_from_body
+from ._responses import parse_submit, parse_task_or_none, raw_task_list, rejection_from_body
 from ._transport import EMPTY, Transport
 from .errors import (
     ClientClosedError,
@@ -214,7 +214,7 @@ class AsyncClient:
         if self._state is _State.CLOSED:
             raise ClientClosedError("the client is closed")
         if self._poller is None:
-            self._poller = Poller(self.list_tasks, self.fetch, self._poll_policy)
+            self._poller = Poller(self._list_raw, self.fetch, self._poll_policy)
         return self._poller
 
     # ---- submits ----
@@ -585,6 +585,10 @@ class AsyncClient:
     async def list_tasks(self, ids: Iterable[str]) -> list[Task]:
         """One list-by-condition request, as the relay answers it: any order, unknown ids
         left out. Most callers want ``fetch_many``."""
+        return structure(await self._list_raw(ids), list[Task], what="tasks")
+
+    async def _list_raw(self, ids: Iterable[str]) -> list[Any]:
+        """list-by-condition, answer left as JSON (the poller structures only changes)."""
         unique = tuple(dict.fromkeys(ids))
         if not unique:
             return []
@@ -592,7 +596,7 @@ class AsyncClient:
         data = await self._transport.request_json(
             "POST", path, body=unstructure(ListByIdsRequest(ids=unique)), idempotent=True
         )
-        return parse_task_list(data, path)
+        return raw_task_list(data, path)
 
     async def fetch_many(self, tasks: Iterable[TaskRef], *, max_concurrency: int = 4) -> list[Task]:
         """Fetch many tasks with list-by-condition, ``list_chunk_size`` ids per request.
@@ -660,14 +664,11 @@ class AsyncClient:
         timeout: float | None,
         on_progress: ProgressCallback | None,
     ) -> _Final:
-        with anyio.move_on_after(math.inf if timeout is None else timeout):
-            while True:
-                item = await sub.next()
-                if isinstance(item, Task):
-                    await _call(on_progress, item)
-                    continue
-                return item[1]
-        raise TaskTimeoutError(task_id, timeout or 0.0, sub.last.get(task_id))
+        if timeout is None:  # no cancel scope: thousands of waiters stay cheap
+            return await _drain(sub, on_progress)
+        with anyio.move_on_after(timeout):
+            return await _drain(sub, on_progress)
+        raise TaskTimeoutError(task_id, timeout, sub.last(task_id))
 
     async def as_completed(
         self, tasks: Iterable[TaskRef], *, timeout: float | None = None
@@ -696,7 +697,7 @@ class AsyncClient:
                     raise TaskTimeoutError(
                         first,
                         timeout or 0.0,
-                        sub.last.get(first),
+                        sub.last(first),
                         pending=[i for i in ids if i in pending],
                     )
                 if isinstance(item, Task):
@@ -806,6 +807,16 @@ def _settle(task_id: str, final: _Final, *, modal_ok: bool = False) -> Task:
     if final.task.needs_modal and not modal_ok:
         raise TaskNeedsModalError(task_id, final.task)
     return final.task
+
+
+async def _drain(sub: Subscription, on_progress: ProgressCallback | None) -> _Final:
+    """Feed updates to ``on_progress`` until the subscription's final result arrives."""
+    while True:
+        item = await sub.next()
+        if isinstance(item, Task):
+            await _call(on_progress, item)
+        else:
+            return item[1]
 
 
 async def _call(callback: ProgressCallback | None, task: Task) -> None:

@@ -29,7 +29,15 @@ from cattrs.gen import make_dict_structure_fn, make_dict_unstructure_fn, overrid
 from . import _models as m
 from .errors import MalformedResponseError
 
-__all__ = ("converter", "make_converter", "structure", "to_camel", "unstructure")
+__all__ = (
+    "converter",
+    "make_converter",
+    "raw_task_id",
+    "state_key",
+    "structure",
+    "to_camel",
+    "unstructure",
+)
 
 T = TypeVar("T")
 
@@ -77,6 +85,19 @@ def _structure_int(value: Any, _: type) -> int:
     raise TypeError(f"expected an integer, got {type(value).__name__}")
 
 
+def _structure_opt_str(value: Any, _: type) -> str | None:
+    # Registered for ``str | None`` so generated hooks skip cattrs' generic Optional path.
+    if value is None or type(value) is str:
+        return value
+    return _structure_str(value, str)
+
+
+def _structure_opt_int(value: Any, _: type) -> int | None:
+    if value is None or type(value) is int:
+        return value
+    return _structure_int(value, int)
+
+
 def _structure_bool(value: Any, _: type) -> bool:
     if isinstance(value, bool):
         return value
@@ -104,7 +125,12 @@ def _structure_media(value: Any, _: type) -> m.MediaUrl:
 
 
 def _make_enum_hook(cls: type[m._OpenEnum]) -> Callable[[Any, type], Any]:
+    known = cls._value2member_map_
+
     def hook(value: Any, _: type) -> Any:
+        member = known.get(value) if type(value) is str else None
+        if member is not None:
+            return member  # the common case, without EnumMeta.__call__
         if not isinstance(value, str):
             raise TypeError(f"expected a string for {cls.__name__}, got {type(value).__name__}")
         return cls(value)
@@ -119,6 +145,43 @@ def _optional_inner(tp: Any) -> Any:
         if len(args) == 1 and len(typing.get_args(tp)) == 2:
             return args[0]
     return None
+
+
+_MISSING = object()
+
+
+def _drop_defaulted(value: dict[str, Any], cleanup: tuple[tuple[str, bool], ...]) -> dict[str, Any]:
+    """A copy of ``value`` without null (or blank-enum) fields that have defaults."""
+    out = dict(value)
+    for key, blank_is_default in cleanup:
+        v = out.get(key, _MISSING)
+        if v is None or (blank_is_default and v == ""):
+            del out[key]
+    return out
+
+
+def raw_task_id(raw: Any) -> str | None:
+    """The id of a raw JSON task (numbers become strings), or None if it has none."""
+    if type(raw) is not dict:
+        return None
+    task_id = raw.get("id")
+    if type(task_id) is str:
+        return task_id
+    if isinstance(task_id, int) and not isinstance(task_id, bool):
+        return str(task_id)
+    if isinstance(task_id, float) and math.isfinite(task_id) and task_id.is_integer():
+        return str(int(task_id))
+    return None
+
+
+def state_key(raw: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
+    """What makes a raw task's state differ: status, progress, imageUrl, failReason.
+
+    The poller compares keys to skip structuring answers that did not change; every task
+    it hands to callers is still structured by this converter.
+    """
+    get = raw.get
+    return (get("status"), get("progress"), get("imageUrl"), get("failReason"))
 
 
 def _is_enum(tp: Any) -> bool:
@@ -143,19 +206,18 @@ def _structure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
             if f.default is not attrs.NOTHING and _is_enum(_optional_inner(f.type) or f.type)
         }
 
+        cleanup = tuple((k, k in optional_enums) for k in sorted(defaulted | optional_enums))
+
         def structure(value: Any, _: type) -> Any:
-            if not isinstance(value, dict):
+            if type(value) is not dict:
                 raise TypeError(
                     f"expected an object for {cls.__name__}, got {type(value).__name__}"
                 )
-            if any(value.get(k, 0) is None for k in defaulted) or any(
-                value.get(k) == "" for k in optional_enums
-            ):
-                value = {
-                    k: v
-                    for k, v in value.items()
-                    if not ((k in defaulted and v is None) or (k in optional_enums and v == ""))
-                }
+            for key, blank_is_default in cleanup:
+                v = value.get(key, _MISSING)
+                if v is None or (blank_is_default and v == ""):
+                    value = _drop_defaulted(value, cleanup)
+                    break
             return inner(value, cls)
 
         return structure
@@ -183,6 +245,8 @@ def configure_converter(c: cattrs.Converter) -> None:
     c.register_structure_hook(str, _structure_str)
     c.register_structure_hook(int, _structure_int)
     c.register_structure_hook(bool, _structure_bool)
+    c.register_structure_hook_func(lambda t: t == (str | None), _structure_opt_str)
+    c.register_structure_hook_func(lambda t: t == (int | None), _structure_opt_int)
     c.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_properties)
     c.register_structure_hook(m.MediaUrl, _structure_media)
     for enum_cls in (m.TaskStatus, m.TaskAction, m.BotType, m.BlendDimensions):

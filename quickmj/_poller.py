@@ -29,16 +29,19 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import anyio
 import attrs
 
+from ._converter import raw_task_id, state_key, structure
 from ._models import Task, TaskStatus
 from .errors import (
     ClientClosedError,
     ConfigurationError,
+    MalformedResponseError,
     QuickMJError,
     RateLimitError,
     TaskNotFoundError,
@@ -99,34 +102,64 @@ class _Final:
 
 
 class Subscription:
-    """One listener on one or more task ids; created by ``Poller.subscribe``."""
+    """One listener on one or more task ids; created by ``Poller.subscribe``.
 
-    __slots__ = ("_poller", "final", "ids", "last", "queue", "updates")
+    Holds a small queue of its own (lighter than asyncio.Queue: thousands of waiters each
+    have one, so containers are created only when first needed): items are Task updates
+    (only if ``updates``) or ``(task_id, _Final)``.
+    """
+
+    __slots__ = ("_finished", "_items", "_last", "_poller", "_waiter", "ids", "updates")
 
     def __init__(self, poller: Poller, ids: tuple[str, ...], updates: bool) -> None:
         self._poller = poller
         self.ids = ids
         self.updates = updates
-        # Items: Task (an update, only if updates=True) or (task_id, _Final).
-        self.queue: asyncio.Queue[Task | tuple[str, _Final]] = asyncio.Queue()
-        self.last: dict[str, Task] = {}
-        self.final: dict[str, _Final] = {}
+        self._items: deque[Task | tuple[str, _Final]] | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._last: dict[str, Task] | None = None
+        self._finished: set[str] | None = None
+
+    def last(self, task_id: str) -> Task | None:
+        """The latest state seen for ``task_id``, if any."""
+        return self._last.get(task_id) if self._last else None
+
+    def _put(self, item: Task | tuple[str, _Final]) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _remember(self, task: Task) -> None:
+        if self._last is None:
+            self._last = {}
+        self._last[task.id] = task
 
     def _push_update(self, task: Task) -> None:
-        self.last[task.id] = task
+        self._remember(task)
         if self.updates:
-            self.queue.put_nowait(task)
+            self._put(task)
 
     def _push_final(self, task_id: str, final: _Final) -> None:
-        if task_id in self.final:
+        if self._finished is None:
+            self._finished = set()
+        elif task_id in self._finished:
             return
+        self._finished.add(task_id)
         if final.task is not None:
-            self.last[task_id] = final.task
-        self.final[task_id] = final
-        self.queue.put_nowait((task_id, final))
+            self._remember(final.task)
+        self._put((task_id, final))
 
     async def next(self) -> Task | tuple[str, _Final]:
-        return await self.queue.get()
+        while not self._items:
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
 
     def close(self) -> None:
         """Stop listening; entries nobody listens to any more are dropped."""
@@ -134,11 +167,23 @@ class Subscription:
 
 
 class _Entry:
-    __slots__ = ("error_count", "last", "listeners", "misses", "modal_since", "next_due", "pushed")
+    __slots__ = (
+        "delay",
+        "error_count",
+        "key",
+        "last",
+        "listeners",
+        "misses",
+        "modal_since",
+        "next_due",
+        "pushed",
+    )
 
     def __init__(self, due: float) -> None:
         self.listeners: list[Subscription] = []
         self.last: Task | None = None
+        self.key: tuple[Any, ...] | None = None  # state_key() of the last applied state
+        self.delay = 0.0  # next check after this many seconds while nothing changes
         self.misses = 0
         self.error_count = 0
         self.next_due = due
@@ -146,7 +191,7 @@ class _Entry:
         self.pushed = False  # updates arrive by notifyHook: poll only as a safety net
 
 
-ListFn = Callable[[list[str]], Awaitable[list[Task]]]
+ListFn = Callable[[list[str]], Awaitable[list[Any]]]  # raw JSON tasks
 FetchFn = Callable[[str], Awaitable[Task]]
 
 
@@ -308,13 +353,26 @@ class Poller:
                     return
                 seen: set[str] = set()
                 lookup = set(asked)
-                for task in answer:
-                    entry = self._entries.get(task.id)
-                    if entry is not None and task.id not in seen and task.id in lookup:
-                        seen.add(task.id)
-                        entry.error_count = 0
-                        entry.misses = 0
-                        self._apply(task.id, entry, task, tick_started)
+                entries = self._entries
+                for raw in answer:
+                    task_id = raw_task_id(raw)
+                    if task_id is None or task_id not in lookup or task_id in seen:
+                        continue  # no id, not asked for, or a duplicate
+                    entry = entries.get(task_id)
+                    if entry is None:
+                        continue
+                    seen.add(task_id)
+                    entry.error_count = entry.misses = 0
+                    key = state_key(raw)
+                    if key == entry.key and entry.modal_since is None:
+                        entry.next_due = tick_started + entry.delay  # unchanged: no parsing
+                        continue
+                    try:
+                        task = structure(raw, Task, what=f"task {task_id}")
+                    except MalformedResponseError as exc:
+                        self._finish(task_id, _Final(error=exc))
+                        continue
+                    self._apply(task_id, entry, task, tick_started, key)
                 # Truncated answers: re-ask for the rest while re-asking makes progress.
                 got_any = bool(seen)
                 asked = [i for i in asked if i not in seen and i in self._entries]
@@ -362,7 +420,14 @@ class Poller:
             entry.misses = 0
             self._apply(task_id, entry, task, self._clock())
 
-    def _apply(self, task_id: str, entry: _Entry, task: Task, now: float) -> None:
+    def _apply(
+        self,
+        task_id: str,
+        entry: _Entry,
+        task: Task,
+        now: float,
+        key: tuple[Any, ...] | None = None,
+    ) -> None:
         previous = entry.last
         if previous is not None and _is_regression(previous, task):
             return  # a late or duplicated report must never move a task backwards
@@ -372,6 +437,7 @@ class Poller:
             task.image_url,
         )
         entry.last = task
+        entry.key = key
         if changed:
             for sub in list(entry.listeners):
                 sub._push_update(task)
@@ -391,6 +457,7 @@ class Poller:
             delay = max(delay, self.policy.safety_net_interval)
         if entry.modal_since is not None:
             delay = min(delay, max(self.policy.modal_timeout - (now - entry.modal_since), 0.0))
+        entry.delay = delay
         entry.next_due = now + delay
 
     def _finish(self, task_id: str, final: _Final) -> None:

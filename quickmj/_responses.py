@@ -22,6 +22,7 @@ __all__ = (
     "parse_submit",
     "parse_task_list",
     "parse_task_or_none",
+    "raw_task_list",
     "rejection_from_body",
     "rejection_from_code",
 )
@@ -134,8 +135,8 @@ def parse_task_or_none(data: Any, path: str) -> Task | None:
     return structure(data, Task, what="task")
 
 
-def parse_task_list(data: Any, path: str) -> list[Task]:
-    """A list-by-condition answer: a JSON array of tasks (null/empty means none)."""
+def raw_task_list(data: Any, path: str) -> list[Any]:
+    """A list-by-condition answer as a JSON array, unstructured (null/empty means none)."""
     if data is EMPTY or data is None:
         return []
     if not isinstance(data, list):
@@ -144,7 +145,12 @@ def parse_task_list(data: Any, path: str) -> list[Task]:
             body=excerpt(str(data)),
             path=path,
         )
-    return structure(data, list[Task], what="tasks")
+    return data
+
+
+def parse_task_list(data: Any, path: str) -> list[Task]:
+    """A list-by-condition answer: a JSON array of tasks (null/empty means none)."""
+    return structure(raw_task_list(data, path), list[Task], what="tasks")
 
 
 def require_task(data: Any, path: str, task_id: str) -> Task:

@@ -25,6 +25,7 @@ import yarl
 from ._config import AuthScheme, RetryPolicy, Secret, Timeouts, auth_headers
 from ._version import __version__
 from .errors import (
+    BODY_EXCERPT_LIMIT,
     APIError,
     AuthenticationError,
     ClientClosedError,
@@ -247,7 +248,10 @@ class Transport:
                     **extra,
                 ) as resp:
                     status = resp.status
-                    raw = await _read_capped(resp.content, MAX_JSON_BYTES, method, path)
+                    if resp.content_length is not None and resp.content_length <= MAX_JSON_BYTES:
+                        raw = await resp.read()  # size known and acceptable: one read
+                    else:
+                        raw = await _read_capped(resp.content, MAX_JSON_BYTES, method, path)
                     return _Answer(resp.status, resp.headers, raw)
         finally:
             logger.debug(
@@ -260,7 +264,6 @@ class Transport:
 
     def _decode(self, answer: _Answer, path: str) -> Any:
         """Map the HTTP status to errors; parse and return the JSON body (or EMPTY)."""
-        text_excerpt = self._key.redact(excerpt(answer.body))
         data: Any = EMPTY
         parse_error: Exception | None = None
         if answer.status != 204 and answer.body.strip():
@@ -268,17 +271,19 @@ class Transport:
                 data = json.loads(answer.body)
             except (ValueError, RecursionError) as exc:
                 parse_error = exc
+        if answer.status < 400 and parse_error is None:
+            return data
+        # Only failures pay for a (redacted) text excerpt of the body.
+        text_excerpt = self._key.redact(excerpt(answer.body[: 4 * BODY_EXCERPT_LIMIT]))
         if answer.status >= 400:
             raise self._status_error(answer, path, data, text_excerpt)
-        if parse_error is not None:
-            kind = "an HTML page" if answer.body.lstrip()[:1] == b"<" else "invalid JSON"
-            raise MalformedResponseError(
-                f"{path}: expected JSON, got {kind} (HTTP {answer.status}): {text_excerpt[:200]}",
-                status=answer.status,
-                body=text_excerpt,
-                path=path,
-            ) from parse_error
-        return data
+        kind = "an HTML page" if answer.body.lstrip()[:1] == b"<" else "invalid JSON"
+        raise MalformedResponseError(
+            f"{path}: expected JSON, got {kind} (HTTP {answer.status}): {text_excerpt[:200]}",
+            status=answer.status,
+            body=text_excerpt,
+            path=path,
+        ) from parse_error
 
     def _status_error(self, answer: _Answer, path: str, data: Any, body: str) -> APIError:
         status = answer.status

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 from quickmj import AsyncClient, Task, TaskNotFoundError, TaskStatus
+from quickmj._converter import unstructure
 from quickmj._poller import PollPolicy
 
 FAST = PollPolicy(interval=0.01, first_poll=0.005, near_done_interval=0.01, miss_limit=2)
@@ -46,6 +47,10 @@ class FakeRelay:
         out.reverse()  # relays do not keep the order
         return self.mangle(ids, out) if self.mangle else out
 
+    async def list_raw(self, ids: Any) -> list[Any]:
+        """The same answer as JSON, as the poller reads it."""
+        return [unstructure(t) for t in await self.list_tasks(ids)]
+
     async def fetch(self, task_id: Any) -> Task:
         task_id = str(task_id)
         self.fetch_calls.append(task_id)
@@ -58,5 +63,6 @@ def make_client(relay: FakeRelay, policy: PollPolicy = FAST) -> AsyncClient:
     client = AsyncClient("k", base_url="http://relay.test", poll=policy)
     # The poller reads through these two methods; the fake stands in for HTTP.
     client.list_tasks = relay.list_tasks  # type: ignore[method-assign]
+    client._list_raw = relay.list_raw  # type: ignore[method-assign]
     client.fetch = relay.fetch  # type: ignore[method-assign]
     return client

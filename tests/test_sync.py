@@ -22,6 +22,7 @@ from quickmj._poller import PollPolicy
 def make_sync(relay: FakeRelay, policy: PollPolicy = FAST) -> Client:
     client = Client("k", base_url="http://relay.test", poll=policy)
     client._async.list_tasks = relay.list_tasks  # type: ignore[method-assign]
+    client._async._list_raw = relay.list_raw  # type: ignore[method-assign]
     client._async.fetch = relay.fetch  # type: ignore[method-assign]
     return client
 
