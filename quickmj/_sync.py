@@ -12,6 +12,7 @@ No logic lives here: each public method is generated from its AsyncClient twin b
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import contextlib
 import enum
@@ -20,11 +21,10 @@ import os
 import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from concurrent.futures import Future
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+from anyio.from_thread import start_blocking_portal
 
 from ._client import AsyncClient
 from ._config import AuthScheme, Mode, RetryPolicy, Timeouts
@@ -50,6 +50,10 @@ def _close_forgotten() -> None:
     for stack in stacks:
         with contextlib.suppress(Exception):
             stack.close()
+
+
+async def _as_coroutine(fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+    return await fn(*args, **kwargs)
 
 
 class _State(enum.Enum):
@@ -122,7 +126,7 @@ class Client:
         self._lock = threading.Lock()
         self._state = _State.UNOPENED
         self._stack: contextlib.ExitStack | None = None
-        self._portal: BlockingPortal | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
@@ -155,25 +159,26 @@ class Client:
     ) -> None:
         self.close()
 
-    def _open(self) -> BlockingPortal:
+    def _open(self) -> asyncio.AbstractEventLoop:
         with self._lock:
             if self._state is _State.CLOSED:
                 raise ClientClosedError("the client is closed")
             if os.getpid() != self._pid:
                 raise UsageError("a Client cannot be used across fork(); create one per process")
-            if self._portal is not None:
-                return self._portal
+            if self._loop is not None:
+                return self._loop
             with contextlib.ExitStack() as stack:
                 portal = stack.enter_context(start_blocking_portal("asyncio"))
                 # Entered and exited in one task on the portal's loop, as aiohttp needs.
                 stack.enter_context(portal.wrap_async_context_manager(self._async))
                 self._thread = portal.call(threading.current_thread)
+                loop = portal.call(asyncio.get_running_loop)
                 self._stack = stack.pop_all()
-            self._portal = portal
+            self._loop = loop
             self._state = _State.OPENED
             with _open_lock:
                 _open_stacks.add(self._stack)
-            return portal
+            return loop
 
     def close(self) -> None:
         """Close the session and stop the loop thread. Idempotent."""
@@ -183,7 +188,7 @@ class Client:
             if self._state is _State.CLOSED:
                 return
             self._state = _State.CLOSED
-            stack, self._stack, self._portal = self._stack, None, None
+            stack, self._stack, self._loop = self._stack, None, None
         if stack is not None:
             with _open_lock:
                 _open_stacks.discard(stack)
@@ -206,14 +211,15 @@ class Client:
     # ---- plumbing ----
 
     def _call(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
-        portal = self._open()
-        try:
-            future: Future[R] = portal.start_task_soon(functools.partial(fn, *args, **kwargs))
-        except RuntimeError as exc:
+        loop = self._open()
+        if threading.current_thread() is self._thread:
             raise UsageError(
                 "the blocking Client was called from its own event loop (from a callback?); "
                 "use the AsyncClient there"
-            ) from exc
+            )
+        # run_coroutine_threadsafe is the lightest hop onto the loop; the portal only owns
+        # the loop's lifetime. Cancelling the concurrent future cancels the task.
+        future = asyncio.run_coroutine_threadsafe(_as_coroutine(fn, args, kwargs), loop)
         try:
             return future.result()
         except BaseException:
