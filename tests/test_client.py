@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import logging
+import os
 import re
 from collections.abc import AsyncIterator
 from pathlib import Path
