@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import inspect
 import logging
@@ -10,7 +11,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, TypeAlias, overload
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias, overload
 from urllib.parse import quote
 
 import anyio
@@ -61,6 +62,9 @@ from .errors import (
     TaskTimeoutError,
     UsageError,
 )
+
+if TYPE_CHECKING:
+    from .webhook import WebhookReceiver
 
 __all__ = ("AsyncClient", "ProgressCallback", "TaskRef")
 
@@ -156,6 +160,7 @@ class AsyncClient:
         self._state = _State.UNOPENED
         self._poll_policy = poll or PollPolicy()
         self._poller: Poller | None = None
+        self._webhook: WebhookReceiver | None = None
 
     def __repr__(self) -> str:
         return (
@@ -515,7 +520,38 @@ class AsyncClient:
 
     def _hook_url(self, notify_hook: str | None) -> str | None:
         """The notifyHook to send: the caller's, else an active receiver's (if any)."""
+        if notify_hook is None and self._webhook is not None:
+            return self._webhook.url
         return notify_hook
+
+    def use_webhook(self, receiver: WebhookReceiver | None) -> None:
+        """Send ``receiver.url`` as notifyHook on every submit (None stops it)."""
+        self._webhook = receiver
+
+    @contextlib.asynccontextmanager
+    async def webhook_receiver(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        public_url: str | None = None,
+    ) -> AsyncIterator[WebhookReceiver]:
+        """Serve a notifyHook receiver while the block runs; submits carry its URL.
+
+        ``public_url`` is the address the relay can reach (default ``http://host:port``).
+        See ``quickmj.webhook`` for mounting it into your own aiohttp app instead.
+        """
+        from .webhook import WebhookReceiver
+
+        if port == 0 and public_url is None:
+            port = _free_port(host)
+        receiver = WebhookReceiver(self, public_url=public_url or f"http://{host}:{port}")
+        async with receiver.serve(host, port):
+            self.use_webhook(receiver)
+            try:
+                yield receiver
+            finally:
+                self.use_webhook(None)
 
     async def _submit_and_maybe_wait(
         self,
@@ -824,3 +860,12 @@ async def _call(callback: ProgressCallback | None, task: Task) -> None:
         result = callback(task)
         if inspect.isawaitable(result):
             await result
+
+
+def _free_port(host: str) -> int:
+    """An unused TCP port on ``host`` (so the hook URL is known before serving)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])

@@ -176,7 +176,7 @@ class _Entry:
         "misses",
         "modal_since",
         "next_due",
-        "pushed",
+        "pushed_at",
     )
 
     def __init__(self, due: float) -> None:
@@ -188,7 +188,7 @@ class _Entry:
         self.error_count = 0
         self.next_due = due
         self.modal_since: float | None = None
-        self.pushed = False  # updates arrive by notifyHook: poll only as a safety net
+        self.pushed_at: float | None = None  # last notifyHook push: poll only as a safety net
 
 
 ListFn = Callable[[list[str]], Awaitable[list[Any]]]  # raw JSON tasks
@@ -261,15 +261,20 @@ class Poller:
     def feed(self, task: Task, *, pushed: bool = True) -> bool:
         """Apply a task state that arrived from elsewhere (a notifyHook).
 
-        Returns False when nobody tracks the id. A pushed id is then polled only every
-        ``safety_net_interval`` until its pushes stop.
+        Returns False when nobody tracks the id. While pushes keep coming, a pushed id is
+        polled only every ``safety_net_interval``; once they stop for that long, normal
+        polling resumes by itself.
         """
         entry = self._entries.get(task.id)
         if entry is None:
             return False
-        if pushed:
-            entry.pushed = True
-        self._apply(task.id, entry, task, self._clock())
+        now = self._clock()
+        self._apply(task.id, entry, task, now)
+        if pushed and task.id in self._entries:
+            # Even a stale push proves hooks flow: poll this id only as a safety net.
+            entry.pushed_at = now
+            self._schedule(entry, now)
+        self._wakeup.set()  # the loop re-reads due times (a MODAL push may need a sooner check)
         return True
 
     # ---- loop ----
@@ -365,7 +370,7 @@ class Poller:
                     entry.error_count = entry.misses = 0
                     key = state_key(raw)
                     if key == entry.key and entry.modal_since is None:
-                        entry.next_due = tick_started + entry.delay  # unchanged: no parsing
+                        self._schedule(entry, tick_started)  # unchanged: no parsing
                         continue
                     try:
                         task = structure(raw, Task, what=f"task {task_id}")
@@ -452,12 +457,21 @@ class Poller:
                 return
         else:
             entry.modal_since = None
-        delay = self.policy.due_after(task)
-        if entry.pushed:
-            delay = max(delay, self.policy.safety_net_interval)
+        entry.delay = self.policy.due_after(task)
+        self._schedule(entry, now)
+
+    def _schedule(self, entry: _Entry, now: float) -> None:
+        delay = entry.delay
+        if entry.pushed_at is not None:
+            # Pushes arrive: only a safety-net poll, counted from the last push. When they
+            # stop for a whole safety-net interval, fall back to normal polling.
+            quiet_for = now - entry.pushed_at
+            if quiet_for < self.policy.safety_net_interval:
+                delay = max(delay, self.policy.safety_net_interval - quiet_for)
+            else:
+                entry.pushed_at = None
         if entry.modal_since is not None:
             delay = min(delay, max(self.policy.modal_timeout - (now - entry.modal_since), 0.0))
-        entry.delay = delay
         entry.next_due = now + delay
 
     def _finish(self, task_id: str, final: _Final) -> None:
@@ -466,14 +480,6 @@ class Poller:
             return
         for sub in entry.listeners:
             sub._push_final(task_id, final)
-
-    def mark_unpushed(self, task_id: str) -> None:
-        """Pushes for this id stopped: poll it normally again."""
-        entry = self._entries.get(task_id)
-        if entry is not None and entry.pushed:
-            entry.pushed = False
-            entry.next_due = min(entry.next_due, self._clock() + self.policy.interval)
-            self._wakeup.set()
 
     def snapshot(self) -> dict[str, Any]:
         return {"tracked": len(self._entries), **self.stats}

@@ -21,10 +21,11 @@ import os
 import threading
 import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from anyio.from_thread import start_blocking_portal
+from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._client import AsyncClient
 from ._config import AuthScheme, Mode, RetryPolicy, Timeouts
@@ -89,6 +90,22 @@ def _blocking_iter(
     return method
 
 
+def _blocking_cm(
+    fn: Callable[Concatenate[AsyncClient, P], AbstractAsyncContextManager[T]],
+) -> Callable[Concatenate[Client, P], AbstractContextManager[T]]:
+    """Make a blocking twin of an AsyncClient method that returns an async context manager."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> AbstractContextManager[T]:
+        self._open()
+        assert self._portal is not None
+        # Entered and exited in one task on the client's loop.
+        return self._portal.wrap_async_context_manager(getattr(self._async, name)(*args, **kwargs))
+
+    return method
+
+
 class Client:
     """Blocking client with the same methods, arguments, results and errors as AsyncClient.
 
@@ -127,6 +144,7 @@ class Client:
         self._state = _State.UNOPENED
         self._stack: contextlib.ExitStack | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._portal: BlockingPortal | None = None
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
@@ -175,6 +193,7 @@ class Client:
                 loop = portal.call(asyncio.get_running_loop)
                 self._stack = stack.pop_all()
             self._loop = loop
+            self._portal = portal
             self._state = _State.OPENED
             with _open_lock:
                 _open_stacks.add(self._stack)
@@ -188,7 +207,7 @@ class Client:
             if self._state is _State.CLOSED:
                 return
             self._state = _State.CLOSED
-            stack, self._stack, self._loop = self._stack, None, None
+            stack, self._stack, self._loop, self._portal = self._stack, None, None, None
         if stack is not None:
             with _open_lock:
                 _open_stacks.discard(stack)
@@ -266,3 +285,4 @@ class Client:
     wait = _blocking(AsyncClient.wait)
     as_completed = _blocking_iter(AsyncClient.as_completed)
     watch = _blocking_iter(AsyncClient.watch)
+    webhook_receiver = _blocking_cm(AsyncClient.webhook_receiver)
