@@ -273,7 +273,10 @@ class _Run:
             attempt += 1
             self.journal.mark_submitting(idx)
             try:
-                result = await send()
+                # Shielded: a cancelled run (Ctrl-C) still records what the relay answered,
+                # so a resume never has to guess. HTTP timeouts bound the wait.
+                with anyio.CancelScope(shield=True):
+                    result = await send()
             except (QueueFullError, RateLimitError) as exc:
                 # Nothing was created: safe to wait and send again.
                 self.journal.mark_pending(idx)
