@@ -17,6 +17,7 @@ Any structuring problem becomes :class:`quickmj.MalformedResponseError` naming t
 from __future__ import annotations
 
 import math
+import re
 import types
 import typing
 from collections.abc import Callable
@@ -273,10 +274,21 @@ def structure(data: Any, cls: type[T], *, what: str = "", status: int | None = N
         return converter.structure(data, cls)
     except (cattrs.BaseValidationError, TypeError, ValueError, KeyError) as exc:
         if isinstance(exc, cattrs.BaseValidationError):
-            detail = "; ".join(cattrs.transform_error(exc, path=what or cls.__name__))
+            root = what or cls.__name__
+            messages = cattrs.transform_error(exc, path=root)
+            detail = "; ".join(_wire_path(msg, root) for msg in messages)
         else:
             detail = f"{what or cls.__name__}: {exc}"
         raise MalformedResponseError(f"unexpected response shape: {detail}", status=status) from exc
+
+
+def _wire_path(message: str, root: str) -> str:
+    """Name fields in a cattrs error path by their JSON keys (``imageUrls``, not ``image_urls``)."""
+    text, sep, path = message.rpartition(" @ ")
+    if not sep or not path.startswith(root):
+        return message
+    rest = re.sub(r"\.(\w+)", lambda f: "." + to_camel(f.group(1)), path[len(root) :])
+    return f"{text} @ {root}{rest}"
 
 
 def unstructure(obj: Any) -> Any:

@@ -1,259 +1,345 @@
-"""Models and the converter, checked against the relay's own JSON samples."""
+"""Model behaviour: progress, timestamps, buttons, open enums, submit results."""
 
 from __future__ import annotations
 
 import datetime as dt
-import json
-from pathlib import Path
-from typing import Any
 
+import attrs
 import pytest
+from conftest import load_fixture
 
-import quickmj
 from quickmj import (
-    ActionRequest,
     BlendDimensions,
-    BlendRequest,
+    BotType,
     Button,
     ButtonNotFoundError,
-    DescribeRequest,
-    ImagineRequest,
-    ListByIdsRequest,
-    MalformedResponseError,
-    ModalRequest,
-    ShortenRequest,
+    InvalidInputError,
     SubmitResult,
     Task,
     TaskAction,
     TaskStatus,
 )
-from quickmj._converter import make_converter, structure, unstructure
+from quickmj._converter import structure
 
-FIXTURES = Path(__file__).parent / "fixtures"
-
-
-def load(name: str) -> Any:
-    return json.loads((FIXTURES / f"{name}.json").read_text(encoding="utf-8"))
+PIG_HASH = "3785da15-4f70-4034-9128-f3ff1ac634fa"
 
 
-def test_quickrouter_task_sample_parses_verbatim() -> None:
-    """The list-by-condition / fetch sample becomes a complete Task."""
-    task = structure(load("task_pig"), Task)
-    assert "1730621826053455" == task.id
-    assert TaskStatus.SUCCESS == task.status
-    assert TaskAction.IMAGINE == task.action
-    assert 100 == task.progress_percent
-    assert task.is_done and task.is_success and not task.is_failed
-    assert dt.datetime(2024, 11, 3, 8, 17, 6, 53000, tzinfo=dt.timezone.utc) == task.submitted_at
-    assert task.finished_at is not None and task.finished_at.tzinfo is dt.timezone.utc
-    assert 9 == len(task.buttons)
-    assert "pig --v 6.1" == task.final_prompt
-    assert {"finalPrompt": "pig --v 6.1", "finalZhPrompt": ""} == task.properties
+@pytest.fixture
+def pig() -> Task:
+    return structure(load_fixture("task_pig"), Task)
 
 
-def test_integration_guide_sample_keeps_properties_whole() -> None:
-    """The guide's task has big numeric properties and no customId: kept as sent."""
-    raw = load("task_cat")
-    task = structure(raw, Task)
-    assert raw["properties"] == task.properties
-    assert 8774786694361674000 == task.properties["discordChannelId"]
-    assert task.custom_id is None
-    assert "26d56b92-4ed6-45e2-8561-563797923135" == task.properties["messageHash"]
-
-
-def test_empty_template_sample_parses() -> None:
-    """The all-blank template answer parses; blank status/action mean 'not given'."""
-    task = structure(load("task_template_empty"), Task)
-    assert "" == task.id
-    assert TaskStatus.NOT_START == task.status
-    assert task.action is None
-    assert task.progress_percent is None
-    assert task.submitted_at is None
-
-
-def test_submit_result_with_numeric_id() -> None:
-    """A numeric ``result`` is kept as the same digits, as a string."""
-    result = structure(load("submit_numeric_result"), SubmitResult)
-    assert "1320098173412546" == result.task_id
-    assert result.ok and not result.needs_modal and not result.queued
-
-
-def test_strict_converter_finds_no_drift_in_quickrouter_samples() -> None:
-    """Every field QuickRouter documents is modelled (no extra keys)."""
-    strict = make_converter(forbid_extra_keys=True)
-    strict.structure(load("task_pig"), Task)
-    strict.structure(load("submit_numeric_result"), SubmitResult)
+# ---- progress, status, timestamps -----------------------------------------------------------
 
 
 @pytest.mark.parametrize(
-    ("fixture", "request_obj"),
+    ("progress", "status", "expected"),
     [
-        ("request_imagine", ImagineRequest(prompt="Cat", base64_array=())),
-        (
-            "request_blend",
-            BlendRequest(
-                base64_array=("data:image/png;base64,xxx1", "data:image/png;base64,xxx2"),
-                dimensions=BlendDimensions.SQUARE,
-            ),
-        ),
-        ("request_describe", DescribeRequest(base64="data:image/png;base64,xxx")),
-        ("request_shorten", ShortenRequest(prompt="Cat")),
-        (
-            "request_action",
-            ActionRequest(
-                task_id="14001934816969359",
-                custom_id="MJ::JOB::upsample::2::3dbbd469-36af-4a0f-8f02-df6c579e7011",
-                choose_same_channel=True,
-                notify_hook="",
-                state="",
-            ),
-        ),
-        ("request_modal", ModalRequest(task_id="14001934816969359", prompt="", mask_base64="")),
+        ("0%", TaskStatus.SUBMITTED, 0),
+        ("46%", TaskStatus.IN_PROGRESS, 46),
+        ("100%", TaskStatus.SUCCESS, 100),
+        (" 15 % ", TaskStatus.IN_PROGRESS, 15),
+        ("62", TaskStatus.IN_PROGRESS, 62),
+        ("46.9%", TaskStatus.IN_PROGRESS, 46),
+        ("250%", TaskStatus.IN_PROGRESS, 100),
+        ("", TaskStatus.FAILURE, None),
+        (None, TaskStatus.NOT_START, None),
+        ("stopped", TaskStatus.IN_PROGRESS, None),
+        (None, TaskStatus.SUCCESS, 100),
+        ("100%", TaskStatus.FAILURE, 100),
     ],
 )
-def test_requests_unstructure_to_the_documented_bodies(fixture: str, request_obj: Any) -> None:
-    """Each request class produces exactly the documented camelCase body."""
-    assert load(fixture) == unstructure(request_obj)
-
-
-def test_none_fields_are_omitted() -> None:
-    """Unset optional fields are not sent as null."""
-    assert {"prompt": "x"} == unstructure(ImagineRequest(prompt="x"))
-    assert {"ids": ["1", "2"]} == unstructure(ListByIdsRequest(ids=("1", "2")))
-    assert {"taskId": "1", "customId": "c", "chooseSameChannel": False} == unstructure(
-        ActionRequest(task_id="1", custom_id="c")
-    )
-
-
-def test_task_round_trips_in_camel_case() -> None:
-    """Task -> JSON -> Task is lossless for the documented fields."""
-    task = structure(load("task_pig"), Task)
-    data = unstructure(task)
-    assert "imageUrl" in data and "image_url" not in data
-    assert task == structure(data, Task)
-
-
-def test_unknown_status_and_action_are_preserved() -> None:
-    """New values from a newer relay are kept, not mapped to a known one."""
-    task = structure({"id": "1", "status": "PAUSED", "action": "HOLOGRAM"}, Task)
-    assert "PAUSED" == task.status.value
-    assert not task.status.is_known
-    assert not task.status.is_terminal
-    assert "HOLOGRAM" == task.action.value if task.action else False
-    assert "PAUSED" not in [s.value for s in TaskStatus]
-    assert "PAUSED" == unstructure(task)["status"]
-
-
-def test_unknown_fields_ignored_and_missing_defaulted() -> None:
-    """Extra fields are ignored; a minimal task gets defaults; null lists are empty."""
-    task = structure(
-        {"id": 7, "brandNewField": {"x": 1}, "buttons": None, "properties": None}, Task
-    )
-    assert "7" == task.id
-    assert () == task.buttons
-    assert {} == task.properties
-    assert TaskStatus.NOT_START == task.status
+def test_progress_percent(progress: str | None, status: TaskStatus, expected: int | None) -> None:
+    """``"46%"`` -> 46; blank or unparsable -> None; a SUCCESS without progress is 100."""
+    assert expected == Task(id="1", progress=progress, status=status).progress_percent
 
 
 @pytest.mark.parametrize(
-    ("raw", "field"),
+    ("status", "done", "success", "failed", "modal"),
     [
-        ({"id": {"a": 1}}, "Task.id"),
-        ({"id": "1", "status": 5}, "Task.status"),
-        ({"id": "1", "buttons": [{"customId": "x", "type": "two"}]}, "Task.buttons[0].type"),
-        ({"id": "1", "properties": [1, 2]}, "Task.properties"),
-        ({"status": "SUCCESS"}, "Task.id"),
-        ([1, 2], "Task"),
+        ("NOT_START", False, False, False, False),
+        ("SUBMITTED", False, False, False, False),
+        ("MODAL", False, False, False, True),
+        ("IN_PROGRESS", False, False, False, False),
+        ("SUCCESS", True, True, False, False),
+        ("FAILURE", True, False, True, False),
+        ("CANCEL", True, False, True, False),
+        ("PAUSED", False, False, False, False),
     ],
 )
-def test_wrong_shapes_raise_malformed_naming_the_field(raw: Any, field: str) -> None:
-    """A wrong shape becomes MalformedResponseError that says which field."""
-    with pytest.raises(MalformedResponseError) as info:
-        structure(raw, Task)
-    assert field in str(info.value)
+def test_status_predicates(
+    status: str, done: bool, success: bool, failed: bool, modal: bool
+) -> None:
+    """is_done / is_success / is_failed / needs_modal for each status (unknown: still running)."""
+    task = structure({"id": "1", "status": status}, Task)
+    assert (done, success, failed, modal) == (
+        task.is_done,
+        task.is_success,
+        task.is_failed,
+        task.needs_modal,
+    )
 
 
-def test_progress_percent() -> None:
-    """'46%' -> 46, '' and None -> None (100 once SUCCESS)."""
-    assert 46 == Task(id="1", progress="46%").progress_percent
-    assert Task(id="1", progress="").progress_percent is None
-    assert Task(id="1").progress_percent is None
-    assert 100 == Task(id="1", status=TaskStatus.SUCCESS).progress_percent
+def test_timestamps_are_aware_utc(pig: Task) -> None:
+    """submitTime/startTime/finishTime (epoch ms) become aware UTC datetimes."""
+    utc = dt.timezone.utc
+    assert dt.datetime(2024, 11, 3, 8, 17, 6, 53000, tzinfo=utc) == pig.submitted_at
+    assert dt.datetime(2024, 11, 3, 8, 17, 8, 24000, tzinfo=utc) == pig.started_at
+    assert dt.datetime(2024, 11, 3, 8, 17, 35, 817000, tzinfo=utc) == pig.finished_at
+    for value in (pig.submitted_at, pig.started_at, pig.finished_at):
+        assert value is not None and dt.timedelta(0) == value.utcoffset()
+
+
+def test_absent_or_zero_timestamps_are_none() -> None:
+    """0 (the relay's 'not yet') and None both mean no datetime."""
+    task = Task(id="1", submit_time=0, start_time=None)
+    assert (None, None, None) == (task.submitted_at, task.started_at, task.finished_at)
+
+
+def test_final_prompt(pig: Task) -> None:
+    """final_prompt reads properties.finalPrompt, and only when it is a string."""
+    assert "pig --v 6.1" == pig.final_prompt
+    assert Task(id="1", properties={"finalPrompt": 5}).final_prompt is None
+    assert Task(id="1").final_prompt is None
+
+
+# ---- buttons --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("wanted", "custom_id"),
+    [
+        ("U2", f"MJ::JOB::upsample::2::{PIG_HASH}"),
+        ("u2", f"MJ::JOB::upsample::2::{PIG_HASH}"),
+        (" U2 ", f"MJ::JOB::upsample::2::{PIG_HASH}"),
+        ("V3", f"MJ::JOB::variation::3::{PIG_HASH}"),
+        ("v4", f"MJ::JOB::variation::4::{PIG_HASH}"),
+        ("🔄", f"MJ::JOB::reroll::0::{PIG_HASH}::SOLO"),
+        (f"MJ::JOB::variation::1::{PIG_HASH}", f"MJ::JOB::variation::1::{PIG_HASH}"),
+    ],
+)
+def test_task_button_lookup(pig: Task, wanted: str, custom_id: str) -> None:
+    """Buttons are found by label (any case), emoji or exact customId."""
+    assert custom_id == pig.button(wanted).custom_id
+
+
+def test_button_by_position_when_labels_are_missing() -> None:
+    """Relays that send no labels still find U1-U4 / V1-V4 by the customId."""
+    task = Task(
+        id="9",
+        buttons=(
+            Button(custom_id="MJ::JOB::variation::4::h"),
+            Button(custom_id="MJ::JOB::upsample::4::h"),
+        ),
+    )
+    assert "MJ::JOB::upsample::4::h" == task.button("U4").custom_id
+    assert "MJ::JOB::variation::4::h" == task.button("v4").custom_id
+
+
+def test_missing_button_lists_what_exists(pig: Task) -> None:
+    """An unknown label raises ButtonNotFoundError naming the task and available buttons."""
+    with pytest.raises(ButtonNotFoundError) as info:
+        pig.button("Zoom Out 2x")
+    err = info.value
+    assert ("Zoom Out 2x", "1730621826053455") == (err.wanted, err.task_id)
+    assert ("U1", "U2", "U3", "U4", "🔄", "V1", "V2", "V3", "V4") == err.available
+    assert "'U1'" in str(err) and "'🔄'" in str(err) and "1730621826053455" in str(err)
+    assert isinstance(err, LookupError) and isinstance(err, InvalidInputError)
+
+
+def test_missing_button_on_a_task_without_buttons() -> None:
+    """A task with no buttons says so (U5 is not a position either)."""
+    with pytest.raises(ButtonNotFoundError, match="none"):
+        Task(id="1").button("U1")
+    with pytest.raises(ButtonNotFoundError):
+        structure(load_fixture("task_pig"), Task).button("U5")
+
+
+H = "3785da15-4f70-4034-9128-f3ff1ac634fa"
 
 
 @pytest.mark.parametrize(
     ("custom_id", "kind", "index", "modal"),
     [
-        ("MJ::JOB::upsample::2::3785da15", "upsample", 2, False),
-        ("MJ::JOB::variation::4::3785da15", "variation", 4, False),
-        ("MJ::JOB::reroll::0::3785da15::SOLO", "reroll", None, False),
-        ("MJ::JOB::low_variation::1::h::SOLO", "low_variation", None, False),
-        ("MJ::JOB::pan_left::1::h::SOLO", "pan_left", None, False),
-        ("MJ::JOB::upsample_v6_2x_subtle::1::h::SOLO", "upsample_v6_2x_subtle", None, False),
-        ("MJ::Outpaint::50::1::h::SOLO", "Outpaint", None, False),
-        ("MJ::CustomZoom::h", "CustomZoom", None, True),
-        ("MJ::Inpaint::1::h::SOLO", "Inpaint", None, True),
-        ("MJ::Job::PicReader::3", "PicReader", 3, True),
+        (f"MJ::JOB::upsample::1::{H}", "upsample", 1, False),
+        (f"MJ::JOB::upsample::4::{H}", "upsample", 4, False),
+        (f"MJ::JOB::variation::2::{H}", "variation", 2, False),
+        (f"MJ::JOB::reroll::0::{H}::SOLO", "reroll", None, False),
+        (f"MJ::JOB::low_variation::1::{H}::SOLO", "low_variation", None, False),
+        (f"MJ::JOB::high_variation::1::{H}::SOLO", "high_variation", None, False),
+        (f"MJ::Inpaint::1::{H}::SOLO", "Inpaint", None, True),
+        (f"MJ::Outpaint::50::1::{H}::SOLO", "Outpaint", None, False),
+        (f"MJ::Outpaint::75::1::{H}::SOLO", "Outpaint", None, False),
+        (f"MJ::CustomZoom::{H}", "CustomZoom", None, True),
+        (f"MJ::CustomZoom::1::{H}", "CustomZoom", None, True),
+        (f"MJ::JOB::pan_left::1::{H}::SOLO", "pan_left", None, False),
+        (f"MJ::JOB::pan_right::1::{H}::SOLO", "pan_right", None, False),
+        (f"MJ::JOB::pan_up::1::{H}::SOLO", "pan_up", None, False),
+        (f"MJ::JOB::pan_down::1::{H}::SOLO", "pan_down", None, False),
+        (f"MJ::JOB::upsample_v5_2x::1::{H}::SOLO", "upsample_v5_2x", None, False),
+        (f"MJ::JOB::upsample_v5_4x::1::{H}::SOLO", "upsample_v5_4x", None, False),
+        (f"MJ::JOB::upsample_v6_2x_subtle::1::{H}::SOLO", "upsample_v6_2x_subtle", None, False),
+        (
+            f"MJ::JOB::upsample_v6_2x_creative::1::{H}::SOLO",
+            "upsample_v6_2x_creative",
+            None,
+            False,
+        ),
+        (
+            f"MJ::JOB::upsample_v6r1_2x_subtle::1::{H}::SOLO",
+            "upsample_v6r1_2x_subtle",
+            None,
+            False,
+        ),
+        (
+            f"MJ::JOB::upsample_v7_2x_creative::1::{H}::SOLO",
+            "upsample_v7_2x_creative",
+            None,
+            False,
+        ),
+        (f"MJ::JOB::animate_high::1::{H}::SOLO", "animate_high", None, False),
+        (f"MJ::JOB::animate_low::1::{H}::SOLO", "animate_low", None, False),
+        (f"MJ::JOB::animate_high_extend::1::{H}", "animate_high_extend", None, False),
+        (f"MJ::JOB::animate_low_extend::1::{H}", "animate_low_extend", None, False),
+        (f"MJ::JOB::video_virtual_upscale::3::{H}", "video_virtual_upscale", 3, False),
+        ("MJ::Job::PicReader::1", "PicReader", 1, True),
+        ("MJ::Job::PicReader::4", "PicReader", 4, True),
+        ("MJ::Job::PicReader::all", "PicReader", None, True),
+        ("MJ::Picread::Retry", "Picread", None, False),
+        ("MJ::Job::PromptAnalyzer::2", "PromptAnalyzer", None, True),
+        (f"MJ::BOOKMARK::{H}", "BOOKMARK", None, False),
+        (f"MJ::JOB::video::1::{H}::manual", "video", None, False),
+        (f"MJ::JOB::upsample::0::{H}", "upsample", None, False),
+        (f"MJ::JOB::upsample::9::{H}", "upsample", None, False),
+        ("MJ::", "", None, False),
         ("something-else", "", None, False),
+        ("", "", None, False),
     ],
 )
 def test_button_kind_and_index(custom_id: str, kind: str, index: int | None, modal: bool) -> None:
-    """Button.kind / index / always_needs_modal come from the customId."""
+    """Button.kind / index / always_needs_modal for every customId pattern in protocol §5."""
     button = Button(custom_id=custom_id)
-    assert kind == button.kind
-    assert index == button.index
-    assert modal == button.always_needs_modal
+    assert (kind, index, modal) == (button.kind, button.index, button.always_needs_modal)
 
 
-def test_task_button_lookup() -> None:
-    """Buttons are found by label, emoji, customId and U/V position."""
-    task = structure(load("task_pig"), Task)
-    assert (
-        "MJ::JOB::upsample::2::3785da15-4f70-4034-9128-f3ff1ac634fa" == task.button("U2").custom_id
-    )
-    assert (
-        "MJ::JOB::variation::3::3785da15-4f70-4034-9128-f3ff1ac634fa" == task.button("v3").custom_id
-    )
-    assert "reroll" == task.button("🔄").kind
-    cid = task.buttons[0].custom_id
-    assert task.buttons[0] == task.button(cid)
-    unlabeled = Task(id="9", buttons=(Button(custom_id="MJ::JOB::upsample::4::h"),))
-    assert "MJ::JOB::upsample::4::h" == unlabeled.button("U4").custom_id
+def test_button_display() -> None:
+    """display is the label, else the emoji, else the customId."""
+    assert "U1" == Button(custom_id="c", label="U1", emoji="x").display
+    assert "🔄" == Button(custom_id="c", emoji="🔄").display
+    assert "c" == Button(custom_id="c").display
 
 
-def test_missing_button_lists_what_exists() -> None:
-    """An unknown label raises ButtonNotFoundError naming the available buttons."""
-    task = structure(load("task_pig"), Task)
-    with pytest.raises(ButtonNotFoundError) as info:
-        task.button("Zoom Out 2x")
-    assert "U1" in str(info.value) and "🔄" in str(info.value)
-    assert isinstance(info.value, LookupError)
+# ---- open enums -----------------------------------------------------------------------------
 
 
-def test_submit_result_codes() -> None:
-    """22 exposes the queue position; 21 says a modal is needed."""
-    queued = structure(
-        {"code": 22, "result": "1", "properties": {"numberOfQueues": 3}}, SubmitResult
-    )
-    assert queued.queued and queued.ok and 3 == queued.queue_position
-    modal = structure(
-        {"code": 21, "result": "2", "description": "Waiting for window confirm"}, SubmitResult
-    )
-    assert modal.needs_modal and modal.ok
+def test_unknown_status_is_preserved_not_registered() -> None:
+    """A new status is kept with its raw value, flagged unknown, and never joins the enum."""
+    before = list(TaskStatus)
+    status = TaskStatus("PAUSED")
+    assert "PAUSED" == status.value == str(status)
+    assert status.is_known is False
+    assert not status.is_terminal
+    assert "PAUSED" == status  # still a str
+    assert before == list(TaskStatus)
+    assert "PAUSED" not in [s.value for s in TaskStatus]
+    assert TaskStatus("PAUSED") == status and hash(TaskStatus("PAUSED")) == hash(status)
 
 
-def test_models_are_frozen() -> None:
-    """Wire structures are immutable."""
-    task = Task(id="1")
-    with pytest.raises(AttributeError):
-        task.id = "2"  # type: ignore[misc]
+@pytest.mark.parametrize("enum_cls", [TaskStatus, TaskAction, BotType, BlendDimensions])
+def test_known_members_are_known(enum_cls: type[TaskStatus]) -> None:
+    """Every declared member reports is_known and is returned as the singleton."""
+    for member in enum_cls:
+        assert member.is_known
+        assert member is enum_cls(member.value)
 
 
-def test_public_exports() -> None:
-    """__all__ is sorted, unique and importable; errors come from both places."""
-    names = list(quickmj.__all__)
-    assert len(names) == len(set(names))
-    for name in names:
-        assert hasattr(quickmj, name), name
-    for name in quickmj.errors.__all__:
-        assert getattr(quickmj, name) is getattr(quickmj.errors, name)
+def test_unknown_action_from_the_wire() -> None:
+    """A task with a new action and status parses and keeps both values."""
+    task = structure({"id": "1", "status": "PAUSED", "action": "HOLOGRAM"}, Task)
+    assert task.action is not None
+    assert ("PAUSED", "HOLOGRAM") == (task.status.value, task.action.value)
+    assert (False, False) == (task.status.is_known, task.action.is_known)
+    assert "HOLOGRAM" not in [a.value for a in TaskAction]
+
+
+def test_new_actions_from_relays_are_known() -> None:
+    """Actions the relays document (protocol §4.1, §4.3) are modelled."""
+    for value in ("SWAP_FACE", "VIDEO", "UPSCALE_HD", "CUSTOM_ZOOM", "INPAINT", "EDITS"):
+        assert TaskAction(value).is_known, value
+
+
+def test_non_string_enum_value_is_rejected() -> None:
+    """Only strings become pseudo-members."""
+    with pytest.raises(ValueError):
+        TaskStatus(5)  # type: ignore[arg-type]
+
+
+# ---- SubmitResult ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "ok", "queued", "modal"),
+    [
+        (1, True, False, False),
+        (21, True, False, True),
+        (22, True, True, False),
+        (3, False, False, False),
+        (4, False, False, False),
+        (23, False, False, False),
+        (24, False, False, False),
+        (9, False, False, False),
+    ],
+)
+def test_submit_result_codes(code: int, ok: bool, queued: bool, modal: bool) -> None:
+    """Codes 1/21/22 create a task; 21 needs a modal; 22 is queued."""
+    result = SubmitResult(code=code, result="1")
+    assert (ok, queued, modal) == (result.ok, result.queued, result.needs_modal)
+
+
+@pytest.mark.parametrize(
+    ("properties", "expected"),
+    [
+        ({"numberOfQueues": 3}, 3),
+        ({"numberOfQueues": "7"}, 7),
+        ({"numberOfQueues": 0}, 0),
+        ({"numberOfQueues": True}, None),
+        ({"numberOfQueues": "many"}, None),
+        ({}, None),
+    ],
+)
+def test_queue_position(properties: dict[str, object], expected: int | None) -> None:
+    """queue_position reads properties.numberOfQueues when it is a count."""
+    result = structure({"code": 22, "result": "1", "properties": properties}, SubmitResult)
+    assert expected == result.queue_position
+
+
+def test_modal_submit_result_from_the_wire() -> None:
+    """Code 21 (TrueAI's 'Waiting for window confirm') gives the MODAL task's id."""
+    raw = {
+        "code": 21,
+        "description": "Waiting for window confirm",
+        "result": 1730621826053999,
+        "properties": {"finalPrompt": "cat", "remix": True},
+    }
+    result = structure(raw, SubmitResult)
+    assert result.needs_modal and result.ok
+    assert "1730621826053999" == result.task_id
+    assert {"finalPrompt": "cat", "remix": True} == result.properties
+
+
+def test_submit_result_without_result() -> None:
+    """A rejection has no id; task_id is then empty, not None."""
+    assert "" == SubmitResult(code=4).task_id
+
+
+# ---- immutability ---------------------------------------------------------------------------
+
+
+def test_models_are_frozen_and_hashable(pig: Task) -> None:
+    """Wire structures are immutable; a Task hashes without its properties dict."""
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        pig.id = "2"  # type: ignore[misc]
+    with pytest.raises(attrs.exceptions.FrozenInstanceError):
+        pig.buttons[0].label = "x"  # type: ignore[misc]
+    assert hash(pig) == hash(attrs.evolve(pig))
+    assert pig != attrs.evolve(pig, progress="99%")
