@@ -45,8 +45,13 @@ from ._models import (
     Task,
 )
 from ._poller import Poller, PollPolicy, Subscription, _Final
-from ._responses import parse_submit, parse_task_or_none, raw_task_list, rejection_from_body
-from ._transport import EMPTY, Transport
+from ._responses import (
+    means_not_found,
+    parse_submit,
+    parse_task_or_none,
+    raw_task_list,
+)
+from ._transport import Transport
 from .errors import (
     ClientClosedError,
     DownloadError,
@@ -54,6 +59,7 @@ from .errors import (
     MalformedResponseError,
     NotFoundError,
     QueueFullError,
+    QuickMJError,
     RelatedTaskNotFoundError,
     SubmitRejectedError,
     TaskFailedError,
@@ -267,6 +273,8 @@ class AsyncClient:
         """Submit an /imagine job. ``images`` are reference images (bytes, paths, URLs)."""
         if not prompt or not prompt.strip():
             raise InvalidInputError("prompt must not be empty")
+        if isinstance(images, (str, bytes, bytearray, memoryview, os.PathLike)):
+            images = [images]  # one image, not a sequence of characters or bytes
         wire = await to_wire_images(tuple(images)) if images else None
         request = ImagineRequest(
             prompt=prompt.strip(),
@@ -594,7 +602,7 @@ class AsyncClient:
                 # Nothing was created, so a retry cannot pay twice; only when asked for.
                 if not policy.retry_submits or attempt >= policy.max_attempts:
                     raise
-                await anyio.sleep(policy.delay(attempt))
+                await self._transport._sleep(policy.delay(attempt))
                 continue
             logger.debug("%s -> task %s (code %d)", path, result.task_id, result.code)
             return result
@@ -610,7 +618,7 @@ class AsyncClient:
         except (NotFoundError, RelatedTaskNotFoundError) as exc:
             raise TaskNotFoundError(task_id) from exc
         except SubmitRejectedError as exc:
-            if "found" in exc.description.lower():
+            if means_not_found(exc):
                 raise TaskNotFoundError(task_id) from exc
             raise
         found = parse_task_or_none(data, path)
@@ -646,9 +654,18 @@ class AsyncClient:
         pending = list(dict.fromkeys(ids))
         limiter = anyio.CapacityLimiter(max(1, max_concurrency))
 
-        async def run_chunk(chunk: list[str]) -> None:
+        errors: list[BaseException] = []
+
+        async def run_chunk(chunk: list[str], scope: anyio.CancelScope) -> None:
             async with limiter:
-                for t in await self.list_tasks(chunk):
+                try:
+                    answer = await self.list_tasks(chunk)
+                except QuickMJError as exc:
+                    # Raise the error itself, not an ExceptionGroup: stop the other chunks.
+                    errors.append(exc)
+                    scope.cancel()
+                    return
+                for t in answer:
                     if t.id in wanted:
                         found[t.id] = t
 
@@ -657,7 +674,11 @@ class AsyncClient:
             before = len(found)
             async with anyio.create_task_group() as tg:
                 for i in range(0, len(pending), self._list_chunk_size):
-                    tg.start_soon(run_chunk, pending[i : i + self._list_chunk_size])
+                    tg.start_soon(
+                        run_chunk, pending[i : i + self._list_chunk_size], tg.cancel_scope
+                    )
+            if errors:
+                raise errors[0]
             pending = [i for i in pending if i not in found]
             if len(found) == before:
                 break  # no progress: what is left is unknown to the relay
@@ -781,21 +802,16 @@ class AsyncClient:
                 "GET", path, idempotent=True, read_timeout=self._transport.timeouts.image_seed
             )
         except RelatedTaskNotFoundError as exc:
-            raise TaskNotFoundError(task_id) from exc
+            if exc.status == 404:  # an unknown task; a 200 with code 3 means "no seed found"
+                raise TaskNotFoundError(task_id) from exc
+            raise
         if isinstance(data, dict) and "code" not in data and "id" in data:
             # The relay's docs show a Task here (a copy error): refuse clearly.
             raise MalformedResponseError(
                 f"{path}: expected {{code, result}} with the seed, got a task object", path=path
             )
-        rejection = rejection_from_body(data, status=200, body="", path=path)
-        if rejection is not None:
-            if isinstance(rejection, RelatedTaskNotFoundError):
-                raise TaskNotFoundError(task_id) from rejection
-            raise rejection
-        result = parse_submit(data, path) if data is not EMPTY else None
-        if result is None or not result.result:
-            raise MalformedResponseError(f"{path}: no seed in the answer", path=path)
-        return result.result
+        # Codes other than 1 raise their rejection (code 9: seed error, 3: no seed found).
+        return parse_submit(data, path).task_id
 
     async def download(
         self,

@@ -101,6 +101,13 @@ class Secret:
         """Replace any occurrence of the key in ``text`` (an echoed error body, say)."""
         return text.replace(self._value, "***") if self._value and len(self._value) >= 4 else text
 
+    def redact_bytes(self, data: bytes) -> bytes:
+        """The same for a raw answer, before anything is parsed out of it."""
+        if len(self._value) < 4:
+            return data
+        secret = self._value.encode()
+        return data.replace(secret, b"***") if secret in data else data
+
     def __repr__(self) -> str:
         return "Secret('***')"
 
@@ -138,7 +145,7 @@ def resolve_mode(mode: str | None) -> Mode | None:
     if value in ("", "default", "none"):
         return None
     if value not in _MODES:
-        raise ConfigurationError(f"mode must be one of {', '.join(_MODES)} or None, got {mode!r}")
+        raise ConfigurationError(f"mode must be one of {', '.join(_MODES)} or None, got {value!r}")
     return value  # type: ignore[return-value]
 
 

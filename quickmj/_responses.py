@@ -82,7 +82,10 @@ def rejection_from_body(
     if not isinstance(data, dict) or isinstance(data.get("code"), bool):
         return None
     if data.get("success") is False:
-        failure = structure(data, FailureBody, what="failure", status=status)
+        try:
+            failure = structure(data, FailureBody, what="failure", status=status)
+        except MalformedResponseError:
+            return None  # not the relay's failure shape after all ({"code": "E42"}, ...)
         return rejection_from_code(
             failure.code, failure.message, status=status, body=body, path=path
         )
@@ -130,9 +133,19 @@ def parse_task_or_none(data: Any, path: str) -> Task | None:
     if data is EMPTY or data is None:
         return None
     if isinstance(data, dict) and "id" not in data and "code" in data:
-        # new-api answers an unknown id with {code: 4, description: "task_no_found"}.
-        return None
+        # new-api answers an unknown id with {code: 4, description: "task_no_found"}; any
+        # other relay error (upstream down, ...) is raised, not mistaken for "not found".
+        rejection = rejection_from_body(data, status=200, body=excerpt(str(data)), path=path)
+        if rejection is None or means_not_found(rejection):
+            return None
+        raise rejection
     return structure(data, Task, what="task")
+
+
+def means_not_found(rejection: SubmitRejectedError) -> bool:
+    """Whether a relay rejection says the task does not exist (code 3, ``task_no_found``)."""
+    text = rejection.description.lower()
+    return isinstance(rejection, RelatedTaskNotFoundError) or "found" in text or "不存在" in text
 
 
 def raw_task_list(data: Any, path: str) -> list[Any]:

@@ -126,6 +126,7 @@ class Transport:
         self._closed = False
         self._sleep = sleep or anyio.sleep
         self._origin = _origin(base_url)
+        self._root = str(yarl.URL(f"{base_url}{self.prefix}"))
 
     def __repr__(self) -> str:
         return f"<Transport {self.base_url}{self.prefix}>"
@@ -162,8 +163,14 @@ class Transport:
 
     # ---- requests ----
 
-    def url(self, path: str) -> str:
-        return f"{self.base_url}{self.prefix}{path}"
+    def url(self, path: str) -> yarl.URL:
+        """The URL of ``path`` (already percent-encoded) under the base URL and mode prefix.
+
+        Built pre-encoded, so a ``.`` or ``..`` segment (a task id) is sent as ``%2E`` and
+        is never normalised away into another route.
+        """
+        segments = ["%2E" * len(s) if s in (".", "..") else s for s in path.split("/")]
+        return yarl.URL(self._root + "/".join(segments), encoded=True)
 
     async def request_json(
         self,
@@ -252,7 +259,9 @@ class Transport:
                         raw = await resp.read()  # size known and acceptable: one read
                     else:
                         raw = await _read_capped(resp.content, MAX_JSON_BYTES, method, path)
-                    return _Answer(resp.status, resp.headers, raw)
+                    # A relay that echoes the key (in an error text, say) must not hand it
+                    # to error messages, descriptions or parsed fields: redact it first.
+                    return _Answer(resp.status, resp.headers, self._key.redact_bytes(raw))
         finally:
             logger.debug(
                 "%s %s -> %s in %.1f ms",
@@ -271,12 +280,22 @@ class Transport:
                 data = json.loads(answer.body)
             except (ValueError, RecursionError) as exc:
                 parse_error = exc
-        if answer.status < 400 and parse_error is None:
+        if answer.status < 300 and parse_error is None:
             return data
         # Only failures pay for a (redacted) text excerpt of the body.
         text_excerpt = self._key.redact(excerpt(answer.body[: 4 * BODY_EXCERPT_LIMIT]))
         if answer.status >= 400:
             raise self._status_error(answer, path, data, text_excerpt)
+        if answer.status >= 300:
+            # Redirects are not followed (the key must not travel on); never read as "empty".
+            location = answer.headers.get("Location")
+            raise HTTPStatusError(
+                f"{path}: the relay answered a redirect (HTTP {answer.status}) to "
+                f"{_display_url(location) if location else 'no location'}; check base_url",
+                status=answer.status,
+                body=text_excerpt,
+                path=path,
+            )
         kind = "an HTML page" if answer.body.lstrip()[:1] == b"<" else "invalid JSON"
         raise MalformedResponseError(
             f"{path}: expected JSON, got {kind} (HTTP {answer.status}): {text_excerpt[:200]}",
@@ -303,13 +322,8 @@ class Transport:
                 body=body,
                 path=path,
             )
-        # 4xx answers that carry a relay code (404 code 3, 400 code 4) are relay rejections.
-        from ._responses import rejection_from_body  # local: _responses builds on errors only
-
-        rejection = rejection_from_body(data, status=status, body=body, path=path)
-        if rejection is not None:
-            return rejection
         if status in (401, 403):
+            # Whatever the body says (some gateways send {"code": 401, ...}): a key problem.
             return AuthenticationError(
                 f"{path}: authentication failed (HTTP {status}): {body[:200] or 'no detail'}; "
                 "check the API key and the auth_scheme",
@@ -317,6 +331,12 @@ class Transport:
                 body=body,
                 path=path,
             )
+        # 4xx answers that carry a relay code (404 code 3, 400 code 4) are relay rejections.
+        from ._responses import rejection_from_body  # local: _responses builds on errors only
+
+        rejection = rejection_from_body(data, status=status, body=body, path=path)
+        if rejection is not None:
+            return rejection
         if status == 404:
             return NotFoundError(f"{path}: not found (HTTP 404)", status=404, body=body, path=path)
         return HTTPStatusError(
@@ -363,6 +383,15 @@ class Transport:
                     continue
                 if resp.status >= 400:
                     body = self._key.redact(excerpt(await resp.content.read(2048)))
+                    if resp.status in (401, 403) and not headers:
+                        # No key went there: not an AuthenticationError (an expired link).
+                        raise HTTPStatusError(
+                            f"{_display_url(current)}: the image host refused access "
+                            f"(HTTP {resp.status}); the link may have expired",
+                            status=resp.status,
+                            body=body,
+                            path=_display_url(current),
+                        )
                     raise self._status_error(
                         _Answer(resp.status, resp.headers, body.encode()),
                         _display_url(current),

@@ -24,7 +24,7 @@ if "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).paramet
             kwargs.setdefault("stream_writer", mock.Mock(output_size=0))
             super().__init__(*args, **kwargs)
 
-    aioresponses.core.ClientResponse = _CompatClientResponse  # type: ignore[misc]
+    aioresponses.core.ClientResponse = _CompatClientResponse  # type: ignore[attr-defined]
 
 
 FIXTURES = Path(__file__).parent / "fixtures"

@@ -271,7 +271,7 @@ def test_new_actions_from_relays_are_known() -> None:
 def test_non_string_enum_value_is_rejected() -> None:
     """Only strings become pseudo-members."""
     with pytest.raises(ValueError):
-        TaskStatus(5)  # type: ignore[arg-type]
+        TaskStatus(5)
 
 
 # ---- SubmitResult ---------------------------------------------------------------------------

@@ -9,7 +9,7 @@ import attrs
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from quickmj import MalformedResponseError, SubmitResult, Task
+from quickmj import MalformedResponseError, SubmitRejectedError, SubmitResult, Task
 from quickmj._converter import raw_task_id, state_key, structure, to_camel
 from quickmj._responses import parse_submit, parse_task_list, parse_task_or_none
 
@@ -55,9 +55,9 @@ def test_task_structures_or_raises_malformed(raw: dict[str, Any]) -> None:
 @SETTINGS
 @given(st.one_of(json_values, st.lists(objects(TASK_KEYS), max_size=3)))
 def test_task_answers_parse_or_raise_malformed(data: Any) -> None:
-    """fetch and list-by-condition answers: parsed, None, or MalformedResponseError."""
+    """fetch and list-by-condition answers: parsed, None, or a typed error."""
     for parse in (parse_task_or_none, parse_task_list):
-        with contextlib.suppress(MalformedResponseError):
+        with contextlib.suppress(MalformedResponseError, SubmitRejectedError):
             parse(data, "/x")
 
 

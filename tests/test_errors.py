@@ -1,0 +1,300 @@
+"""The error hierarchy, its messages, and how relay codes map onto it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from aioresponses import aioresponses
+
+import quickmj.errors as errors_module
+from quickmj import (
+    APIError,
+    AsyncClient,
+    AuthenticationError,
+    BannedPromptError,
+    ButtonNotFoundError,
+    ClientClosedError,
+    ConfigurationError,
+    ConnectError,
+    DownloadError,
+    HTTPStatusError,
+    InvalidInputError,
+    MalformedResponseError,
+    NotFoundError,
+    QueueFullError,
+    QuickMJError,
+    RateLimitError,
+    RelatedTaskNotFoundError,
+    RequestTimeoutError,
+    RetryPolicy,
+    ServerError,
+    SubmitOutcomeUnknownError,
+    SubmitRejectedError,
+    Task,
+    TaskError,
+    TaskFailedError,
+    TaskNeedsModalError,
+    TaskNotFoundError,
+    TaskStatus,
+    TaskTimeoutError,
+    TransportError,
+    UnsafeURLError,
+    UsageError,
+    ValidationError,
+)
+from quickmj._responses import rejection_from_code
+from quickmj.errors import excerpt
+
+BASE = "http://relay.test"
+
+# The tree in errors.py's docstring, as (class, its direct quickmj parent, builtin bases).
+TREE: list[tuple[type, type | None, tuple[type, ...]]] = [
+    (QuickMJError, None, (Exception,)),
+    (ConfigurationError, QuickMJError, (ValueError,)),
+    (InvalidInputError, QuickMJError, (ValueError,)),
+    (ButtonNotFoundError, InvalidInputError, (LookupError, ValueError)),
+    (UsageError, QuickMJError, (RuntimeError,)),
+    (ClientClosedError, UsageError, (RuntimeError,)),
+    (TransportError, QuickMJError, ()),
+    (ConnectError, TransportError, (ConnectionError,)),
+    (RequestTimeoutError, TransportError, (TimeoutError,)),
+    (SubmitOutcomeUnknownError, TransportError, ()),
+    (APIError, QuickMJError, ()),
+    (HTTPStatusError, APIError, ()),
+    (AuthenticationError, HTTPStatusError, ()),
+    (NotFoundError, HTTPStatusError, ()),
+    (RateLimitError, HTTPStatusError, ()),
+    (ServerError, HTTPStatusError, ()),
+    (SubmitRejectedError, APIError, ()),
+    (ValidationError, SubmitRejectedError, ()),
+    (RelatedTaskNotFoundError, SubmitRejectedError, ()),
+    (QueueFullError, SubmitRejectedError, ()),
+    (BannedPromptError, SubmitRejectedError, ()),
+    (MalformedResponseError, QuickMJError, (ValueError,)),
+    (DownloadError, QuickMJError, ()),
+    (UnsafeURLError, DownloadError, (ValueError,)),
+    (TaskError, QuickMJError, ()),
+    (TaskFailedError, TaskError, ()),
+    (TaskNeedsModalError, TaskError, ()),
+    (TaskNotFoundError, TaskError, (LookupError,)),
+    (TaskTimeoutError, TaskError, (TimeoutError,)),
+]
+
+
+@pytest.mark.parametrize(("cls", "parent", "builtins"), TREE, ids=[c.__name__ for c, _, _ in TREE])
+def test_hierarchy(cls: type, parent: type | None, builtins: tuple[type, ...]) -> None:
+    """Each error sits where the documented tree puts it, with its builtin bases."""
+    assert issubclass(cls, QuickMJError)
+    if parent is not None:
+        assert issubclass(cls, parent)
+        nearest = next(b for b in cls.__mro__[1:] if issubclass(b, QuickMJError))
+        assert parent is nearest
+    for base in builtins:
+        assert issubclass(cls, base)
+    assert cls.__doc__
+
+
+def test_tree_covers_every_public_error() -> None:
+    """Every name in errors.__all__ is in the tree above (and is a QuickMJError)."""
+    assert {c.__name__ for c, _, _ in TREE} == set(errors_module.__all__)
+
+
+def test_branches_do_not_overlap() -> None:
+    """Transport failures, API answers, bad bodies and task errors are separate branches."""
+    branches = [TransportError, APIError, MalformedResponseError, TaskError, DownloadError]
+    for a in branches:
+        for b in branches:
+            assert (a is b) == issubclass(a, b)
+    assert not issubclass(SubmitOutcomeUnknownError, APIError)
+    assert not issubclass(TaskNotFoundError, NotFoundError)
+
+
+# ---- messages and attributes ----------------------------------------------------------------
+
+
+def test_task_not_found_messages() -> None:
+    """One id or many (the list is cut after ten); found tasks travel along."""
+    one = TaskNotFoundError("42")
+    assert ("task 42 not found", "42", ("42",)) == (str(one), one.task_id, one.task_ids)
+    many = TaskNotFoundError([f"t{i}" for i in range(12)], found=[Task(id="a")])
+    assert str(many).startswith("12 tasks not found: t0, t1,")
+    assert str(many).endswith("t9, ...")
+    assert ("t0", 12, (Task(id="a"),)) == (many.task_id, len(many.task_ids), many.found)
+
+
+def test_task_failed_error() -> None:
+    """TaskFailedError carries the task and its reason."""
+    task = Task(id="7", status=TaskStatus.FAILURE, fail_reason="可能包含敏感词")
+    err = TaskFailedError(task)
+    assert (task, "可能包含敏感词") == (err.task, err.fail_reason)
+    assert "task 7 ended in FAILURE: 可能包含敏感词" == str(err)
+    assert "no reason given" in str(TaskFailedError(Task(id="8", status=TaskStatus.CANCEL)))
+
+
+def test_task_timeout_error() -> None:
+    """The timeout message names the task, the limit and the last status seen."""
+    last = Task(id="5", status=TaskStatus.IN_PROGRESS)
+    err = TaskTimeoutError("5", 300, last)
+    assert "task 5 did not finish within 300 s (last seen IN_PROGRESS)" == str(err)
+    assert ("5", 300, last, ("5",)) == (err.task_id, err.timeout, err.last_task, err.pending)
+    several = TaskTimeoutError("a", 1.5, pending=["a", "b"])
+    assert "2 tasks did not finish within 1.5 s" == str(several)
+
+
+def test_task_needs_modal_error() -> None:
+    """The message tells the caller what to call next."""
+    err = TaskNeedsModalError("77")
+    assert "modal('77'" in str(err) and err.task is None
+
+
+def test_banned_word() -> None:
+    """banned_word comes from properties.bannedWord, when present."""
+    word = BannedPromptError("x", code=24, properties={"bannedWord": "gore", "promptEn": "p"})
+    assert "gore" == word.banned_word
+    assert BannedPromptError("x", code=24).banned_word is None
+
+
+def test_rejection_copies_properties() -> None:
+    """properties is the error's own dict, not the caller's."""
+    props = {"a": 1}
+    err = SubmitRejectedError("x", code=9, properties=props)
+    props["a"] = 2
+    assert {"a": 1} == err.properties
+
+
+def test_excerpt() -> None:
+    """Bodies are decoded, stripped and cut with a note of what was dropped."""
+    assert "" == excerpt(None)
+    assert "hi" == excerpt(b"  hi \n")
+    assert "\ufffd" == excerpt(b"\xff")
+    assert "abc... [7 more characters]" == excerpt("abcdefghij", limit=3)
+
+
+# ---- relay codes -> errors ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("code", "description", "error"),
+    [
+        (3, "关联任务不存在或已失效", RelatedTaskNotFoundError),
+        (3, "无可用的账号实例", RelatedTaskNotFoundError),
+        (4, "prompt不能为空", ValidationError),
+        (5, "upstream error", SubmitRejectedError),
+        (9, "提交失败，队列已满，请稍后重试", QueueFullError),
+        (9, "The queue is full", QueueFullError),
+        (9, "视频功能未启用", SubmitRejectedError),
+        (23, "队列已满，请稍后尝试", QueueFullError),
+        (24, "可能包含敏感词", BannedPromptError),
+        (42, "", SubmitRejectedError),
+        (-1, "并发数已达上限", SubmitRejectedError),
+    ],
+)
+def test_rejection_from_code(code: int, description: str, error: type) -> None:
+    """Every relay code gets its own error class (exactly, not a subclass)."""
+    err = rejection_from_code(code, description, {"k": "v"}, path="/submit/x")
+    assert type(err) is error
+    assert (code, description, {"k": "v"}) == (err.code, err.description, err.properties)
+    assert f"(code {code})" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "in_message"),
+    [
+        (
+            {"code": 24, "description": "banned", "properties": {"bannedWord": "gore"}},
+            BannedPromptError,
+            "'gore'",
+        ),
+        ({"code": 23, "description": "队列已满，请稍后尝试", "result": None}, QueueFullError, "23"),
+        ({"code": 9, "description": "提交失败，队列已满，请稍后重试"}, QueueFullError, "code 9"),
+        ({"code": 4, "description": "base64格式错误"}, ValidationError, "base64格式错误"),
+        ({"code": 3, "description": "无可用的账号实例"}, RelatedTaskNotFoundError, "code 3"),
+        ({"code": 9, "description": "system error"}, SubmitRejectedError, "system error"),
+        (
+            {"code": 5, "description": "relay", "properties": {"x": 1}},
+            SubmitRejectedError,
+            "relay",
+        ),
+        (
+            {"success": False, "code": -1, "message": "并发数已达上限", "timestamp": "t"},
+            SubmitRejectedError,
+            "并发数已达上限",
+        ),
+        ({"success": False, "message": "操作失败"}, SubmitRejectedError, "操作失败"),
+    ],
+)
+async def test_submit_codes_raise_their_errors(
+    body: dict[str, Any], error: type[SubmitRejectedError], in_message: str
+) -> None:
+    """A rejected submit raises its typed error carrying code, description and properties."""
+    with aioresponses() as m:
+        m.post(f"{BASE}/mj/submit/imagine", payload=body)
+        async with AsyncClient("k", base_url=BASE) as mj:
+            with pytest.raises(error) as info:
+                await mj.imagine("x")
+    err = info.value
+    assert type(err) is error
+    assert in_message in str(err)
+    assert body.get("code", -1) == err.code
+    assert body.get("description", body.get("message")) == err.description
+    assert body.get("properties", {}) == err.properties
+    assert (200, "/submit/imagine") == (err.status, err.path)
+    if isinstance(err, BannedPromptError):
+        assert "gore" == err.banned_word
+
+
+@pytest.mark.parametrize("endpoint", ["describe", "blend", "shorten", "action", "modal"])
+async def test_failure_shape_on_other_endpoints(endpoint: str) -> None:
+    """TrueAI's {success:false, code:-1} body on non-imagine submits is a rejection, not a crash."""
+    png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+    calls = {
+        "describe": lambda mj: mj.describe(png),
+        "blend": lambda mj: mj.blend([png, png]),
+        "shorten": lambda mj: mj.shorten("p"),
+        "action": lambda mj: mj.action("1", "MJ::JOB::upsample::1::h"),
+        "modal": lambda mj: mj.modal("1"),
+    }
+    body = {"success": False, "code": -1, "message": "今日绘图次数已达上限", "timestamp": "t"}
+    with aioresponses() as m:
+        m.post(f"{BASE}/mj/submit/{endpoint}", payload=body)
+        async with AsyncClient("k", base_url=BASE) as mj:
+            with pytest.raises(SubmitRejectedError, match="今日绘图次数已达上限") as info:
+                await calls[endpoint](mj)
+    assert -1 == info.value.code
+
+
+@pytest.mark.parametrize(
+    ("body", "queue_position", "needs_modal"),
+    [
+        ({"code": 1, "result": "1"}, None, False),
+        ({"code": 22, "description": "排队中，前面还有2个任务", "result": "1",
+          "properties": {"numberOfQueues": 2}}, 2, False),
+        ({"code": 21, "description": "Waiting for window confirm", "result": "1",
+          "properties": {"finalPrompt": "cat", "remix": True}}, None, True),
+    ],
+)  # fmt: skip
+async def test_success_codes_are_not_errors(
+    body: dict[str, Any], queue_position: int | None, needs_modal: bool
+) -> None:
+    """1, 22 (queued) and 21 (modal needed) return a SubmitResult."""
+    with aioresponses() as m:
+        m.post(f"{BASE}/mj/submit/action", payload=body)
+        async with AsyncClient("k", base_url=BASE) as mj:
+            result = await mj.action("9", "MJ::CustomZoom::h")
+    assert result.ok and "1" == result.task_id
+    assert (queue_position, needs_modal) == (result.queue_position, result.needs_modal)
+
+
+async def test_related_task_404_on_action() -> None:
+    """HTTP 404 carrying code 3 is RelatedTaskNotFoundError with status 404."""
+    with aioresponses() as m:
+        m.post(
+            f"{BASE}/mj/submit/action",
+            status=404,
+            payload={"code": 3, "description": "关联任务不存在或已失效"},
+        )
+        async with AsyncClient("k", base_url=BASE, retry=RetryPolicy(max_attempts=1)) as mj:
+            with pytest.raises(RelatedTaskNotFoundError) as info:
+                await mj.action("9", "MJ::JOB::upsample::1::h")
+    assert (404, 3) == (info.value.status, info.value.code)
