@@ -202,10 +202,13 @@ class Transport:
                 # Never sent: safe to retry for every kind of request.
                 if attempt >= policy.max_attempts:
                     raise
-            except TransportError as exc:
+            except (TransportError, ServerError) as exc:
+                # Sent, but the answer was lost or is a gateway error: a submit may have
+                # created a job, so it is never re-sent.
                 if not idempotent:
+                    what = f"HTTP {exc.status}" if isinstance(exc, ServerError) else str(exc)
                     raise SubmitOutcomeUnknownError(
-                        f"{method} {path}: {exc}; the relay may or may not have created the job",
+                        f"{method} {path}: {what}; the relay may or may not have created the job",
                         method=method,
                         path=path,
                         request=request,
@@ -217,18 +220,6 @@ class Transport:
                 if (not idempotent and not policy.retry_submits) or attempt >= policy.max_attempts:
                     raise
                 retry_after = exc.retry_after
-            except ServerError as exc:
-                if not idempotent:
-                    raise SubmitOutcomeUnknownError(
-                        f"{method} {path}: HTTP {exc.status}; the relay may or may not have "
-                        "created the job",
-                        method=method,
-                        path=path,
-                        request=request,
-                        state=state,
-                    ) from exc
-                if attempt >= policy.max_attempts:
-                    raise
             delay = policy.delay(attempt, retry_after)
             logger.debug("retrying %s %s in %.2f s (attempt %d)", method, path, delay, attempt + 1)
             await self._sleep(delay)
