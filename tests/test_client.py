@@ -993,8 +993,6 @@ async def test_id_path_segment_stays_one_segment() -> None:
     assert ["/mj/task/..%2F..%2Fadmin%2Fx/fetch", "/mj/task/a%2Fb%3Fc%23d/fetch"] == paths
 
 
-
-
 async def test_fetch_many_on_a_closed_client() -> None:
     """fetch_many after close raises ClientClosedError, like every other call."""
     mj = client()
