@@ -2,7 +2,7 @@
 
     QUICKMJ_API_KEY=sk-... python examples/async_single_job.py "a red fox in snow"
 
-Set QUICKMJ_BASE_URL to point at another relay (for example a local simulator).
+Without QUICKMJ_API_KEY it runs against the embedded relay simulator.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from quickmj import AsyncClient, QuickMJError, Task
+from _relay import async_client
+
+from quickmj import QuickMJError, Task
 
 
 def show(task: Task) -> None:
@@ -18,7 +20,7 @@ def show(task: Task) -> None:
 
 
 async def main(prompt: str) -> int:
-    async with AsyncClient() as mj:
+    async with async_client() as mj:
         try:
             grid = await mj.imagine(prompt, wait=True, timeout=900, on_progress=show)
             print("buttons:", ", ".join(b.display for b in grid.buttons))

@@ -2,16 +2,17 @@
 
     QUICKMJ_API_KEY=sk-... python examples/sync_script.py
 
-Works the same inside Jupyter: Client runs its own event loop in a background thread.
+Without QUICKMJ_API_KEY it runs against the embedded relay simulator. Works the same
+inside Jupyter: Client runs its own event loop in a background thread.
 """
 
 from __future__ import annotations
 
-from quickmj import Client
+from _relay import sync_client
 
 PROMPTS = ["a lighthouse at dusk", "a bowl of ramen, studio light", "a paper crane"]
 
-with Client() as mj:
+with sync_client() as mj:
     submitted = [mj.imagine(p) for p in PROMPTS]
     print("submitted:", [s.task_id for s in submitted])
     for task in mj.as_completed(submitted, timeout=1800):

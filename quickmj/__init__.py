@@ -6,6 +6,7 @@ Start with :class:`AsyncClient` (or the blocking :class:`Client` facade). Errors
 
 from __future__ import annotations
 
+from ._batch import BatchItem, BatchProgress, BatchSummary, read_prompts, run_batch
 from ._client import AsyncClient, ProgressCallback, TaskRef
 from ._config import DEFAULT_BASE_URL, AuthScheme, Mode, RetryPolicy, Timeouts
 from ._models import (
@@ -68,6 +69,9 @@ __all__ = (
     "AuthScheme",
     "AuthenticationError",
     "BannedPromptError",
+    "BatchItem",
+    "BatchProgress",
+    "BatchSummary",
     "BlendDimensions",
     "BlendRequest",
     "BotType",
@@ -116,4 +120,6 @@ __all__ = (
     "UsageError",
     "ValidationError",
     "__version__",
+    "read_prompts",
+    "run_batch",
 )

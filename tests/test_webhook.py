@@ -160,3 +160,23 @@ def test_sync_entry_point() -> None:
 async def _push_later(url: str, body: dict[str, Any]) -> None:
     await asyncio.sleep(0.1)
     await post(url, body)
+
+
+async def test_end_to_end_with_simulator_hooks() -> None:
+    """The simulator's notifyHooks finish every wait; polling hardly runs at all."""
+    from quickmj import AsyncClient
+    from quickmj.simulator import SimulatorConfig, simulate
+
+    # Polling this slowly could never finish in time: only the pushes can.
+    policy = PollPolicy(interval=30, first_poll=30, safety_net_interval=30)
+    async with (
+        simulate(SimulatorConfig(queue_seconds=0.05, run_seconds=0.3)) as relay,
+        AsyncClient(relay.api_key, base_url=relay.base_url, poll=policy) as mj,
+        mj.webhook_receiver() as rx,
+    ):
+        results = [await mj.imagine(f"hooked {i}") for i in range(20)]
+        tasks = await asyncio.wait_for(asyncio.gather(*(mj.wait(r) for r in results)), 10)
+        lists = relay.simulator.counters["POST /task/list-by-condition"]
+    assert all(t.status is TaskStatus.SUCCESS for t in tasks)
+    assert 0 == lists
+    assert rx.stats["accepted"] >= 20
