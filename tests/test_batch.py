@@ -191,3 +191,43 @@ def test_cli_errors_are_one_line_without_key(tmp_path: Path) -> None:
     assert 1 == done.returncode
     assert done.stderr.startswith("error: ") and 1 == len(done.stderr.strip().splitlines())
     assert secret not in done.stderr + done.stdout
+
+
+async def _acli(relay: Any, *args: str, cwd: Path) -> tuple[int, str, str]:
+    """Run the CLI in a subprocess against ``relay`` while this loop keeps serving it."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("QUICKMJ_")}
+    env.update({"QUICKMJ_API_KEY": relay.api_key, "QUICKMJ_BASE_URL": relay.base_url})
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "quickmj",
+        *args,
+        cwd=cwd,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 120)
+    return proc.returncode or 0, out.decode(), err.decode()
+
+
+async def test_cli_commands_against_a_relay(relay: Any, tmp_path: Path) -> None:
+    """imagine, wait, fetch, action (label), seed and errors through the real entry point."""
+    code, out, _ = await _acli(relay, "imagine", "a cat", "--json", cwd=tmp_path)
+    assert 0 == code
+    task_id = json.loads(out)["result"]
+    code, out, _ = await _acli(relay, "wait", task_id, "--json", cwd=tmp_path)
+    assert 0 == code and "SUCCESS" == json.loads(out)["status"]
+    code, out, _ = await _acli(relay, "fetch", task_id, cwd=tmp_path)
+    assert 0 == code and f"{task_id}  SUCCESS" in out and "U1" in out
+    code, out, _ = await _acli(
+        relay, "action", task_id, "U1", "--download", str(tmp_path), cwd=tmp_path
+    )
+    assert 0 == code and ".png" in out
+    code, out, _ = await _acli(relay, "seed", task_id, "--json", cwd=tmp_path)
+    assert 0 == code and json.loads(out)["seed"].isdigit()
+    code, _, err = await _acli(relay, "action", task_id, "Z9", cwd=tmp_path)
+    assert 1 == code and err.startswith("error: ") and "no button 'Z9'" in err
+    code, _, err = await _acli(relay, "fetch", "404404", cwd=tmp_path)
+    assert 1 == code and "not found" in err
+    assert relay.api_key not in err
