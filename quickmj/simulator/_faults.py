@@ -113,9 +113,9 @@ def gateway_page(status: int) -> web.Response:
     return web.Response(status=status, text=html, content_type="text/html")
 
 
-def rate_limited(retry_after: int) -> web.Response:
+def rate_limited(retry_after: float) -> web.Response:
     """429 with ``Retry-After`` and an empty body (TrueAI's IP rate limiter)."""
-    return web.Response(status=429, headers={"Retry-After": str(retry_after)})
+    return web.Response(status=429, headers={"Retry-After": f"{retry_after:g}"})
 
 
 def abort(request: web.Request) -> web.Response:

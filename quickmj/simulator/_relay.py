@@ -197,6 +197,23 @@ class Relay:
             return submit_reply(22, f"排队中，前面还有{ahead}个任务", task.id, props, task=task)
         return submit_reply(1, "提交成功", task.id, props, task=task)
 
+    def _admit(self, endpoint: str, key: str, req: Any, mode: str | None, **create: Any) -> Reply:
+        """The shared tail of the new-job routes: queue limit, create, start."""
+        now = self.store.clock()
+        if full := self._queue_full(now):
+            return full
+        task = self._create(
+            endpoint,
+            key,
+            now,
+            state=req.state,
+            notify_hook=req.notify_hook,
+            mode=mode,
+            bot_type=_bot(req.bot_type),
+            **create,
+        )
+        return self._start(task, now)
+
     # ---- submits ----
 
     def imagine(self, body: Any, mode: str | None) -> Reply:
@@ -216,23 +233,16 @@ class Relay:
             if word.casefold() in lowered:
                 props = {"promptEn": prompt, "bannedWord": word}
                 return submit_reply(24, f"可能包含敏感词: {word}", None, props)
-        now = self.store.clock()
-        if full := self._queue_full(now):
-            return full
         full_prompt = " ".join([*(_upload_url(i) for i in images), prompt])
-        task = self._create(
+        return self._admit(
             "/submit/imagine",
             prompt,
-            now,
+            req,
+            mode,
             action=TaskAction.IMAGINE,
             result=Result.GRID,
             prompt=full_prompt,
-            state=req.state,
-            notify_hook=req.notify_hook,
-            mode=mode,
-            bot_type=_bot(req.bot_type),
         )
-        return self._start(task, now)
 
     def blend(self, body: Any, mode: str | None) -> Reply:
         req = self._parse(body, BlendRequest)
@@ -249,23 +259,16 @@ class Relay:
             return invalid("base64格式错误")
         if error := self._check_common(req.state, req.notify_hook):
             return error
-        now = self.store.clock()
-        if full := self._queue_full(now):
-            return full
         prompt = " ".join([*(_upload_url(i) for i in req.base64_array), f"--ar {_ASPECT[dims]}"])
-        task = self._create(
+        return self._admit(
             "/submit/blend",
             prompt,
-            now,
+            req,
+            mode,
             action=TaskAction.BLEND,
             result=Result.GRID,
             prompt=prompt,
-            state=req.state,
-            notify_hook=req.notify_hook,
-            mode=mode,
-            bot_type=_bot(req.bot_type),
         )
-        return self._start(task, now)
 
     def describe(self, body: Any, mode: str | None) -> Reply:
         if isinstance(body, dict) and not body.get("base64") and isinstance(body.get("link"), str):
@@ -279,25 +282,18 @@ class Relay:
             return invalid("base64格式错误")
         if error := self._check_common(req.state, req.notify_hook):
             return error
-        now = self.store.clock()
-        if full := self._queue_full(now):
-            return full
         texts = tuple(f"{t} --ar 1:1" for t in self.store.random_texts(4, _WORDS))
         url = _upload_url(req.base64)
-        task = self._create(
+        return self._admit(
             "/submit/describe",
             url,
-            now,
+            req,
+            mode,
             action=TaskAction.DESCRIBE,
             result=Result.DESCRIBE,
             prompt=url,
             texts=texts,
-            state=req.state,
-            notify_hook=req.notify_hook,
-            mode=mode,
-            bot_type=_bot(req.bot_type),
         )
-        return self._start(task, now)
 
     def shorten(self, body: Any, mode: str | None) -> Reply:
         if not isinstance(body, dict) or not str(body.get("prompt") or "").strip():
@@ -307,26 +303,19 @@ class Relay:
             return req
         if error := self._check_common(req.state, req.notify_hook):
             return error
-        now = self.store.clock()
-        if full := self._queue_full(now):
-            return full
         prompt = req.prompt.strip()
         words = prompt.split()
         texts = tuple(" ".join(words[: max(1, len(words) * k // 6)]) for k in range(5, 0, -1))
-        task = self._create(
+        return self._admit(
             "/submit/shorten",
             prompt,
-            now,
+            req,
+            mode,
             action=TaskAction.SHORTEN,
             result=Result.SHORTEN,
             prompt=prompt,
             texts=texts,
-            state=req.state,
-            notify_hook=req.notify_hook,
-            mode=mode,
-            bot_type=_bot(req.bot_type),
         )
-        return self._start(task, now)
 
     def action(self, body: Any, mode: str | None) -> Reply:
         req = self._parse(body, ActionRequest)
