@@ -28,16 +28,15 @@ from ._client import AsyncClient
 from ._journal import Journal, JournalRow, Phase, iter_jsonl
 from ._models import SubmitResult, Task
 from .errors import (
+    ClientClosedError,
     InvalidInputError,
+    MalformedResponseError,
     QueueFullError,
     QuickMJError,
     RateLimitError,
     SubmitOutcomeUnknownError,
     SubmitRejectedError,
     TaskFailedError,
-    TaskNeedsModalError,
-    TaskNotFoundError,
-    TaskTimeoutError,
     UsageError,
 )
 
@@ -168,6 +167,9 @@ class _Run:
         self.started = time.monotonic()
         self.counts: Counter[str] = Counter()
         self.total = 0
+        #: Set when the client was closed under the run: it stops, rows stay resumable.
+        self.closed: ClientClosedError | None = None
+        self._scope: anyio.CancelScope | None = None
 
     def progress(self) -> BatchProgress:
         c = self.counts
@@ -193,9 +195,12 @@ class _Run:
                 self.counts["failed"] += 1
         self._report()
         async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
             for r in rows:
                 if r.phase not in Phase.TERMINAL:
                     tg.start_soon(self._one, r)
+        if self.closed is not None:
+            raise self.closed  # one typed error, not an ExceptionGroup of them
 
     async def _one(self, row: JournalRow) -> None:
         async with self.slots:
@@ -203,6 +208,12 @@ class _Run:
             self._report()
             try:
                 phase = await self._process(row)
+            except ClientClosedError as exc:
+                # Not the prompt's fault: leave its row as it is (a resume carries on).
+                self.closed = exc
+                if self._scope is not None:
+                    self._scope.cancel()
+                return
             finally:
                 self.counts["running"] -= 1
             self.counts["succeeded" if phase == Phase.SUCCEEDED else "failed"] += 1
@@ -212,6 +223,9 @@ class _Run:
         """Take one prompt as far as it goes; returns its terminal phase."""
         idx = row.index
         task_id = row.task_id
+        # A row left 'submitting' with its task id known: a run stopped while pressing an
+        # upscale button (the first one without a task id). That press may have been sent.
+        pressing = task_id is not None and row.phase == Phase.SUBMITTING
         if task_id is None:
             if row.phase == Phase.SUBMITTING:
                 # Killed between sending and recording: the job may exist. Do not pay twice.
@@ -234,6 +248,10 @@ class _Run:
             for label in self.upscale:
                 up_id = self.journal.row(idx).upscales.get(label)
                 if up_id is None:
+                    if pressing:
+                        reason = f"a previous run was stopped while pressing {label}"
+                        self.journal.finish(idx, Phase.UNKNOWN, reason=reason)
+                        return Phase.UNKNOWN
                     press = functools.partial(self.client.action, grid, label)
                     outcome = await self._submit(idx, press)
                     if isinstance(outcome, str):
@@ -251,6 +269,8 @@ class _Run:
                     path = await self.client.download(t, self.out / "images")
                     files.append(PurePath(path).relative_to(self.out).as_posix())
             seed = await self.client.image_seed(grid) if self.seed else None
+        except ClientClosedError:
+            raise
         except QuickMJError as exc:
             self.journal.finish(
                 idx,
@@ -283,7 +303,9 @@ class _Run:
                 retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
                 await anyio.sleep(max(policy.delay(min(attempt, 6), retry_after), 0.05))
                 continue
-            except SubmitOutcomeUnknownError as exc:
+            except (SubmitOutcomeUnknownError, MalformedResponseError) as exc:
+                # Sent and answered with something unreadable (or not at all): the job may
+                # exist, so this is an unknown outcome, never a rejection to re-submit.
                 self.journal.finish(idx, Phase.UNKNOWN, reason=str(exc))
                 return Phase.UNKNOWN
             except SubmitRejectedError as exc:
@@ -291,6 +313,9 @@ class _Run:
                     idx, Phase.REJECTED, reason=exc.description or str(exc), code=exc.code
                 )
                 return Phase.REJECTED
+            except ClientClosedError:
+                self.journal.mark_pending(idx)  # closed before sending: nothing was created
+                raise
             except QuickMJError as exc:
                 # Raised before anything was sent (bad input, connect failure after retries).
                 self.journal.finish(idx, Phase.REJECTED, reason=f"{type(exc).__name__}: {exc}")
@@ -309,7 +334,11 @@ class _Run:
             self.journal.finish(
                 idx, Phase.FAILED, status=exc.task.status.value, reason=exc.fail_reason
             )
-        except (TaskTimeoutError, TaskNotFoundError, TaskNeedsModalError) as exc:
+        except ClientClosedError:
+            raise
+        except QuickMJError as exc:
+            # Timeout, unknown id, stuck in MODAL, or a task the relay garbled: only this
+            # prompt fails, never the whole run.
             self.journal.finish(idx, Phase.FAILED, reason=f"{type(exc).__name__}: {exc}")
         return None
 

@@ -602,7 +602,7 @@ class AsyncClient:
                 # Nothing was created, so a retry cannot pay twice; only when asked for.
                 if not policy.retry_submits or attempt >= policy.max_attempts:
                     raise
-                await self._transport._sleep(policy.delay(attempt))
+                await self._transport.sleep(policy.delay(attempt))
                 continue
             logger.debug("%s -> task %s (code %d)", path, result.task_id, result.code)
             return result

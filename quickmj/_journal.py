@@ -145,7 +145,8 @@ class Journal:
     def set_upscale(self, index: int, label: str, task_id: str) -> None:
         upscales = dict(self.row(index).upscales)
         upscales[label] = task_id
-        self._update(index, upscales=json.dumps(upscales, sort_keys=True))
+        # Back to running: 'submitting' with a task id means a press is on the wire.
+        self._update(index, phase=Phase.RUNNING, upscales=json.dumps(upscales, sort_keys=True))
 
     def finish(
         self,

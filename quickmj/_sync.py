@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import concurrent.futures
 import contextlib
 import enum
 import functools
@@ -241,6 +242,11 @@ class Client:
         future = asyncio.run_coroutine_threadsafe(_as_coroutine(fn, args, kwargs), loop)
         try:
             return future.result()
+        except concurrent.futures.CancelledError:
+            # Only the loop's shutdown cancels it: close() ran in another thread meanwhile.
+            if self.is_closed:
+                raise ClientClosedError("the client was closed during the call") from None
+            raise
         except BaseException:
             # Ctrl-C (or any interruption) cancels the coroutine; the client stays usable.
             future.cancel()

@@ -63,6 +63,8 @@ MAX_JSON_BYTES = 32 * 1024 * 1024
 #: Largest image quickmj downloads.
 MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
 _MAX_REDIRECTS = 5
+#: How long aclose() waits for the requests it ended to unwind (normally one loop turn).
+_CLOSE_GRACE = 2.0
 _CHUNK = 64 * 1024
 
 
@@ -124,6 +126,10 @@ class Transport:
         )
         self._session: aiohttp.ClientSession | None = None
         self._closed = False
+        # One cancel scope per request (and retry sleep) in flight: aclose() cancels them
+        # and waits (at most _CLOSE_GRACE) for _drained.
+        self._in_flight: set[anyio.CancelScope] = set()
+        self._drained: asyncio.Event | None = None
         self._sleep = sleep or anyio.sleep
         self._origin = _origin(base_url)
         self._root = str(yarl.URL(f"{base_url}{self.prefix}"))
@@ -155,13 +161,48 @@ class Transport:
 
     async def aclose(self) -> None:
         self._closed = True
-        session, self._session = self._session, None
-        if session is not None and not session.closed:
-            await session.close()
-            # Let the connector's transports finish closing before the loop moves on.
-            await asyncio.sleep(0)
+        with anyio.CancelScope(shield=True):  # a cancelled aclose still closes the session
+            if self._in_flight:
+                # End the requests in flight and let them unwind before their connections
+                # go: closing the session under a response being read leaves that read
+                # waiting for its timeout, or failing with a bare RuntimeError.
+                self._drained = asyncio.Event()
+                for scope in list(self._in_flight):
+                    scope.cancel()
+                with anyio.move_on_after(_CLOSE_GRACE):
+                    await self._drained.wait()
+            session, self._session = self._session, None
+            if session is not None and not session.closed:
+                await session.close()
+                # Let the connector's transports finish closing before the loop moves on.
+                await asyncio.sleep(0)
 
     # ---- requests ----
+
+    @contextlib.contextmanager
+    def _abortable(self) -> Iterator[anyio.CancelScope]:
+        """Run a request (or a retry sleep) so that aclose() ends it with ClientClosedError.
+
+        The yielded scope's ``cancelled_caught`` tells that it was ended that way.
+        """
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        scope = anyio.CancelScope()
+        self._in_flight.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._in_flight.discard(scope)
+            if not self._in_flight and self._drained is not None:
+                self._drained.set()
+        if scope.cancelled_caught:
+            raise ClientClosedError("the client was closed during the request")
+
+    async def sleep(self, delay: float) -> None:
+        """A retry backoff; aclose() ends it with ClientClosedError."""
+        with self._abortable():
+            await self._sleep(delay)
 
     def url(self, path: str) -> yarl.URL:
         """The URL of ``path`` (already percent-encoded) under the base URL and mode prefix.
@@ -195,9 +236,22 @@ class Transport:
         while True:
             attempt += 1
             retry_after: float | None = None
+            scope: anyio.CancelScope | None = None
             try:
-                answer = await self._send(method, path, body, read_timeout)
+                with self._abortable() as scope:
+                    answer = await self._send(method, path, body, read_timeout)
                 return self._decode(answer, path)
+            except ClientClosedError as exc:
+                if idempotent or scope is None or not scope.cancelled_caught:
+                    raise  # a read, or closed before anything was sent
+                raise SubmitOutcomeUnknownError(
+                    f"{method} {path}: the client was closed before the answer came; "
+                    "the relay may or may not have created the job",
+                    method=method,
+                    path=path,
+                    request=request,
+                    state=state,
+                ) from exc
             except ConnectError:
                 # Never sent: safe to retry for every kind of request.
                 if attempt >= policy.max_attempts:
@@ -206,7 +260,11 @@ class Transport:
                 # Sent, but the answer was lost or is a gateway error: a submit may have
                 # created a job, so it is never re-sent.
                 if not idempotent:
-                    what = f"HTTP {exc.status}" if isinstance(exc, ServerError) else str(exc)
+                    what = (
+                        f"HTTP {exc.status}"
+                        if isinstance(exc, ServerError)
+                        else str(exc).removeprefix(f"{method} {path}: ")  # said once is enough
+                    )
                     raise SubmitOutcomeUnknownError(
                         f"{method} {path}: {what}; the relay may or may not have created the job",
                         method=method,
@@ -222,7 +280,7 @@ class Transport:
                 retry_after = exc.retry_after
             delay = policy.delay(attempt, retry_after)
             logger.debug("retrying %s %s in %.2f s (attempt %d)", method, path, delay, attempt + 1)
-            await self._sleep(delay)
+            await self.sleep(delay)
 
     async def _send(self, method: str, path: str, body: Any, read_timeout: float | None) -> _Answer:
         session = self._get_session()
@@ -403,24 +461,25 @@ class Transport:
             attempt += 1
             retry_after: float | None = None
             try:
-                fh.seek(0)
-                fh.truncate()
-                async with self.open_download(url) as resp:
-                    size = 0
-                    async for chunk in resp.content.iter_chunked(_CHUNK):
-                        size += len(chunk)
-                        if size > max_bytes:
-                            raise DownloadError(
-                                f"image larger than {max_bytes} bytes: {_display_url(url)}"
-                            )
-                        fh.write(chunk)
-                    return resp.headers.get("Content-Type", "")
+                with self._abortable():
+                    fh.seek(0)
+                    fh.truncate()
+                    async with self.open_download(url) as resp:
+                        size = 0
+                        async for chunk in resp.content.iter_chunked(_CHUNK):
+                            size += len(chunk)
+                            if size > max_bytes:
+                                raise DownloadError(
+                                    f"image larger than {max_bytes} bytes: {_display_url(url)}"
+                                )
+                            fh.write(chunk)
+                        return resp.headers.get("Content-Type", "")
             except (ConnectError, TransportError, ServerError, RateLimitError) as exc:
                 if attempt >= self.retry.max_attempts:
                     raise
                 if isinstance(exc, RateLimitError):
                     retry_after = exc.retry_after
-            await self._sleep(self.retry.delay(attempt, retry_after))
+            await self.sleep(self.retry.delay(attempt, retry_after))
 
 
 def _origin(url: str) -> tuple[str, str, int | None]:

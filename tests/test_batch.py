@@ -231,3 +231,16 @@ async def test_cli_commands_against_a_relay(relay: Any, tmp_path: Path) -> None:
     code, _, err = await _acli(relay, "fetch", "404404", cwd=tmp_path)
     assert 1 == code and "not found" in err
     assert relay.api_key not in err
+
+
+async def test_garbled_submit_answer_is_unknown_not_rejected(tmp_path: Path) -> None:
+    """A 200 with an HTML body on submit may hide a created job: 'unknown', never re-sent."""
+    from aioresponses import aioresponses
+
+    with aioresponses() as m:
+        m.post("http://relay.test/mj/submit/imagine", body="<html>gateway</html>", repeat=True)
+        async with AsyncClient("k", base_url="http://relay.test") as mj:
+            summary = await run_batch(mj, [BatchItem("a cat")], tmp_path, download=False)
+        sent = sum(len(v) for k, v in m.requests.items() if k[1].path.endswith("/imagine"))
+    assert (0, 1) == (summary.rejected, summary.unknown)
+    assert 1 == sent

@@ -66,7 +66,7 @@ class FaultConfig:
     rate_limit_rate: float = attrs.field(default=0.0, validator=_rate)
     #: The ``Retry-After`` value (seconds) sent with a 429. Fractions (``0.2``) are sent as
     #: written, which quickmj honours; whole seconds are what real gateways send.
-    retry_after: float = attrs.field(default=1, validator=_non_negative)
+    retry_after: float = attrs.field(default=1.0, validator=_non_negative)
     #: Close the connection instead of answering.
     drop_rate: float = attrs.field(default=0.0, validator=_rate)
     #: Submits only: create the job, then answer 504 with an HTML page.
