@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
-from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -405,8 +404,3 @@ class ListByIdsRequest:
 SubmitRequest = (
     ImagineRequest | BlendRequest | DescribeRequest | ShortenRequest | ActionRequest | ModalRequest
 )
-
-
-def properties_of(value: Mapping[str, Any] | None) -> dict[str, Any]:
-    """A fresh dict copy of an optional mapping."""
-    return dict(value) if value else {}

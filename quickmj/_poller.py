@@ -488,9 +488,6 @@ class Poller:
         for sub in entry.listeners:
             sub._push_final(task_id, final)
 
-    def snapshot(self) -> dict[str, Any]:
-        return {"tracked": len(self._entries), **self.stats}
-
 
 _RANK = {
     TaskStatus.NOT_START: 0,
