@@ -183,7 +183,10 @@ class MediaUrl:
 def _ms_to_datetime(ms: int | None) -> dt.datetime | None:
     if not ms:
         return None
-    return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+    try:
+        return dt.datetime.fromtimestamp(ms / 1000, tz=dt.timezone.utc)
+    except (ValueError, OverflowError, OSError):
+        return None  # a timestamp no calendar can show: treat it as absent
 
 
 _PERCENT = re.compile(r"^\s*(\d{1,3})(?:\.\d+)?\s*%?\s*$")

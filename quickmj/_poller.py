@@ -290,10 +290,16 @@ class Poller:
         self._closed = True
         task, self._loop_task = self._loop_task, None
         if task is not None:
-            task.cancel()
             with anyio.CancelScope(shield=True):
+                # On Python < 3.11 a cancel that lands as an anyio timeout fires can be
+                # absorbed by that scope: keep cancelling until the loop really ended (the
+                # loop also checks _closed on every turn).
+                while not task.done():
+                    task.cancel()
+                    self._wakeup.set()
+                    await asyncio.wait({task}, timeout=0.1)
                 with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+                    task.result()
         self._fail_all(ClientClosedError("the client was closed while waiting for the task"))
 
     def _fail_all(self, error: BaseException) -> None:
@@ -304,7 +310,7 @@ class Poller:
 
     async def _run(self) -> None:
         try:
-            while True:
+            while not self._closed:
                 if not self._entries:
                     self._wakeup.clear()
                     await self._wakeup.wait()

@@ -343,3 +343,12 @@ def test_models_are_frozen_and_hashable(pig: Task) -> None:
         pig.buttons[0].label = "x"  # type: ignore[misc]
     assert hash(pig) == hash(attrs.evolve(pig))
     assert pig != attrs.evolve(pig, progress="99%")
+
+
+def test_absurd_timestamps_read_as_none() -> None:
+    """A timestamp outside the datetime range does not make a property raise."""
+    from quickmj import Task
+
+    task = Task(id="1", submit_time=253402300800000, finish_time=-(10**18))
+    assert task.submitted_at is None
+    assert task.finished_at is None
