@@ -615,10 +615,10 @@ class AsyncClient:
         path = f"/task/{_id_path(task_id)}/fetch"
         try:
             data = await self._transport.request_json("GET", path, idempotent=True)
-        except (NotFoundError, RelatedTaskNotFoundError) as exc:
+        except NotFoundError as exc:
             raise TaskNotFoundError(task_id) from exc
         except SubmitRejectedError as exc:
-            if means_not_found(exc):
+            if means_not_found(exc):  # code 3, task_no_found, ...
                 raise TaskNotFoundError(task_id) from exc
             raise
         found = parse_task_or_none(data, path)
@@ -811,7 +811,9 @@ class AsyncClient:
                 f"{path}: expected {{code, result}} with the seed, got a task object", path=path
             )
         # Codes other than 1 raise their rejection (code 9: seed error, 3: no seed found).
-        return parse_submit(data, path).task_id
+        # parse_submit guarantees a non-empty `result`, which here carries the seed.
+        answer = parse_submit(data, path)
+        return answer.result or ""
 
     async def download(
         self,

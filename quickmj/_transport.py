@@ -474,7 +474,7 @@ class Transport:
                                 )
                             fh.write(chunk)
                         return resp.headers.get("Content-Type", "")
-            except (ConnectError, TransportError, ServerError, RateLimitError) as exc:
+            except (TransportError, ServerError, RateLimitError) as exc:
                 if attempt >= self.retry.max_attempts:
                     raise
                 if isinstance(exc, RateLimitError):
