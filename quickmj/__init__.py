@@ -1,79 +1,159 @@
 """quickmj: an async-first Python SDK for Midjourney through midjourney-proxy style relays.
 
 Start with :class:`AsyncClient` (or the blocking :class:`Client` facade). Errors live in
-:mod:`quickmj.errors` and are re-exported here.
+:mod:`quickmj.errors` and are re-exported here; test helpers (the relay simulator and
+``MockTransport``) live in :mod:`quickmj.testing`.
+
+Names are imported on first use (``quickmj.AsyncClient`` loads the client, ``import
+quickmj`` alone loads almost nothing), so command-line tools and pytest plugins that only
+need a corner of the package start fast.
 """
 
 from __future__ import annotations
 
-from ._batch import BatchItem, BatchProgress, BatchSummary, read_prompts, run_batch
-from ._client import AsyncClient, ProgressCallback, TaskRef
-from ._config import DEFAULT_BASE_URL, AuthScheme, Mode, RetryPolicy, Timeouts
-from ._models import (
-    ActionRequest,
-    BlendDimensions,
-    BlendRequest,
-    BotType,
-    Button,
-    DescribeRequest,
-    ImagineRequest,
-    ListByIdsRequest,
-    MediaUrl,
-    ModalRequest,
-    ShortenRequest,
-    SubmitResult,
-    Task,
-    TaskAction,
-    TaskStatus,
-)
-from ._poller import PollPolicy
-from ._sync import Client
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .errors import (
-    APIError,
-    AuthenticationError,
-    BannedPromptError,
-    ButtonNotFoundError,
-    ClientClosedError,
-    ConfigurationError,
-    ConnectError,
-    DownloadError,
-    HTTPStatusError,
-    InvalidInputError,
-    MalformedResponseError,
-    NotFoundError,
-    QueueFullError,
-    QuickMJError,
-    RateLimitError,
-    RelatedTaskNotFoundError,
-    RequestTimeoutError,
-    ServerError,
-    SubmitOutcomeUnknownError,
-    SubmitRejectedError,
-    TaskError,
-    TaskFailedError,
-    TaskNeedsModalError,
-    TaskNotFoundError,
-    TaskTimeoutError,
-    TransportError,
-    UnsafeURLError,
-    UsageError,
-    ValidationError,
+
+if TYPE_CHECKING:
+    from ._batch import BatchItem, BatchProgress, BatchSummary, read_prompts, run_batch
+    from ._client import AsyncClient, ProgressCallback, TaskRef
+    from ._config import DEFAULT_BASE_URL, AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
+    from ._jobs import AsyncJob, Submission
+    from ._models import (
+        BlendDimensions,
+        BotType,
+        Button,
+        MediaUrl,
+        SubmitResult,
+        Task,
+        TaskAction,
+        TaskStatus,
+    )
+    from ._poller import PollPolicy
+    from ._sync import Client, Job
+    from ._transport import AsyncTransport, Request, Response
+    from .errors import (
+        APIError,
+        AuthenticationError,
+        BannedPromptError,
+        BatchError,
+        BatchLockedError,
+        ButtonNotFoundError,
+        ClientClosedError,
+        ConfigurationError,
+        ConnectError,
+        DownloadError,
+        HTTPStatusError,
+        InvalidInputError,
+        JournalError,
+        MalformedResponseError,
+        NotFoundError,
+        QueueFullError,
+        QuickMJError,
+        RateLimitError,
+        RelatedTaskNotFoundError,
+        RelayUnreachableError,
+        RequestTimeoutError,
+        ServerError,
+        StorageError,
+        SubmitOutcomeUnknownError,
+        SubmitRejectedError,
+        TaskError,
+        TaskFailedError,
+        TaskNeedsModalError,
+        TaskNotFoundError,
+        TaskTimeoutError,
+        TransportError,
+        UnsafeURLError,
+        UnsupportedByRelayError,
+        UsageError,
+        ValidationError,
+    )
+
+# name -> the private module that defines it (errors come from the public quickmj.errors)
+_SOURCES: dict[str, str] = {
+    **dict.fromkeys(
+        ("BatchItem", "BatchProgress", "BatchSummary", "read_prompts", "run_batch"), "_batch"
+    ),
+    **dict.fromkeys(("AsyncClient", "ProgressCallback", "TaskRef"), "_client"),
+    **dict.fromkeys(
+        ("DEFAULT_BASE_URL", "AuthScheme", "Dialect", "Mode", "RetryPolicy", "Timeouts"),
+        "_config",
+    ),
+    **dict.fromkeys(("AsyncJob", "Submission"), "_jobs"),
+    **dict.fromkeys(
+        (
+            "BlendDimensions",
+            "BotType",
+            "Button",
+            "MediaUrl",
+            "SubmitResult",
+            "Task",
+            "TaskAction",
+            "TaskStatus",
+        ),
+        "_models",
+    ),
+    "PollPolicy": "_poller",
+    **dict.fromkeys(("Client", "Job"), "_sync"),
+    **dict.fromkeys(("AsyncTransport", "Request", "Response"), "_transport"),
+}
+_ERRORS = (
+    "APIError",
+    "AuthenticationError",
+    "BannedPromptError",
+    "BatchError",
+    "BatchLockedError",
+    "ButtonNotFoundError",
+    "ClientClosedError",
+    "ConfigurationError",
+    "ConnectError",
+    "DownloadError",
+    "HTTPStatusError",
+    "InvalidInputError",
+    "JournalError",
+    "MalformedResponseError",
+    "NotFoundError",
+    "QueueFullError",
+    "QuickMJError",
+    "RateLimitError",
+    "RelatedTaskNotFoundError",
+    "RelayUnreachableError",
+    "RequestTimeoutError",
+    "ServerError",
+    "StorageError",
+    "SubmitOutcomeUnknownError",
+    "SubmitRejectedError",
+    "TaskError",
+    "TaskFailedError",
+    "TaskNeedsModalError",
+    "TaskNotFoundError",
+    "TaskTimeoutError",
+    "TransportError",
+    "UnsafeURLError",
+    "UnsupportedByRelayError",
+    "UsageError",
+    "ValidationError",
 )
+_SOURCES.update(dict.fromkeys(_ERRORS, "errors"))
 
 __all__ = (
     "DEFAULT_BASE_URL",
     "APIError",
-    "ActionRequest",
     "AsyncClient",
+    "AsyncJob",
+    "AsyncTransport",
     "AuthScheme",
     "AuthenticationError",
     "BannedPromptError",
+    "BatchError",
     "BatchItem",
+    "BatchLockedError",
     "BatchProgress",
     "BatchSummary",
     "BlendDimensions",
-    "BlendRequest",
     "BotType",
     "Button",
     "ButtonNotFoundError",
@@ -81,15 +161,14 @@ __all__ = (
     "ClientClosedError",
     "ConfigurationError",
     "ConnectError",
-    "DescribeRequest",
+    "Dialect",
     "DownloadError",
     "HTTPStatusError",
-    "ImagineRequest",
     "InvalidInputError",
-    "ListByIdsRequest",
+    "Job",
+    "JournalError",
     "MalformedResponseError",
     "MediaUrl",
-    "ModalRequest",
     "Mode",
     "NotFoundError",
     "PollPolicy",
@@ -98,10 +177,14 @@ __all__ = (
     "QuickMJError",
     "RateLimitError",
     "RelatedTaskNotFoundError",
+    "RelayUnreachableError",
+    "Request",
     "RequestTimeoutError",
+    "Response",
     "RetryPolicy",
     "ServerError",
-    "ShortenRequest",
+    "StorageError",
+    "Submission",
     "SubmitOutcomeUnknownError",
     "SubmitRejectedError",
     "SubmitResult",
@@ -117,9 +200,26 @@ __all__ = (
     "Timeouts",
     "TransportError",
     "UnsafeURLError",
+    "UnsupportedByRelayError",
     "UsageError",
     "ValidationError",
     "__version__",
     "read_prompts",
     "run_batch",
 )
+
+
+def __getattr__(name: str) -> Any:
+    module = _SOURCES.get(name)
+    if module is None:
+        raise AttributeError(f"module 'quickmj' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    if module != "errors" and isinstance(value, type) and value.__module__.startswith("quickmj."):
+        # Report public classes where users import them from (as httpx does).
+        value.__module__ = "quickmj"
+    globals()[name] = value  # later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -1,56 +1,76 @@
 """The batch job: many prompts, bounded concurrency, resumable, never paying twice.
 
-``run_batch`` submits prompts with at most ``concurrency`` jobs in flight, waits on all of
-them through the client's shared poller, optionally presses upscale buttons, downloads the
-final images and writes a JSONL manifest. Every step is recorded in a SQLite journal
-(``_journal.py``) first, so a killed run resumed with ``resume=True`` re-submits nothing.
+``run_batch`` submits prompts with at most ``concurrency`` jobs in flight, waits on all
+of them through the client's shared poller, optionally presses upscale buttons, downloads
+the final images and writes a JSONL manifest. It owns its output directory exclusively
+(``_outdir``) and records every step in the journal (``_journal``) *before* it happens,
+so a killed run resumed with ``resume=True`` re-submits nothing.
 
-Queue-full (code 23) and 429 answers create nothing, so those submits are retried after a
-backoff. A submit whose outcome is unknown (timeout or dropped connection after sending,
-a 5xx) is recorded as ``unknown`` and never re-sent.
+Money rules: a submit is re-sent only when it provably never reached the relay; a job
+that was paid for keeps its task id in the journal whatever happens next (a wait limit
+makes it ``timed_out``, a failed download ``incomplete``: both are resumable); every
+submit carries a state tag unique to the run and prompt, so ``unknown`` outcomes can be
+settled with :func:`reconcile`. One prompt's trouble stays on its row; an outage (the
+relay unreachable) or a full disk stops the whole run early with one typed error.
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import os
+import re
+import sys
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path, PurePath
-from typing import Any
+from typing import Any, TextIO
 
 import anyio
 import attrs
 
 from ._client import AsyncClient
-from ._journal import Journal, JournalRow, Phase, iter_jsonl
-from ._models import SubmitResult, Task
+from ._jobs import AsyncJob, Submission
+from ._journal import Journal, JournalRow, Phase
+from ._models import Task
+from ._outdir import BatchDir
+from ._protocol import outcome_unknown
 from .errors import (
     ClientClosedError,
+    ConnectError,
     InvalidInputError,
-    MalformedResponseError,
     QueueFullError,
     QuickMJError,
     RateLimitError,
+    RelayUnreachableError,
+    StorageError,
     SubmitOutcomeUnknownError,
     SubmitRejectedError,
     TaskFailedError,
-    UsageError,
+    TaskTimeoutError,
 )
 
-__all__ = ("BatchItem", "BatchProgress", "BatchSummary", "read_prompts", "run_batch")
+__all__ = (
+    "BatchItem",
+    "BatchProgress",
+    "BatchSummary",
+    "parse_upscale",
+    "read_prompts",
+    "reconcile",
+    "run_batch",
+)
 
-JOURNAL_NAME = ".quickmj-journal.sqlite"
-MANIFEST_NAME = "manifest.jsonl"
 _UPSCALE_LABELS = ("U1", "U2", "U3", "U4")
 _IMAGINE_OPTIONS = frozenset({"bot_type", "images", "state", "notify_hook"})
+#: Consecutive outage failures (nothing reached the relay, or only 5xx/timeouts came back)
+#: after which the run stops instead of burning every prompt.
+OUTAGE_LIMIT = 3
+_DEFAULT_NAME = "{task}"
 
 
 @attrs.frozen
 class BatchItem:
-    """One line of input: a prompt and its per-line options (JSONL input)."""
+    """One prompt of a batch, with its per-line imagine options (JSONL input)."""
 
     prompt: str
     options: dict[str, Any] = attrs.field(factory=dict)
@@ -66,22 +86,36 @@ class BatchProgress:
     succeeded: int
     failed: int
     elapsed: float
+    rejected: int = 0
+    timed_out: int = 0
+    incomplete: int = 0
+    unknown: int = 0
+    #: Prompts finished per second over the recent past (None until two finished).
+    rate: float | None = None
 
     @property
     def done(self) -> int:
-        return self.succeeded + self.failed
+        """Prompts that reached an end in this run (any outcome)."""
+        return (
+            self.succeeded
+            + self.failed
+            + self.rejected
+            + self.timed_out
+            + self.incomplete
+            + self.unknown
+        )
 
     @property
     def eta(self) -> float | None:
-        """Seconds left, extrapolated from the finished ones (None until one finished)."""
-        if not self.done or self.done >= self.total:
+        """Seconds left at the recent rate (None until it is known)."""
+        if not self.rate or self.done >= self.total:
             return None
-        return self.elapsed / self.done * (self.total - self.done)
+        return (self.total - self.done) / self.rate
 
 
 @attrs.frozen
 class BatchSummary:
-    """How the run ended, per prompt phase, plus where the manifest is."""
+    """How the run ended, per prompt outcome, plus where the manifest is."""
 
     total: int
     succeeded: int
@@ -90,55 +124,137 @@ class BatchSummary:
     unknown: int
     manifest: Path
     elapsed: float
+    timed_out: int = 0
+    incomplete: int = 0
+    #: Prompts not submitted yet (the run stopped early, or was interrupted).
+    pending: int = 0
 
     @property
     def ok(self) -> bool:
+        """Every prompt succeeded."""
         return self.succeeded == self.total
 
+    @property
+    def resumable(self) -> int:
+        """Prompts a ``--resume`` would continue (timed out, incomplete, pending)."""
+        return self.timed_out + self.incomplete + self.pending
 
-def read_prompts(path: str | os.PathLike[str]) -> list[BatchItem]:
-    """Read one prompt per line, or JSONL objects with a ``prompt`` and imagine options.
 
-    Blank lines and lines starting with ``#`` are skipped.
+# ---- input ----
+
+
+def read_prompts(path: str | os.PathLike[str], *, stdin: TextIO | None = None) -> list[BatchItem]:
+    """Read prompts: one per line, or JSON objects with a ``prompt`` and imagine options.
+
+    ``"-"`` reads standard input. Blank lines and lines starting with ``#`` are skipped;
+    a line is a prompt unless it is a JSON object with a ``prompt`` key (so Midjourney
+    permutations such as ``{red, green} bird`` stay prompts); a UTF-8 BOM is ignored.
     """
-    items: list[BatchItem] = []
-    text = Path(path).read_text(encoding="utf-8")
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("{"):
-            try:
-                obj = json.loads(line)
-            except ValueError as exc:
-                raise InvalidInputError(f"{path}:{number}: invalid JSON: {exc}") from exc
-            prompt = obj.pop("prompt", None) if isinstance(obj, dict) else None
-            if not isinstance(prompt, str) or not prompt.strip():
-                raise InvalidInputError(f"{path}:{number}: a JSONL line needs a 'prompt' string")
-            unknown = set(obj) - _IMAGINE_OPTIONS
-            if unknown:
-                raise InvalidInputError(f"{path}:{number}: unknown options {sorted(unknown)}")
-            items.append(BatchItem(prompt.strip(), obj))
-        else:
-            items.append(BatchItem(line))
+    name = os.fspath(path)
+    text = _read_text(name, stdin)
+    items = [
+        item
+        for number, line in enumerate(text.splitlines(), 1)
+        if (item := _parse_line(line.strip(), f"{name}:{number}")) is not None
+    ]
     if not items:
-        raise InvalidInputError(f"{path}: no prompts")
+        raise InvalidInputError(f"{name}: no prompts")
     return items
 
 
-def parse_upscale(value: str | None) -> tuple[str, ...]:
-    """``"all"`` or ``"U1,U3"`` (or ``"1,3"``) -> upscale labels."""
-    if not value:
+def _read_text(name: str, stdin: TextIO | None) -> str:
+    try:
+        if name == "-":
+            text = (stdin or sys.stdin).read()
+        else:
+            text = Path(name).read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise InvalidInputError(f"{name}: no such file") from None
+    except IsADirectoryError:
+        raise InvalidInputError(f"{name}: is a directory, not a prompts file") from None
+    except UnicodeDecodeError as exc:
+        raise InvalidInputError(f"{name}: not UTF-8 text (byte {exc.start})") from None
+    except OSError as exc:
+        raise InvalidInputError(f"{name}: cannot read: {exc.strerror or exc}") from None
+    return text.removeprefix("\ufeff")
+
+
+def _parse_line(line: str, where: str) -> BatchItem | None:
+    if not line or line.startswith("#"):
+        return None
+    if line.startswith("{") and line.endswith("}"):
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            obj = None
+        if isinstance(obj, dict) and "prompt" in obj:
+            prompt = obj.pop("prompt")
+            if not isinstance(prompt, str) or not prompt.strip():
+                raise InvalidInputError(f"{where}: 'prompt' must be a non-empty string")
+            unknown = set(obj) - _IMAGINE_OPTIONS
+            if unknown:
+                raise InvalidInputError(f"{where}: unknown options {sorted(unknown)}")
+            return BatchItem(prompt.strip(), obj)
+    return BatchItem(line)
+
+
+def parse_upscale(values: Sequence[str] | str | None) -> tuple[str, ...]:
+    """``"all"``, ``"U1,U3"``, ``"1"`` or several such values (they add up) -> labels."""
+    if not values:
         return ()
-    if value.strip().lower() == "all":
-        return _UPSCALE_LABELS
-    labels = []
-    for part in value.replace(" ", "").split(","):
-        label = part.upper() if part.upper().startswith("U") else f"U{part}"
-        if label not in _UPSCALE_LABELS:
-            raise InvalidInputError(f"--upscale takes U1..U4 or all, not {part!r}")
-        labels.append(label)
+    if isinstance(values, str):
+        values = [values]
+    labels: list[str] = []
+    for value in values:
+        for part in value.replace(" ", "").split(","):
+            if not part:
+                continue
+            if part.lower() == "all":
+                labels.extend(_UPSCALE_LABELS)
+                continue
+            label = part.upper() if part.upper().startswith("U") else f"U{part}"
+            if label not in _UPSCALE_LABELS:
+                raise InvalidInputError(f"--upscale takes U1..U4 or all, not {part!r}")
+            labels.append(label)
     return tuple(dict.fromkeys(labels))
+
+
+# ---- the run ----
+
+
+@attrs.frozen
+class _Settings:
+    concurrency: int
+    upscale: tuple[str, ...]
+    seed: bool
+    download: bool
+    timeout: float
+    name: str
+    resubmit_unknown: bool
+
+
+class _Stop(Exception):
+    """Ends the whole run (an outage, a full disk, a closed client); rows stay resumable."""
+
+    def __init__(self, error: QuickMJError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class _Breaker:
+    """Counts outage failures in a row; any relay answer resets it."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.failures = 0
+
+    def ok(self) -> None:
+        self.failures = 0
+
+    def failed(self) -> bool:
+        """Record an outage failure; True when the run should stop."""
+        self.failures += 1
+        return self.failures >= self.limit
 
 
 class _Run:
@@ -146,214 +262,322 @@ class _Run:
         self,
         client: AsyncClient,
         journal: Journal,
-        out: Path,
-        *,
-        concurrency: int,
-        upscale: tuple[str, ...],
-        seed: bool,
-        download: bool,
-        timeout: float,
+        bdir: BatchDir,
+        settings: _Settings,
+        run_id: str,
         on_progress: Callable[[BatchProgress], Any] | None,
     ) -> None:
         self.client = client
         self.journal = journal
-        self.out = out
-        self.upscale = upscale
-        self.seed = seed
-        self.download = download
-        self.timeout = timeout
+        self.bdir = bdir
+        self.s = settings
+        self.run_id = run_id
         self.on_progress = on_progress
-        self.slots = anyio.Semaphore(concurrency)
+        self.slots = anyio.Semaphore(settings.concurrency)
         self.started = time.monotonic()
-        self.counts: Counter[str] = Counter()
+        self.phases: Counter[Phase] = Counter()
+        self.running = 0
         self.total = 0
-        #: Set when the client was closed under the run: it stops, rows stay resumable.
-        self.closed: ClientClosedError | None = None
-        self._scope: anyio.CancelScope | None = None
+        self.breaker = _Breaker(OUTAGE_LIMIT)
+        self.stop: QuickMJError | None = None
+        self._finished_at: list[float] = []
+
+    # ---- progress ----
 
     def progress(self) -> BatchProgress:
-        c = self.counts
+        p = self.phases
+        done_now = sum(p[x] for x in p if x.is_final or x in (Phase.TIMED_OUT, Phase.INCOMPLETE))
         return BatchProgress(
             total=self.total,
-            queued=self.total - c["running"] - c["succeeded"] - c["failed"],
-            running=c["running"],
-            succeeded=c["succeeded"],
-            failed=c["failed"],
+            queued=max(0, self.total - done_now - self.running),
+            running=self.running,
+            succeeded=p[Phase.SUCCEEDED],
+            failed=p[Phase.FAILED],
+            rejected=p[Phase.REJECTED],
+            timed_out=p[Phase.TIMED_OUT],
+            incomplete=p[Phase.INCOMPLETE],
+            unknown=p[Phase.UNKNOWN],
             elapsed=time.monotonic() - self.started,
+            rate=self._rate(),
         )
+
+    def _rate(self) -> float | None:
+        # Smoothed over the last completions (upscale steps included), not since start:
+        # the ETA neither jumps when upscales begin nor lags behind a changed pace.
+        recent = self._finished_at[-50:]
+        if len(recent) < 2 or recent[-1] <= recent[0]:
+            return None
+        return (len(recent) - 1) / (time.monotonic() - recent[0])
 
     def _report(self) -> None:
         if self.on_progress is not None:
             self.on_progress(self.progress())
 
+    def _set(self, row: JournalRow, phase: Phase, **fields: Any) -> Phase:
+        """Record a prompt's end in this run (journal first, then the counters)."""
+        self.journal.set_phase(row.index, phase, **fields)
+        self.phases[phase] += 1
+        self._finished_at.append(time.monotonic())
+        return phase
+
+    # ---- driving ----
+
     async def run(self, rows: Sequence[JournalRow]) -> None:
         self.total = len(rows)
+        todo = [r for r in rows if self._wants(r)]
         for r in rows:
-            if r.phase == Phase.SUCCEEDED:
-                self.counts["succeeded"] += 1
-            elif r.phase in Phase.TERMINAL:
-                self.counts["failed"] += 1
+            if r not in todo:
+                self.phases[r.phase] += 1
         self._report()
         async with anyio.create_task_group() as tg:
-            self._scope = tg.cancel_scope
-            for r in rows:
-                if r.phase not in Phase.TERMINAL:
-                    tg.start_soon(self._one, r)
-        if self.closed is not None:
-            raise self.closed  # one typed error, not an ExceptionGroup of them
+            for r in todo:
+                tg.start_soon(self._one, r, tg.cancel_scope)
+        if self.stop is not None:
+            raise self.stop  # one typed error, never an ExceptionGroup
 
-    async def _one(self, row: JournalRow) -> None:
+    def _wants(self, row: JournalRow) -> bool:
+        if row.phase is Phase.UNKNOWN:
+            return self.s.resubmit_unknown and row.task_id is None
+        return not row.phase.is_final
+
+    async def _one(self, row: JournalRow, scope: anyio.CancelScope) -> None:
         async with self.slots:
-            self.counts["running"] += 1
+            self.running += 1
             self._report()
             try:
-                phase = await self._process(row)
-            except ClientClosedError as exc:
-                # Not the prompt's fault: leave its row as it is (a resume carries on).
-                self.closed = exc
-                if self._scope is not None:
-                    self._scope.cancel()
-                return
+                await self._advance(row)
+            except _Stop as stop:
+                if self.stop is None:
+                    self.stop = stop.error
+                scope.cancel()
+            except Exception as exc:  # one prompt's trouble stays with that prompt
+                self._unexpected(row, exc)
             finally:
-                self.counts["running"] -= 1
-            self.counts["succeeded" if phase == Phase.SUCCEEDED else "failed"] += 1
+                self.running -= 1
             self._report()
 
-    async def _process(self, row: JournalRow) -> str:
-        """Take one prompt as far as it goes; returns its terminal phase."""
-        idx = row.index
-        task_id = row.task_id
-        # A row left 'submitting' with its task id known: a run stopped while pressing an
-        # upscale button (the first one without a task id). That press may have been sent.
-        pressing = task_id is not None and row.phase == Phase.SUBMITTING
-        if task_id is None:
-            if row.phase == Phase.SUBMITTING:
-                # Killed between sending and recording: the job may exist. Do not pay twice.
-                reason = "a previous run was stopped while this prompt was being submitted"
-                self.journal.finish(idx, Phase.UNKNOWN, reason=reason)
-                return Phase.UNKNOWN
-            outcome = await self._submit(
-                idx, lambda: self.client.imagine(row.prompt, **_imagine_kwargs(row.options))
+    def _unexpected(self, row: JournalRow, exc: Exception) -> None:
+        current = self.journal.row(row.index)
+        reason = f"{type(exc).__name__}: {exc}"
+        if current.task_id is None and current.phase is Phase.SUBMITTING:
+            self._set(row, Phase.UNKNOWN, reason=reason)
+        elif current.task_id is None:
+            self._set(row, Phase.FAILED, reason=reason)
+        else:
+            self._set(row, Phase.INCOMPLETE, reason=reason)  # paid: resumable
+
+    async def _advance(self, row: JournalRow) -> Phase:
+        """Take one prompt as far as it goes; returns where it ends."""
+        if row.task_id is None and row.phase is Phase.SUBMITTING:
+            # Killed between sending and recording: the job may exist. Do not pay twice.
+            return self._set(
+                row, Phase.UNKNOWN, reason="the run stopped while this prompt was being submitted"
             )
-            if isinstance(outcome, str):
-                return outcome
-            task_id = outcome.task_id
-            self.journal.set_task(idx, task_id)
-        grid = await self._wait(idx, task_id)
-        if grid is None:
-            return self.journal.row(idx).phase
-        finals: list[Task] = [grid]
-        if self.upscale:
-            finals = []
-            for label in self.upscale:
-                up_id = self.journal.row(idx).upscales.get(label)
-                if up_id is None:
-                    if pressing:
-                        reason = f"a previous run was stopped while pressing {label}"
-                        self.journal.finish(idx, Phase.UNKNOWN, reason=reason)
-                        return Phase.UNKNOWN
-                    press = functools.partial(self.client.action, grid, label)
-                    outcome = await self._submit(idx, press)
-                    if isinstance(outcome, str):
-                        return outcome
-                    up_id = outcome.task_id
-                    self.journal.set_upscale(idx, label, up_id)
-                up = await self._wait(idx, up_id)
-                if up is None:
-                    return self.journal.row(idx).phase
-                finals.append(up)
+        if row.task_id is None:
+            job = await self._submit(
+                row,
+                None,
+                lambda tag: self.client.imagine(row.prompt, **_imagine_kwargs(row.options, tag)),
+            )
+            if isinstance(job, Phase):
+                return job
+            self.journal.set_task(row.index, job.id)
+            row = self.journal.row(row.index)
+        grid = await self._follow(row, row.task_id or "")
+        if isinstance(grid, Phase):
+            return grid
+        finals: list[tuple[str | None, Task]] | Phase = [(None, grid)]
+        if self.s.upscale:
+            finals = await self._upscales(row, grid)
+        if isinstance(finals, Phase):
+            return finals
+        return await self._finish(row, grid, finals)
+
+    async def _upscales(self, row: JournalRow, grid: Task) -> list[tuple[str | None, Task]] | Phase:
+        finals: list[tuple[str | None, Task]] = []
+        for label in self.s.upscale:
+            current = self.journal.row(row.index)
+            up_id = current.upscales.get(label)
+            if up_id is None:
+                if current.pressing == label:
+                    # A previous run stopped while this press was on the wire.
+                    return self._set(
+                        row, Phase.UNKNOWN, reason=f"the run stopped while pressing {label}"
+                    )
+
+                def press(tag: str, label: str = label) -> Submission:
+                    return self.client.action(grid, label, state=tag)
+
+                job = await self._submit(row, label, press)
+                if isinstance(job, Phase):
+                    return job
+                up_id = job.id
+                self.journal.set_upscale(row.index, label, up_id)
+            up = await self._follow(row, up_id)
+            if isinstance(up, Phase):
+                return up
+            finals.append((label, up))
+        return finals
+
+    async def _finish(
+        self, row: JournalRow, grid: Task, finals: list[tuple[str | None, Task]]
+    ) -> Phase:
         files: list[str] = []
         try:
-            if self.download:
-                for t in finals:
-                    path = await self.client.download(t, self.out / "images")
-                    files.append(PurePath(path).relative_to(self.out).as_posix())
-            seed = await self.client.image_seed(grid) if self.seed else None
-        except ClientClosedError:
-            raise
+            if self.s.download:
+                for label, task in finals:
+                    stem = _file_stem(self.s.name, row, task, label)
+                    path = await self.client.download(task, self.bdir.images, filename=stem)
+                    files.append(PurePath(path).relative_to(self.bdir.path).as_posix())
+            seed = await self.client.image_seed(grid) if self.s.seed else None
+        except (StorageError, ClientClosedError) as exc:
+            raise _Stop(exc) from None
         except QuickMJError as exc:
-            self.journal.finish(
-                idx,
-                Phase.FAILED,
+            # Paid and finished, but not saved: a resume downloads it again.
+            return self._set(
+                row,
+                Phase.INCOMPLETE,
                 status=grid.status.value,
                 reason=f"{type(exc).__name__}: {exc}",
                 files=files,
             )
-            return Phase.FAILED
-        self.journal.finish(idx, Phase.SUCCEEDED, status=grid.status.value, files=files, seed=seed)
-        return Phase.SUCCEEDED
+        return self._set(
+            row, Phase.SUCCEEDED, status=grid.status.value, files=files, seed=seed, reason=None
+        )
+
+    # ---- one submit ----
 
     async def _submit(
-        self, idx: int, send: Callable[[], Awaitable[SubmitResult]]
-    ) -> SubmitResult | str:
+        self, row: JournalRow, pressing: str | None, send: Callable[[str], Awaitable[AsyncJob]]
+    ) -> AsyncJob | Phase:
         """Submit with the journal written first; back off while the relay's queue is full."""
-        policy = self.client.retry
+        tag = _tag(self.run_id, row, pressing)
         attempt = 0
         while True:
             attempt += 1
-            self.journal.mark_submitting(idx)
+            self.journal.mark_submitting(row.index, tag, pressing=pressing)
             try:
-                # Shielded: a cancelled run (Ctrl-C) still records what the relay answered,
-                # so a resume never has to guess. HTTP timeouts bound the wait.
-                with anyio.CancelScope(shield=True):
-                    result = await send()
+                job = await send(tag)  # the client runs a sent submit to its answer
             except (QueueFullError, RateLimitError) as exc:
-                # Nothing was created: safe to wait and send again.
-                self.journal.mark_pending(idx)
+                self.breaker.ok()  # the relay answered: no outage
+                self._unmark(row, pressing)
                 retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
-                await anyio.sleep(max(policy.delay(min(attempt, 6), retry_after), 0.05))
+                await anyio.sleep(max(self.client.retry.delay(min(attempt, 6), retry_after), 0.05))
                 continue
-            except (SubmitOutcomeUnknownError, MalformedResponseError) as exc:
-                # Sent and answered with something unreadable (or not at all): the job may
-                # exist, so this is an unknown outcome, never a rejection to re-submit.
-                self.journal.finish(idx, Phase.UNKNOWN, reason=str(exc))
-                return Phase.UNKNOWN
-            except SubmitRejectedError as exc:
-                self.journal.finish(
-                    idx, Phase.REJECTED, reason=exc.description or str(exc), code=exc.code
-                )
-                return Phase.REJECTED
-            except ClientClosedError:
-                self.journal.mark_pending(idx)  # closed before sending: nothing was created
-                raise
             except QuickMJError as exc:
-                # Raised before anything was sent (bad input, connect failure after retries).
-                self.journal.finish(idx, Phase.REJECTED, reason=f"{type(exc).__name__}: {exc}")
-                return Phase.REJECTED
-            if result.needs_modal:
-                self.journal.finish(
-                    idx, Phase.FAILED, reason=f"task {result.task_id} waits for a modal"
-                )
-                return Phase.FAILED
-            return result
+                return self._submit_failed(row, pressing, exc)
+            self.breaker.ok()
+            return job
 
-    async def _wait(self, idx: int, task_id: str) -> Task | None:
+    def _unmark(self, row: JournalRow, pressing: str | None) -> None:
+        if pressing is None:
+            self.journal.mark_pending(row.index)
+        else:
+            self.journal.mark_submitting(row.index, row.tag or "", pressing=None)
+
+    def _submit_failed(self, row: JournalRow, pressing: str | None, exc: QuickMJError) -> Phase:
+        if isinstance(exc, ClientClosedError) and not isinstance(exc, SubmitOutcomeUnknownError):
+            self._unmark(row, pressing)
+            raise _Stop(exc)
+        if isinstance(exc, ConnectError):
+            # Never reached the relay (retries included): nothing was created.
+            self._unmark(row, pressing)
+            if self.breaker.failed():
+                raise _Stop(self._outage(exc))
+            if pressing is None:
+                self.journal.mark_pending(row.index, reason=f"not sent: {exc}")
+                return Phase.PENDING
+            return self._set(row, Phase.INCOMPLETE, reason=f"{pressing} not sent: {exc}")
+        if outcome_unknown(exc) or isinstance(exc, SubmitOutcomeUnknownError):
+            stop = self.breaker.failed()
+            phase = self._set(row, Phase.UNKNOWN, reason=str(exc))
+            if stop:
+                raise _Stop(self._outage(exc))
+            return phase
+        self.breaker.ok()
+        reason = f"{type(exc).__name__}: {exc}"
+        if isinstance(exc, SubmitRejectedError):
+            return self._set(row, Phase.REJECTED, reason=exc.description or reason, code=exc.code)
+        if pressing is None:
+            return self._set(row, Phase.REJECTED, reason=reason)  # refused before sending
+        return self._set(row, Phase.INCOMPLETE, reason=f"{pressing}: {reason}")
+
+    def _outage(self, exc: QuickMJError) -> RelayUnreachableError:
+        pending = sum(1 for r in self.journal.rows() if r.phase is Phase.PENDING)
+        return RelayUnreachableError(
+            f"relay unreachable: {exc}; nothing was submitted for {pending} prompts; "
+            "run again with --resume",
+            not_submitted=pending,
+        )
+
+    # ---- following a paid job ----
+
+    async def _follow(self, row: JournalRow, task_id: str) -> Task | Phase:
         try:
-            return await self.client.wait(task_id, timeout=self.timeout)
+            return await self.client.wait(task_id, timeout=self.s.timeout)
         except TaskFailedError as exc:
-            self.journal.finish(
-                idx, Phase.FAILED, status=exc.task.status.value, reason=exc.fail_reason
+            return self._set(
+                row, Phase.FAILED, status=exc.task.status.value, reason=exc.fail_reason or "failed"
             )
-        except ClientClosedError:
-            raise
+        except TaskTimeoutError as exc:
+            last = exc.last_task.status.value if exc.last_task else None
+            return self._set(
+                row,
+                Phase.TIMED_OUT,
+                status=last,
+                reason=f"still running after {self.s.timeout:g} s: --resume waits again",
+            )
+        except ClientClosedError as exc:
+            raise _Stop(exc) from None
         except QuickMJError as exc:
-            # Timeout, unknown id, stuck in MODAL, or a task the relay garbled: only this
-            # prompt fails, never the whole run.
-            self.journal.finish(idx, Phase.FAILED, reason=f"{type(exc).__name__}: {exc}")
-        return None
+            return self._set(row, Phase.INCOMPLETE, reason=f"{type(exc).__name__}: {exc}")
 
 
-def _imagine_kwargs(options: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in options.items() if k in _IMAGINE_OPTIONS}
+def _imagine_kwargs(options: dict[str, Any], tag: str) -> dict[str, Any]:
+    kwargs = {k: v for k, v in options.items() if k in _IMAGINE_OPTIONS}
+    kwargs["state"] = _with_tag(kwargs.get("state"), tag)
+    return kwargs
 
 
-def write_manifest(journal: Journal, out: Path) -> Path:
-    """Write ``manifest.jsonl`` atomically from the journal."""
-    path = out / MANIFEST_NAME
-    tmp = out / f".{MANIFEST_NAME}.part"
-    tmp.write_text("".join(line + "\n" for line in iter_jsonl(journal.rows())), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+def _with_tag(state: Any, tag: str) -> str:
+    """The user's own ``state`` (if any) with the run's tag after it, within 255 chars."""
+    if not isinstance(state, str) or not state:
+        return tag
+    return f"{state[: 254 - len(tag)]} {tag}"
+
+
+def _tag(run_id: str, row: JournalRow, pressing: str | None) -> str:
+    """Unique per run, prompt and press: finds the job on the relay if its answer is lost."""
+    return f"qmj:{run_id}:{row.index}" + (f":{pressing}" if pressing else "")
+
+
+_SLUG = re.compile(r"[^a-z0-9]+")
+
+
+def _file_stem(template: str, row: JournalRow, task: Task, label: str | None) -> str:
+    """A file name from ``--name`` (``{line:05d}-{slug}``, ``{task}``, ``{label}``...)."""
+    slug = _SLUG.sub("-", row.prompt.lower()).strip("-")[:40] or "prompt"
+    fields = {
+        "line": row.index + 1,
+        "index": row.index,
+        "slug": slug,
+        "task": task.id,
+        "label": label or "grid",
+    }
+    try:
+        stem = template.format(**fields)
+    except (KeyError, IndexError, ValueError) as exc:
+        raise InvalidInputError(f"--name {template!r}: {exc}") from None
+    if label and "{label" not in template and "{task" not in template:
+        stem = f"{stem}-{label}"  # several files per prompt must not overwrite each other
+    return stem
+
+
+def check_name_template(template: str) -> str:
+    """Validate a ``--name`` template before any job is paid for."""
+    probe = JournalRow(index=0, prompt="a prompt", options={}, phase=Phase.PENDING)
+    _file_stem(template, probe, Task(id="1730621826053455"), "U1")
+    return template
 
 
 async def run_batch(
@@ -367,50 +591,157 @@ async def run_batch(
     download: bool = True,
     resume: bool = False,
     timeout: float = 3600.0,
+    name: str | None = None,
+    resubmit_unknown: bool = False,
     on_progress: Callable[[BatchProgress], Any] | None = None,
 ) -> BatchSummary:
-    """Run (or resume) a batch into directory ``out``; see the module docstring."""
+    """Run (or resume) a batch into directory ``out``; see the module docstring.
+
+    Raises BatchLockedError (another run owns ``out``), JournalError (nothing safe to
+    resume), RelayUnreachableError (an outage stopped the run early), StorageError (the
+    disk is full or read-only) and ClientClosedError; in each case finished work is kept
+    and the directory is resumable.
+    """
     if concurrency < 1:
         raise InvalidInputError("concurrency must be at least 1")
-    out_dir = Path(out)
-    await anyio.Path(out_dir).mkdir(parents=True, exist_ok=True)
+    settings = _Settings(
+        concurrency=concurrency,
+        upscale=parse_upscale(list(upscale)),
+        seed=seed,
+        download=download,
+        timeout=timeout,
+        name=check_name_template(name or _DEFAULT_NAME),
+        resubmit_unknown=resubmit_unknown,
+    )
     pairs = [(i.prompt, dict(i.options)) for i in items]
-    started = time.monotonic()
-    with Journal(out_dir / JOURNAL_NAME) as journal:
-        if journal.is_empty():
-            journal.load_prompts(pairs)
-        elif not resume:
-            raise UsageError(
-                f"{out_dir} already holds a batch journal: "
-                "pass --resume (resume=True) or use a new --out"
-            )
-        elif not journal.same_input(pairs):
-            raise UsageError(
-                f"the prompts differ from the journal in {out_dir}; resume with the same input file"
-            )
-        run = _Run(
-            client,
-            journal,
-            out_dir,
-            concurrency=concurrency,
-            upscale=tuple(parse_upscale(",".join(upscale)) if upscale else ()),
-            seed=seed,
-            download=download,
-            timeout=timeout,
-            on_progress=on_progress,
-        )
+    with BatchDir(out) as bdir:
+        journal = bdir.open_journal(pairs, resume=resume)
         try:
-            await run.run(journal.rows())
+            return await _drive(client, bdir, journal, settings, on_progress)
         finally:
-            # Even when interrupted: the manifest shows where every prompt stands.
-            manifest = write_manifest(journal, out_dir)
-        phases = Counter(r.phase for r in journal.rows())
+            journal.close()
+
+
+async def _drive(
+    client: AsyncClient,
+    bdir: BatchDir,
+    journal: Journal,
+    settings: _Settings,
+    on_progress: Callable[[BatchProgress], Any] | None,
+) -> BatchSummary:
+    """Run the journal's open prompts; the manifest and a closed journal in every case."""
+    bdir.clean_parts()
+    run = _Run(client, journal, bdir, settings, journal.begin_run(), on_progress)
+    try:
+        if any(r.task_id is None and r.phase is Phase.PENDING for r in journal.rows()):
+            await _preflight(client, journal)
+        await run.run(journal.rows())
+    finally:
+        # Even when stopped or interrupted: the manifest shows where every prompt stands
+        # (plain blocking calls: a cancellation cannot cut them).
+        manifest = bdir.write_manifest(journal)
+        journal.end_run()
+    return _summary(journal, manifest, time.monotonic() - run.started)
+
+
+async def _preflight(client: AsyncClient, journal: Journal) -> None:
+    """One cheap read before the first submit: an unreachable relay costs nothing."""
+    try:
+        await client.list_tasks(["quickmj-preflight"])
+    except ConnectError as exc:
+        pending = sum(1 for r in journal.rows() if r.phase is Phase.PENDING)
+        raise RelayUnreachableError(
+            f"relay unreachable: {exc}; nothing was submitted for {pending} prompts; "
+            "fix the relay address (QUICKMJ_BASE_URL) and run again with --resume",
+            not_submitted=pending,
+        ) from None
+
+
+def _summary(journal: Journal, manifest: Path, elapsed: float) -> BatchSummary:
+    phases = Counter(r.phase for r in journal.rows())
     return BatchSummary(
-        total=len(pairs),
+        total=sum(phases.values()),
         succeeded=phases[Phase.SUCCEEDED],
         failed=phases[Phase.FAILED],
         rejected=phases[Phase.REJECTED],
         unknown=phases[Phase.UNKNOWN],
+        timed_out=phases[Phase.TIMED_OUT],
+        incomplete=phases[Phase.INCOMPLETE],
+        pending=phases[Phase.PENDING] + phases[Phase.SUBMITTING] + phases[Phase.RUNNING],
         manifest=manifest,
-        elapsed=time.monotonic() - started,
+        elapsed=elapsed,
     )
+
+
+# ---- settling unknown outcomes ----
+
+
+@attrs.frozen
+class Unsettled:
+    """An unknown outcome quickmj could not settle: check the relay's dashboard."""
+
+    index: int
+    prompt: str
+    tag: str | None
+    sent_at: float | None
+
+
+async def reconcile(
+    client: AsyncClient,
+    out: str | os.PathLike[str],
+    *,
+    download: bool = True,
+    timeout: float = 3600.0,
+    on_progress: Callable[[BatchProgress], Any] | None = None,
+) -> tuple[BatchSummary, list[Unsettled]]:
+    """Settle ``unknown`` rows of a batch: find each job by its state tag and finish it.
+
+    Works where the relay can list recent tasks (``GET /task/list``: self-hosted
+    midjourney-proxy and TrueAI). Adopted jobs are followed to the end (waited on,
+    upscaled, downloaded) without a new submit. Returns the summary and the rows that
+    could not be settled (with their tag and send time, to look up by hand).
+    """
+    with BatchDir(out) as bdir:
+        journal = bdir.open_journal([], resume=True, check_input=False)
+        try:
+            listing = await client.recent_tasks()
+            unsettled = _adopt(journal, listing)
+            settings = _Settings(
+                concurrency=8,
+                upscale=_labels(journal),
+                seed=False,
+                download=download,
+                timeout=timeout,
+                name=_DEFAULT_NAME,
+                resubmit_unknown=False,
+            )
+            summary = await _drive(client, bdir, journal, settings, on_progress)
+        finally:
+            journal.close()
+    return summary, unsettled
+
+
+def _labels(journal: Journal) -> tuple[str, ...]:
+    labels = {label for r in journal.rows() for label in r.upscales}
+    return tuple(sorted(labels))
+
+
+def _adopt(journal: Journal, listing: Sequence[Task]) -> list[Unsettled]:
+    by_tag: dict[str, Task] = {}
+    for task in listing:
+        for word in (task.state or "").split():
+            if word.startswith("qmj:"):
+                by_tag.setdefault(word, task)
+    unsettled: list[Unsettled] = []
+    for row in journal.rows():
+        if row.phase is not Phase.UNKNOWN:
+            continue
+        found = by_tag.get(row.tag or "")
+        if found is None:
+            unsettled.append(Unsettled(row.index, row.prompt, row.tag, row.sent_at))
+        elif row.pressing:
+            journal.set_upscale(row.index, row.pressing, found.id)
+            journal.set_phase(row.index, Phase.RUNNING, reason=None)
+        else:
+            journal.set_task(row.index, found.id)
+    return unsettled

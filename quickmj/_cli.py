@@ -1,8 +1,11 @@
 """The ``quickmj`` command line: one-shot commands, the batch job and the simulator.
 
-Every command reads ``QUICKMJ_API_KEY`` / ``QUICKMJ_BASE_URL`` (or ``--mode``), or runs
-against an embedded relay simulator with ``--simulate`` (no key, no network). Errors print
-one line and exit non-zero; the key is never printed.
+Configuration comes from ``--api-key``/``--base-url`` or ``QUICKMJ_API_KEY`` /
+``QUICKMJ_BASE_URL``; ``--simulate`` runs against an embedded relay simulator (no key,
+no network). Every error is one line on stderr (a JSON object with ``--json``) and the
+exit code says what happened: 0 done, 1 failed, 2 usage, 3 relay unreachable (an outage
+stopped a batch early), 130 interrupted. ``--debug`` shows the traceback. The key is
+never printed.
 """
 
 from __future__ import annotations
@@ -11,32 +14,288 @@ import argparse
 import asyncio
 import contextlib
 import json
+import logging
+import os
 import sys
-from collections.abc import AsyncIterator, Sequence
+import traceback
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any, TextIO
 
-from ._batch import parse_upscale, read_prompts, run_batch
-from ._client import AsyncClient
-from ._converter import unstructure
-from ._models import SubmitResult, Task
-from ._poller import PollPolicy
-from ._progress import make_reporter
 from ._version import __version__
-from .errors import QuickMJError, TaskFailedError
 
-__all__ = ("main",)
+__all__ = ("EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_OUTAGE", "EXIT_USAGE", "main")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_MODES = ("fast", "relax", "turbo")
+_DIALECTS = ("auto", "quickrouter", "midjourney-proxy", "trueai")
+
+_EPILOG = """\
+examples:
+  quickmj batch prompts.txt --out out/ --upscale U1      run a file of prompts
+  quickmj batch - --out out/ < prompts.txt                prompts from stdin
+  quickmj imagine "a red fox in snow" --download out/     one job, saved
+  quickmj batch prompts.txt --simulate --out out/         no key, no network
+
+configuration: QUICKMJ_API_KEY, QUICKMJ_BASE_URL, QUICKMJ_MODE, QUICKMJ_LOG=debug|info
+exit codes: 0 done, 1 failed, 2 usage, 3 relay unreachable, 130 interrupted
+"""
+
+
+class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults in every --help, and examples kept as written."""
+
+
+def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # The same options before or after the command: on the subcommands they default to
+    # SUPPRESS so they never overwrite a value given before the command.
+    default: Any = None if top else argparse.SUPPRESS
+    flag_default: Any = False if top else argparse.SUPPRESS
+    g = parser.add_argument_group("connection")
+    g.add_argument(
+        "--api-key",
+        default=default,
+        metavar="KEY",
+        help="the relay key (default: $QUICKMJ_API_KEY)",
+    )
+    g.add_argument(
+        "--base-url",
+        default=default,
+        metavar="URL",
+        help="the relay (default: $QUICKMJ_BASE_URL or QuickRouter)",
+    )
+    g.add_argument(
+        "--mode", choices=_MODES, default=default, help="speed mode (default: the key's own)"
+    )
+    g.add_argument(
+        "--dialect",
+        choices=_DIALECTS,
+        default=default,
+        help="relay software (default: from the URL)",
+    )
+    g.add_argument(
+        "--simulate",
+        action="store_true",
+        default=flag_default,
+        help="use an embedded relay simulator (no key, no network)",
+    )
+    o = parser.add_argument_group("output")
+    o.add_argument(
+        "--json",
+        action="store_true",
+        default=flag_default,
+        help="JSON lines on stdout, JSON errors on stderr",
+    )
+    o.add_argument(
+        "--debug", action="store_true", default=flag_default, help="show tracebacks and debug logs"
+    )
+
+
+def _job_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--wait", action="store_true", help="wait until the job finishes")
+    p.add_argument("--download", metavar="DIR", help="save the result into DIR (implies --wait)")
+    p.add_argument(
+        "--timeout", type=float, default=1800.0, metavar="S", help="wait limit in seconds"
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="quickmj",
+        description="Midjourney through QuickRouter and midjourney-proxy relays.",
+        epilog=_EPILOG,
+        formatter_class=_Help,
+    )
+    parser.add_argument("--version", action="version", version=f"quickmj {__version__}")
+    _common(parser, top=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def cmd(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(
+            name,
+            help=help_text,
+            description=help_text,
+            epilog=f"example:\n  {example}",
+            formatter_class=_Help,
+        )
+        _common(p, top=False)
+        return p
+
+    p = cmd("imagine", "submit a prompt", 'quickmj imagine "a red fox --ar 16:9" --download out/')
+    p.add_argument("prompt")
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        metavar="FILE|URL",
+        help="a reference image (repeatable)",
+    )
+    _job_options(p)
+    p = cmd(
+        "blend", "blend 2 to 5 images", "quickmj blend a.png b.png --dimensions LANDSCAPE --wait"
+    )
+    p.add_argument("images", nargs="+", metavar="IMAGE")
+    p.add_argument(
+        "--dimensions",
+        choices=["PORTRAIT", "SQUARE", "LANDSCAPE"],
+        default=None,
+        help="aspect ratio",
+    )
+    _job_options(p)
+    p = cmd("describe", "four prompts for an image", "quickmj describe photo.png --wait")
+    p.add_argument("image", metavar="IMAGE")
+    _job_options(p)
+    p = cmd(
+        "shorten", "analyse and shorten a prompt", 'quickmj shorten "a very long prompt" --wait'
+    )
+    p.add_argument("prompt")
+    _job_options(p)
+    p = cmd(
+        "action",
+        "press a button (U1, V2, 🔄, a customId)",
+        "quickmj action 1730621826053455 U2 --download out/",
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("button", metavar="LABEL|CUSTOM_ID")
+    _job_options(p)
+    p = cmd(
+        "modal",
+        "confirm a job waiting in MODAL (custom zoom, vary region)",
+        'quickmj modal 1730621826053455 --prompt "fox --zoom 1.5" --wait',
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("--prompt", default=None, help="the prompt (custom zoom: with --zoom 1..2)")
+    p.add_argument(
+        "--mask", default=None, metavar="PNG", help="vary region: white where to repaint"
+    )
+    _job_options(p)
+    p = cmd(
+        "change",
+        "upscale, vary or reroll a grid (/submit/change)",
+        "quickmj change 1730621826053455 U1 --wait",
+    )
+    p.add_argument("id", metavar="ID")
+    p.add_argument("label", metavar="U1..U4|V1..V4|R")
+    _job_options(p)
+    p = cmd(
+        "video",
+        "animate an image (/submit/video)",
+        'quickmj video "waves" --image first.png --wait',
+    )
+    p.add_argument("prompt")
+    p.add_argument("--image", default=None, metavar="FILE|URL", help="the first frame")
+    p.add_argument("--motion", choices=["low", "high"], default=None, help="how much movement")
+    _job_options(p)
+    p = cmd("cancel", "cancel a job (TrueAI relays)", "quickmj cancel 1730621826053455")
+    p.add_argument("id", metavar="ID")
+    p = cmd("fetch", "show tasks", "quickmj fetch 1730621826053455 1730621826053456")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p = cmd("wait", "wait for tasks to finish", "quickmj wait 1730621826053455 --timeout 600")
+    p.add_argument("ids", nargs="+", metavar="ID")
+    p.add_argument(
+        "--timeout", type=float, default=1800.0, metavar="S", help="wait limit in seconds"
+    )
+    p = cmd("seed", "print a finished task's seed", "quickmj seed 1730621826053455")
+    p.add_argument("id", metavar="ID")
+    _batch_parser(cmd)
+    p = cmd(
+        "reconcile",
+        "settle a batch's unknown outcomes (relays that list tasks)",
+        "quickmj reconcile out/",
+    )
+    p.add_argument("out", metavar="OUT")
+    p.add_argument("--no-download", action="store_true", help="do not download images")
+    p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    p = sub.add_parser(
+        "simulate",
+        help="serve the relay simulator for your own tests",
+        formatter_class=_Help,
+        epilog="example:\n  quickmj simulate --port 8080 --dialect trueai",
+    )
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--dialect", choices=_DIALECTS[1:], default="quickrouter", help="which relay to imitate"
+    )
+    p = sub.add_parser(
+        "completion",
+        help="print a shell completion script",
+        formatter_class=_Help,
+        epilog="example:\n  quickmj completion bash >> ~/.bashrc",
+    )
+    p.add_argument("shell", choices=["bash", "zsh", "fish"])
+    return parser
+
+
+def _batch_parser(cmd: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
+    p = cmd(
+        "batch",
+        "run many prompts from a file (or - for stdin)",
+        "quickmj batch prompts.txt --out out/ --upscale U1 --concurrency 8",
+    )
+    p.add_argument(
+        "file", help="one prompt per line (JSON objects with a 'prompt' key allowed), or -"
+    )
+    p.add_argument("--out", required=True, metavar="DIR", help="images, manifest and journal")
+    p.add_argument("--concurrency", type=int, default=8, metavar="K", help="jobs in flight")
+    p.add_argument(
+        "--upscale",
+        action="append",
+        default=[],
+        metavar="U1..U4|all",
+        help="press these upscale buttons (repeatable)",
+    )
+    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
+    p.add_argument(
+        "--resubmit-unknown",
+        action="store_true",
+        help="with --resume: send 'unknown' prompts again (may pay twice)",
+    )
+    p.add_argument(
+        "--reconcile",
+        action="store_true",
+        help="with --resume: first settle 'unknown' prompts on relays that list tasks",
+    )
+    p.add_argument("--seed", action="store_true", help="record each grid's seed")
+    p.add_argument("--no-download", action="store_true", help="do not download images")
+    p.add_argument(
+        "--name",
+        default="{task}",
+        metavar="TEMPLATE",
+        help="image file names: {line:05d}, {slug}, {task}, {label}",
+    )
+    p.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="per-job wait limit")
+    p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+
+
+# ---- output ----
+
+
+def task_json(task: Any) -> dict[str, Any]:
+    """A task as the CLI's JSON (snake_case, like every other object it prints)."""
+    return {
+        "id": task.id,
+        "status": task.status.value,
+        "action": task.action.value if task.action else None,
+        "progress": task.progress,
+        "prompt": task.prompt,
+        "image_url": task.image_url,
+        "video_url": task.video_url,
+        "fail_reason": task.fail_reason or None,
+        "buttons": [b.display for b in task.buttons],
+        "final_prompt": task.final_prompt,
+    }
 
 
 class _Output:
+    """Human lines or JSON lines on stdout; the one place the CLI prints results."""
+
     def __init__(self, as_json: bool, stream: TextIO) -> None:
         self.as_json = as_json
         self.stream = stream
 
-    def task(self, task: Task) -> None:
+    def task(self, task: Any) -> None:
         if self.as_json:
-            self._json(unstructure(task))
+            self.json({"task": task_json(task)})
             return
         progress = f" {task.progress}" if task.progress else ""
         print(f"{task.id}  {task.status.value}{progress}", file=self.stream)
@@ -44,213 +303,365 @@ class _Output:
             print(f"  image: {task.image_url}", file=self.stream)
         if task.fail_reason:
             print(f"  reason: {task.fail_reason}", file=self.stream)
+        if task.final_prompt and task.status.value == "SUCCESS" and not task.image_url:
+            print(f"  result: {task.final_prompt}", file=self.stream)
         if task.buttons:
             print(f"  buttons: {', '.join(b.display for b in task.buttons)}", file=self.stream)
 
-    def submitted(self, result: SubmitResult) -> None:
+    def job(self, job: Any) -> None:
+        queued = job.queued
         if self.as_json:
-            self._json(unstructure(result))
+            self.json(
+                {
+                    "job": {
+                        "id": job.id,
+                        "code": job.code,
+                        "needs_modal": job.needs_modal,
+                        "queued": queued,
+                        "queue_position": job.queue_position,
+                        "description": job.description,
+                    }
+                }
+            )
             return
-        extra = " (needs modal)" if result.needs_modal else ""
-        extra += f" (queue position {result.queue_position})" if result.queued else ""
-        print(f"submitted {result.task_id}{extra}", file=self.stream)
+        extra = " (needs modal: finish it with 'quickmj modal')" if job.needs_modal else ""
+        extra += f" (queue position {job.queue_position})" if queued else ""
+        print(f"submitted {job.id}{extra}", file=self.stream)
 
     def value(self, key: str, value: Any) -> None:
         if self.as_json:
-            self._json({key: value})
+            self.json({key: value})
         else:
             print(value, file=self.stream)
 
-    def _json(self, obj: Any) -> None:
+    def json(self, obj: Any) -> None:
         print(json.dumps(obj, ensure_ascii=False), file=self.stream, flush=True)
 
 
-def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--mode", choices=["fast", "relax", "turbo"], help="speed mode (path prefix)"
-    )
-    common.add_argument("--json", action="store_true", help="machine-readable output (JSON lines)")
-    common.add_argument(
-        "--simulate",
-        action="store_true",
-        help="run against an embedded relay simulator (no key, no network)",
-    )
-
-    parser = argparse.ArgumentParser(
-        prog="quickmj",
-        description="Midjourney through QuickRouter / midjourney-proxy relays. "
-        "Configure with QUICKMJ_API_KEY and QUICKMJ_BASE_URL.",
-    )
-    parser.add_argument("--version", action="version", version=f"quickmj {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    p = sub.add_parser("imagine", parents=[common], help="submit a prompt")
-    p.add_argument("prompt")
-    p.add_argument("--wait", action="store_true", help="wait until the job finishes")
-    p.add_argument("--download", metavar="DIR", help="save the image into DIR (implies --wait)")
-    p.add_argument("--timeout", type=float, default=1800.0)
-
-    p = sub.add_parser("fetch", parents=[common], help="show tasks")
-    p.add_argument("ids", nargs="+", metavar="ID")
-
-    p = sub.add_parser("wait", parents=[common], help="wait for tasks to finish")
-    p.add_argument("ids", nargs="+", metavar="ID")
-    p.add_argument("--timeout", type=float, default=1800.0)
-
-    p = sub.add_parser("action", parents=[common], help="press a button (U1, V2, 🔄, a customId)")
-    p.add_argument("id", metavar="ID")
-    p.add_argument("button", metavar="LABEL|CUSTOM_ID")
-    p.add_argument("--wait", action="store_true")
-    p.add_argument("--download", metavar="DIR")
-    p.add_argument("--timeout", type=float, default=1800.0)
-
-    p = sub.add_parser("seed", parents=[common], help="print a finished task's seed")
-    p.add_argument("id", metavar="ID")
-
-    p = sub.add_parser("batch", parents=[common], help="run many prompts from a file")
-    p.add_argument("file", help="one prompt per line, or JSONL with a 'prompt' per line")
-    p.add_argument("--out", required=True, metavar="DIR", help="images, manifest and journal")
-    p.add_argument("--concurrency", type=int, default=8, metavar="K", help="jobs in flight")
-    p.add_argument("--upscale", metavar="U1..U4|all", help="press these upscale buttons")
-    p.add_argument("--resume", action="store_true", help="continue a stopped run in --out")
-    p.add_argument("--seed", action="store_true", help="record each grid's seed")
-    p.add_argument("--no-download", action="store_true", help="do not download images")
-    p.add_argument("--timeout", type=float, default=3600.0, help="per-job wait limit (s)")
-    p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
-
-    p = sub.add_parser("simulate", help="serve the relay simulator for your own tests")
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
-    return parser
+# ---- running ----
 
 
 @contextlib.asynccontextmanager
-async def _client(args: argparse.Namespace) -> AsyncIterator[AsyncClient]:
-    if args.simulate:
-        from .simulator import simulate
+async def _client(args: argparse.Namespace) -> AsyncIterator[Any]:
+    from ._client import AsyncClient
+    from ._poller import PollPolicy
 
-        async with (
-            simulate() as relay,
-            AsyncClient(
+    if args.simulate:
+        from .testing import simulate
+
+        async with simulate(dialect=args.dialect or "quickrouter") as relay:
+            fast = PollPolicy(interval=0.25, first_poll=0.05, near_done_interval=0.1)
+            async with AsyncClient(
                 relay.api_key,
                 base_url=relay.base_url,
                 mode=args.mode,
-                poll=PollPolicy(interval=0.25, first_poll=0.05, near_done_interval=0.1),
-            ) as mj,
-        ):
-            yield mj
-    else:
-        async with AsyncClient(mode=args.mode) as mj:
-            yield mj
+                dialect=relay.dialect,
+                poll=fast,
+            ) as mj:
+                yield mj
+        return
+    async with AsyncClient(
+        args.api_key, base_url=args.base_url, mode=args.mode, dialect=args.dialect
+    ) as mj:
+        yield mj
 
 
 async def _run(args: argparse.Namespace, out: _Output) -> int:
     if args.command == "simulate":
-        from .simulator import run_server
+        from .testing import SimulatorConfig, run_server
 
-        await run_server(args.host, args.port)
+        await run_server(args.host, args.port, SimulatorConfig(dialect=args.dialect))
         return EXIT_OK
     if args.command == "batch":
-        items = read_prompts(args.file)
-        upscale = parse_upscale(args.upscale)
+        return await _batch(args, out)
+    if args.command == "reconcile":
+        return await _reconcile(args, out)
     async with _client(args) as mj:
-        if args.command == "imagine":
-            if args.wait or args.download:
-                task = await mj.imagine(args.prompt, wait=True, timeout=args.timeout)
-                return await _finish(mj, task, args, out)
-            out.submitted(await mj.imagine(args.prompt))
-        elif args.command == "action":
-            if args.wait or args.download:
-                task = await mj.action(args.id, args.button, wait=True, timeout=args.timeout)
-                return await _finish(mj, task, args, out)
-            out.submitted(await mj.action(args.id, args.button))
-        elif args.command == "fetch":
-            for task in await mj.fetch_many(args.ids):
-                out.task(task)
-        elif args.command == "wait":
-            failed = 0
-            async for task in mj.as_completed(args.ids, timeout=args.timeout):
-                out.task(task)
-                failed += task.is_failed
-            return EXIT_FAILED if failed else EXIT_OK
-        elif args.command == "seed":
-            out.value("seed", await mj.image_seed(args.id))
-        elif args.command == "batch":
-            return await _batch(mj, args, items, upscale, out)
-    return EXIT_OK
+        code: int = await _COMMANDS[args.command](mj, args, out)
+        return code
 
 
-async def _finish(mj: AsyncClient, task: Task, args: argparse.Namespace, out: _Output) -> int:
+async def _submit_and_report(
+    job_or_sub: Any, mj: Any, args: argparse.Namespace, out: _Output
+) -> int:
+    job = await job_or_sub
+    if not (getattr(args, "wait", False) or getattr(args, "download", None)):
+        out.job(job)
+        return EXIT_OK
+    task = await job.wait(timeout=args.timeout)
     out.task(task)
     if args.download:
         out.value("file", str(await mj.download(task, args.download)))
     return EXIT_OK
 
 
-async def _batch(
-    mj: AsyncClient, args: argparse.Namespace, items: Any, upscale: Sequence[str], out: _Output
-) -> int:
+async def _cmd_imagine(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    return await _submit_and_report(mj.imagine(args.prompt, images=args.image), mj, args, out)
+
+
+async def _cmd_blend(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    return await _submit_and_report(
+        mj.blend(args.images, dimensions=args.dimensions), mj, args, out
+    )
+
+
+async def _cmd_describe(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    return await _submit_and_report(mj.describe(args.image), mj, args, out)
+
+
+async def _cmd_shorten(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    return await _submit_and_report(mj.shorten(args.prompt), mj, args, out)
+
+
+async def _cmd_action(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    return await _submit_and_report(mj.action(args.id, args.button), mj, args, out)
+
+
+async def _cmd_modal(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    return await _submit_and_report(
+        mj.modal(args.id, prompt=args.prompt, mask=args.mask), mj, args, out
+    )
+
+
+async def _cmd_change(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    return await _submit_and_report(mj.change(args.id, args.label), mj, args, out)
+
+
+async def _cmd_video(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    return await _submit_and_report(
+        mj.video(args.prompt, image=args.image, motion=args.motion), mj, args, out
+    )
+
+
+async def _cmd_cancel(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    await mj.cancel(args.id)
+    out.value("cancelled", args.id)
+    return EXIT_OK
+
+
+async def _cmd_fetch(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    for task in await mj.fetch_many(args.ids):
+        out.task(task)
+    return EXIT_OK
+
+
+async def _cmd_wait(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    failed = 0
+    async for task in mj.as_completed(args.ids, timeout=args.timeout):
+        out.task(task)
+        failed += task.is_failed
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+async def _cmd_seed(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    out.value("seed", await mj.image_seed(args.id))
+    return EXIT_OK
+
+
+_COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Output], Any]] = {
+    "imagine": _cmd_imagine,
+    "blend": _cmd_blend,
+    "describe": _cmd_describe,
+    "shorten": _cmd_shorten,
+    "action": _cmd_action,
+    "modal": _cmd_modal,
+    "change": _cmd_change,
+    "video": _cmd_video,
+    "cancel": _cmd_cancel,
+    "fetch": _cmd_fetch,
+    "wait": _cmd_wait,
+    "seed": _cmd_seed,
+}
+
+
+async def _batch(args: argparse.Namespace, out: _Output) -> int:
+    from ._batch import check_name_template, parse_upscale, read_prompts, reconcile, run_batch
+    from ._progress import make_reporter
+
+    items = read_prompts(args.file)  # input errors surface before anything is paid for
+    upscale = parse_upscale(args.upscale)
+    check_name_template(args.name)
+    if args.concurrency < 1:
+        raise _Usage("--concurrency must be at least 1")
+    if (args.resubmit_unknown or args.reconcile) and not args.resume:
+        raise _Usage("--resubmit-unknown and --reconcile go with --resume")
     reporter = make_reporter(sys.stderr, plain=args.plain or args.json)
-    try:
-        summary = await run_batch(
-            mj,
-            items,
-            args.out,
-            concurrency=args.concurrency,
-            upscale=upscale,
-            seed=args.seed,
-            download=not args.no_download,
-            resume=args.resume,
-            timeout=args.timeout,
-            on_progress=reporter,
-        )
-    finally:
-        reporter.close()
-    if args.json:
-        out.value(
-            "summary",
-            {
-                "total": summary.total,
-                "succeeded": summary.succeeded,
-                "failed": summary.failed,
-                "rejected": summary.rejected,
-                "unknown": summary.unknown,
-                "manifest": str(summary.manifest),
-                "seconds": round(summary.elapsed, 2),
-            },
-        )
-    else:
-        print(
-            f"{summary.succeeded}/{summary.total} succeeded, {summary.failed} failed, "
-            f"{summary.rejected} rejected, {summary.unknown} unknown outcome "
-            f"in {summary.elapsed:.1f}s; manifest: {summary.manifest}",
-            file=out.stream,
-        )
-        if summary.unknown:
+    async with _client(args) as mj:
+        try:
+            if args.reconcile:
+                _, unsettled = await reconcile(
+                    mj, args.out, download=not args.no_download, timeout=args.timeout
+                )
+                _print_unsettled(unsettled, out)
+            summary = await run_batch(
+                mj,
+                items,
+                args.out,
+                concurrency=args.concurrency,
+                upscale=upscale,
+                seed=args.seed,
+                download=not args.no_download,
+                resume=args.resume,
+                timeout=args.timeout,
+                name=args.name,
+                resubmit_unknown=args.resubmit_unknown,
+                on_progress=reporter,
+            )
+        finally:
+            reporter.close()
+    _print_summary(summary, out, reporter)
+    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+async def _reconcile(args: argparse.Namespace, out: _Output) -> int:
+    from ._batch import reconcile
+    from ._progress import make_reporter
+
+    reporter = make_reporter(sys.stderr, plain=args.plain or args.json)
+    async with _client(args) as mj:
+        try:
+            summary, unsettled = await reconcile(mj, args.out, download=not args.no_download)
+        finally:
+            reporter.close()
+    _print_unsettled(unsettled, out)
+    _print_summary(summary, out, reporter)
+    return EXIT_OK if not unsettled else EXIT_FAILED
+
+
+def _print_unsettled(unsettled: Sequence[Any], out: _Output) -> None:
+    for u in unsettled:
+        if out.as_json:
+            out.json(
+                {
+                    "unsettled": {
+                        "index": u.index,
+                        "prompt": u.prompt,
+                        "tag": u.tag,
+                        "sent_at": u.sent_at,
+                    }
+                }
+            )
+        else:
             print(
-                "note: 'unknown outcome' prompts may have created jobs; check them before "
-                "submitting again (see the manifest)",
+                f"unsettled: line {u.index + 1} (state tag {u.tag}): {u.prompt[:60]}",
                 file=out.stream,
             )
-    return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
+    fields = (
+        "total",
+        "succeeded",
+        "failed",
+        "rejected",
+        "timed_out",
+        "incomplete",
+        "unknown",
+        "pending",
+    )
+    if out.as_json:
+        body = {k: getattr(summary, k) for k in fields}
+        out.json(
+            {
+                "summary": {
+                    **body,
+                    "manifest": str(summary.manifest),
+                    "seconds": round(summary.elapsed, 2),
+                }
+            }
+        )
+        return
+    parts = [f"{summary.succeeded}/{summary.total} succeeded"]
+    parts += [
+        f"{getattr(summary, k)} {k.replace('_', ' ')}" for k in fields[2:] if getattr(summary, k)
+    ]
+    print(
+        f"{', '.join(parts)} in {summary.elapsed:.1f}s; manifest: {summary.manifest}",
+        file=out.stream,
+    )
+    if summary.unknown:
+        print(
+            "note: 'unknown' prompts may have created jobs: settle them with 'quickmj reconcile "
+            "OUT' (or check the relay's dashboard) before sending them again",
+            file=out.stream,
+        )
+    if summary.resumable:
+        print(
+            "note: run again with --resume to finish timed out, incomplete and pending prompts",
+            file=out.stream,
+        )
+    failures = getattr(reporter, "failures", None)
+    if callable(failures):
+        failures(summary.manifest)
+
+
+# ---- entry point ----
+
+
+class _Usage(Exception):
+    """A usage error found after parsing (exit code 2)."""
+
+
+def _exit_code(exc: BaseException) -> int:
+    from .errors import InvalidInputError, RelayUnreachableError, UsageError
+
+    if isinstance(exc, RelayUnreachableError):
+        return EXIT_OUTAGE
+    if isinstance(exc, (_Usage, UsageError, InvalidInputError)):
+        return EXIT_USAGE
+    return EXIT_FAILED
+
+
+def _error_line(exc: BaseException) -> str:
+    """One line for a failure, in CLI terms (never a Python call, never the key)."""
+    from .errors import ConfigurationError, TaskFailedError
+
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, ConfigurationError) and "QUICKMJ_API_KEY" in text:
+        text = "no API key: pass --api-key or set QUICKMJ_API_KEY (or try --simulate)"
+    if isinstance(exc, TaskFailedError):
+        text = f"task {exc.task.id} failed: {exc.fail_reason or 'no reason given'}"
+    return text
+
+
+def _configure_logging(debug: bool) -> None:
+    level = os.environ.get("QUICKMJ_LOG", "").strip().upper()
+    if debug:
+        level = "DEBUG"
+    if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    else:
+        logging.getLogger("quickmj").setLevel(logging.ERROR)  # errors reach the user as one line
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quickmj`` console script; returns the exit code."""
     args = _parser().parse_args(argv)
-    out = _Output(getattr(args, "json", False), sys.stdout)
+    out = _Output(bool(getattr(args, "json", False)), sys.stdout)
+    if args.command == "completion":
+        from ._completion import script
+
+        print(script(args.shell, _parser()))
+        return EXIT_OK
+    _configure_logging(bool(getattr(args, "debug", False)))
     try:
         return asyncio.run(_run(args, out))
-    except TaskFailedError as exc:
-        if not out.as_json:
-            out.task(exc.task)
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
-    except QuickMJError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except KeyboardInterrupt:
         hint = " (resume with --resume)" if args.command == "batch" else ""
-        print(f"interrupted{hint}", file=sys.stderr)
+        _report_error(args, f"interrupted{hint}", "KeyboardInterrupt")
         return EXIT_INTERRUPTED
+    except Exception as exc:
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        _report_error(args, _error_line(exc), type(exc).__name__)
+        return _exit_code(exc)
+
+
+def _report_error(args: argparse.Namespace, text: str, kind: str) -> None:
+    if getattr(args, "json", False):
+        print(
+            json.dumps({"error": {"type": kind, "message": text}}, ensure_ascii=False),
+            file=sys.stderr,
+        )
+    else:
+        print(f"error: {text}" if kind != "KeyboardInterrupt" else text, file=sys.stderr)

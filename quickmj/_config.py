@@ -1,10 +1,12 @@
-"""Client configuration: timeouts, retry policy, modes, auth schemes, environment variables."""
+"""Client configuration: timeouts, retry policy, modes, dialects, auth, environment."""
 
 from __future__ import annotations
 
 import os
 import random
-from typing import Any, Literal
+import re
+from typing import Any, Literal, cast
+from urllib.parse import urlsplit
 
 import attrs
 
@@ -12,10 +14,12 @@ from .errors import ConfigurationError
 
 __all__ = (
     "DEFAULT_BASE_URL",
+    "DIALECTS",
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "ENV_MODE",
     "AuthScheme",
+    "Dialect",
     "Mode",
     "RetryPolicy",
     "Secret",
@@ -32,9 +36,28 @@ Mode = Literal["fast", "relax", "turbo"]
 #: ``mj-api-secret``: ``mj-api-secret: <key>`` (self-hosted midjourney-proxy);
 #: ``raw``: ``Authorization: <key>`` (TrueAI-style proxies that compare the whole header).
 AuthScheme = Literal["bearer", "mj-api-secret", "raw"]
+#: Which relay software answers (see the README's "Relays and dialects"):
+#: ``quickrouter`` (new-api in front of a proxy: QuickRouter and most resellers),
+#: ``midjourney-proxy`` (novicezk, self-hosted), ``trueai`` (trueai-org/midjourney-proxy),
+#: ``auto`` (unknown: quickmj assumes nothing beyond the common protocol).
+Dialect = Literal["auto", "quickrouter", "midjourney-proxy", "trueai"]
+DIALECTS: tuple[Dialect, ...] = ("auto", "quickrouter", "midjourney-proxy", "trueai")
 
 _MODES = ("fast", "relax", "turbo")
 _SCHEMES = ("bearer", "mj-api-secret", "raw")
+#: The auth header each dialect's server reads (TrueAI also reads Authorization, but
+#: compares its whole value, so a Bearer prefix would fail there).
+_DEFAULT_SCHEME: dict[str, AuthScheme] = {
+    "auto": "bearer",
+    "quickrouter": "bearer",
+    "midjourney-proxy": "mj-api-secret",
+    "trueai": "mj-api-secret",
+}
+
+
+def _positive(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
+    if not value > 0:
+        raise ConfigurationError(f"Timeouts.{attribute.name} must be positive, got {value!r}")
 
 
 @attrs.frozen
@@ -42,13 +65,20 @@ class Timeouts:
     """HTTP timeouts in seconds. These bound one request, never the life of a job."""
 
     #: Establishing a connection (TCP + TLS).
-    connect: float = 10.0
-    #: Waiting for the answer to an ordinary request (between bytes).
-    read: float = 30.0
-    #: image-seed may block for up to a minute on some relays while the bot answers.
-    image_seed: float = 75.0
-    #: Reading an image download (between chunks).
-    download: float = 60.0
+    connect: float = attrs.field(default=10.0, validator=_positive)
+    #: Silence allowed while waiting for an answer (between bytes).
+    read: float = attrs.field(default=30.0, validator=_positive)
+    #: Deadline for one whole API request: connect, headers and the full body. A server
+    #: that drips its answer a byte at a time cannot hold a call longer than this.
+    #: new-api relays wait up to 60 s for their upstream before answering a submit.
+    request: float = attrs.field(default=90.0, validator=_positive)
+    #: image-seed may block for up to a minute on some relays while the bot answers:
+    #: its read timeout and deadline.
+    image_seed: float = attrs.field(default=75.0, validator=_positive)
+    #: Silence allowed while downloading an image (between chunks).
+    download: float = attrs.field(default=60.0, validator=_positive)
+    #: Deadline for one whole image download.
+    download_total: float = attrs.field(default=600.0, validator=_positive)
 
 
 @attrs.frozen
@@ -87,26 +117,59 @@ class RetryPolicy:
 
 
 class Secret:
-    """Holds the API key; its repr and str never show it."""
+    """Holds the API key; its repr and str never show it.
 
-    __slots__ = ("_value",)
+    The raw value leaves this object only through :meth:`get`, called where a request's
+    auth header is rendered. :meth:`redact` removes the key from text that came back from
+    a server (echoed in an error body, a header, a status line), including its
+    JSON-escaped forms (``\\u0073\\u006b...``).
+    """
+
+    __slots__ = ("_escaped", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
+        self._escaped: re.Pattern[str] | None = None
 
     def get(self) -> str:
+        """The key itself: only for building the auth header."""
         return self._value
 
+    def _long_enough(self) -> bool:
+        return len(self._value) >= 4
+
+    def _escaped_pattern(self) -> re.Pattern[str]:
+        # Each character of the key either as itself or as any \uXXXX escape of it (JSON
+        # lets a server escape any character, in either case): one regex finds them all.
+        if self._escaped is None:
+            parts = [f"(?:{re.escape(c)}|\\\\u(?i:{ord(c):04x}))" for c in self._value]
+            self._escaped = re.compile("".join(parts))
+        return self._escaped
+
     def redact(self, text: str) -> str:
-        """Replace any occurrence of the key in ``text`` (an echoed error body, say)."""
-        return text.replace(self._value, "***") if self._value and len(self._value) >= 4 else text
+        """``text`` with every occurrence of the key (plain or JSON-escaped) as ``***``."""
+        if not self._long_enough():
+            return text
+        text = text.replace(self._value, "***")
+        if "\\" in text:
+            text = self._escaped_pattern().sub("***", text)
+        return text
 
     def redact_bytes(self, data: bytes) -> bytes:
-        """The same for a raw answer, before anything is parsed out of it."""
-        if len(self._value) < 4:
+        """The same for a raw answer, before anything is parsed out of it.
+
+        Escaped occurrences are replaced inside their JSON string so the body still parses.
+        """
+        if not self._long_enough():
             return data
         secret = self._value.encode()
-        return data.replace(secret, b"***") if secret in data else data
+        if secret in data:
+            data = data.replace(secret, b"***")
+        if b"\\u" in data:
+            text = data.decode("utf-8", "replace")
+            if self._escaped_pattern().search(text):
+                data = self._escaped_pattern().sub("***", text).encode()
+        return data
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -127,14 +190,52 @@ def resolve_api_key(api_key: str | None) -> Secret:
 
 
 def resolve_base_url(base_url: str | None) -> str:
+    """The relay's base URL, validated once: http(s), a host, no credentials, no query."""
     url = base_url or os.environ.get(ENV_BASE_URL) or DEFAULT_BASE_URL
     url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
-        raise ConfigurationError(f"base_url must start with http:// or https://, got {url!r}")
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError for a port out of range or not a number
+    except ValueError:
+        raise ConfigurationError("base_url is not a valid URL (check the host and port)") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigurationError(
+            f"base_url must be http:// or https:// with a host, got {_shown(url)!r}"
+        )
+    if "@" in parts.netloc:
+        # Never repeat them: the message may end up in a log.
+        raise ConfigurationError(
+            "base_url must not carry credentials (user:password@); pass the key as api_key"
+        )
+    if parts.query or parts.fragment or "?" in url or "#" in url:
+        raise ConfigurationError(
+            f"base_url must not have a query or fragment, got {_shown(url)!r}: "
+            "every request would go to the wrong path"
+        )
+    del port
     # Accept a base that already ends in /mj (copied from the relay's docs).
     if url.endswith("/mj"):
         url = url[: -len("/mj")]
     return url
+
+
+def _shown(url: str) -> str:
+    return url if len(url) <= 80 else url[:77] + "..."
+
+
+def resolve_dialect(dialect: str | None, base_url: str) -> Dialect:
+    """The dialect asked for, or the one the base URL implies (QuickRouter's own host)."""
+    if dialect is None:
+        host = (urlsplit(base_url).hostname or "").lower()
+        return "quickrouter" if host.endswith("quickrouter.ai") else "auto"
+    for known in DIALECTS:
+        if known == dialect:
+            return known
+    raise ConfigurationError(f"dialect must be one of {', '.join(DIALECTS)}, got {dialect!r}")
+
+
+def default_auth_scheme(dialect: Dialect) -> AuthScheme:
+    return _DEFAULT_SCHEME[dialect]
 
 
 def resolve_mode(mode: str | None) -> Mode | None:
@@ -146,18 +247,18 @@ def resolve_mode(mode: str | None) -> Mode | None:
         return None
     if value not in _MODES:
         raise ConfigurationError(f"mode must be one of {', '.join(_MODES)} or None, got {value!r}")
-    return value  # type: ignore[return-value]
+    return cast(Mode, value)
 
 
 def check_auth_scheme(scheme: str) -> AuthScheme:
     if scheme not in _SCHEMES:
         raise ConfigurationError(f"auth_scheme must be one of {', '.join(_SCHEMES)}")
-    return scheme  # type: ignore[return-value]
+    return cast(AuthScheme, scheme)
 
 
-def auth_headers(scheme: AuthScheme, key: Secret) -> dict[str, str]:
-    if scheme == "bearer":
-        return {"Authorization": f"Bearer {key.get()}"}
-    if scheme == "raw":
-        return {"Authorization": key.get()}
-    return {"mj-api-secret": key.get()}
+def auth_header_name(scheme: AuthScheme) -> str:
+    return "mj-api-secret" if scheme == "mj-api-secret" else "Authorization"
+
+
+def auth_header_value(scheme: AuthScheme, key: Secret) -> str:
+    return f"Bearer {key.get()}" if scheme == "bearer" else key.get()

@@ -9,18 +9,25 @@ Rules (registered once, at import):
   objects, lists or booleans;
 - enums keep unknown values (see ``_models._OpenEnum``); ``""`` for an optional enum is None;
 - ``properties`` is kept whole, as a plain dict;
-- request classes omit fields that are None.
+- request classes omit fields that are None;
+- a ``Task`` keeps the JSON object it came from (``Task.raw``, hence ``Task.extra``).
+
+``loads`` turns the relay's bytes into JSON data and repairs text that is not valid
+Unicode (undecodable bytes, lone surrogates from ``\\ud800``-style escapes) into U+FFFD, so
+such text never reaches SQLite, a file name or a terminal raw.
 
 Any structuring problem becomes :class:`quickmj.MalformedResponseError` naming the field.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import types
 import typing
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any, TypeVar
 
 import attrs
@@ -31,10 +38,11 @@ from . import _models as m
 from .errors import MalformedResponseError
 
 __all__ = (
+    "as_id",
     "converter",
+    "loads",
     "make_converter",
-    "raw_task_id",
-    "state_key",
+    "repair_text",
     "structure",
     "to_camel",
     "unstructure",
@@ -42,17 +50,55 @@ __all__ = (
 
 T = TypeVar("T")
 
-_REQUEST_CLASSES: frozenset[type] = frozenset(
-    {
-        m.ImagineRequest,
-        m.BlendRequest,
-        m.DescribeRequest,
-        m.ShortenRequest,
-        m.ActionRequest,
-        m.ModalRequest,
-        m.ListByIdsRequest,
-    }
-)
+_REQUEST_CLASSES: frozenset[type] = frozenset(m.REQUEST_CLASSES)
+
+# A JSON escape that can produce a surrogate (\ud800-\udfff); valid pairs are joined by
+# json.loads, so only the bodies that contain one need the (slower) repair walk.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def repair_text(text: str) -> str:
+    """``text`` with lone surrogates replaced by U+FFFD (valid text is returned as is)."""
+    return _LONE_SURROGATE.sub("\ufffd", text)
+
+
+def _repair(data: Any) -> Any:
+    if isinstance(data, str):
+        return repair_text(data)
+    if isinstance(data, list):
+        return [_repair(v) for v in data]
+    if isinstance(data, dict):
+        return {repair_text(k): _repair(v) for k, v in data.items()}
+    return data
+
+
+def loads(body: bytes) -> Any:
+    """Parse a JSON answer; invalid UTF-8 and lone surrogates become U+FFFD.
+
+    Raises ValueError (or RecursionError for absurd nesting) for text that is not JSON.
+    """
+    data = json.loads(body.decode("utf-8", "replace"))
+    if _SURROGATE_ESCAPE.search(body):
+        data = _repair(data)
+    return data
+
+
+def as_id(value: Any) -> str | None:
+    """A task id as a string: strings as they are, whole numbers as digits, else None.
+
+    The one place ids are normalised (some relays send 16-digit ids as JSON numbers).
+    """
+    if type(value) is str:
+        return value
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        # A 16-digit id that went through a float parser still reads as the same digits.
+        return str(int(value))
+    return None
 
 
 def to_camel(name: str) -> str:
@@ -62,16 +108,11 @@ def to_camel(name: str) -> str:
 
 
 def _structure_str(value: Any, _: type) -> str:
-    if isinstance(value, str):
-        return value
-    if isinstance(value, bool):
-        raise TypeError(f"expected a string, got {value!r}")
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        # A 16-digit id that went through a float parser still reads as the same digits.
-        return str(int(value))
-    raise TypeError(f"expected a string, got {type(value).__name__}")
+    text = as_id(value)
+    if text is None:
+        shown = repr(value) if isinstance(value, bool) else type(value).__name__
+        raise TypeError(f"expected a string, got {shown}")
+    return text
 
 
 def _structure_int(value: Any, _: type) -> int:
@@ -161,38 +202,17 @@ def _drop_defaulted(value: dict[str, Any], cleanup: tuple[tuple[str, bool], ...]
     return out
 
 
-def raw_task_id(raw: Any) -> str | None:
-    """The id of a raw JSON task (numbers become strings), or None if it has none."""
-    if type(raw) is not dict:
-        return None
-    task_id = raw.get("id")
-    if type(task_id) is str:
-        return task_id
-    if isinstance(task_id, int) and not isinstance(task_id, bool):
-        return str(task_id)
-    if isinstance(task_id, float) and math.isfinite(task_id) and task_id.is_integer():
-        return str(int(task_id))
-    return None
-
-
-def state_key(raw: dict[str, Any]) -> tuple[Any, Any, Any, Any]:
-    """What makes a raw task's state differ: status, progress, imageUrl, failReason.
-
-    The poller compares keys to skip structuring answers that did not change; every task
-    it hands to callers is still structured by this converter.
-    """
-    get = raw.get
-    return (get("status"), get("progress"), get("imageUrl"), get("failReason"))
-
-
 def _is_enum(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, m._OpenEnum)
 
 
 def _structure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
     def factory(cls: type) -> Any:
-        fields = attrs.fields(cls)
+        fields = [f for f in attrs.fields(cls) if f.name != "raw"]
         overrides = {f.name: override(rename=to_camel(f.name)) for f in fields}
+        keeps_raw = cls is m.Task
+        if keeps_raw:
+            overrides["raw"] = override(omit=True)
         inner: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, c, **overrides)  # type: ignore[arg-type]
         # Fields whose null means "use the default" (relays send null for absent lists).
         defaulted = {
@@ -214,12 +234,17 @@ def _structure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
                 raise TypeError(
                     f"expected an object for {cls.__name__}, got {type(value).__name__}"
                 )
+            source = value
             for key, blank_is_default in cleanup:
                 v = value.get(key, _MISSING)
                 if v is None or (blank_is_default and v == ""):
                     value = _drop_defaulted(value, cleanup)
                     break
-            return inner(value, cls)
+            obj = inner(value, cls)
+            if keeps_raw:
+                # Frozen, so set once here: the source JSON, read-only, without a copy.
+                object.__setattr__(obj, "raw", MappingProxyType(source))
+            return obj
 
         return structure
 
@@ -229,6 +254,8 @@ def _structure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
 def _unstructure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
     def factory(cls: type) -> Any:
         overrides = {f.name: override(rename=to_camel(f.name)) for f in attrs.fields(cls)}
+        if cls is m.Task:
+            overrides["raw"] = override(omit=True)
         inner: Callable[[Any], Any] = make_dict_unstructure_fn(cls, c, **overrides)  # type: ignore[arg-type]
         if cls not in _REQUEST_CLASSES:
             return inner

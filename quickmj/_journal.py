@@ -1,52 +1,82 @@
-"""The batch journal: a small SQLite file that makes a batch run resumable.
+"""The batch journal: a small SQLite file, the record of paid work in a batch directory.
 
-Every prompt has one row. A row is marked ``submitting`` *before* its submit is sent and
-gets its task id right after the answer, so a run that is killed can be resumed without
-paying twice: rows with a task id are waited on again, rows caught between the two writes
-are reported as "unknown outcome" for the user to decide, never re-submitted blindly.
+Every prompt has one row. A row is marked ``submitting`` (with the state tag it is sent
+with) *before* its submit goes out and gets its task id right after the answer, so a run
+that is killed at any instant resumes without paying twice: rows with a task id are
+waited on again, rows caught between the two writes are "unknown outcome" (the tag lets
+``quickmj reconcile`` find the job), never re-submitted blindly.
+
+Durability: WAL mode, every change committed at once, so a ``kill -9`` loses nothing
+acknowledged (the ``-wal`` file holds it until the next checkpoint). The main file
+records whether a run is open; a run that ends (or is interrupted) checkpoints the WAL
+into the main file and marks it closed, so the directory can be copied. A journal whose
+run did not close and whose ``-wal`` file is missing (copied without it) is refused:
+task ids of paid jobs may be missing from it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import enum
 import json
 import sqlite3
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 import attrs
 
+from ._converter import repair_text
+from .errors import JournalError, StorageError
+
 __all__ = ("Journal", "JournalRow", "Phase")
 
+_SCHEMA_VERSION = "2"
 
-class Phase:
-    """Row phases. Terminal ones end a prompt's story."""
+
+class Phase(str, enum.Enum):
+    """Where one prompt stands."""
 
     PENDING = "pending"  # nothing sent yet
     SUBMITTING = "submitting"  # a submit is (or was) on the wire; no task id recorded
     RUNNING = "running"  # task id known; waiting, upscaling or downloading
     SUCCEEDED = "succeeded"
-    FAILED = "failed"  # the job ran and ended in FAILURE (or could not be finished)
+    FAILED = "failed"  # the relay reported FAILURE (or the job was cancelled)
     REJECTED = "rejected"  # the relay refused the submit: nothing was created
-    UNKNOWN = "unknown"  # the submit's outcome is unknown: check before re-submitting
+    TIMED_OUT = "timed_out"  # paid, still running when the wait limit hit: --resume waits again
+    INCOMPLETE = "incomplete"  # paid, but not followed to the end (files not saved, ...): resumable
+    UNKNOWN = "unknown"  # the submit's outcome is unknown: reconcile before re-submitting
 
-    TERMINAL = frozenset({SUCCEEDED, FAILED, REJECTED, UNKNOWN})
+    def __str__(self) -> str:
+        return self.value
+
+    @property
+    def is_final(self) -> bool:
+        """Nothing more to do for the prompt (a resume leaves it alone)."""
+        return self in (Phase.SUCCEEDED, Phase.FAILED, Phase.REJECTED, Phase.UNKNOWN)
 
 
 @attrs.frozen
 class JournalRow:
+    """One prompt's record."""
+
     index: int
     prompt: str
     options: dict[str, Any]
-    phase: str
+    phase: Phase
     task_id: str | None = None
     upscales: dict[str, str] = attrs.field(factory=dict)  # "U1" -> task id
+    pressing: str | None = None  # the label whose press is (or was) on the wire
     files: tuple[str, ...] = ()
     seed: str | None = None
     status: str | None = None
     reason: str | None = None
     code: int | None = None
+    tag: str | None = None
+    sent_at: float | None = None
+    account: str | None = None
 
 
 _SCHEMA = """
@@ -58,27 +88,60 @@ CREATE TABLE IF NOT EXISTS rows (
     phase TEXT NOT NULL,
     task_id TEXT,
     upscales TEXT NOT NULL DEFAULT '{}',
+    pressing TEXT,
     files TEXT NOT NULL DEFAULT '[]',
     seed TEXT,
     status TEXT,
     reason TEXT,
     code INTEGER,
+    tag TEXT,
+    sent_at REAL,
+    account TEXT,
     updated REAL NOT NULL
 );
 """
+_COLUMNS = (
+    "idx, prompt, options, phase, task_id, upscales, pressing, files, seed, status, reason,"
+    " code, tag, sent_at, account"
+)
+
+
+@contextlib.contextmanager
+def _guard(what: str, path: Path) -> Iterator[None]:
+    """Turn SQLite's failures into quickmj's typed errors (one line each)."""
+    try:
+        yield
+    except sqlite3.Error as exc:
+        text = str(exc).lower()
+        if any(m in text for m in ("full", "readonly", "read-only", "disk i/o", "unable to open")):
+            raise StorageError(
+                f"cannot write the batch journal {str(path)!r}: {exc}", path=str(path)
+            ) from None
+        raise JournalError(
+            f"the batch journal {str(path)!r} is damaged ({what}: {exc}); keep a copy, "
+            "then resume from a backup or settle its jobs with 'quickmj reconcile'"
+        ) from None
 
 
 class Journal:
     """One SQLite file per output directory; every change is committed at once."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, *, create: bool) -> None:
         self.path = Path(path)
-        self._db = sqlite3.connect(self.path, isolation_level=None)  # autocommit
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.executescript(_SCHEMA)
+        if not create and not self.path.exists():
+            raise JournalError(f"no batch journal at {str(self.path)!r}")
+        with _guard("open", self.path):
+            self._db = sqlite3.connect(self.path, isolation_level=None)  # autocommit
+            try:
+                self._db.execute("PRAGMA journal_mode=WAL")
+                self._db.execute("PRAGMA synchronous=NORMAL")
+                self._db.executescript(_SCHEMA)
+            except BaseException:
+                self._db.close()
+                raise
 
     def close(self) -> None:
+        """Close the file (without marking the run closed: see ``end_run``)."""
         self._db.close()
 
     def __enter__(self) -> Journal:
@@ -87,109 +150,126 @@ class Journal:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    # ---- runs ----
+
+    def check_complete(self) -> None:
+        """Refuse a journal whose last run did not close and whose WAL file is gone."""
+        state = self._meta("run_state")
+        wal = Path(f"{self.path}-wal")
+        if state == "open" and (not wal.exists() or wal.stat().st_size == 0):
+            raise JournalError(
+                f"the batch journal {str(self.path)!r} is incomplete: its last run did not "
+                f"end and its -wal file is missing (copied without it?); paid jobs may be "
+                "missing from it. Copy the directory again with the journal's -wal file"
+            )
+
+    def begin_run(self) -> str:
+        """Mark a run open (in the main file itself) and return its id."""
+        run_id = uuid.uuid4().hex[:8]
+        with _guard("begin", self.path):
+            self._set_meta("run_state", "open")
+            self._set_meta("run_id", run_id)
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+        return run_id
+
+    def end_run(self) -> None:
+        """Checkpoint everything into the main file and mark the run closed."""
+        with _guard("end", self.path):
+            self._set_meta("run_state", "closed")
+            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def _meta(self, key: str) -> str | None:
+        with _guard("read", self.path):
+            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _set_meta(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+
     # ---- set-up ----
 
     def is_empty(self) -> bool:
-        return bool(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 0)
+        with _guard("read", self.path):
+            return bool(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 0)
 
     def load_prompts(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Record the input once (a resumed run must use the same input)."""
-        with self._transaction():
-            for idx, (prompt, options) in enumerate(items):
-                self._db.execute(
+        now = time.time()
+        with _guard("write", self.path):
+            self._db.execute("BEGIN")
+            try:
+                self._db.executemany(
                     "INSERT INTO rows (idx, prompt, options, phase, updated)"
                     " VALUES (?, ?, ?, ?, ?)",
-                    (idx, prompt, json.dumps(options, sort_keys=True), Phase.PENDING, time.time()),
+                    (
+                        (idx, _text(p), json.dumps(o, sort_keys=True), Phase.PENDING.value, now)
+                        for idx, (p, o) in enumerate(items)
+                    ),
                 )
+                self._set_meta("schema", _SCHEMA_VERSION)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
 
     def same_input(self, items: list[tuple[str, dict[str, Any]]]) -> bool:
         stored = [(r.prompt, r.options) for r in self.rows()]
-        return stored == [(p, json.loads(json.dumps(o, sort_keys=True))) for p, o in items]
-
-    def set_meta(self, key: str, value: str) -> None:
-        self._db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
-
-    def get_meta(self, key: str) -> str | None:
-        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+        return stored == [(_text(p), json.loads(json.dumps(o, sort_keys=True))) for p, o in items]
 
     # ---- reading ----
 
     def rows(self) -> list[JournalRow]:
-        cur = self._db.execute(
-            "SELECT idx, prompt, options, phase, task_id, upscales, files, seed, status, reason,"
-            " code FROM rows ORDER BY idx"
-        )
-        return [_row(r) for r in cur]
+        with _guard("read", self.path):
+            cur = self._db.execute(f"SELECT {_COLUMNS} FROM rows ORDER BY idx")
+            return [_row(r) for r in cur]
 
     def row(self, index: int) -> JournalRow:
-        cur = self._db.execute(
-            "SELECT idx, prompt, options, phase, task_id, upscales, files, seed, status, reason,"
-            " code FROM rows WHERE idx = ?",
-            (index,),
-        )
-        return _row(cur.fetchone())
+        with _guard("read", self.path):
+            cur = self._db.execute(f"SELECT {_COLUMNS} FROM rows WHERE idx = ?", (index,))
+            found = cur.fetchone()
+        if found is None:
+            raise JournalError(f"the batch journal has no row {index}")
+        return _row(found)
 
-    # ---- writing ----
+    # ---- writing (each call one committed change) ----
 
-    def mark_submitting(self, index: int) -> None:
-        self._update(index, phase=Phase.SUBMITTING)
+    def mark_submitting(self, index: int, tag: str, *, pressing: str | None = None) -> None:
+        """Written before a submit (or a button press) goes out."""
+        fields: dict[str, Any] = {"tag": tag, "sent_at": time.time(), "pressing": pressing}
+        if pressing is None:
+            fields["phase"] = Phase.SUBMITTING
+        self._update(index, **fields)
 
-    def mark_pending(self, index: int) -> None:
-        """The submit certainly created nothing (rejected before sending, say)."""
-        self._update(index, phase=Phase.PENDING)
+    def mark_pending(self, index: int, *, reason: str | None = None) -> None:
+        """The submit certainly created nothing (refused before sending, say)."""
+        self._update(index, phase=Phase.PENDING, reason=reason, pressing=None)
 
-    def set_task(self, index: int, task_id: str) -> None:
-        self._update(index, phase=Phase.RUNNING, task_id=task_id)
+    def set_task(self, index: int, task_id: str, *, account: str | None = None) -> None:
+        self._update(index, phase=Phase.RUNNING, task_id=task_id, account=account, reason=None)
 
     def set_upscale(self, index: int, label: str, task_id: str) -> None:
         upscales = dict(self.row(index).upscales)
         upscales[label] = task_id
-        # Back to running: 'submitting' with a task id means a press is on the wire.
-        self._update(index, phase=Phase.RUNNING, upscales=json.dumps(upscales, sort_keys=True))
+        self._update(index, upscales=json.dumps(upscales, sort_keys=True), pressing=None)
 
-    def finish(
-        self,
-        index: int,
-        phase: str,
-        *,
-        status: str | None = None,
-        reason: str | None = None,
-        code: int | None = None,
-        files: Iterable[str] = (),
-        seed: str | None = None,
-    ) -> None:
-        assert phase in Phase.TERMINAL
-        self._update(
-            index,
-            phase=phase,
-            status=status,
-            reason=reason,
-            code=code,
-            files=json.dumps(list(files)),
-            seed=seed,
-        )
+    def set_phase(self, index: int, phase: Phase, **fields: Any) -> None:
+        """Record where the prompt stands (``status``, ``reason``, ``code``, ``files``...)."""
+        if "files" in fields:
+            fields["files"] = json.dumps(list(fields["files"]))
+        self._update(index, phase=phase, **fields)
 
     def _update(self, index: int, **fields: Any) -> None:
         names = ", ".join(f"{k} = ?" for k in fields)
-        self._db.execute(
-            f"UPDATE rows SET {names}, updated = ? WHERE idx = ?",
-            (*fields.values(), time.time(), index),
-        )
-
-    def _transaction(self) -> Any:
-        return _Transaction(self._db)
+        values = [_text(v) if isinstance(v, str) else v for v in fields.values()]
+        with _guard("write", self.path):
+            self._db.execute(
+                f"UPDATE rows SET {names}, updated = ? WHERE idx = ?", (*values, time.time(), index)
+            )
 
 
-class _Transaction:
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self._db = db
-
-    def __enter__(self) -> None:
-        self._db.execute("BEGIN")
-
-    def __exit__(self, exc_type: object, *rest: object) -> None:
-        self._db.execute("COMMIT" if exc_type is None else "ROLLBACK")
+def _text(value: str) -> str:
+    # SQLite stores UTF-8: text that is not valid Unicode must be repaired, not crash.
+    return repair_text(value)
 
 
 def _row(r: Any) -> JournalRow:
@@ -197,32 +277,45 @@ def _row(r: Any) -> JournalRow:
         index=r[0],
         prompt=r[1],
         options=json.loads(r[2]),
-        phase=r[3],
+        phase=Phase(r[3]),
         task_id=r[4],
         upscales=json.loads(r[5]),
-        files=tuple(json.loads(r[6])),
-        seed=r[7],
-        status=r[8],
-        reason=r[9],
-        code=r[10],
+        pressing=r[6],
+        files=tuple(json.loads(r[7])),
+        seed=r[8],
+        status=r[9],
+        reason=r[10],
+        code=r[11],
+        tag=r[12],
+        sent_at=r[13],
+        account=r[14],
     )
 
 
-def iter_jsonl(rows: Iterable[JournalRow]) -> Iterator[str]:
+def manifest_lines(rows: Iterable[JournalRow]) -> Iterator[str]:
     """Manifest lines: one JSON object per prompt, in input order."""
     for r in rows:
         yield json.dumps(
             {
                 "index": r.index,
                 "prompt": r.prompt,
-                "status": r.phase,
+                "status": r.phase.value,
                 "task_id": r.task_id,
                 "upscale_task_ids": r.upscales,
                 "files": list(r.files),
                 "seed": r.seed,
                 "task_status": r.status,
+                "state": r.options.get("state"),
+                "tag": r.tag,
+                "sent_at": r.sent_at,
+                "account": r.account,
                 "reason": r.reason,
                 "code": r.code,
             },
             ensure_ascii=False,
         )
+
+
+def journal_files(path: Path) -> list[Path]:
+    """The journal and its SQLite side files that exist."""
+    return [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]

@@ -11,6 +11,9 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import re
+import typing
+from collections.abc import Mapping
+from types import MappingProxyType
 from typing import Any
 
 import attrs
@@ -18,21 +21,29 @@ import attrs
 from .errors import ButtonNotFoundError
 
 __all__ = (
+    "REQUEST_CLASSES",
     "ActionRequest",
     "BlendDimensions",
     "BlendRequest",
     "BotType",
     "Button",
+    "ChangeRequest",
     "DescribeRequest",
+    "EditsRequest",
     "ImagineRequest",
     "ListByIdsRequest",
     "MediaUrl",
     "ModalRequest",
     "ShortenRequest",
+    "SimpleChangeRequest",
+    "SubmitRequest",
     "SubmitResult",
+    "SwapFaceRequest",
     "Task",
     "TaskAction",
     "TaskStatus",
+    "UploadRequest",
+    "VideoRequest",
 )
 
 
@@ -219,6 +230,17 @@ class Task:
     parent_id: str | None = None
     seed: str | None = None
     properties: dict[str, Any] = attrs.field(factory=dict, hash=False)
+    #: The JSON object exactly as the relay sent it (set by the converter; empty for a
+    #: Task built by hand). Not part of equality.
+    raw: Mapping[str, Any] = attrs.field(
+        default=MappingProxyType({}), eq=False, hash=False, repr=False
+    )
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        """Top-level fields quickmj has no attribute for (``thumbnailUrl``, ``jobId``,
+        ``mode``, ``useTime``, ... on TrueAI), as the relay sent them."""
+        return {k: v for k, v in self.raw.items() if k not in _TASK_WIRE_FIELDS}
 
     @property
     def is_done(self) -> bool:
@@ -227,6 +249,7 @@ class Task:
 
     @property
     def is_success(self) -> bool:
+        """The task ended in SUCCESS."""
         return self.status is TaskStatus.SUCCESS
 
     @property
@@ -255,10 +278,12 @@ class Task:
 
     @property
     def started_at(self) -> dt.datetime | None:
+        """``startTime`` as an aware UTC datetime (None when absent or 0)."""
         return _ms_to_datetime(self.start_time)
 
     @property
     def finished_at(self) -> dt.datetime | None:
+        """``finishTime`` as an aware UTC datetime (None when absent or 0)."""
         return _ms_to_datetime(self.finish_time)
 
     @property
@@ -289,6 +314,16 @@ class Task:
         raise ButtonNotFoundError(wanted, self.id, [b.display for b in self.buttons])
 
 
+#: The camelCase keys Task has attributes for (``Task.extra`` holds the others).
+_TASK_WIRE_FIELDS = frozenset(
+    {
+        "id", "status", "action", "progress", "prompt", "promptEn", "description", "state",
+        "customId", "botType", "submitTime", "startTime", "finishTime", "imageUrl",
+        "imageUrls", "videoUrl", "videoUrls", "failReason", "buttons", "maskBase64",
+        "parentId", "seed", "properties",
+    }
+)  # fmt: skip
+
 _SUCCESS_CODES = frozenset({1, 21, 22})
 
 
@@ -318,7 +353,11 @@ class SubmitResult:
 
     @property
     def queued(self) -> bool:
-        """Code 22: accepted, but queued behind other jobs."""
+        """Code 22: accepted, but queued behind other jobs.
+
+        new-api relays (QuickRouter) rewrite 22 to 1, so there a queued job reads False;
+        ``AsyncJob.queued`` says None ("unknown") in that case.
+        """
         return self.code == 22
 
     @property
@@ -344,10 +383,13 @@ class FailureBody:
 
 
 # ---- requests (None fields are omitted from the JSON body) ----
+# Wire structures only: users call AsyncClient methods, which build these.
 
 
 @attrs.frozen
 class ImagineRequest:
+    """Body of ``POST /submit/imagine``."""
+
     prompt: str
     base64_array: tuple[str, ...] | None = None
     bot_type: BotType | None = None
@@ -357,6 +399,8 @@ class ImagineRequest:
 
 @attrs.frozen
 class BlendRequest:
+    """Body of ``POST /submit/blend``."""
+
     base64_array: tuple[str, ...]
     dimensions: BlendDimensions | None = None
     bot_type: BotType | None = None
@@ -366,6 +410,8 @@ class BlendRequest:
 
 @attrs.frozen
 class DescribeRequest:
+    """Body of ``POST /submit/describe``."""
+
     base64: str
     bot_type: BotType | None = None
     notify_hook: str | None = None
@@ -374,6 +420,8 @@ class DescribeRequest:
 
 @attrs.frozen
 class ShortenRequest:
+    """Body of ``POST /submit/shorten``."""
+
     prompt: str
     bot_type: BotType | None = None
     notify_hook: str | None = None
@@ -382,6 +430,8 @@ class ShortenRequest:
 
 @attrs.frozen
 class ActionRequest:
+    """Body of ``POST /submit/action``."""
+
     task_id: str
     custom_id: str
     # QuickRouter documents this as required; False = only the task's own account.
@@ -392,6 +442,8 @@ class ActionRequest:
 
 @attrs.frozen
 class ModalRequest:
+    """Body of ``POST /submit/modal``."""
+
     task_id: str
     prompt: str | None = None
     mask_base64: str | None = None
@@ -400,10 +452,98 @@ class ModalRequest:
 
 
 @attrs.frozen
+class ChangeRequest:
+    """Body of ``POST /submit/change``: ``action`` UPSCALE, VARIATION or REROLL."""
+
+    task_id: str
+    action: str
+    index: int | None = None
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class SimpleChangeRequest:
+    """Body of ``POST /submit/simple-change``: ``content`` is ``"<task id> U1"``."""
+
+    content: str
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class VideoRequest:
+    """Body of ``POST /submit/video`` (TrueAI and newer new-api)."""
+
+    prompt: str
+    image: str | None = None
+    end_image: str | None = None
+    motion: str | None = None
+    loop: bool | None = None
+    action: str | None = None
+    index: int | None = None
+    task_id: str | None = None
+    video_type: str | None = None
+    batch_size: int | None = None
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class EditsRequest:
+    """Body of ``POST /submit/edits`` (TrueAI and newer new-api)."""
+
+    prompt: str
+    image: str
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
+class UploadRequest:
+    """Body of ``POST /submit/upload-discord-images``: no task, the answer is URLs."""
+
+    base64_array: tuple[str, ...]
+
+
+@attrs.frozen
+class SwapFaceRequest:
+    """Body of ``POST /insight-face/swap``."""
+
+    source_base64: str
+    target_base64: str
+    notify_hook: str | None = None
+    state: str | None = None
+
+
+@attrs.frozen
 class ListByIdsRequest:
+    """Body of ``POST /task/list-by-condition``."""
+
     ids: tuple[str, ...]
 
 
 SubmitRequest = (
-    ImagineRequest | BlendRequest | DescribeRequest | ShortenRequest | ActionRequest | ModalRequest
+    ImagineRequest
+    | BlendRequest
+    | DescribeRequest
+    | ShortenRequest
+    | ActionRequest
+    | ModalRequest
+    | ChangeRequest
+    | SimpleChangeRequest
+    | VideoRequest
+    | EditsRequest
+    | SwapFaceRequest
 )
+REQUEST_CLASSES: tuple[type, ...] = (
+    *typing.get_args(SubmitRequest),
+    UploadRequest,
+    ListByIdsRequest,
+)
+
+
+# Resolve the string annotations now, while this module is their namespace: the public
+# classes report ``quickmj`` as their module later, and cattrs reads these types.
+for _cls in (Button, MediaUrl, Task, SubmitResult, FailureBody, *REQUEST_CLASSES):
+    attrs.resolve_types(_cls)

@@ -2,24 +2,32 @@
 
 Theory of operation
 -------------------
-Every task id someone waits on (``wait``, ``watch``, ``as_completed``) has one ``_Entry``,
-shared by all its listeners. Each tick the loop takes the entries that are due, asks the
-relay for them with ``list-by-condition`` in chunks of ``batch_size`` (at most
+Every task id someone waits on (``wait``, ``watch``, ``as_completed``, a job handle) has
+one ``_Entry``, shared by all its listeners. The loop takes the entries that are due,
+asks the relay for them with ``list-by-condition`` in chunks of ``batch_size`` (at most
 ``max_concurrent_batches`` requests in flight), and hands each answer to the entries.
-N tracked tasks therefore cost ``ceil(N / batch_size)`` requests per tick, never N.
+N tracked tasks therefore cost ``ceil(N / batch_size)`` requests per round, never N.
 
-Relays answer in any order, leave unknown ids out and sometimes truncate: answers are
-matched by id, and ids left out are asked for again in the same tick while the re-asks make
-progress. An id still missing after ``miss_limit`` ticks is confirmed with one ``fetch``;
-only a confirmed unknown id fails, and only its own listeners. A failing chunk delays only
-its ids (exponential backoff, honouring Retry-After); the other chunks carry on.
+Chunks run as independent tasks: a slow or failing chunk delays only its own ids (with
+exponential backoff, honouring Retry-After), never the other chunks' cadence, and every
+request has the client's deadline (``Timeouts.request``). Any error while handling one
+id fails only that id's listeners; the loop itself survives every per-id or per-chunk
+error, so no ``ExceptionGroup`` ever reaches a user.
 
-Scheduling: a new id is first checked after ``first_poll`` (so a burst of submits shares a
-batch), running ids every ``interval``, ids near completion every ``near_done_interval``.
-With nothing tracked the loop sleeps on an event: no idle traffic.
+Answers are matched by id (relays answer in any order, leave unknown ids out, truncate,
+and after a modal new-api answers two rows for one id: the one that got further wins);
+only ids that were asked for are accepted. An id still missing after ``miss_limit``
+rounds is confirmed with one ``fetch``; only a confirmed unknown id fails.
 
-Listeners receive updates through an ``asyncio.Queue`` and a final result (a terminal Task,
-a MODAL task that waited too long, or an exception) once. User callbacks run in the
+Scheduling: ids subscribed one at a time are first checked after ``first_poll`` (a burst
+of submits shares one batch); ids subscribed in bulk (a whole batch at once) are due at
+once. Then running ids every ``interval`` (``near_done_interval`` near the end), unless
+``_rhythm`` learned that the relay refreshes its copy of tasks on a slower beat. Due
+times live in a heap, so adding n ids one at a time costs O(n log n), not O(n^2). With
+nothing tracked the loop sleeps on an event: no idle traffic.
+
+Listeners receive updates and a final result (a terminal Task, a MODAL task that waited
+too long, or an exception) through their own small queue. User callbacks run in the
 listener's own task, never in the loop, so a slow callback cannot stall polling.
 """
 
@@ -27,17 +35,22 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 import logging
+import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import anyio
 import attrs
 
-from ._converter import raw_task_id, state_key, structure
+from ._converter import structure, unstructure
 from ._models import Task, TaskStatus
+from ._protocol import change_key, check_task_id, how_far
+from ._relay import Relay
+from ._rhythm import Rhythm
 from .errors import (
     ClientClosedError,
     ConfigurationError,
@@ -47,7 +60,7 @@ from .errors import (
     TaskNotFoundError,
 )
 
-__all__ = ("PollPolicy", "Poller", "Subscription")
+__all__ = ("Final", "PollPolicy", "Poller", "Subscription")
 
 logger = logging.getLogger("quickmj")
 
@@ -59,16 +72,18 @@ class PollPolicy:
     #: Between two checks of a running task. Relays refresh upstream about every 15 s;
     #: polling much faster than a couple of seconds only burns requests.
     interval: float = 2.0
-    #: Delay before a newly tracked id is first checked (lets a burst share one batch).
+    #: Delay before an id subscribed on its own is first checked (a burst of submits
+    #: shares one batch). Ids subscribed in bulk are checked at once.
     first_poll: float = 0.5
     #: Check interval once progress reaches ``near_done_percent``.
     near_done_interval: float = 1.0
+    #: The progress (percent) from which ``near_done_interval`` applies.
     near_done_percent: int = 80
     #: Ids per list-by-condition request.
     batch_size: int = 100
     #: list-by-condition requests in flight at once.
     max_concurrent_batches: int = 4
-    #: Ticks an id may be missing from answers before one ``fetch`` confirms it.
+    #: Rounds an id may be missing from answers before one ``fetch`` confirms it.
     miss_limit: int = 3
     #: How long a task may sit in MODAL before waiters are told it needs ``modal``.
     modal_timeout: float = 30.0
@@ -76,6 +91,9 @@ class PollPolicy:
     max_error_backoff: float = 60.0
     #: With push updates (notifyHook), how often pushed ids are still polled as a safety net.
     safety_net_interval: float = 30.0
+    #: Learn the relay's refresh beat from identical answers and poll on it (new-api
+    #: refreshes every ~15 s: polling every 2 s in between returns the same data).
+    adaptive: bool = True
 
     def __attrs_post_init__(self) -> None:
         if self.batch_size < 1 or self.max_concurrent_batches < 1 or self.miss_limit < 1:
@@ -84,6 +102,7 @@ class PollPolicy:
             raise ConfigurationError("PollPolicy intervals must be non-negative")
 
     def due_after(self, task: Task | None) -> float:
+        """Seconds until the next check of ``task`` (shorter near the end of a job)."""
         if task is not None:
             percent = task.progress_percent
             if percent is not None and percent >= self.near_done_percent:
@@ -91,7 +110,7 @@ class PollPolicy:
         return self.interval
 
 
-class _Final:
+class Final:
     """What a listener ends with: a task (terminal, or stuck in MODAL) or an error."""
 
     __slots__ = ("error", "task")
@@ -101,12 +120,15 @@ class _Final:
         self.error = error
 
 
+Item = Task | tuple[str, Final]
+
+
 class Subscription:
     """One listener on one or more task ids; created by ``Poller.subscribe``.
 
     Holds a small queue of its own (lighter than asyncio.Queue: thousands of waiters each
     have one, so containers are created only when first needed): items are Task updates
-    (only if ``updates``) or ``(task_id, _Final)``.
+    (only if ``updates``) or ``(task_id, Final)``.
     """
 
     __slots__ = ("_finished", "_items", "_last", "_poller", "_waiter", "ids", "updates")
@@ -115,7 +137,7 @@ class Subscription:
         self._poller = poller
         self.ids = ids
         self.updates = updates
-        self._items: deque[Task | tuple[str, _Final]] | None = None
+        self._items: deque[Item] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._last: dict[str, Task] | None = None
         self._finished: set[str] | None = None
@@ -124,7 +146,7 @@ class Subscription:
         """The latest state seen for ``task_id``, if any."""
         return self._last.get(task_id) if self._last else None
 
-    def _put(self, item: Task | tuple[str, _Final]) -> None:
+    def _put(self, item: Item) -> None:
         if self._items is None:
             self._items = deque()
         self._items.append(item)
@@ -137,12 +159,12 @@ class Subscription:
             self._last = {}
         self._last[task.id] = task
 
-    def _push_update(self, task: Task) -> None:
+    def push_update(self, task: Task) -> None:
         self._remember(task)
         if self.updates:
             self._put(task)
 
-    def _push_final(self, task_id: str, final: _Final) -> None:
+    def push_final(self, task_id: str, final: Final) -> None:
         if self._finished is None:
             self._finished = set()
         elif task_id in self._finished:
@@ -152,7 +174,11 @@ class Subscription:
             self._remember(final.task)
         self._put((task_id, final))
 
-    async def next(self) -> Task | tuple[str, _Final]:
+    def ready(self) -> bool:
+        """An item is waiting: ``next()`` returns without suspending."""
+        return bool(self._items)
+
+    async def next(self) -> Item:
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -163,11 +189,13 @@ class Subscription:
 
     def close(self) -> None:
         """Stop listening; entries nobody listens to any more are dropped."""
-        self._poller._unsubscribe(self)
+        self._poller.unsubscribe(self)
 
 
 class _Entry:
     __slots__ = (
+        "busy",
+        "confirmed_modal",
         "delay",
         "error_count",
         "key",
@@ -176,23 +204,25 @@ class _Entry:
         "misses",
         "modal_since",
         "next_due",
+        "polled_at",
         "pushed_at",
+        "raw",
     )
 
     def __init__(self, due: float) -> None:
         self.listeners: list[Subscription] = []
         self.last: Task | None = None
-        self.key: tuple[Any, ...] | None = None  # state_key() of the last applied state
+        self.raw: Mapping[str, Any] | None = None  # the report ``last`` came from
+        self.key: tuple[Any, ...] | None = None  # change_key() of the last applied state
         self.delay = 0.0  # next check after this many seconds while nothing changes
         self.misses = 0
         self.error_count = 0
         self.next_due = due
+        self.busy = False  # in a chunk being read right now
+        self.polled_at: float | None = None  # when the last answer for it was asked for
         self.modal_since: float | None = None
         self.pushed_at: float | None = None  # last notifyHook push: poll only as a safety net
-
-
-ListFn = Callable[[list[str]], Awaitable[list[Any]]]  # raw JSON tasks
-FetchFn = Callable[[str], Awaitable[Task]]
+        self.confirmed_modal = False  # modal() was sent: a MODAL row is stale news
 
 
 class Poller:
@@ -200,55 +230,70 @@ class Poller:
 
     def __init__(
         self,
-        list_tasks: ListFn,
-        fetch: FetchFn,
+        relay: Relay,
         policy: PollPolicy,
         *,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._list = list_tasks
-        self._fetch = fetch
+        self._relay = relay
         self.policy = policy
         self._clock = clock
         self._entries: dict[str, _Entry] = {}
+        self._heap: list[tuple[float, str]] = []  # (due, id); stale items are skipped
         self._wakeup = asyncio.Event()
+        self._sleep_until = math.inf  # when the sleeping loop wakes by itself
         self._loop_task: asyncio.Task[None] | None = None
         self._closed = False
         self._global_pause_until = 0.0
         self._first_due = 0.0
+        self._limiter: anyio.CapacityLimiter | None = None
+        self._confirmed_modals: set[str] = set()
+        self.rhythm = Rhythm(policy)
         #: Counters for benchmarks and tests.
         self.stats: dict[str, int] = {"ticks": 0, "list_requests": 0, "fetch_confirms": 0}
 
     @property
     def tracked(self) -> int:
+        """How many task ids are tracked right now."""
         return len(self._entries)
 
     @property
     def running(self) -> bool:
+        """The background loop is alive."""
         return self._loop_task is not None and not self._loop_task.done()
 
     # ---- listeners ----
 
     def subscribe(self, ids: Iterable[str], *, updates: bool = False) -> Subscription:
+        """Track ``ids`` for a new listener (InvalidInputError for an unusable id)."""
         if self._closed:
             raise ClientClosedError("the client is closed")
-        sub = Subscription(self, tuple(dict.fromkeys(ids)), updates)
+        unique = tuple(dict.fromkeys(ids))
+        for task_id in unique:
+            check_task_id(task_id)  # a bad id fails its caller here, never the loop
+        sub = Subscription(self, unique, updates)
         now = self._clock()
-        if not self._first_due:
-            self._first_due = now + self.policy.first_poll
-        for task_id in sub.ids:
-            entry = self._entries.get(task_id)
+        due = now if len(unique) >= self.policy.batch_size else self._burst_due(now)
+        entries = self._entries
+        for task_id in unique:
+            entry = entries.get(task_id)
             if entry is None:
-                # A burst of new ids shares one first check, hence one set of batches.
-                entry = self._entries[task_id] = _Entry(self._first_due)
+                entry = entries[task_id] = _Entry(due)
+                entry.confirmed_modal = task_id in self._confirmed_modals
+                self._push(task_id, due)
             entry.listeners.append(sub)
             if entry.last is not None:
-                sub._push_update(entry.last)
+                sub.push_update(entry.last)
         self._ensure_loop()
-        self._wakeup.set()
         return sub
 
-    def _unsubscribe(self, sub: Subscription) -> None:
+    def _burst_due(self, now: float) -> float:
+        # A burst of ids subscribed one by one shares one first check, hence one batch.
+        if not self._first_due or self._first_due < now:
+            self._first_due = now + self.policy.first_poll
+        return self._first_due
+
+    def unsubscribe(self, sub: Subscription) -> None:
         for task_id in sub.ids:
             entry = self._entries.get(task_id)
             if entry is None:
@@ -258,23 +303,35 @@ class Poller:
             if not entry.listeners:
                 del self._entries[task_id]
 
-    def feed(self, task: Task, *, pushed: bool = True) -> bool:
+    def confirm_modal(self, task_id: str) -> None:
+        """``modal()`` was sent for ``task_id``: a MODAL report of it is stale from now on."""
+        self._confirmed_modals.add(task_id)
+        entry = self._entries.get(task_id)
+        if entry is not None:
+            entry.confirmed_modal = True
+            entry.modal_since = None
+
+    def feed(self, task: Task, *, pushed: bool = True, verify: bool = False) -> bool:
         """Apply a task state that arrived from elsewhere (a notifyHook).
 
         Returns False when nobody tracks the id. While pushes keep coming, a pushed id is
         polled only every ``safety_net_interval``; once they stop for that long, normal
-        polling resumes by itself.
+        polling resumes by itself. With ``verify``, a pushed terminal state is not
+        believed: the id is polled at once and the relay's own answer decides.
         """
         entry = self._entries.get(task.id)
         if entry is None:
             return False
         now = self._clock()
-        self._apply(task.id, entry, task, now)
+        if verify and task.status.is_terminal:
+            self._reschedule(task.id, entry, now)
+            return True
+        raw = task.raw or unstructure(task)
+        self._apply(task.id, entry, raw, now, task)
         if pushed and task.id in self._entries:
             # Even a stale push proves hooks flow: poll this id only as a safety net.
             entry.pushed_at = now
-            self._schedule(entry, now)
-        self._wakeup.set()  # the loop re-reads due times (a MODAL push may need a sooner check)
+            self._schedule(task.id, entry, now)
         return True
 
     # ---- loop ----
@@ -285,6 +342,11 @@ class Poller:
                 self._run(), name="quickmj-poller"
             )
 
+    def _push(self, task_id: str, due: float) -> None:
+        heapq.heappush(self._heap, (due, task_id))
+        if due < self._sleep_until:
+            self._wakeup.set()  # only when it is sooner than the loop's own alarm
+
     async def aclose(self) -> None:
         """Stop the loop; fail every remaining listener with ClientClosedError."""
         self._closed = True
@@ -292,8 +354,7 @@ class Poller:
         if task is not None:
             with anyio.CancelScope(shield=True):
                 # On Python < 3.11 a cancel that lands as an anyio timeout fires can be
-                # absorbed by that scope: keep cancelling until the loop really ended (the
-                # loop also checks _closed on every turn).
+                # absorbed by that scope: keep cancelling until the loop really ended.
                 while not task.done():
                     task.cancel()
                     self._wakeup.set()
@@ -306,25 +367,14 @@ class Poller:
         entries, self._entries = self._entries, {}
         for task_id, entry in entries.items():
             for sub in entry.listeners:
-                sub._push_final(task_id, _Final(error=error))
+                sub.push_final(task_id, Final(error=error))
 
     async def _run(self) -> None:
+        self._limiter = anyio.CapacityLimiter(self.policy.max_concurrent_batches)
         try:
-            while not self._closed:
-                if not self._entries:
-                    self._wakeup.clear()
-                    await self._wakeup.wait()
-                    continue
-                now = self._clock()
-                start = max(
-                    min(e.next_due for e in self._entries.values()), self._global_pause_until
-                )
-                if start > now:
-                    self._wakeup.clear()
-                    with anyio.move_on_after(start - now):
-                        await self._wakeup.wait()
-                    continue
-                await self._tick(now)
+            async with anyio.create_task_group() as chunks:
+                while not self._closed:
+                    await self._turn(chunks)
         except asyncio.CancelledError:
             raise
         except BaseException as exc:  # a bug must not leave waiters hanging forever
@@ -332,73 +382,104 @@ class Poller:
             self._fail_all(exc)
             raise
 
-    async def _tick(self, now: float) -> None:
-        # Coalesce: everything due within a quarter interval goes in this tick's batches.
-        horizon = now + self.policy.interval / 4
-        due = [task_id for task_id, e in self._entries.items() if e.next_due <= horizon]
-        if self._first_due and self._first_due <= horizon:
-            self._first_due = 0.0  # the pending burst is in this tick; the next one starts anew
+    async def _turn(self, chunks: anyio.abc.TaskGroup) -> None:
+        """One turn of the loop: sleep until something is due, then launch its chunks."""
+        now = self._clock()
+        start = max(self._earliest(), self._global_pause_until)
+        if start > now:
+            self._sleep_until = start
+            self._wakeup.clear()
+            with anyio.move_on_after(start - now if start < math.inf else math.inf):
+                await self._wakeup.wait()
+            self._sleep_until = math.inf
+            return
+        due = self._take_due(now + self.policy.interval / 4)
         if not due:
             return
         self.stats["ticks"] += 1
         size = self.policy.batch_size
-        limiter = anyio.CapacityLimiter(self.policy.max_concurrent_batches)
-        async with anyio.create_task_group() as tg:
-            for i in range(0, len(due), size):
-                tg.start_soon(self._poll_chunk, due[i : i + size], limiter, now)
+        for i in range(0, len(due), size):
+            chunks.start_soon(self._poll_chunk, due[i : i + size], now)
 
-    async def _poll_chunk(
-        self, ids: list[str], limiter: anyio.CapacityLimiter, tick_started: float
-    ) -> None:
-        # Next checks are scheduled from the tick's start, not from when each answer came
-        # back, so the ids polled together stay together in the next tick's batches.
-        async with limiter:
-            asked = ids
-            got_any = True
-            while asked and got_any:
-                try:
-                    self.stats["list_requests"] += 1
-                    answer = await self._list(asked)
-                except QuickMJError as exc:
-                    self._chunk_failed(asked, exc)
-                    return
-                seen: set[str] = set()
-                lookup = set(asked)
-                entries = self._entries
-                for raw in answer:
-                    # The hot loop of a tick: plain string ids and unchanged tasks take the
-                    # shortest path (no function calls, no parsing).
-                    task_id = raw.get("id") if type(raw) is dict else None
-                    if type(task_id) is not str:
-                        task_id = raw_task_id(raw)
-                    if task_id is None or task_id not in lookup or task_id in seen:
-                        continue  # no id, not asked for, or a duplicate
-                    entry = entries.get(task_id)
-                    if entry is None:
-                        continue
-                    seen.add(task_id)
-                    entry.error_count = entry.misses = 0
-                    key = state_key(raw)
-                    if key == entry.key and entry.modal_since is None:
-                        if entry.pushed_at is None:
-                            entry.next_due = tick_started + entry.delay  # unchanged
-                        else:
-                            self._schedule(entry, tick_started)
-                        continue
-                    try:
-                        task = structure(raw, Task, what=f"task {task_id}")
-                    except MalformedResponseError as exc:
-                        self._finish(task_id, _Final(error=exc))
-                        continue
-                    self._apply(task_id, entry, task, tick_started, key)
-                # Truncated answers: re-ask for the rest while re-asking makes progress.
-                got_any = bool(seen)
-                asked = [i for i in asked if i not in seen and i in self._entries]
-            for task_id in asked:
+    def _earliest(self) -> float:
+        """The earliest due time of an idle entry (stale heap items are dropped)."""
+        heap, entries = self._heap, self._entries
+        while heap:
+            due, task_id = heap[0]
+            entry = entries.get(task_id)
+            if entry is not None and not entry.busy and entry.next_due == due:
+                return due
+            heapq.heappop(heap)
+        return math.inf
+
+    def _take_due(self, horizon: float) -> list[str]:
+        """Ids due by ``horizon`` (everything due soon shares this round's batches)."""
+        heap, entries = self._heap, self._entries
+        due: list[str] = []
+        while heap and heap[0][0] <= horizon:
+            when, task_id = heapq.heappop(heap)
+            entry = entries.get(task_id)
+            if entry is None or entry.busy or entry.next_due != when:
+                continue  # gone, in flight, or rescheduled since
+            entry.busy = True
+            due.append(task_id)
+        return due
+
+    async def _poll_chunk(self, ids: list[str], started: float) -> None:
+        # Next checks are scheduled from the round's start, not from when each answer
+        # came back, so ids polled together stay together in the next round's batches.
+        assert self._limiter is not None
+        async with self._limiter:
+            try:
+                self.stats["list_requests"] += 1
+                rows = await self._relay.read_many(ids)
+            except Exception as exc:  # the loop outlives any chunk's failure
+                self._release(ids)
+                self._chunk_failed(ids, exc)
+                return
+            self._release(ids)
+            missing = self._apply_rows(ids, rows, started)
+            for task_id in missing:
                 await self._missed(task_id)
 
-    def _chunk_failed(self, ids: list[str], exc: QuickMJError) -> None:
+    def _release(self, ids: list[str]) -> None:
+        entries = self._entries
+        for task_id in ids:
+            entry = entries.get(task_id)
+            if entry is not None:
+                entry.busy = False
+
+    def _apply_rows(self, ids: list[str], rows: Mapping[str, Any], started: float) -> list[str]:
+        """Hand a chunk's answer to its entries; returns the ids the answer left out."""
+        entries = self._entries
+        missing: list[str] = []
+        changed_any = False
+        for task_id in ids:
+            entry = entries.get(task_id)
+            if entry is None:
+                continue
+            raw = rows.get(task_id)
+            if raw is None:
+                missing.append(task_id)
+                continue
+            entry.error_count = entry.misses = 0
+            previous, entry.polled_at = entry.polled_at, started
+            try:
+                changed = self._apply(task_id, entry, raw, started)
+            except Exception as exc:  # one task's trouble stays with that task
+                logger.warning("quickmj: task %s could not be handled: %r", task_id, exc)
+                self._finish(task_id, Final(error=_as_quickmj(exc, task_id)))
+                continue
+            if changed and previous is not None:
+                changed_any = True
+                self.rhythm.saw_change(previous, started)
+        self.rhythm.round_done(started, changed_any)
+        return missing
+
+    def _chunk_failed(self, ids: list[str], exc: Exception) -> None:
         now = self._clock()
+        if not isinstance(exc, QuickMJError):
+            logger.error("quickmj: a poll request failed unexpectedly: %r", exc)
         retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
         if retry_after is not None:
             # The relay asked everyone to slow down, not just this chunk.
@@ -412,6 +493,7 @@ class Poller:
                 self.policy.interval * 2 ** (entry.error_count - 1), self.policy.max_error_backoff
             )
             entry.next_due = now + max(backoff, retry_after or 0.0)
+            self._push(task_id, entry.next_due)
         logger.debug("poll batch of %d ids failed (%s); backing off", len(ids), exc)
 
     async def _missed(self, task_id: str) -> None:
@@ -422,58 +504,70 @@ class Poller:
         now = self._clock()
         if entry.misses < self.policy.miss_limit:
             entry.next_due = now + self.policy.interval
+            self._push(task_id, entry.next_due)
             return
-        # Confirm with a single fetch before declaring the id unknown.
+        # Confirm with a single fetch (which checks the answer is this id) first.
         self.stats["fetch_confirms"] += 1
+        entry.busy = True
         try:
-            task = await self._fetch(task_id)
+            task = await self._relay.fetch(task_id)
         except TaskNotFoundError as exc:
-            self._finish(task_id, _Final(error=exc))
+            self._finish(task_id, Final(error=exc))
             return
-        except QuickMJError as exc:
+        except Exception as exc:
+            entry.busy = False
+            if isinstance(exc, MalformedResponseError):
+                logger.warning("quickmj: confirming task %s: %s", task_id, exc)
             self._chunk_failed([task_id], exc)
             return
-        entry = self._entries.get(task_id)
-        if entry is not None:
+        entry.busy = False
+        if task_id in self._entries:
             entry.misses = 0
-            self._apply(task_id, entry, task, self._clock())
+            self._apply(task_id, entry, task.raw or unstructure(task), self._clock(), task)
 
     def _apply(
-        self,
-        task_id: str,
-        entry: _Entry,
-        task: Task,
-        now: float,
-        key: tuple[Any, ...] | None = None,
-    ) -> None:
-        previous = entry.last
-        if previous is not None and _is_regression(previous, task):
-            return  # a late or duplicated report must never move a task backwards
-        changed = previous is None or (previous.status, previous.progress, previous.image_url) != (
-            task.status,
-            task.progress,
-            task.image_url,
-        )
-        entry.last = task
-        entry.key = key
+        self, task_id: str, entry: _Entry, raw: Any, now: float, task: Task | None = None
+    ) -> bool:
+        """Apply one report of a task; True if it was a real change."""
+        key = change_key(raw)
+        if key == entry.key and entry.modal_since is None:
+            self._schedule(task_id, entry, now)  # unchanged: nothing to parse or tell
+            return False
+        if entry.raw is not None and _is_regression(entry.raw, raw):
+            self._schedule(task_id, entry, now)  # late or duplicated news never moves back
+            return False
+        if task is None:
+            try:
+                task = structure(raw, Task, what=f"task {task_id}")
+            except MalformedResponseError as exc:
+                self._finish(task_id, Final(error=exc))
+                return False
+        changed = key != entry.key
+        entry.last, entry.key, entry.raw = task, key, raw
         if changed:
             for sub in list(entry.listeners):
-                sub._push_update(task)
+                sub.push_update(task)
         if task.status.is_terminal:
-            self._finish(task_id, _Final(task=task))
-            return
-        if task.status is TaskStatus.MODAL:
-            if entry.modal_since is None:
-                entry.modal_since = now
-            elif now - entry.modal_since >= self.policy.modal_timeout:
-                self._finish(task_id, _Final(task=task))
-                return
-        else:
-            entry.modal_since = None
+            self._finish(task_id, Final(task=task))
+            return changed
+        if self._modal_due(entry, task, now):
+            self._finish(task_id, Final(task=task))
+            return changed
         entry.delay = self.policy.due_after(task)
-        self._schedule(entry, now)
+        self._schedule(task_id, entry, now)
+        return changed
 
-    def _schedule(self, entry: _Entry, now: float) -> None:
+    def _modal_due(self, entry: _Entry, task: Task, now: float) -> bool:
+        """A task waiting in MODAL (not one we confirmed) for ``modal_timeout``."""
+        if task.status is not TaskStatus.MODAL or entry.confirmed_modal:
+            entry.modal_since = None
+            return False
+        if entry.modal_since is None:
+            entry.modal_since = now
+            return self.policy.modal_timeout <= 0
+        return now - entry.modal_since >= self.policy.modal_timeout
+
+    def _schedule(self, task_id: str, entry: _Entry, now: float) -> None:
         delay = entry.delay
         if entry.pushed_at is not None:
             # Pushes arrive: only a safety-net poll, counted from the last push. When they
@@ -483,35 +577,30 @@ class Poller:
                 delay = max(delay, self.policy.safety_net_interval - quiet_for)
             else:
                 entry.pushed_at = None
+        elif self.policy.adaptive:
+            delay = self.rhythm.delay(now, delay)
         if entry.modal_since is not None:
             delay = min(delay, max(self.policy.modal_timeout - (now - entry.modal_since), 0.0))
-        entry.next_due = now + delay
+        self._reschedule(task_id, entry, now + delay)
 
-    def _finish(self, task_id: str, final: _Final) -> None:
+    def _reschedule(self, task_id: str, entry: _Entry, due: float) -> None:
+        entry.next_due = due
+        self._push(task_id, due)
+
+    def _finish(self, task_id: str, final: Final) -> None:
         entry = self._entries.pop(task_id, None)
         if entry is None:
             return
         for sub in entry.listeners:
-            sub._push_final(task_id, final)
+            sub.push_final(task_id, final)
 
 
-_RANK = {
-    TaskStatus.NOT_START: 0,
-    TaskStatus.MODAL: 0,
-    TaskStatus.SUBMITTED: 1,
-    TaskStatus.IN_PROGRESS: 3,
-    TaskStatus.FAILURE: 4,
-    TaskStatus.SUCCESS: 4,
-    TaskStatus.CANCEL: 4,
-}
-
-
-def _is_regression(old: Task, new: Task) -> bool:
+def _is_regression(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """True if ``new`` is older news than ``old`` (e.g. IN_PROGRESS after SUCCESS)."""
-    if old.status.is_terminal:
-        return True
-    old_rank = _RANK.get(old.status, 2)
-    new_rank = _RANK.get(new.status, 2)
-    if new_rank != old_rank:
-        return new_rank < old_rank and new.status is not TaskStatus.MODAL
-    return (new.progress_percent or 0) < (old.progress_percent or 0)
+    return how_far(new) < how_far(old)
+
+
+def _as_quickmj(exc: Exception, task_id: str) -> QuickMJError:
+    if isinstance(exc, QuickMJError):
+        return exc
+    return MalformedResponseError(f"task {task_id}: {type(exc).__name__}: {exc}")

@@ -1,14 +1,24 @@
-"""Batch progress display: a rich live bar on a terminal, plain periodic lines otherwise."""
+"""Batch progress display: a rich live bar on a terminal, plain periodic lines otherwise.
+
+Both show the same counts as the summary (queued, running, succeeded, failed, rejected,
+and timed out / incomplete / unknown when there are any), the percentage, the rate and an
+ETA smoothed over recent completions, in at most 60 columns for the bar's text. At the
+end, ``failures(manifest)`` prints a short table of the prompts that did not succeed.
+"""
 
 from __future__ import annotations
 
+import json
 import sys
 import time
-from typing import Any, TextIO
+from pathlib import Path
+from typing import TextIO
 
 from ._batch import BatchProgress
 
 __all__ = ("make_reporter",)
+
+_SHOWN = 10  # failed prompts listed at the end (the manifest has all of them)
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -18,19 +28,59 @@ def _fmt_eta(seconds: float | None) -> str:
     return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
+def counts(p: BatchProgress) -> str:
+    """``q 3 · run 8 · ok 12 · fail 1`` plus the rarer outcomes when they occur."""
+    parts = [f"q {p.queued}", f"run {p.running}", f"ok {p.succeeded}", f"fail {p.failed}"]
+    if p.rejected:
+        parts.append(f"rej {p.rejected}")
+    if p.timed_out:
+        parts.append(f"late {p.timed_out}")
+    if p.incomplete:
+        parts.append(f"inc {p.incomplete}")
+    if p.unknown:
+        parts.append(f"unk {p.unknown}")
+    return " · ".join(parts)
+
+
 def line(p: BatchProgress) -> str:
+    percent = 100 * p.done // p.total if p.total else 100
+    rate = f"{p.rate * 60:.1f}/min" if p.rate else "-/min"
     return (
-        f"{p.done}/{p.total} done  queued {p.queued}  running {p.running}  "
-        f"succeeded {p.succeeded}  failed {p.failed}  elapsed {p.elapsed:.0f}s  "
-        f"eta {_fmt_eta(p.eta)}"
+        f"{p.done}/{p.total} ({percent}%)  {counts(p).replace(' · ', '  ')}  "
+        f"{rate}  eta {_fmt_eta(p.eta)}"
     )
 
 
-class PlainReporter:
+class _Failures:
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+
+    def failures(self, manifest: Path) -> None:
+        """A short table of the prompts that did not succeed (from the manifest)."""
+        try:
+            rows = [json.loads(x) for x in manifest.read_text("utf-8").splitlines() if x.strip()]
+        except (OSError, ValueError):
+            return
+        bad = [r for r in rows if r.get("status") != "succeeded"]
+        if not bad:
+            return
+        print(f"{len(bad)} prompt(s) did not succeed:", file=self.stream)
+        for r in bad[:_SHOWN]:
+            reason = " ".join(str(r.get("reason") or "").split())[:70]
+            prompt = str(r.get("prompt", ""))[:30]
+            print(
+                f"  {r.get('index', 0) + 1:>5}  {r.get('status', ''):<10} {prompt:<30}  {reason}",
+                file=self.stream,
+            )
+        if len(bad) > _SHOWN:
+            print(f"  ... and {len(bad) - _SHOWN} more in {manifest}", file=self.stream)
+
+
+class PlainReporter(_Failures):
     """Prints a status line at most every ``every`` seconds, and the last one always."""
 
     def __init__(self, stream: TextIO, every: float = 2.0) -> None:
-        self.stream = stream
+        super().__init__(stream)
         self.every = every
         self._last = 0.0
         self._last_line = ""
@@ -49,37 +99,38 @@ class PlainReporter:
         pass
 
 
-class RichReporter:  # pragma: no cover - needs a terminal
-    """A live progress bar with counts and ETA (the optional ``cli`` extra: rich)."""
+class RichReporter(_Failures):  # pragma: no cover - needs a terminal
+    """A live progress bar (the optional ``cli`` extra: rich)."""
 
-    def __init__(self, rich_progress: Any, stream: TextIO) -> None:
+    def __init__(self, stream: TextIO) -> None:
+        super().__init__(stream)
         from rich.console import Console
-        from rich.progress import (
-            BarColumn,
-            Progress,
-            TextColumn,
-            TimeElapsedColumn,
-            TimeRemainingColumn,
-        )
+        from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
 
         self._progress = Progress(
-            TextColumn("[bold]batch"),
-            BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
+            BarColumn(bar_width=20),
+            TaskProgressColumn(),
+            TextColumn("{task.completed}/{task.total} {task.fields[rate]} eta {task.fields[eta]}"),
             TextColumn("{task.fields[counts]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
             console=Console(file=stream),
             transient=False,
         )
-        self._task: Any = None
+        self._task: object = None
         self._progress.start()
 
     def __call__(self, p: BatchProgress) -> None:
-        counts = f"queued {p.queued} · running {p.running} · ok {p.succeeded} · failed {p.failed}"
+        rate = f"{p.rate * 60:.1f}/min" if p.rate else ""
         if self._task is None:
-            self._task = self._progress.add_task("batch", total=p.total, counts=counts)
-        self._progress.update(self._task, completed=p.done, counts=counts)
+            self._task = self._progress.add_task(
+                "batch", total=p.total, counts=counts(p), rate=rate, eta=_fmt_eta(p.eta)
+            )
+        self._progress.update(
+            self._task,  # type: ignore[arg-type]
+            completed=p.done,
+            counts=counts(p),
+            rate=rate,
+            eta=_fmt_eta(p.eta),
+        )
 
     def close(self) -> None:
         self._progress.stop()
@@ -89,12 +140,15 @@ def make_reporter(
     stream: TextIO | None = None, *, plain: bool = False
 ) -> PlainReporter | RichReporter:
     """Rich bar when ``stream`` is a terminal and rich is installed; plain lines otherwise."""
-    stream = stream or sys.stderr
-    if not plain and stream.isatty():
+    out: TextIO = stream if stream is not None else sys.stderr
+    if not plain and out.isatty():
         try:
-            import rich.progress
+            import rich.progress  # noqa: F401
         except ImportError:
-            pass
+            print(
+                "(install the 'cli' extra for a live progress bar: pip install 'quickmj[cli]')",
+                file=out,
+            )
         else:
-            return RichReporter(rich.progress, stream)
-    return PlainReporter(stream)
+            return RichReporter(out)
+    return PlainReporter(out)

@@ -1,61 +1,68 @@
-"""Client: the blocking facade. Every method delegates to AsyncClient on a private loop.
+"""Client and Job: the blocking facade. Every method delegates to its async twin.
 
-One event loop runs in one daemon thread (an anyio blocking portal) for the client's life;
-the AsyncClient, its aiohttp session and its poller live there, so a session is never used
-from a foreign loop. Calls from any thread are marshalled onto that loop, which also makes
-the facade usable where the caller's thread already runs a loop (Jupyter): nothing here
-calls ``asyncio.run``.
+One event loop runs in one daemon thread (an anyio blocking portal) for the client's
+life; the AsyncClient, its connections and its poller live there, so nothing is used
+from a foreign loop. Calls from any thread are handed to that loop with the portal's own
+``start_task_soon`` (its future cancels the task: Ctrl-C during a blocking call cancels
+that call and leaves the client usable; a call from the loop thread itself is refused).
+Nothing here calls ``asyncio.run``, so it also works where a loop already runs (Jupyter).
 
-No logic lives here: each public method is generated from its AsyncClient twin by
-``_blocking`` / ``_blocking_iter`` (signatures, overloads and docstrings carry over).
+No logic lives here: each public method is generated from its async twin by ``_blocking``
+(coroutines), ``_blocking_iter`` (async iterators), ``_blocking_submit`` (submits, which
+return a blocking :class:`Job`) and ``_blocking_cm`` (async context managers).
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
 import concurrent.futures
 import contextlib
 import enum
 import functools
 import os
+import sys
 import threading
 import warnings
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
 from anyio.from_thread import BlockingPortal, start_blocking_portal
 
 from ._client import AsyncClient
-from ._config import AuthScheme, Mode, RetryPolicy, Timeouts
-from ._poller import PollPolicy
+from ._config import AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
+from ._jobs import AsyncJob, Submission
+from ._models import SubmitRequest, SubmitResult, Task
+from ._poller import Poller, PollPolicy
+from ._transport import AsyncTransport
 from .errors import ClientClosedError, UsageError
 
-__all__ = ("Client",)
+if TYPE_CHECKING:
+    import ssl as ssl_module
+
+    from ._aiohttp import BaseConnector, ClientSession, TraceConfig
+
+__all__ = ("Client", "Job")
 
 P = ParamSpec("P")
 R = TypeVar("R")
 T = TypeVar("T")
+A = TypeVar("A")
 
-# Portals of clients that were never closed: shut down at interpreter exit.
-_open_stacks: set[contextlib.ExitStack] = set()
+# Clients that were never closed: their loops are stopped at interpreter exit.
+_open_clients: weakref.WeakSet[Client] = weakref.WeakSet()
 _open_lock = threading.Lock()
 
 
 @atexit.register
 def _close_forgotten() -> None:
     with _open_lock:
-        stacks = list(_open_stacks)
-        _open_stacks.clear()
-    for stack in stacks:
+        clients = list(_open_clients)
+    for client in clients:
         with contextlib.suppress(Exception):
-            stack.close()
-
-
-async def _as_coroutine(fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
-    return await fn(*args, **kwargs)
+            client.close()
 
 
 class _State(enum.Enum):
@@ -64,14 +71,26 @@ class _State(enum.Enum):
     CLOSED = 3
 
 
+class _Facade(Generic[A]):
+    """What the generated methods need: the async twin and a way onto its loop."""
+
+    _async: A
+
+    def _runner(self) -> Client:
+        raise NotImplementedError
+
+    def _call(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        return self._runner().run(fn, *args, **kwargs)
+
+
 def _blocking(
-    fn: Callable[Concatenate[AsyncClient, P], Awaitable[R]],
-) -> Callable[Concatenate[Client, P], R]:
-    """Make a blocking twin of an AsyncClient coroutine method."""
+    fn: Callable[Concatenate[A, P], Awaitable[R]],
+) -> Callable[Concatenate[_Facade[A], P], R]:
+    """A blocking twin of an async method."""
     name = fn.__name__
 
     @functools.wraps(fn)
-    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> R:
+    def method(self: _Facade[A], /, *args: P.args, **kwargs: P.kwargs) -> R:
         bound: Callable[P, Awaitable[R]] = getattr(self._async, name)
         return self._call(bound, *args, **kwargs)
 
@@ -79,41 +98,57 @@ def _blocking(
 
 
 def _blocking_iter(
-    fn: Callable[Concatenate[AsyncClient, P], AsyncIterator[T]],
-) -> Callable[Concatenate[Client, P], Iterator[T]]:
-    """Make a blocking iterator twin of an AsyncClient async-generator method."""
+    fn: Callable[Concatenate[A, P], AsyncIterator[T]],
+) -> Callable[Concatenate[_Facade[A], P], Iterator[T]]:
+    """A blocking iterator twin of a method that returns an async iterator."""
     name = fn.__name__
 
     @functools.wraps(fn)
-    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
-        return self._iterate(getattr(self._async, name)(*args, **kwargs))
+    def method(self: _Facade[A], /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
+        return self._runner().iterate(getattr(self._async, name)(*args, **kwargs))
+
+    return method
+
+
+def _blocking_submit(
+    fn: Callable[Concatenate[A, P], Submission],
+) -> Callable[Concatenate[_Facade[A], P], Job]:
+    """A blocking twin of a submit: sends at once and returns the blocking Job handle."""
+    name = fn.__name__
+
+    @functools.wraps(fn)
+    def method(self: _Facade[A], /, *args: P.args, **kwargs: P.kwargs) -> Job:
+        submission: Submission = getattr(self._async, name)(*args, **kwargs)
+
+        async def send() -> AsyncJob:
+            return await submission
+
+        runner = self._runner()
+        return Job(runner, runner.run(send))
 
     return method
 
 
 def _blocking_cm(
-    fn: Callable[Concatenate[AsyncClient, P], AbstractAsyncContextManager[T]],
-) -> Callable[Concatenate[Client, P], AbstractContextManager[T]]:
-    """Make a blocking twin of an AsyncClient method that returns an async context manager."""
+    fn: Callable[Concatenate[A, P], AbstractAsyncContextManager[T]],
+) -> Callable[Concatenate[_Facade[A], P], AbstractContextManager[T]]:
+    """A blocking twin of a method that returns an async context manager."""
     name = fn.__name__
 
     @functools.wraps(fn)
-    def method(self: Client, /, *args: P.args, **kwargs: P.kwargs) -> AbstractContextManager[T]:
-        self._open()
-        assert self._portal is not None
-        # Entered and exited in one task on the client's loop.
-        return self._portal.wrap_async_context_manager(getattr(self._async, name)(*args, **kwargs))
+    def method(self: _Facade[A], /, *args: P.args, **kwargs: P.kwargs) -> AbstractContextManager[T]:
+        return self._runner().context(getattr(self._async, name)(*args, **kwargs))
 
     return method
 
 
-class Client:
+class Client(_Facade[AsyncClient]):
     """Blocking client with the same methods, arguments, results and errors as AsyncClient.
 
     Use it as ``with Client() as mj: ...`` or call ``mj.close()``. Safe to share between
-    threads. ``as_completed`` and ``watch`` return plain iterators that yield as results
-    arrive. Progress callbacks run on the client's loop thread: keep them quick, and do
-    not call the client from inside them.
+    threads. Submits return a blocking :class:`Job` (``mj.imagine(p).wait()``);
+    ``as_completed`` and ``watch`` return plain iterators. Progress callbacks run on the
+    client's loop thread: keep them quick, and do not call the client from inside them.
     """
 
     def __init__(
@@ -122,46 +157,99 @@ class Client:
         *,
         base_url: str | None = None,
         mode: Mode | None = None,
-        auth_scheme: AuthScheme = "bearer",
+        dialect: Dialect | None = None,
+        auth_scheme: AuthScheme | None = None,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
+        poll: PollPolicy | None = None,
         max_connections: int = 64,
         list_chunk_size: int = 100,
-        poll: PollPolicy | None = None,
+        transport: AsyncTransport | None = None,
+        proxy: str | None = None,
+        trust_env: bool = True,
+        ssl: ssl_module.SSLContext | bool | None = None,
+        headers: Mapping[str, str] | None = None,
+        user_agent: str | None = None,
+        session: ClientSession | None = None,
+        connector: BaseConnector | None = None,
+        trace_configs: Sequence[TraceConfig] = (),
     ) -> None:
         # Built here so configuration errors surface at once; it opens nothing yet.
         self._async = AsyncClient(
             api_key,
             base_url=base_url,
             mode=mode,
+            dialect=dialect,
             auth_scheme=auth_scheme,
             timeouts=timeouts,
             retry=retry,
+            poll=poll,
             max_connections=max_connections,
             list_chunk_size=list_chunk_size,
-            poll=poll,
+            transport=transport,
+            proxy=proxy,
+            trust_env=trust_env,
+            ssl=ssl,
+            headers=headers,
+            user_agent=user_agent,
+            session=session,
+            connector=connector,
+            trace_configs=trace_configs,
         )
         self._lock = threading.Lock()
         self._state = _State.UNOPENED
         self._stack: contextlib.ExitStack | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
         self._portal: BlockingPortal | None = None
         self._thread: threading.Thread | None = None
+        self._contexts: set[_Context[Any]] = set()
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
         return repr(self._async).replace("AsyncClient", "Client", 1)
 
+    def _runner(self) -> Client:
+        return self
+
+    # ---- properties (read from the async twin) ----
+
     @property
     def base_url(self) -> str:
+        """The relay's base URL (without ``/mj``)."""
         return self._async.base_url
 
     @property
     def mode(self) -> Mode | None:
+        """The speed mode sent as a path prefix, or None for the key's default."""
         return self._async.mode
 
     @property
+    def dialect(self) -> Dialect:
+        """Which relay software this client expects."""
+        return self._async.dialect
+
+    @property
+    def retry(self) -> RetryPolicy:
+        """The retry policy for reads (and the narrow submit cases)."""
+        return self._async.retry
+
+    @property
+    def timeouts(self) -> Timeouts:
+        """The HTTP timeouts and deadlines."""
+        return self._async.timeouts
+
+    @property
+    def poll_policy(self) -> PollPolicy:
+        """How the background poller schedules its reads."""
+        return self._async.poll_policy
+
+    @property
+    def poller(self) -> Poller:
+        """The background poller (lives on the client's loop thread)."""
+        return self._async.poller
+
+    @property
     def is_closed(self) -> bool:
+        """True once ``close()`` ran."""
         return self._state is _State.CLOSED
 
     # ---- lifecycle ----
@@ -178,81 +266,95 @@ class Client:
     ) -> None:
         self.close()
 
-    def _open(self) -> asyncio.AbstractEventLoop:
+    def _open(self) -> BlockingPortal:
         with self._lock:
             if self._state is _State.CLOSED:
                 raise ClientClosedError("the client is closed")
             if os.getpid() != self._pid:
-                raise UsageError("a Client cannot be used across fork(); create one per process")
-            if self._loop is not None:
-                return self._loop
+                raise UsageError(
+                    "this Client was created in another process (before fork()); "
+                    "create a new one in each process"
+                )
+            if self._portal is not None:
+                return self._portal
             with contextlib.ExitStack() as stack:
-                portal = stack.enter_context(start_blocking_portal("asyncio"))
+                portal = stack.enter_context(start_blocking_portal("asyncio", name="quickmj-loop"))
                 # Entered and exited in one task on the portal's loop, as aiohttp needs.
                 stack.enter_context(portal.wrap_async_context_manager(self._async))
                 self._thread = portal.call(threading.current_thread)
-                loop = portal.call(asyncio.get_running_loop)
                 self._stack = stack.pop_all()
-            self._loop = loop
             self._portal = portal
             self._state = _State.OPENED
             with _open_lock:
-                _open_stacks.add(self._stack)
-            return loop
+                _open_clients.add(self)
+            return portal
 
     def close(self) -> None:
-        """Close the session and stop the loop thread. Idempotent."""
+        """Close the client and stop its loop thread. Idempotent.
+
+        Open ``webhook_receiver()`` blocks are ended first. In a process forked from
+        the one that opened the client, this returns at once (the loop thread is not
+        there).
+        """
         if self._thread is not None and threading.current_thread() is self._thread:
             raise UsageError("close() cannot be called from the client's own loop (a callback)")
         with self._lock:
             if self._state is _State.CLOSED:
                 return
             self._state = _State.CLOSED
-            stack, self._stack, self._loop, self._portal = self._stack, None, None, None
-        if stack is not None:
-            with _open_lock:
-                _open_stacks.discard(stack)
-            stack.close()  # closes the AsyncClient on its loop, then joins the thread
+            stack, self._stack, self._portal = self._stack, None, None
+            contexts, self._contexts = set(self._contexts), set()
+        with _open_lock:
+            _open_clients.discard(self)
+        if stack is None or os.getpid() != self._pid:
+            return  # never opened, or inherited through fork(): nothing of ours runs here
+        for ctx in contexts:
+            with contextlib.suppress(Exception):
+                ctx.__exit__(None, None, None)
+        stack.close()  # closes the AsyncClient on its loop, then joins the thread
 
     def __del__(self) -> None:
-        stack = getattr(self, "_stack", None)
-        if stack is None or getattr(self, "_state", None) is _State.CLOSED:
+        if getattr(self, "_stack", None) is None or sys.is_finalizing():
+            return
+        if os.getpid() != getattr(self, "_pid", None):
             return
         warnings.warn(
             f"{self!r} was not closed; use 'with Client() as mj:' or call close()",
             ResourceWarning,
             stacklevel=2,
         )
-        with _open_lock:
-            _open_stacks.discard(stack)
-        # Never join a thread from __del__: shut the portal down from a helper thread.
-        threading.Thread(target=stack.close, name="quickmj-cleanup", daemon=True).start()
+        # Never join a thread from __del__: the loop stops from a helper thread.
+        with contextlib.suppress(RuntimeError):  # "can't create new thread at shutdown"
+            threading.Thread(target=self.close, name="quickmj-cleanup", daemon=True).start()
 
     # ---- plumbing ----
 
-    def _call(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
-        loop = self._open()
+    def run(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        """Run ``fn(*args, **kwargs)`` on the client's loop and return its result."""
+        portal = self._open()
         if threading.current_thread() is self._thread:
             raise UsageError(
                 "the blocking Client was called from its own event loop (from a callback?); "
                 "use the AsyncClient there"
             )
-        # run_coroutine_threadsafe is the lightest hop onto the loop; the portal only owns
-        # the loop's lifetime. Cancelling the concurrent future cancels the task.
-        future = asyncio.run_coroutine_threadsafe(_as_coroutine(fn, args, kwargs), loop)
+        try:
+            future = portal.start_task_soon(functools.partial(fn, *args, **kwargs))
+        except RuntimeError as exc:  # the portal stopped: close() ran meanwhile
+            raise ClientClosedError("the client is closed") from exc
         try:
             return future.result()
         except concurrent.futures.CancelledError:
-            # Only the loop's shutdown cancels it: close() ran in another thread meanwhile.
             if self.is_closed:
                 raise ClientClosedError("the client was closed during the call") from None
             raise
         except BaseException:
-            # Ctrl-C (or any interruption) cancels the coroutine; the client stays usable.
+            # Ctrl-C (or any interruption) cancels the call; the client stays usable.
             future.cancel()
             raise
 
-    def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+    def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+        """Drive an async iterator on the client's loop, one item per blocking step."""
+
         async def step() -> tuple[bool, T | None]:
             try:
                 return True, await agen.__anext__()
@@ -266,29 +368,167 @@ class Client:
 
         try:
             while True:
-                more, item = self._call(step)
+                more, item = self.run(step)
                 if not more:
                     return
                 yield item  # type: ignore[misc]
         finally:
             if not self.is_closed:
                 with contextlib.suppress(ClientClosedError):
-                    self._call(close)
+                    self.run(close)
+
+    def context(self, acm: AbstractAsyncContextManager[T]) -> AbstractContextManager[T]:
+        """Enter and exit an async context manager in one task on the client's loop."""
+        return _Context(self, acm)
 
     # ---- the API: one line per AsyncClient method ----
 
-    imagine = _blocking(AsyncClient.imagine)
-    blend = _blocking(AsyncClient.blend)
-    describe = _blocking(AsyncClient.describe)
-    shorten = _blocking(AsyncClient.shorten)
-    action = _blocking(AsyncClient.action)
-    modal = _blocking(AsyncClient.modal)
+    imagine = _blocking_submit(AsyncClient.imagine)
+    blend = _blocking_submit(AsyncClient.blend)
+    describe = _blocking_submit(AsyncClient.describe)
+    shorten = _blocking_submit(AsyncClient.shorten)
+    action = _blocking_submit(AsyncClient.action)
+    modal = _blocking_submit(AsyncClient.modal)
+    change = _blocking_submit(AsyncClient.change)
+    simple_change = _blocking_submit(AsyncClient.simple_change)
+    video = _blocking_submit(AsyncClient.video)
+    edits = _blocking_submit(AsyncClient.edits)
+    swap_face = _blocking_submit(AsyncClient.swap_face)
+    upload_images = _blocking(AsyncClient.upload_images)
     fetch = _blocking(AsyncClient.fetch)
     fetch_many = _blocking(AsyncClient.fetch_many)
     list_tasks = _blocking(AsyncClient.list_tasks)
+    recent_tasks = _blocking(AsyncClient.recent_tasks)
     image_seed = _blocking(AsyncClient.image_seed)
+    cancel = _blocking(AsyncClient.cancel)
     download = _blocking(AsyncClient.download)
     wait = _blocking(AsyncClient.wait)
     as_completed = _blocking_iter(AsyncClient.as_completed)
     watch = _blocking_iter(AsyncClient.watch)
     webhook_receiver = _blocking_cm(AsyncClient.webhook_receiver)
+
+    def use_webhook(self, receiver: Any) -> None:
+        """Send ``receiver.url`` as notifyHook on every submit (None stops it)."""
+        self._async.use_webhook(receiver)
+
+
+class _Context(AbstractContextManager[T]):
+    """An async context manager driven from another thread; close() can end it early."""
+
+    def __init__(self, client: Client, acm: AbstractAsyncContextManager[T]) -> None:
+        self._client = client
+        self._acm = acm
+        self._inner: AbstractContextManager[T] | None = None
+        self._lock = threading.Lock()
+
+    def __enter__(self) -> T:
+        portal = self._client._open()
+        self._inner = portal.wrap_async_context_manager(self._acm)
+        value = self._inner.__enter__()
+        self._client._contexts.add(self)
+        return value
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        with self._lock:
+            inner, self._inner = self._inner, None
+        self._client._contexts.discard(self)
+        return None if inner is None else inner.__exit__(exc_type, exc, tb)
+
+
+class Job(_Facade[AsyncJob]):
+    """The blocking twin of :class:`~quickmj.AsyncJob`: a job the relay accepted."""
+
+    def __init__(self, client: Client, job: AsyncJob) -> None:
+        self._client = client
+        self._async = job
+
+    def __repr__(self) -> str:
+        return repr(self._async).replace("AsyncJob", "Job", 1)
+
+    def _runner(self) -> Client:
+        return self._client
+
+    @property
+    def id(self) -> str:
+        """The task id."""
+        return self._async.id
+
+    @property
+    def task_id(self) -> str:
+        """The same as ``id``."""
+        return self._async.id
+
+    @property
+    def result(self) -> SubmitResult:
+        """The relay's answer to the submit."""
+        return self._async.result
+
+    @property
+    def route(self) -> str:
+        """The route that created the job (``/submit/imagine``, ...)."""
+        return self._async.route
+
+    @property
+    def request(self) -> SubmitRequest:
+        """The wire request that was sent."""
+        return self._async.request
+
+    @property
+    def code(self) -> int:
+        """The relay's code: 1 accepted, 21 waits for ``modal()``, 22 queued."""
+        return self._async.code
+
+    @property
+    def description(self) -> str:
+        """The relay's text, for humans."""
+        return self._async.description
+
+    @property
+    def needs_modal(self) -> bool:
+        """Code 21: the job waits in MODAL until you call ``modal(...)``."""
+        return self._async.needs_modal
+
+    @property
+    def queued(self) -> bool | None:
+        """True if queued behind others; None where the relay cannot say (new-api)."""
+        return self._async.queued
+
+    @property
+    def queue_position(self) -> int | None:
+        """Jobs ahead of this one, when the relay said."""
+        return self._async.queue_position
+
+    @property
+    def state(self) -> str | None:
+        """The ``state`` string the job was submitted with."""
+        return self._async.state
+
+    @property
+    def last(self) -> Task | None:
+        """The latest state this handle has seen."""
+        return self._async.last
+
+    wait = _blocking(AsyncJob.wait)
+    watch = _blocking_iter(AsyncJob.watch)
+    fetch = _blocking(AsyncJob.fetch)
+    download = _blocking(AsyncJob.download)
+    image_seed = _blocking(AsyncJob.image_seed)
+    cancel = _blocking(AsyncJob.cancel)
+    action = _blocking_submit(AsyncJob.action)
+    modal = _blocking_submit(AsyncJob.modal)
+
+
+# A forked child inherits Client objects whose loop thread does not exist there.
+if hasattr(os, "register_at_fork"):
+
+    def _forget_in_child() -> None:
+        global _open_lock
+        _open_lock = threading.Lock()  # the parent may have held it at fork time
+        _open_clients.clear()
+
+    os.register_at_fork(after_in_child=_forget_in_child)

@@ -17,6 +17,7 @@ all; the branches let callers react at the right level::
     │   ├── HTTPStatusError                      by HTTP status
     │   │   ├── AuthenticationError (401/403)
     │   │   ├── NotFoundError (404)
+    │   │   │   └── UnsupportedByRelayError          the relay does not serve this route
     │   │   ├── RateLimitError (429, .retry_after)
     │   │   └── ServerError (5xx)
     │   └── SubmitRejectedError                  by relay code (.code, .description, .properties)
@@ -27,6 +28,11 @@ all; the branches let callers react at the right level::
     ├── MalformedResponseError (ValueError)  non-JSON, HTML or wrong-shape body
     ├── DownloadError                        an image could not be saved
     │   └── UnsafeURLError (ValueError)          a URL the SDK refuses to follow
+    ├── StorageError (OSError)               the disk is full or read-only
+    ├── BatchError                           the batch job cannot go on
+    │   ├── BatchLockedError                     another run owns the output directory
+    │   ├── JournalError                         the journal is missing or damaged
+    │   └── RelayUnreachableError                an outage: the run stopped early
     └── TaskError                            about one task
         ├── TaskFailedError                      the task ended in FAILURE (.task, .fail_reason)
         ├── TaskNeedsModalError                  the task waits in MODAL for ``modal()``
@@ -43,12 +49,14 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 if typing.TYPE_CHECKING:
-    from ._models import Task
+    from ._models import SubmitRequest, Task
 
 __all__ = (
     "APIError",
     "AuthenticationError",
     "BannedPromptError",
+    "BatchError",
+    "BatchLockedError",
     "ButtonNotFoundError",
     "ClientClosedError",
     "ConfigurationError",
@@ -56,14 +64,17 @@ __all__ = (
     "DownloadError",
     "HTTPStatusError",
     "InvalidInputError",
+    "JournalError",
     "MalformedResponseError",
     "NotFoundError",
     "QueueFullError",
     "QuickMJError",
     "RateLimitError",
     "RelatedTaskNotFoundError",
+    "RelayUnreachableError",
     "RequestTimeoutError",
     "ServerError",
+    "StorageError",
     "SubmitOutcomeUnknownError",
     "SubmitRejectedError",
     "TaskError",
@@ -73,6 +84,7 @@ __all__ = (
     "TaskTimeoutError",
     "TransportError",
     "UnsafeURLError",
+    "UnsupportedByRelayError",
     "UsageError",
     "ValidationError",
 )
@@ -143,9 +155,12 @@ class RequestTimeoutError(TransportError, TimeoutError):
 class SubmitOutcomeUnknownError(TransportError):
     """A submit was sent, but whether the relay created (and bills) a job is unknown.
 
-    Raised when the connection drops or times out after the request went out, or when a
-    gateway answers 5xx. quickmj never re-sends such a submit by itself: look the job up
-    (by the ``state`` you passed) or decide to submit again.
+    Raised when the connection drops or times out after the request went out, when a
+    gateway answers 5xx or something unreadable, or when the relay says its own call
+    upstream failed (new-api's code 5 ``do_request_failed``). quickmj never re-sends such
+    a submit by itself: look the job up (by the ``state`` you passed; ``quickmj
+    reconcile`` does it for batches) or decide to submit again. ``request`` is the wire
+    request that was sent (one of the ``quickmj._models`` request classes).
     """
 
     def __init__(
@@ -154,7 +169,7 @@ class SubmitOutcomeUnknownError(TransportError):
         *,
         method: str = "",
         path: str = "",
-        request: Any = None,
+        request: SubmitRequest | None = None,
         state: str | None = None,
     ) -> None:
         self.request = request
@@ -163,12 +178,29 @@ class SubmitOutcomeUnknownError(TransportError):
 
 
 class APIError(QuickMJError):
-    """The relay answered, and the answer is an error."""
+    """The relay answered, and the answer is an error.
 
-    def __init__(self, message: str, *, status: int, body: str = "", path: str = "") -> None:
+    ``status`` is the HTTP status, ``body`` a redacted excerpt of the answer, ``headers``
+    the response headers and ``request_id`` the relay's request id when it sent one
+    (``X-Request-Id``, ``X-Oneapi-Request-Id``, or the ``request id: ...`` new-api puts
+    in its messages): quote it when you report a problem to the relay's operator.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: str = "",
+        path: str = "",
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> None:
         self.status = status
         self.body = body
         self.path = path
+        self.headers: dict[str, str] = dict(headers or {})
+        self.request_id = request_id
         super().__init__(message)
 
 
@@ -184,6 +216,33 @@ class NotFoundError(HTTPStatusError):
     """HTTP 404 on a route (not a relay code 3)."""
 
 
+class UnsupportedByRelayError(NotFoundError):
+    """The relay does not serve this route (``route``); ``dialects`` lists those that do.
+
+    For example ``GET /task/list`` exists on self-hosted midjourney-proxy and TrueAI
+    servers, not on QuickRouter (new-api). A 404 without a relay body on a route every
+    relay serves usually means a wrong ``base_url``.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        route: str,
+        dialects: Sequence[str] = (),
+        status: int = 404,
+        body: str = "",
+        path: str = "",
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.route = route
+        self.dialects: tuple[str, ...] = tuple(dialects)
+        super().__init__(
+            message, status=status, body=body, path=path, headers=headers, request_id=request_id
+        )
+
+
 class RateLimitError(HTTPStatusError):
     """HTTP 429: slow down. ``retry_after`` is the relay's hint in seconds, if it gave one."""
 
@@ -194,10 +253,14 @@ class RateLimitError(HTTPStatusError):
         status: int = 429,
         body: str = "",
         path: str = "",
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(message, status=status, body=body, path=path)
+        super().__init__(
+            message, status=status, body=body, path=path, headers=headers, request_id=request_id
+        )
 
 
 class ServerError(HTTPStatusError):
@@ -217,11 +280,15 @@ class SubmitRejectedError(APIError):
         status: int = 200,
         body: str = "",
         path: str = "",
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.code = code
         self.description = description
         self.properties: dict[str, Any] = dict(properties or {})
-        super().__init__(message, status=status, body=body, path=path)
+        super().__init__(
+            message, status=status, body=body, path=path, headers=headers, request_id=request_id
+        )
 
 
 class ValidationError(SubmitRejectedError):
@@ -263,6 +330,52 @@ class DownloadError(QuickMJError):
 
 class UnsafeURLError(DownloadError, ValueError):
     """A URL quickmj refuses to fetch (not http/https, or otherwise unsafe)."""
+
+
+class StorageError(QuickMJError, OSError):
+    """The disk refused a write: out of space, read-only, or no permission.
+
+    ``path`` is the file or directory concerned. Nothing paid for is lost: a batch keeps
+    such prompts resumable (download them with ``--resume`` once there is room).
+    """
+
+    def __init__(self, message: str, *, path: str = "", errno: int | None = None) -> None:
+        super().__init__(message)
+        self.path = path
+        self.errno = errno
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class BatchError(QuickMJError):
+    """The batch job cannot start or go on (the run stops; finished work is kept)."""
+
+
+class BatchLockedError(BatchError):
+    """Another run (``pid`` on ``host``, started at ``started``) owns the output directory."""
+
+    def __init__(self, message: str, *, pid: int | None, host: str, started: str) -> None:
+        self.pid = pid
+        self.host = host
+        self.started = started
+        super().__init__(message)
+
+
+class JournalError(BatchError):
+    """The batch journal (the record of paid work) is missing, unreadable or damaged."""
+
+
+class RelayUnreachableError(BatchError):
+    """The relay stayed unreachable (connect failures or only 5xx): the run stopped early.
+
+    ``not_submitted`` prompts were never sent (nothing was created): a ``--resume``
+    submits them once the relay (or ``QUICKMJ_BASE_URL``) is fixed.
+    """
+
+    def __init__(self, message: str, *, not_submitted: int) -> None:
+        self.not_submitted = not_submitted
+        super().__init__(message)
 
 
 class TaskError(QuickMJError):

@@ -1,0 +1,344 @@
+"""HTTP exchanges with the relay over a transport: URLs, headers, deadlines, caps, close.
+
+One :class:`Http` per client. It builds each request (base URL, mode prefix, one encoded
+path, auth header, user agent), sends it through the client's transport under a deadline
+for the whole exchange, reads the body with a size cap, removes any echo of the API key,
+and hands back an :class:`Answer` (status, headers, bytes). It knows nothing about relay
+codes or JSON: ``_protocol.py`` reads answers. ``aclose`` ends every exchange in flight
+(and every retry sleep) with ClientClosedError before the transport closes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import IO, Any
+from urllib.parse import quote, urljoin, urlsplit
+
+import anyio
+
+from ._config import AuthScheme, Secret, Timeouts, auth_header_name, auth_header_value
+from ._transport import AsyncTransport, Request, Response, read_all, read_body
+from ._version import __version__
+from .errors import (
+    ClientClosedError,
+    DownloadError,
+    MalformedResponseError,
+    RequestTimeoutError,
+    TransportError,
+    UnsafeURLError,
+)
+
+__all__ = (
+    "MAX_DOWNLOAD_BYTES",
+    "MAX_JSON_BYTES",
+    "Answer",
+    "ClosedInFlight",
+    "ErrorReader",
+    "Http",
+    "check_download_url",
+    "display_url",
+    "segment",
+)
+
+logger = logging.getLogger("quickmj")
+
+#: Largest JSON answer quickmj reads (a list of 100 tasks is a few hundred KiB).
+MAX_JSON_BYTES = 32 * 1024 * 1024
+#: Largest image quickmj downloads.
+MAX_DOWNLOAD_BYTES = 200 * 1024 * 1024
+_MAX_REDIRECTS = 5
+#: How long aclose() waits for the exchanges it ended to unwind (normally one loop turn).
+_CLOSE_GRACE = 2.0
+_URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
+
+
+class Answer:
+    """A completed exchange: status, headers and the (capped, redacted) body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body
+
+
+class ClosedInFlight(ClientClosedError):
+    """aclose() ended an exchange that had started (a submit may have been sent)."""
+
+
+#: Turns an error answer to a download into the exception to raise (the relay's rules).
+ErrorReader = Callable[["Answer", str, bool], Exception]
+
+
+def segment(value: str) -> str:
+    """``value`` as one encoded path segment: it can never reach another route.
+
+    ``.`` and ``..`` are sent as ``%2E`` runs so no URL normaliser removes them; text that
+    is not valid Unicode (a lone surrogate) raises UnicodeEncodeError for the caller to
+    turn into its own typed error.
+    """
+    if value in (".", ".."):
+        return "%2E" * len(value)
+    return quote(value, safe="")
+
+
+class Http:
+    """Sends the client's requests to the relay through one transport."""
+
+    def __init__(
+        self,
+        transport: AsyncTransport,
+        *,
+        api_key: Secret,
+        base_url: str,
+        mode: str | None,
+        auth_scheme: AuthScheme,
+        timeouts: Timeouts,
+        headers: Mapping[str, str] | None = None,
+        user_agent: str | None = None,
+    ) -> None:
+        self.transport = transport
+        self.key = api_key
+        self.base_url = base_url
+        self.prefix = f"/mj-{mode}/mj" if mode else "/mj"
+        self.timeouts = timeouts
+        self._root = base_url + self.prefix
+        self._origin = _origin(base_url)
+        self._auth_scheme: AuthScheme = auth_scheme
+        agent = f"quickmj/{__version__} python/{sys.version_info[0]}.{sys.version_info[1]}"
+        self._base_headers = {
+            "User-Agent": f"{agent} {user_agent}" if user_agent else agent,
+            "Accept-Encoding": "gzip, deflate",
+            **(headers or {}),
+        }
+        self._closed = False
+        # One cancel scope per exchange (and retry sleep) in flight: aclose() cancels them
+        # and waits (at most _CLOSE_GRACE) for the set to drain.
+        self._in_flight: set[anyio.CancelScope] = set()
+        self._drained: anyio.Event | None = None
+
+    def __repr__(self) -> str:
+        return f"<Http {self._root}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # ---- lifecycle ----
+
+    async def aclose(self) -> None:
+        self._closed = True
+        with anyio.CancelScope(shield=True):  # a cancelled aclose still closes everything
+            if self._in_flight:
+                # End the exchanges in flight and let them unwind before the connections
+                # go: closing under a response being read leaves that read hanging.
+                self._drained = anyio.Event()
+                for scope in list(self._in_flight):
+                    scope.cancel()
+                with anyio.move_on_after(_CLOSE_GRACE):
+                    await self._drained.wait()
+            await self.transport.aclose()
+
+    @contextlib.contextmanager
+    def abortable(self) -> Iterator[anyio.CancelScope]:
+        """Run an exchange (or a retry sleep) so that aclose() ends it.
+
+        Raises ClientClosedError when the block was ended that way.
+        """
+        if self._closed:
+            raise ClientClosedError("the client is closed")
+        scope = anyio.CancelScope()
+        self._in_flight.add(scope)
+        try:
+            with scope:
+                yield scope
+        finally:
+            self._in_flight.discard(scope)
+            if not self._in_flight and self._drained is not None:
+                self._drained.set()
+        if scope.cancelled_caught:
+            raise ClosedInFlight("the client was closed during the request")
+
+    async def sleep(self, delay: float) -> None:
+        """A retry backoff that aclose() ends with ClientClosedError."""
+        with self.abortable():
+            await anyio.sleep(delay)
+
+    # ---- API requests ----
+
+    def url(self, path: str) -> str:
+        """The URL of ``path`` (its segments already encoded) under base URL and mode."""
+        return self._root + path
+
+    def _headers(self, *, auth: bool, json_body: bool) -> dict[str, str]:
+        headers = dict(self._base_headers)
+        if json_body:
+            headers["Content-Type"] = "application/json"
+        if auth:
+            headers[auth_header_name(self._auth_scheme)] = auth_header_value(
+                self._auth_scheme, self.key
+            )
+        return headers
+
+    async def exchange(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        read_timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Answer:
+        """One request to the relay, its whole answer read (capped, key removed).
+
+        Raises ConnectError (nothing was sent), RequestTimeoutError, TransportError,
+        MalformedResponseError (answer over the cap) or ClientClosedError.
+        """
+        content = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        request = Request(
+            method,
+            self.url(path),
+            self._headers(auth=True, json_body=content is not None),
+            content,
+            connect_timeout=self.timeouts.connect,
+            read_timeout=read_timeout or self.timeouts.read,
+        )
+        limit = deadline or self.timeouts.request
+        started = time.perf_counter()
+        status: int | str = "error"
+        try:
+            with self.abortable(), _deadline(limit, method, path):
+                response = await self.transport.handle_request(request)
+                status = response.status
+                try:
+                    raw = await read_all(response, MAX_JSON_BYTES, f"{method} {path}")
+                finally:
+                    with anyio.CancelScope(shield=True):
+                        await response.aclose()
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            logger.debug("%s %s -> %s in %.1f ms", method, path, status, elapsed)
+        # A relay that echoes the key (in an error text, say) must not hand it to error
+        # messages, descriptions or parsed fields: redact it before anything reads it.
+        return Answer(response.status, response.headers, self.key.redact_bytes(raw))
+
+    # ---- downloads ----
+
+    async def download(self, url: str, fh: IO[bytes], max_bytes: int, on_error: ErrorReader) -> str:
+        """Stream ``url`` into ``fh`` (one attempt); returns the Content-Type.
+
+        Redirects are followed by hand so the key goes only to the relay's own origin:
+        a CDN, or a redirect to one, never sees it. An error status is read (briefly) and
+        turned into an exception by ``on_error(answer, url, key_was_sent)``.
+        """
+        with self.abortable(), _deadline(self.timeouts.download_total, "GET", display_url(url)):
+            response, current = await self._open_download(url, on_error)
+            try:
+                async for chunk in read_body(response, max_bytes, display_url(current)):
+                    fh.write(chunk)
+            except MalformedResponseError as exc:
+                raise DownloadError(
+                    f"image larger than {max_bytes} bytes: {display_url(current)}"
+                ) from exc
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await response.aclose()
+        return response.headers.get("Content-Type", "")
+
+    async def _open_download(self, url: str, on_error: ErrorReader) -> tuple[Response, str]:
+        current = url
+        for _ in range(_MAX_REDIRECTS + 1):
+            current = check_download_url(current)
+            auth = _origin(current) == self._origin
+            request = Request(
+                "GET",
+                current,
+                self._headers(auth=auth, json_body=False),
+                connect_timeout=self.timeouts.connect,
+                read_timeout=self.timeouts.download,
+            )
+            response = await self.transport.handle_request(request)
+            if response.status not in (301, 302, 303, 307, 308):
+                if response.status >= 400:
+                    raise await self._download_failed(response, current, auth, on_error)
+                return response, current
+            location = response.headers.get("Location")
+            await response.aclose()
+            if not location:
+                raise DownloadError(f"redirect without Location from {display_url(current)}")
+            current = urljoin(current, location)
+        raise DownloadError(f"too many redirects downloading {display_url(url)}")
+
+    async def _download_failed(
+        self, response: Response, url: str, auth: bool, on_error: ErrorReader
+    ) -> Exception:
+        try:
+            body = self.key.redact_bytes(await read_all(response, 4096, display_url(url)))
+        except MalformedResponseError:
+            body = b""
+        finally:
+            await response.aclose()
+        return on_error(Answer(response.status, response.headers, body), display_url(url), auth)
+
+
+@contextlib.contextmanager
+def _deadline(seconds: float, method: str, path: str) -> Iterator[None]:
+    """The whole exchange must end within ``seconds`` (a dripping server cannot hold it)."""
+    try:
+        with anyio.fail_after(seconds):
+            yield
+    except TimeoutError:
+        raise RequestTimeoutError(
+            f"{method} {path}: no complete answer within {seconds:g} s",
+            method=method,
+            path=path,
+        ) from None
+
+
+def _origin(url: str) -> tuple[str, str, int | None]:
+    parts = urlsplit(url)
+    port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+    return (parts.scheme.lower(), (parts.hostname or "").lower(), port)
+
+
+def display_url(url: str) -> str:
+    """A URL without its query string (Discord signs URLs there; logs need not carry it)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<invalid URL>"
+    return f"{parts.scheme}://{parts.netloc}{parts.path}"[:300]
+
+
+def check_download_url(url: str) -> str:
+    """``url`` validated (http(s), a host, a valid port, no credentials) and encoded.
+
+    Every URL quickmj fetches passes here once: a relay that answers with
+    ``http://[::1/x.png`` or port 99999 gets UnsafeURLError, not a crash.
+    """
+    if not isinstance(url, str) or not url.strip():
+        raise UnsafeURLError("refusing to download an empty URL")
+    try:
+        parts = urlsplit(url.strip())
+        parts.port  # noqa: B018 - validates the port (ValueError when out of range)
+    except ValueError:
+        raise UnsafeURLError(f"refusing to download a malformed URL: {url[:100]!r}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise UnsafeURLError(f"refusing to download {url[:100]!r}: only http(s) URLs are fetched")
+    if parts.username or parts.password:
+        raise UnsafeURLError("refusing to download a URL that carries credentials")
+    try:
+        return quote(url.strip(), safe=_URL_SAFE)
+    except UnicodeEncodeError:
+        raise UnsafeURLError("refusing to download a URL that is not valid Unicode") from None
+
+
+def transport_error_text(exc: TransportError) -> str:
+    """The part of a transport error's message after ``METHOD /path: ``."""
+    return str(exc).removeprefix(f"{exc.method} {exc.path}: ")

@@ -1,0 +1,493 @@
+"""Job handles and waiting: what a submit gives back, and how callers wait on tasks.
+
+A submit method returns a :class:`Submission` at once. Awaiting it sends the request
+(once: awaiting again returns the same job) and gives an :class:`AsyncJob`, the handle of
+the job the relay created: its id from the first moment, the relay's answer (``code``,
+``needs_modal``, ``queued``, ``queue_position``) and the calls that act on it. The common
+case stays one line::
+
+    task = await mj.imagine("a fox").wait()       # submit, then wait for the result
+    job = await mj.imagine("a fox")               # or keep the handle
+    print(job.id); task = await job.wait(timeout=600)
+
+Why this shape (see the README's "Jobs" section): a ``wait=True`` flag needed a pair of
+overloads per method to type its two results, silently ignored ``timeout``/``on_progress``
+without it, and lost the id of a paid job when a wait timed out or was cancelled. Here
+the id lives in the handle before any waiting starts; a timeout names it; a cancelled
+wait leaves the job in the handle (and in the log, and in a note on the exception).
+
+Sending is shielded from cancellation: once a submit starts, it runs to its answer even
+if the awaiting code is cancelled, so the outcome (the task id, or why there is none) is
+always recorded in ``Submission.job`` / ``Submission.error`` and logged.
+
+``wait``, ``as_completed`` and ``watch`` take ids, Tasks and handles alike.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import math
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+
+import anyio
+
+from ._models import Button, SubmitRequest, SubmitResult, Task
+from ._poller import Final, Poller, Subscription
+from .errors import (
+    InvalidInputError,
+    QuickMJError,
+    TaskFailedError,
+    TaskNeedsModalError,
+    TaskNotFoundError,
+    TaskTimeoutError,
+)
+
+if TYPE_CHECKING:
+    from ._images import ImageInput
+
+__all__ = (
+    "AsyncJob",
+    "HasTaskId",
+    "ProgressCallback",
+    "Submission",
+    "TaskRef",
+    "as_completed",
+    "task_id_of",
+    "wait",
+    "watch",
+)
+
+logger = logging.getLogger("quickmj")
+
+# Submits in flight: asyncio keeps only weak references to tasks, and a submit must run to
+# its answer even when nobody awaits it any more.
+_SENDING: set[asyncio.Task[Any]] = set()
+
+
+class _Client(Protocol):
+    """What a job handle needs from its client (AsyncClient)."""
+
+    @property
+    def dialect(self) -> str: ...
+    @property
+    def poller(self) -> Poller: ...
+    async def fetch(self, task: TaskRef) -> Task: ...
+    async def download(
+        self,
+        task: TaskRef,
+        dest: str | os.PathLike[str],
+        *,
+        index: int | None = ...,
+        filename: str | None = ...,
+    ) -> Path: ...
+    def action(
+        self,
+        task: TaskRef,
+        button: Button | str,
+        *,
+        choose_same_channel: bool = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+    ) -> Submission: ...
+    def modal(
+        self,
+        task: TaskRef,
+        *,
+        prompt: str | None = ...,
+        mask: ImageInput | None = ...,
+        notify_hook: str | None = ...,
+        state: str | None = ...,
+    ) -> Submission: ...
+    async def image_seed(self, task: TaskRef) -> str: ...
+    async def cancel(self, task: TaskRef) -> None: ...
+
+
+class HasTaskId(Protocol):
+    """Anything with a task ``id``: a Task, an AsyncJob, a (sync) Job."""
+
+    @property
+    def id(self) -> str: ...
+
+
+#: Wherever a task is expected: its id, a Task, a job handle, or a SubmitResult.
+TaskRef: TypeAlias = "str | HasTaskId | SubmitResult"
+
+#: Called with each new state of a task (a real change of status, progress, result);
+#: may be a coroutine function.
+ProgressCallback: TypeAlias = Callable[[Task], Any]
+
+
+def task_id_of(ref: TaskRef) -> str:
+    """The id behind a TaskRef, validated as a non-empty string."""
+    if isinstance(ref, str):
+        value = ref.strip()
+    elif isinstance(ref, SubmitResult):
+        value = ref.task_id
+    else:
+        found = getattr(ref, "id", None)
+        if not isinstance(found, str):
+            raise InvalidInputError(
+                f"expected a task id, Task or job handle, got {type(ref).__name__}"
+            )
+        value = found
+    if not value:
+        raise InvalidInputError("empty task id")
+    return value
+
+
+# ---- submissions and handles ----
+
+
+class Submission:
+    """A submit: await it for the :class:`AsyncJob`, or ``await s.wait()`` for the Task.
+
+    The request is sent when first awaited, exactly once. ``job`` holds the handle once
+    the relay answered (also if the awaiting code was cancelled meanwhile) and ``error``
+    the failure, if the submit failed.
+    """
+
+    __slots__ = ("_send", "_task", "error", "job", "what")
+
+    def __init__(self, send: Callable[[], Awaitable[AsyncJob]], what: str) -> None:
+        self._send = send
+        self._task: asyncio.Task[AsyncJob] | None = None
+        self.what = what
+        self.job: AsyncJob | None = None
+        self.error: BaseException | None = None
+
+    def __repr__(self) -> str:
+        state = f"job={self.job.id}" if self.job else ("sent" if self._task else "not sent")
+        return f"<Submission {self.what} {state}>"
+
+    def __await__(self) -> Generator[Any, None, AsyncJob]:
+        return self._result().__await__()
+
+    async def _result(self) -> AsyncJob:
+        if self._task is None:
+            # A task of its own, shielded: cancelling the caller never cuts a submit
+            # whose answer (the paid job's id) is on its way.
+            self._task = asyncio.get_running_loop().create_task(self._run(), name=self.what)
+            _SENDING.add(self._task)
+            self._task.add_done_callback(_SENDING.discard)
+        return await asyncio.shield(self._task)
+
+    async def _run(self) -> AsyncJob:
+        try:
+            self.job = await self._send()
+        except BaseException as exc:
+            self.error = exc
+            raise
+        return self.job
+
+    async def wait(
+        self, *, timeout: float | None = None, on_progress: ProgressCallback | None = None
+    ) -> Task:
+        """Submit (if not yet sent), then wait for the result: see :meth:`AsyncJob.wait`."""
+        job = await self
+        return await job.wait(timeout=timeout, on_progress=on_progress)
+
+    def __del__(self) -> None:
+        if getattr(self, "_task", 1) is None:
+            import warnings
+
+            warnings.warn(
+                f"{self.what} was never awaited: nothing was submitted "
+                "(write 'await mj.imagine(...)' or 'await mj.imagine(...).wait()')",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+
+
+class AsyncJob:
+    """The handle of a job the relay accepted: its id, the relay's answer, and actions.
+
+    ``id`` is known from the moment the relay answered; ``result`` is that answer
+    (a SubmitResult). ``last`` is the latest state this handle has seen.
+    """
+
+    __slots__ = ("_client", "id", "last", "request", "result", "route")
+
+    def __init__(
+        self, client: _Client, route: str, request: SubmitRequest, result: SubmitResult
+    ) -> None:
+        self._client = client
+        self.id = result.task_id
+        self.route = route
+        self.request = request
+        self.result = result
+        self.last: Task | None = None
+
+    def __repr__(self) -> str:
+        extra = " needs_modal" if self.needs_modal else ""
+        return f"<AsyncJob {self.id} {self.route}{extra}>"
+
+    # ---- the relay's answer ----
+
+    @property
+    def task_id(self) -> str:
+        """The same as ``id``."""
+        return self.id
+
+    @property
+    def code(self) -> int:
+        """The relay's code: 1 accepted, 21 waits for ``modal()``, 22 queued."""
+        return self.result.code
+
+    @property
+    def description(self) -> str:
+        """The relay's text (often Chinese), for humans; do not parse it."""
+        return self.result.description
+
+    @property
+    def needs_modal(self) -> bool:
+        """Code 21: the job waits in MODAL until you call ``modal(prompt=..., mask=...)``."""
+        return self.result.needs_modal
+
+    @property
+    def queued(self) -> bool | None:
+        """True if the relay queued the job behind others; None where it cannot say.
+
+        new-api relays (QuickRouter) rewrite "queued" (22) to "accepted" (1), so a
+        code 1 from them means accepted, queued or not: None.
+        """
+        if self.result.queued:
+            return True
+        return None if self._client.dialect in ("quickrouter", "auto") else False
+
+    @property
+    def queue_position(self) -> int | None:
+        """Jobs ahead of this one, when the relay said (code 22)."""
+        return self.result.queue_position
+
+    @property
+    def state(self) -> str | None:
+        """The ``state`` string this job was submitted with (echoed on its Task)."""
+        return getattr(self.request, "state", None)
+
+    # ---- acting on the job ----
+
+    async def wait(
+        self, *, timeout: float | None = None, on_progress: ProgressCallback | None = None
+    ) -> Task:
+        """Wait until the job finishes; returns its Task (status SUCCESS).
+
+        Raises TaskFailedError (``.task``) on FAILURE/CANCEL, TaskTimeoutError after
+        ``timeout`` seconds (the job itself goes on: wait again later), TaskNeedsModalError
+        if it waits for ``modal()``, TaskNotFoundError if the relay does not know it.
+        ``on_progress(task)`` runs on each real change (status, progress, result).
+        """
+        if self.needs_modal:
+            raise TaskNeedsModalError(self.id)
+        self.last = await wait(
+            self._client.poller, self.id, timeout=timeout, on_progress=on_progress
+        )
+        return self.last
+
+    def watch(self) -> AsyncIterator[Task]:
+        """Yield the job's state on each real change, ending with its final state."""
+        return watch(self._client.poller, self.id)
+
+    async def fetch(self) -> Task:
+        """The job's current state (one request)."""
+        self.last = await self._client.fetch(self.id)
+        return self.last
+
+    async def download(
+        self,
+        dest: str | os.PathLike[str],
+        *,
+        index: int | None = None,
+        filename: str | None = None,
+    ) -> Path:
+        """Save the job's image into directory ``dest`` (see ``AsyncClient.download``)."""
+        return await self._client.download(
+            self.last or self.id, dest, index=index, filename=filename
+        )
+
+    def action(
+        self,
+        button: Button | str,
+        *,
+        choose_same_channel: bool = False,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
+        """Press a button of the finished task (``"U1"``, ``"V2"``, ``"🔄"``, a customId)."""
+        return self._client.action(
+            self.last or self.id,
+            button,
+            choose_same_channel=choose_same_channel,
+            notify_hook=notify_hook,
+            state=state,
+        )
+
+    def modal(
+        self,
+        *,
+        prompt: str | None = None,
+        mask: ImageInput | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
+        """Confirm this job's modal (custom zoom: a prompt with ``--zoom``; vary region: a mask)."""
+        return self._client.modal(
+            self.id, prompt=prompt, mask=mask, notify_hook=notify_hook, state=state
+        )
+
+    async def image_seed(self) -> str:
+        """The Midjourney seed of the finished job."""
+        return await self._client.image_seed(self.id)
+
+    async def cancel(self) -> None:
+        """Cancel the job where the relay offers it (TrueAI)."""
+        await self._client.cancel(self.id)
+
+
+# ---- waiting ----
+
+
+async def wait(
+    poller: Poller,
+    task_id: str,
+    *,
+    timeout: float | None = None,
+    on_progress: ProgressCallback | None = None,
+) -> Task:
+    """Wait for one task through the shared poller (see :meth:`AsyncJob.wait`)."""
+    sub = poller.subscribe([task_id], updates=on_progress is not None)
+    try:
+        final = await _next_final(sub, task_id, timeout, on_progress)
+    except BaseException as exc:
+        if not isinstance(exc, QuickMJError):
+            _note(exc, f"quickmj: task {task_id} keeps running on the relay; wait for it again")
+        raise
+    finally:
+        sub.close()
+    done = _settle(task_id, final)
+    if done.is_failed:
+        raise TaskFailedError(done)
+    return done
+
+
+async def _next_final(
+    sub: Subscription, task_id: str, timeout: float | None, on_progress: ProgressCallback | None
+) -> Final:
+    if timeout is None:  # no cancel scope: thousands of waiters stay cheap
+        return await _drain(sub, on_progress)
+    with anyio.move_on_after(timeout):
+        return await _drain(sub, on_progress)
+    raise TaskTimeoutError(task_id, timeout, sub.last(task_id))
+
+
+async def as_completed(
+    poller: Poller, ids: Iterable[str], *, timeout: float | None = None
+) -> AsyncIterator[Task]:
+    """Yield each task as it reaches a terminal state, in completion order.
+
+    Failed tasks are yielded too (check ``task.is_failed``); nothing is raised for them.
+    A task stuck in MODAL is yielded as it is once ``PollPolicy.modal_timeout`` passes.
+    Unknown ids raise TaskNotFoundError after every other task was yielded; ``timeout``
+    bounds the whole iteration (TaskTimeoutError lists what is still pending).
+    """
+    order = list(dict.fromkeys(ids))
+    if not order:
+        return
+    sub = poller.subscribe(order)
+    pending = set(order)
+    missing: list[str] = []
+    deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
+    try:
+        while pending:
+            item = await _next_item(sub, deadline)
+            if item is None:
+                first = next(i for i in order if i in pending)
+                raise TaskTimeoutError(
+                    first,
+                    timeout or 0.0,
+                    sub.last(first),
+                    pending=[i for i in order if i in pending],
+                )
+            if isinstance(item, Task):
+                continue
+            task_id, final = item
+            pending.discard(task_id)
+            if isinstance(final.error, TaskNotFoundError):
+                missing.append(task_id)
+                continue
+            yield _settle(task_id, final, modal_ok=True)
+    finally:
+        sub.close()
+    if missing:
+        raise TaskNotFoundError(missing)
+
+
+async def _next_item(sub: Subscription, deadline: float) -> Any:
+    """The next item, or None at the deadline (no cancel scope when one is ready)."""
+    if sub.ready() or deadline == math.inf:
+        return await sub.next()
+    with anyio.move_on_after(deadline - anyio.current_time()):
+        return await sub.next()
+    return None
+
+
+async def watch(poller: Poller, task_id: str) -> AsyncIterator[Task]:
+    """Yield the task on each real change, ending with its final state.
+
+    A FAILURE is yielded, not raised. A task stuck in MODAL ends the iteration (after
+    ``PollPolicy.modal_timeout``) with its MODAL state.
+    """
+    sub = poller.subscribe([task_id], updates=True)
+    last: Task | None = None
+    try:
+        while True:
+            item = await sub.next()
+            if isinstance(item, Task):
+                last = item
+                yield item
+                continue
+            done = _settle(task_id, item[1], modal_ok=True)
+            if done is not last:
+                yield done
+            return
+    finally:
+        sub.close()
+
+
+def _settle(task_id: str, final: Final, *, modal_ok: bool = False) -> Task:
+    """The task a listener ended with, or the error it ended with, raised."""
+    if final.error is not None:
+        raise final.error
+    assert final.task is not None
+    if final.task.needs_modal and not modal_ok:
+        raise TaskNeedsModalError(task_id, final.task)
+    return final.task
+
+
+async def _drain(sub: Subscription, on_progress: ProgressCallback | None) -> Final:
+    """Feed updates to ``on_progress`` until the subscription's final result arrives."""
+    while True:
+        item = await sub.next()
+        if isinstance(item, Task):
+            if on_progress is not None:
+                result = on_progress(item)
+                if inspect.isawaitable(result):
+                    await result
+        else:
+            return item[1]
+
+
+def _note(exc: BaseException, text: str) -> None:
+    """Attach a note (shown under the traceback on 3.11+) and log it, once."""
+    notes = getattr(exc, "__notes__", None)
+    if notes is not None and text in notes:
+        return
+    try:
+        exc.add_note(text)  # type: ignore[attr-defined,unused-ignore]
+    except AttributeError:  # Python 3.10
+        exc.__notes__ = [*(notes or []), text]  # type: ignore[attr-defined,unused-ignore]
+    logger.warning("%s", text)

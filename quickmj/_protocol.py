@@ -1,0 +1,598 @@
+"""The relay's rules, in one place: what an answer means, on every dialect.
+
+- :func:`read_answer`: the HTTP status and body of any answer -> JSON data or the typed
+  error (401/403, 429, 5xx, redirects, 4xx bodies with relay codes, new-api's own and
+  OpenAI-shaped errors, routes a relay does not serve).
+- :func:`rejection`: relay codes -> errors (3, 4, 9 queue-full, 23, 24, ``success:false``).
+- :func:`task_unknown`: the single "this task id does not exist" rule (fetch, image-seed,
+  actions), and :func:`read_fetch` for the "empty answer" forms of it.
+- :func:`outcome_unknown`: when a submit's answer leaves it open whether a job exists.
+- :func:`retry_read` / :func:`retry_submit`: what may be sent again.
+- :func:`change_key`: the single "the task changed" rule; :func:`merge_rows` for the
+  duplicate rows new-api answers after a modal.
+- :func:`task_path`: ids as one safe path segment.
+
+Nothing here does I/O: ``_relay.py`` sends requests and applies these rules.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+from ._config import Secret
+from ._converter import as_id, loads, structure
+from ._http import Answer, display_url, segment
+from ._models import FailureBody, SubmitResult, Task
+from .errors import (
+    BODY_EXCERPT_LIMIT,
+    AuthenticationError,
+    BannedPromptError,
+    ConnectError,
+    HTTPStatusError,
+    InvalidInputError,
+    MalformedResponseError,
+    QueueFullError,
+    QuickMJError,
+    RateLimitError,
+    RelatedTaskNotFoundError,
+    ServerError,
+    SubmitRejectedError,
+    TransportError,
+    UnsupportedByRelayError,
+    ValidationError,
+    excerpt,
+)
+
+__all__ = (
+    "EMPTY",
+    "ROUTES",
+    "change_key",
+    "merge_rows",
+    "outcome_unknown",
+    "read_answer",
+    "read_fetch",
+    "read_seed",
+    "read_submit",
+    "read_task_list",
+    "read_upload",
+    "rejection",
+    "retry_read",
+    "retry_submit",
+    "status_error",
+    "task_path",
+    "task_unknown",
+)
+
+
+class _Empty:
+    """An answer with no body (204, empty 200): the relay's "not found" for fetch."""
+
+    def __repr__(self) -> str:
+        return "EMPTY"
+
+
+EMPTY: Final = _Empty()
+
+#: Routes (under ``/mj``) and the dialects whose servers have them (protocol.md §3).
+ROUTES: dict[str, tuple[str, ...]] = {
+    "POST /submit/imagine": ("quickrouter", "midjourney-proxy", "trueai"),
+    "POST /submit/blend": ("quickrouter", "midjourney-proxy", "trueai"),
+    "POST /submit/describe": ("quickrouter", "midjourney-proxy", "trueai"),
+    "POST /submit/shorten": ("quickrouter", "trueai"),
+    "POST /submit/action": ("quickrouter", "trueai"),
+    "POST /submit/modal": ("quickrouter", "trueai"),
+    "POST /submit/change": ("quickrouter", "midjourney-proxy"),
+    "POST /submit/simple-change": ("quickrouter", "midjourney-proxy"),
+    "POST /submit/video": ("quickrouter", "trueai"),
+    "POST /submit/edits": ("quickrouter", "trueai"),
+    "POST /submit/upload-discord-images": ("quickrouter", "trueai"),
+    "POST /insight-face/swap": ("quickrouter", "trueai"),
+    "GET /task/{id}/fetch": ("quickrouter", "midjourney-proxy", "trueai"),
+    "POST /task/list-by-condition": ("quickrouter", "midjourney-proxy", "trueai"),
+    "GET /task/{id}/image-seed": ("quickrouter", "trueai"),
+    "GET /task/list": ("midjourney-proxy", "trueai"),
+    "POST /task/{id}/cancel": ("trueai",),
+}
+
+# ---- relay codes ----
+
+#: Codes that created a task: 1 accepted, 21 waits for a modal, 22 queued.
+SUBMIT_OK = frozenset({1, 21, 22})
+_CODE_ERRORS: dict[int, type[SubmitRejectedError]] = {
+    3: RelatedTaskNotFoundError,
+    4: ValidationError,
+    23: QueueFullError,
+    24: BannedPromptError,
+}
+_CODE_NAMES = {
+    3: "related task or account not found",
+    4: "invalid request",
+    5: "relay error",
+    9: "relay system error",
+    23: "queue full, retry later",
+    24: "banned prompt",
+}
+# TrueAI answers "queue full" with code 9 (or, from its per-user limits, code 4 / the
+# success:false shape) and these texts; OSS-Java uses code 23.
+_QUEUE_FULL_MARKERS = (
+    "队列已满",
+    "队列数已达上限",
+    "并发数已达上限",
+    "queue is full",
+    "queue full",
+)
+# How relays say "this task id does not exist": new-api's own errors (with and without
+# the trailing space it sends), and the proxies' 关联任务不存在或已失效 ("does not exist").
+_UNKNOWN_TASK_MARKERS = ("task_no_found", "task_not_found", "不存在")
+# new-api's code 5 family: its own call to the upstream proxy failed or came back
+# unreadable, so a submit may have created a job upstream (protocol.md §8.1).
+_UPSTREAM_FAILED_MARKERS = (
+    "do_request_failed",
+    "read_response_body_failed",
+    "empty_response_body",
+    "unmarshal_response_body_failed",
+)
+_REQUEST_ID = re.compile(r"request id:\s*([A-Za-z0-9_.:-]{4,80})")
+
+
+def rejection(
+    code: int,
+    description: str,
+    properties: Mapping[str, Any] | None = None,
+    *,
+    status: int = 200,
+    body: str = "",
+    path: str = "",
+    headers: Mapping[str, str] | None = None,
+) -> SubmitRejectedError:
+    """The typed error for a relay rejection code."""
+    text = description.lower()
+    cls = _CODE_ERRORS.get(code, SubmitRejectedError)
+    if any(m in text for m in _QUEUE_FULL_MARKERS):
+        cls = QueueFullError
+    elif code == 4 and any(m in text for m in _UNKNOWN_TASK_MARKERS):
+        cls = RelatedTaskNotFoundError  # new-api says 4 where the proxies say 3
+    what = _CODE_NAMES.get(code, "rejected")
+    detail = f": {description.strip()}" if description.strip() else ""
+    if cls is BannedPromptError and properties and properties.get("bannedWord"):
+        detail += f" (banned word: {properties['bannedWord']!r})"
+    return cls(
+        f"{path}: {what} (code {code}){detail}",
+        code=code,
+        description=description,
+        properties=properties,
+        status=status,
+        body=body,
+        path=path,
+        headers=headers,
+        request_id=request_id(headers or {}, body),
+    )
+
+
+def task_unknown(exc: BaseException) -> bool:
+    """The relay says the task id does not exist (the one rule for every call).
+
+    TrueAI: HTTP 404 with code 3; new-api: HTTP 400 code 4 ``task_no_found``; the
+    proxies: code 3 ``关联任务不存在或已失效``. Not: code 3 "no usable account" or
+    image-seed's HTTP 200 code 3 "no seed found".
+    """
+    if not isinstance(exc, SubmitRejectedError):
+        return False
+    text = exc.description.lower()
+    if any(m in text for m in _UNKNOWN_TASK_MARKERS):
+        return True
+    return exc.code == 3 and exc.status == 404
+
+
+def request_id(headers: Mapping[str, str], text: str = "") -> str | None:
+    """The relay's request id, from a header or new-api's ``(request id: ...)`` text."""
+    for name in ("X-Request-Id", "X-Oneapi-Request-Id", "X-Trace-Id"):
+        value = headers.get(name)
+        if value:
+            return value[:80]
+    m = _REQUEST_ID.search(text)
+    return m.group(1) if m else None
+
+
+# ---- reading answers ----
+
+
+def read_answer(answer: Answer, path: str, key: Secret) -> Any:
+    """The JSON of a 2xx answer (EMPTY when it has no body), or the error it means."""
+    data: Any = EMPTY
+    parse_error: Exception | None = None
+    if answer.status != 204 and answer.body.strip():
+        try:
+            data = loads(answer.body)
+        except (ValueError, RecursionError) as exc:
+            parse_error = exc
+    if 200 <= answer.status < 300 and parse_error is None:
+        return data
+    if answer.status < 300:
+        text = _excerpt(answer.body, key)
+        kind = "an HTML page" if answer.body.lstrip()[:1] == b"<" else "invalid JSON"
+        raise MalformedResponseError(
+            f"{path}: expected JSON, got {kind} (HTTP {answer.status}): {text[:200]}",
+            status=answer.status,
+            body=text,
+            path=path,
+        )
+    raise status_error(answer, path, key, data=data)
+
+
+def _excerpt(body: bytes, key: Secret) -> str:
+    return key.redact(excerpt(body[: 4 * BODY_EXCERPT_LIMIT]))
+
+
+def status_error(
+    answer: Answer, path: str, key: Secret, *, data: Any = EMPTY, from_relay: bool = True
+) -> QuickMJError:
+    """The error an HTTP status >= 300 means (with the relay's body, if it sent one)."""
+    status, headers = answer.status, answer.headers
+    body = _excerpt(answer.body, key)
+    if data is EMPTY and answer.body.strip():
+        try:
+            data = loads(answer.body)
+        except (ValueError, RecursionError):
+            data = EMPTY
+    common: dict[str, Any] = {
+        "status": status,
+        "body": body,
+        "path": path,
+        "headers": dict(headers),
+        "request_id": request_id(headers, body),
+    }
+    if status == 429:
+        retry_after = parse_retry_after(headers.get("Retry-After"))
+        hint = f"; retry after {retry_after:g} s" if retry_after is not None else ""
+        return RateLimitError(
+            f"{path}: rate limited (HTTP 429){hint}", retry_after=retry_after, **common
+        )
+    if status >= 500:
+        return ServerError(f"{path}: relay error HTTP {status}: {body[:200]}", **common)
+    if status < 400:
+        # Redirects are not followed (the key must not travel on); never read as "empty".
+        location = key.redact(headers.get("Location", ""))
+        shown = display_url(location) if location else "no location"
+        return HTTPStatusError(
+            f"{path}: the relay answered a redirect (HTTP {status}) to {shown}; check base_url",
+            **common,
+        )
+    if status in (401, 403):
+        return _auth_error(path, status, data, body, common, from_relay)
+    found = relay_error(data, common)
+    if found is not None:
+        return found
+    if status == 404:
+        return _not_served(path, common)
+    return HTTPStatusError(f"{path}: HTTP {status}: {body[:200]}", **common)
+
+
+def _auth_error(
+    path: str, status: int, data: Any, body: str, common: dict[str, Any], from_relay: bool
+) -> QuickMJError:
+    if not from_relay:
+        # No key went there (a CDN): not an AuthenticationError but an expired link.
+        return HTTPStatusError(
+            f"{path}: the image host refused access (HTTP {status}); the link may have expired",
+            **common,
+        )
+    message = _openai_message(data) or body[:200] or "no detail"
+    return AuthenticationError(
+        f"{path}: authentication failed (HTTP {status}): {message}; "
+        "check the API key and the auth_scheme",
+        **common,
+    )
+
+
+def _not_served(path: str, common: dict[str, Any]) -> QuickMJError:
+    # No real relay answers a bare 404 for an unknown task (protocol.md §3.3): a 404
+    # without a relay body means the route itself is not there.
+    route = route_of(path)
+    dialects = ROUTES.get(route, ())
+    if len(dialects) == 3:
+        where = "; every relay serves it: check base_url"
+    else:
+        where = f"; relays that serve it: {', '.join(dialects)}" if dialects else ""
+    return UnsupportedByRelayError(
+        f"{path}: this relay does not serve {route} (HTTP 404){where}",
+        route=route,
+        dialects=dialects,
+        **common,
+    )
+
+
+def route_of(path: str) -> str:
+    """``/task/123/fetch`` -> ``GET /task/{id}/fetch`` style keys (method from the table)."""
+    bare = re.sub(r"^(?:GET|POST) ", "", path)
+    shape = re.sub(r"^/task/[^/]+/(fetch|image-seed|cancel)$", r"/task/{id}/\1", bare)
+    for route in ROUTES:
+        if route.split(" ", 1)[1] == shape:
+            return route
+    return path
+
+
+def relay_error(data: Any, common: Mapping[str, Any]) -> SubmitRejectedError | None:
+    """If ``data`` is an error body in any relay's shape, the matching error, else None.
+
+    Shapes: ``{code, description}`` (codes other than 1/21/22), TrueAI's
+    ``{success: false, code, message}``, and older new-api's ``{error: {message, type}}``.
+    """
+    if not isinstance(data, dict):
+        return None
+    code = data.get("code")
+    if data.get("success") is False:
+        try:
+            failure = structure(data, FailureBody, what="failure")
+        except MalformedResponseError:
+            return None  # not the relay's failure shape after all ({"code": "E42"}, ...)
+        return rejection(failure.code, failure.message, **common)
+    if isinstance(code, int) and not isinstance(code, bool):
+        if code in SUBMIT_OK:
+            return None
+        result = structure(data, SubmitResult, what="error body")
+        return rejection(result.code, result.description, result.properties, **common)
+    message = _openai_message(data)
+    if message is not None:
+        # new-api before it answered MJ-shaped errors: {"error": {"message": "task_no_found"}}
+        return rejection(4, message, **common)
+    return None
+
+
+def _openai_message(data: Any) -> str | None:
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        message = data["error"].get("message")
+        if isinstance(message, str):
+            return message
+    return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """``Retry-After`` as seconds: either a number or an HTTP date."""
+    import email.utils
+    import time
+
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN check
+
+
+# ---- per-call answers ----
+
+
+def read_submit(data: Any, path: str) -> SubmitResult:
+    """A submit's answer: the SubmitResult for codes 1/21/22, else the typed rejection.
+
+    An answer that cannot be read raises MalformedResponseError; the caller treats it
+    as an unknown outcome (the submit was sent).
+    """
+    shown = excerpt(str(data)) if data is not EMPTY else ""
+    if not isinstance(data, dict):
+        raise MalformedResponseError(
+            f"{path}: expected a submit result object, got {_describe(data)}", body=shown, path=path
+        )
+    found = relay_error(data, {"status": 200, "body": shown, "path": path})
+    if found is not None:
+        raise found
+    if "code" not in data:
+        # e.g. the OpenAI-shaped sample in the relay's docs for /submit/action.
+        raise MalformedResponseError(
+            f"{path}: expected {{code, description, result}}, got keys {sorted(data)[:8]}",
+            body=shown,
+            path=path,
+        )
+    result = structure(data, SubmitResult, what="submit result")
+    if not result.result:
+        raise MalformedResponseError(
+            f"{path}: code {result.code} but no task id in 'result'", body=shown, path=path
+        )
+    return result
+
+
+def read_fetch(data: Any, path: str) -> Task | None:
+    """A fetch answer: the Task, or None for the relay's "unknown id" answers."""
+    if data is EMPTY or data is None:
+        return None  # OSS-Java: an empty 200; TrueAI: 204
+    if isinstance(data, dict) and "id" not in data:
+        found = relay_error(data, {"status": 200, "body": excerpt(str(data)), "path": path})
+        if found is not None:
+            if task_unknown(found):
+                return None
+            raise found
+    return structure(data, Task, what="task")
+
+
+def read_task_list(data: Any, path: str) -> list[Any]:
+    """A list answer as a JSON array, left raw (null or empty means none)."""
+    if data is EMPTY or data is None:
+        return []
+    if not isinstance(data, list):
+        found = relay_error(data, {"status": 200, "body": excerpt(str(data)), "path": path})
+        if found is not None:
+            raise found
+        raise MalformedResponseError(
+            f"{path}: expected a JSON array of tasks, got {_describe(data)}",
+            body=excerpt(str(data)),
+            path=path,
+        )
+    return data
+
+
+def read_seed(data: Any, path: str) -> str:
+    """image-seed's answer: the seed string (codes other than 1 raise their rejection)."""
+    if isinstance(data, dict) and "code" not in data and "id" in data:
+        # The relay's docs show a Task here (a copy error): refuse clearly.
+        raise MalformedResponseError(
+            f"{path}: expected {{code, result}} with the seed, got a task object", path=path
+        )
+    return read_submit(data, path).result or ""
+
+
+def read_upload(data: Any, path: str) -> list[str]:
+    """upload-discord-images' answer: ``result`` is an array of URLs."""
+    if isinstance(data, dict) and isinstance(data.get("result"), list):
+        found = relay_error(data, {"status": 200, "body": excerpt(str(data)), "path": path})
+        if found is not None:
+            raise found
+        urls = [u for u in data["result"] if isinstance(u, str)]
+        if len(urls) == len(data["result"]):
+            return urls
+    if isinstance(data, dict) and isinstance(data.get("result"), str):
+        return [read_submit(data, path).result or ""]
+    found = relay_error(data, {"status": 200, "body": excerpt(str(data)), "path": path})
+    if found is not None:
+        raise found
+    raise MalformedResponseError(f"{path}: expected {{code, result: [urls]}}", path=path)
+
+
+def _describe(data: Any) -> str:
+    if data is EMPTY:
+        return "an empty body"
+    if data is None:
+        return "null"
+    return type(data).__name__
+
+
+# ---- submits: what may be sent again, and what is an unknown outcome ----
+
+
+def outcome_unknown(exc: QuickMJError) -> bool:
+    """After a submit was sent, does ``exc`` leave it open whether a job was created?
+
+    Yes for a lost or cut answer, a timeout, a gateway's 5xx, an unreadable 2xx (HTML,
+    empty, garbled) and new-api's code 5 "my call upstream failed". No for a failed
+    connect (nothing was sent) and for every rejection the relay itself answered.
+    """
+    if isinstance(exc, ConnectError):
+        return False
+    if isinstance(exc, (TransportError, ServerError, MalformedResponseError)):
+        return True
+    if isinstance(exc, SubmitRejectedError):
+        text = exc.description.lower()
+        return exc.code == 5 or any(m in text for m in _UPSTREAM_FAILED_MARKERS)
+    return False
+
+
+def retry_read(exc: QuickMJError) -> bool:
+    """Reads (fetch, list, image-seed, downloads) are retried on these."""
+    if isinstance(exc, (TransportError, ServerError, RateLimitError)):
+        return True
+    return isinstance(exc, SubmitRejectedError) and exc.code == 5  # the relay's upstream hiccup
+
+
+def retry_submit(exc: QuickMJError, *, backpressure: bool) -> bool:
+    """Submits are retried only when nothing can have been created.
+
+    Always after a failed connect; after a 429 or a queue-full answer only when
+    ``backpressure`` (``RetryPolicy.retry_submits``) allows it.
+    """
+    if isinstance(exc, ConnectError):
+        return True
+    return backpressure and isinstance(exc, (RateLimitError, QueueFullError))
+
+
+# ---- tasks: ids, changes, duplicate rows ----
+
+
+def task_path(task_id: str, tail: str) -> str:
+    """``/task/<id>/<tail>`` with the id as one encoded segment."""
+    try:
+        return f"/task/{segment(task_id)}/{tail}"
+    except UnicodeEncodeError:
+        raise InvalidInputError("task id is not valid text (it holds a lone surrogate)") from None
+
+
+def check_task_id(task_id: str) -> str:
+    """Validate an id before it is tracked or sent (one typed error, for its caller only)."""
+    task_path(task_id, "")
+    if len(task_id) > 200 or any(ord(c) < 32 for c in task_id):
+        raise InvalidInputError(f"not a task id: {task_id[:40]!r}")
+    return task_id
+
+
+def raw_id(raw: Any) -> str | None:
+    """The id of a raw JSON task (numbers become strings), or None if it has none."""
+    return as_id(raw.get("id")) if type(raw) is dict else None
+
+
+def _bare(url: Any) -> Any:
+    # new-api appends ?rand=<ns> to a running task's imageUrl on every read, and Discord
+    # re-signs links (ex/is/hm): the query string says nothing about the task.
+    return url.partition("?")[0] if type(url) is str and "?" in url else url
+
+
+def _count(value: Any) -> int:
+    return len(value) if type(value) is list else 0
+
+
+def change_key(raw: Mapping[str, Any]) -> tuple[Any, ...]:
+    """What makes two reports of a task different (the one "the task changed" rule).
+
+    Status, progress, fail reason, the image and video URLs without their query
+    string, and how many buttons and result files it shows. Two reads with equal keys
+    are the same state: no callback fires and nothing is parsed again.
+    """
+    get = raw.get
+    return (
+        get("status"),
+        get("progress"),
+        get("failReason"),
+        _bare(get("imageUrl")),
+        _bare(get("videoUrl")),
+        _count(get("buttons")),
+        _count(get("imageUrls")),
+        _count(get("videoUrls")),
+    )
+
+
+_STAGE = {"MODAL": 0, "": 1, "NOT_START": 1, "SUBMITTED": 2, "IN_PROGRESS": 3}
+_TERMINAL = frozenset({"SUCCESS", "FAILURE", "CANCEL"})
+
+
+def progress_of(raw: Mapping[str, Any]) -> int:
+    text = raw.get("progress")
+    if type(text) is str:
+        digits = text.strip().rstrip("%").split(".", 1)[0]
+        if digits.isdigit():
+            return min(int(digits), 100)
+    return 0
+
+
+def how_far(raw: Mapping[str, Any]) -> tuple[int, int]:
+    """How far a report says the job got: terminal > running > queued > MODAL, then %."""
+    status = raw.get("status")
+    stage = 4 if status in _TERMINAL else _STAGE.get(status if type(status) is str else "", 2)
+    return (stage, progress_of(raw))
+
+
+def merge_rows(rows: Iterable[Any], wanted: Iterable[str] | None = None) -> dict[str, Any]:
+    """Raw tasks by id; for an id answered twice, the row that got furthest.
+
+    After ``/submit/modal`` new-api keeps two rows with one id: the stale MODAL one and
+    the one that runs. Rows without an id, or with an id nobody asked for, are dropped.
+    """
+    lookup = None if wanted is None else set(wanted)
+    out: dict[str, Any] = {}
+    for row in rows:
+        task_id = row.get("id") if type(row) is dict else None
+        if type(task_id) is not str:
+            task_id = raw_id(row)
+        if task_id is None or (lookup is not None and task_id not in lookup):
+            continue
+        seen = out.get(task_id)
+        if seen is None or how_far(row) > how_far(seen):
+            out[task_id] = row
+    return out

@@ -1,0 +1,244 @@
+"""The relay's endpoints as typed calls: send through ``_http``, read with ``_protocol``.
+
+Every read (fetch, list-by-condition, image-seed, task list, downloads) goes through the
+one retry loop; submits are retried only when nothing can have been created, and an
+answer that leaves it open whether a job exists becomes SubmitOutcomeUnknownError.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator, Sequence
+from typing import IO, Any
+
+from ._config import Dialect, RetryPolicy
+from ._converter import structure, unstructure
+from ._http import Answer, ClosedInFlight, Http
+from ._models import ListByIdsRequest, SubmitRequest, SubmitResult, Task, TaskStatus, UploadRequest
+from ._protocol import (
+    merge_rows,
+    outcome_unknown,
+    read_answer,
+    read_fetch,
+    read_seed,
+    read_submit,
+    read_task_list,
+    read_upload,
+    retry_read,
+    retry_submit,
+    status_error,
+    task_path,
+    task_unknown,
+)
+from ._retry import retrying
+from .errors import (
+    MalformedResponseError,
+    QuickMJError,
+    SubmitOutcomeUnknownError,
+    TaskNotFoundError,
+)
+
+__all__ = ("Relay",)
+
+logger = logging.getLogger("quickmj")
+
+#: Dialects whose fetch can answer a stale row after a modal (new-api keeps two rows).
+_STALE_FETCH: frozenset[str] = frozenset({"quickrouter", "auto"})
+
+
+class Relay:
+    """One client's view of the relay: an endpoint per method."""
+
+    def __init__(self, http: Http, retry: RetryPolicy, dialect: Dialect) -> None:
+        self.http = http
+        self.retry = retry
+        self.dialect = dialect
+
+    def __repr__(self) -> str:
+        return f"<Relay {self.http.base_url} dialect={self.dialect}>"
+
+    # ---- plumbing ----
+
+    async def _read(
+        self,
+        method: str,
+        path: str,
+        body: Any = None,
+        *,
+        read_timeout: float | None = None,
+        deadline: float | None = None,
+    ) -> Any:
+        """A read, retried per policy; returns the answer's JSON (or EMPTY)."""
+
+        async def once() -> Any:
+            answer = await self.http.exchange(
+                method, path, body=body, read_timeout=read_timeout, deadline=deadline
+            )
+            return self._interpret(answer, path)
+
+        return await retrying(
+            once,
+            policy=self.retry,
+            may_retry=retry_read,
+            sleep=self.http.sleep,
+            what=f"{method} {path}",
+        )
+
+    def _interpret(self, answer: Answer, path: str) -> Any:
+        return read_answer(answer, path, self.http.key)
+
+    # ---- submits ----
+
+    async def submit(self, route: str, request: SubmitRequest) -> SubmitResult:
+        """``POST <route>`` (``/submit/imagine``, ``/insight-face/swap``, ...).
+
+        Re-sent only when nothing can have been created (a failed connect; with
+        ``RetryPolicy.retry_submits``, a 429 or queue-full answer too).
+        """
+        body = unstructure(request)
+        policy = self.retry
+
+        async def once() -> SubmitResult:
+            answer = await self.http.exchange("POST", route, body=body)
+            return read_submit(self._interpret(answer, route), route)
+
+        try:
+            result = await retrying(
+                once,
+                policy=policy,
+                may_retry=lambda exc: retry_submit(exc, backpressure=policy.retry_submits),
+                sleep=self.http.sleep,
+                what=f"POST {route}",
+            )
+        except ClosedInFlight as exc:
+            raise self._unknown(
+                route, request, "the client was closed before the answer came"
+            ) from exc
+        except QuickMJError as exc:
+            if outcome_unknown(exc):
+                raise self._unknown(route, request, _reason(exc, route)) from exc
+            raise
+        logger.info("POST %s -> task %s (code %d)", route, result.task_id, result.code)
+        return result
+
+    @staticmethod
+    def _unknown(route: str, request: SubmitRequest, reason: str) -> SubmitOutcomeUnknownError:
+        return SubmitOutcomeUnknownError(
+            f"POST {route}: {reason}; the relay may or may not have created the job",
+            method="POST",
+            path=route,
+            request=request,
+            state=getattr(request, "state", None),
+        )
+
+    async def upload(self, request: UploadRequest) -> list[str]:
+        """``POST /submit/upload-discord-images``: URLs of the uploaded images."""
+        route = "/submit/upload-discord-images"
+        answer = await self.http.exchange("POST", route, body=unstructure(request))
+        return read_upload(self._interpret(answer, route), route)
+
+    # ---- reads ----
+
+    async def fetch(self, task_id: str) -> Task:
+        """``GET /task/{id}/fetch``, the id checked; TaskNotFoundError for unknown ids.
+
+        Where fetch is known to answer a stale row after a modal (new-api), a MODAL
+        answer is checked against list-by-condition, which has the running row too.
+        """
+        path = task_path(task_id, "fetch")
+        with _unknown_task(task_id):
+            task = read_fetch(await self._read("GET", path), path)
+        if task is None:
+            raise TaskNotFoundError(task_id)
+        _check_id(task, task_id, path)
+        if task.status is TaskStatus.MODAL and self.dialect in _STALE_FETCH:
+            rows = await self.read_many([task_id])
+            if task_id in rows:
+                return structure(rows[task_id], Task, what=f"task {task_id}")
+        return task
+
+    async def list_raw(self, ids: Sequence[str]) -> list[Any]:
+        """One ``POST /task/list-by-condition``, the answer left as JSON."""
+        path = "/task/list-by-condition"
+        body = unstructure(ListByIdsRequest(ids=tuple(ids)))
+        return read_task_list(await self._read("POST", path, body), path)
+
+    async def read_many(self, ids: Sequence[str]) -> dict[str, Any]:
+        """Raw tasks by id for ``ids`` (one chunk): duplicates merged, strangers dropped.
+
+        Relays may truncate an answer: ids left out are asked for again while re-asking
+        makes progress. Ids still missing are simply absent from the result.
+        """
+        found: dict[str, Any] = {}
+        asked = list(dict.fromkeys(ids))
+        while asked:
+            got = merge_rows(await self.list_raw(asked), asked)
+            found.update(got)
+            if not got:
+                break
+            asked = [i for i in asked if i not in found]
+        return found
+
+    async def image_seed(self, task_id: str) -> str:
+        """``GET /task/{id}/image-seed``: the seed (TaskNotFoundError for unknown ids)."""
+        path = task_path(task_id, "image-seed")
+        seconds = self.http.timeouts.image_seed
+        with _unknown_task(task_id):
+            data = await self._read("GET", path, read_timeout=seconds, deadline=seconds + 15)
+            return read_seed(data, path)
+
+    async def task_list(self) -> list[Any]:
+        """``GET /task/list`` (self-hosted proxies: the latest tasks of every user)."""
+        path = "/task/list"
+        return read_task_list(await self._read("GET", path), path)
+
+    async def cancel(self, task_id: str) -> None:
+        """``POST /task/{id}/cancel`` (TrueAI; admins only on a stock server)."""
+        path = task_path(task_id, "cancel")
+        with _unknown_task(task_id):
+            self._interpret(await self.http.exchange("POST", path), path)
+
+    # ---- downloads ----
+
+    async def download(self, url: str, fh: IO[bytes], max_bytes: int) -> str:
+        """Stream ``url`` into ``fh`` (retried from the start); returns the Content-Type."""
+
+        def on_error(answer: Answer, where: str, key_sent: bool) -> Exception:
+            return status_error(answer, where, self.http.key, from_relay=key_sent)
+
+        async def once() -> str:
+            fh.seek(0)
+            fh.truncate()
+            return await self.http.download(url, fh, max_bytes, on_error)
+
+        return await retrying(
+            once, policy=self.retry, may_retry=retry_read, sleep=self.http.sleep, what="download"
+        )
+
+
+@contextlib.contextmanager
+def _unknown_task(task_id: str) -> Iterator[None]:
+    """The relay's "no such task" answers (any dialect) become TaskNotFoundError."""
+    try:
+        yield
+    except QuickMJError as exc:
+        if task_unknown(exc):
+            raise TaskNotFoundError(task_id) from exc
+        raise
+
+
+def _check_id(task: Task, task_id: str, path: str) -> None:
+    # A relay (or something pretending to be one) must not hand us another task.
+    if task.id != task_id:
+        raise MalformedResponseError(
+            f"{path}: asked for task {task_id!r}, the answer is task {task.id[:40]!r}",
+            path=path,
+        )
+
+
+def _reason(exc: QuickMJError, route: str) -> str:
+    text = str(exc)
+    for prefix in (f"POST {route}: ", f"{route}: "):
+        text = text.removeprefix(prefix)
+    return text

@@ -1,0 +1,237 @@
+"""What every dialect provides, and the helpers they share (times, media URLs, bodies)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from .._config import SimulatorConfig
+from .._engine import Engine
+from .._state import FAILURE, IN_PROGRESS, MODAL, NOT_START, SUCCESS, Phase, SimTask
+
+__all__ = (
+    "Call",
+    "Dialect",
+    "Media",
+    "Reply",
+    "Route",
+    "Times",
+    "is_image",
+    "times",
+)
+
+JSON = "application/json"
+
+
+@attrs.frozen
+class Reply:
+    """An answer: status, body bytes and content type (None: no Content-Type header)."""
+
+    status: int
+    body: bytes = b""
+    content_type: str | None = JSON
+    headers: Mapping[str, str] = attrs.field(factory=dict)
+    #: The job this answer created (for the after-create faults and tests).
+    task: SimTask | None = None
+
+
+@attrs.frozen
+class Call:
+    """One request as a dialect's handler sees it."""
+
+    request: web.Request
+    #: The authenticated key (account), or None on routes without auth.
+    key: str | None
+    #: FAST, RELAX, TURBO from the path prefix, or None.
+    mode: str | None
+    #: The path prefix the request used (``"/mj"``, ``"/mj-fast/mj"``).
+    prefix: str
+    params: Mapping[str, str]
+    body: bytes
+
+
+Handler = Callable[[Call], Awaitable[Reply]]
+
+
+@attrs.frozen
+class Route:
+    """One route of a dialect, relative to its prefixes (``"/task/{id}/fetch"``)."""
+
+    method: str
+    path: str
+    #: The counter key, e.g. ``"POST /submit/imagine"``.
+    key: str
+    #: submit, fetch, list, seed, image, cancel or account (``FaultConfig.routes``).
+    group: str
+    handler: Handler
+    auth: bool = True
+    pattern: re.Pattern[str] = attrs.field(init=False)
+
+    @pattern.default
+    def _compile(self) -> re.Pattern[str]:
+        regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path))
+        return re.compile(f"^{regex}$")
+
+
+@attrs.frozen
+class Times:
+    submit: int
+    start: int | None
+    finish: int | None
+
+
+def times(engine: Engine, task: SimTask, phase: Phase) -> Times:
+    """submitTime, startTime and finishTime (epoch ms) as the proxy has them in ``phase``."""
+    status = phase[0]
+    clock = engine.clock
+    start = None
+    if status not in (NOT_START, MODAL) and task.slot_start is not None:
+        started = task.cancel_at is None or task.cancel_at >= task.slot_start
+        start = clock.epoch_ms(task.slot_start) if started else None
+    finish = None
+    if status in (SUCCESS, FAILURE):
+        at = engine.timeline.finished_at(task)
+        finish = clock.epoch_ms(at) if at is not None else None
+    return Times(task.submit_ms, start, finish)
+
+
+def progress_text(engine: Engine, phase: Phase) -> str | None:
+    """null, "0%", "NN%", "100%" or "" (failure), as the proxies write it."""
+    status, step = phase
+    if status == IN_PROGRESS:
+        return f"{engine.config.progress_steps[step]}%"
+    if status == SUCCESS:
+        return "100%"
+    if status == FAILURE:
+        return ""
+    if status in (NOT_START, MODAL):
+        return None
+    return "0%"
+
+
+_DATA_URL = re.compile(r"^data:[\w.+/-]+;base64,[A-Za-z0-9+/=\s]+$", re.S)
+_RAW_BASE64 = re.compile(r"^[A-Za-z0-9+/=\s]+$")
+
+
+def is_image(value: Any, *, urls: bool = True, raw: bool = True) -> bool:
+    """A data URL, an http(s) URL (``urls``) or bare base64 (``raw``)."""
+    if not isinstance(value, str) or not value.strip():
+        return False
+    value = value.strip()
+    if value.startswith("data:"):
+        return bool(_DATA_URL.match(value))
+    if value.lower().startswith("http"):
+        return urls
+    return raw and bool(_RAW_BASE64.match(value))
+
+
+def digits(seed: str, n: int = 19) -> str:
+    """A stable ``n``-digit number derived from ``seed`` (Discord-style ids)."""
+    value = int(hashlib.sha256(seed.encode()).hexdigest(), 16)
+    low = 10 ** (n - 1)
+    return str(low + value % (9 * low))
+
+
+class Media:
+    """The simulated CDN: URLs the proxies put in ``imageUrl``, served by the simulator.
+
+    Files are named after the job (``sim_<id>.png``), under a Discord-like
+    ``/attachments/<channel>/<message>/`` path, with Discord's signed ``ex``/``is``/``hm``
+    query on final images.
+    """
+
+    NAME = re.compile(r"^sim_(?P<id>\d+)(?:_(?P<part>[0-3])|_progress_(?P<pct>\d{1,3}))?\.(?P<ext>png|mp4)$")
+
+    def __init__(self, engine: Engine, base_url: Callable[[], str]) -> None:
+        self.engine = engine
+        self._base_url = base_url
+
+    def channel(self, key: str) -> str:
+        """The Discord channel (account instance id) jobs of ``key`` run on."""
+        return digits(f"channel:{key}")
+
+    def _dir(self, task: SimTask) -> str:
+        return f"{self._base_url()}/attachments/{self.channel(task.key)}/{digits('msg:' + task.id)}"
+
+    def final(self, task: SimTask) -> str:
+        digest = hashlib.sha256(f"sim-cdn:{task.id}".encode()).hexdigest()
+        return f"{self._dir(task)}/sim_{task.id}.png?ex={digest[:8]}&is={digest[8:16]}&hm={digest[16:]}&"
+
+    def preview(self, task: SimTask, percent: int) -> str:
+        return f"{self._dir(task)}/sim_{task.id}_progress_{percent}.png"
+
+    def part(self, task: SimTask, index: int) -> str:
+        return f"{self._dir(task)}/sim_{task.id}_{index}.png"
+
+    def video(self, task: SimTask, index: int) -> str:
+        return f"{self._dir(task)}/sim_{task.id}_{index}.mp4"
+
+
+class Dialect:
+    """A server family: its routes, auth, task rendering and error answers."""
+
+    #: ``SimulatorConfig.dialect`` name.
+    name = ""
+    #: The name quickmj uses for the auth header this server wants.
+    auth_scheme = ""
+    #: Path prefixes routes are mounted under, and the speed mode each requests.
+    prefixes: Mapping[str, str | None] = {"/mj": None}
+
+    def __init__(self, engine: Engine, media: Media, base_url: Callable[[], str]) -> None:
+        self.engine = engine
+        self.config: SimulatorConfig = engine.config
+        self.media = media
+        self.base_url = base_url
+
+    # ---- to implement ----
+
+    def routes(self) -> list[Route]:
+        raise NotImplementedError
+
+    def authenticate(self, request: web.Request) -> tuple[str | None, Reply | None]:
+        """The account key the request carries, or the server's refusal."""
+        raise NotImplementedError
+
+    def unmatched(self, request: web.Request, other_methods: bool, prefixed: bool) -> Reply:
+        """The server's answer for a path (or method) it has no route for."""
+        raise NotImplementedError
+
+    def render(self, task: SimTask, phase: Phase) -> bytes:
+        """The task's JSON (what fetch shows, and notifyHook bodies) in ``phase``."""
+        raise NotImplementedError
+
+    def fetch_body(self, task: SimTask) -> bytes:
+        """What ``GET /task/{id}/fetch`` answers for ``task`` now."""
+        return self.render(task, self.engine.phase(task))
+
+    def hook_url(self, task: SimTask) -> str | None:
+        return task.notify_hook
+
+    def auth_headers(self, key: str) -> dict[str, str]:
+        raise NotImplementedError
+
+    def extra_prefix(self, path: str) -> str | None:
+        """A prefix outside ``prefixes`` the server still answers under (new-api's
+        ``/:mode/mj``), or None."""
+        return None
+
+    # ---- shared ----
+
+    def route_group(self, routes: list[Route]) -> list[Route]:
+        return routes
+
+    @staticmethod
+    def parse_json(raw: bytes) -> tuple[Any, bool]:
+        """(value, ok): the JSON body, or ok=False when it is not JSON at all."""
+        if not raw.strip():
+            return None, True
+        try:
+            return json.loads(raw), True
+        except (ValueError, RecursionError):
+            return None, False
