@@ -43,6 +43,8 @@ from .errors import (
     QuickMJError,
     RateLimitError,
     RelayUnreachableError,
+    RequestTimeoutError,
+    ServerError,
     StorageError,
     SubmitOutcomeUnknownError,
     SubmitRejectedError,
@@ -489,7 +491,11 @@ class _Run:
                 return Phase.PENDING
             return self._set(row, Phase.INCOMPLETE, reason=f"{pressing} not sent: {exc}")
         if outcome_unknown(exc) or isinstance(exc, SubmitOutcomeUnknownError):
-            stop = self.breaker.failed()
+            # Gateway errors and silence count towards an outage; a cut connection from
+            # a flaky relay that otherwise answers does not.
+            cause = exc.__cause__ if isinstance(exc, SubmitOutcomeUnknownError) else exc
+            outage = isinstance(cause, (ServerError, RequestTimeoutError))
+            stop = self.breaker.failed() if outage else False
             phase = self._set(row, Phase.UNKNOWN, reason=str(exc))
             if stop:
                 raise _Stop(self._outage(exc))

@@ -155,7 +155,7 @@ class Submission:
 
     def __init__(self, send: Callable[[], Awaitable[AsyncJob]], what: str) -> None:
         self._send = send
-        self._task: asyncio.Task[AsyncJob] | None = None
+        self._task: asyncio.Task[AsyncJob | None] | None = None
         self.what = what
         self.job: AsyncJob | None = None
         self.error: BaseException | None = None
@@ -174,14 +174,20 @@ class Submission:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=self.what)
             _SENDING.add(self._task)
             self._task.add_done_callback(_SENDING.discard)
-        return await asyncio.shield(self._task)
+        job = await asyncio.shield(self._task)
+        if job is None:
+            assert self.error is not None
+            raise self.error
+        return job
 
-    async def _run(self) -> AsyncJob:
+    async def _run(self) -> AsyncJob | None:
+        # The task itself never fails: its outcome is kept here for every awaiter, and
+        # nothing is left "never retrieved" when the awaiting code was cancelled.
         try:
             self.job = await self._send()
-        except BaseException as exc:
+        except Exception as exc:
             self.error = exc
-            raise
+            return None
         return self.job
 
     async def wait(

@@ -141,7 +141,11 @@ class Journal:
                 raise
 
     def close(self) -> None:
-        """Close the file (without marking the run closed: see ``end_run``)."""
+        """Close the file. SQLite checkpoints the WAL into the main file as it closes, so
+        a run that gets this far is durable in the main file alone: say so there."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._meta_raw("run_state") == "open":
+                self._set_meta("run_state", "closed")
         self._db.close()
 
     def __enter__(self) -> Journal:
@@ -180,7 +184,10 @@ class Journal:
 
     def _meta(self, key: str) -> str | None:
         with _guard("read", self.path):
-            row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+            return self._meta_raw(key)
+
+    def _meta_raw(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
         return None if row is None else str(row[0])
 
     def _set_meta(self, key: str, value: str) -> None:

@@ -146,6 +146,7 @@ def rejection(
     body: str = "",
     path: str = "",
     headers: Mapping[str, str] | None = None,
+    request_id: str | None = None,
 ) -> SubmitRejectedError:
     """The typed error for a relay rejection code."""
     text = description.lower()
@@ -167,7 +168,7 @@ def rejection(
         body=body,
         path=path,
         headers=headers,
-        request_id=request_id(headers or {}, body),
+        request_id=request_id or find_request_id(headers or {}, body),
     )
 
 
@@ -186,7 +187,7 @@ def task_unknown(exc: BaseException) -> bool:
     return exc.code == 3 and exc.status == 404
 
 
-def request_id(headers: Mapping[str, str], text: str = "") -> str | None:
+def find_request_id(headers: Mapping[str, str], text: str = "") -> str | None:
     """The relay's request id, from a header or new-api's ``(request id: ...)`` text."""
     for name in ("X-Request-Id", "X-Oneapi-Request-Id", "X-Trace-Id"):
         value = headers.get(name)
@@ -199,8 +200,14 @@ def request_id(headers: Mapping[str, str], text: str = "") -> str | None:
 # ---- reading answers ----
 
 
-def read_answer(answer: Answer, path: str, key: Secret) -> Any:
-    """The JSON of a 2xx answer (EMPTY when it has no body), or the error it means."""
+def read_answer(
+    answer: Answer, path: str, key: Secret, *, dialect: str = "auto", creates: bool = False
+) -> Any:
+    """The JSON of a 2xx answer (EMPTY when it has no body), or the error it means.
+
+    ``creates``: the request may create a job (a submit), so an unreadable 2xx is never
+    taken for "not served" unless the dialect's server certainly lacks the route.
+    """
     data: Any = EMPTY
     parse_error: Exception | None = None
     if answer.status != 204 and answer.body.strip():
@@ -211,15 +218,29 @@ def read_answer(answer: Answer, path: str, key: Secret) -> Any:
     if 200 <= answer.status < 300 and parse_error is None:
         return data
     if answer.status < 300:
-        text = _excerpt(answer.body, key)
-        kind = "an HTML page" if answer.body.lstrip()[:1] == b"<" else "invalid JSON"
-        raise MalformedResponseError(
-            f"{path}: expected JSON, got {kind} (HTTP {answer.status}): {text[:200]}",
-            status=answer.status,
-            body=text,
-            path=path,
-        )
+        raise _unreadable(answer, path, key, dialect, creates)
     raise status_error(answer, path, key, data=data)
+
+
+def _unreadable(
+    answer: Answer, path: str, key: Secret, dialect: str, creates: bool
+) -> QuickMJError:
+    text = _excerpt(answer.body, key)
+    html = answer.body.lstrip()[:1] == b"<"
+    route = route_of(path)
+    served = dialect in ROUTES.get(route, ()) or dialect == "auto"
+    if html and (not creates or not served):
+        # new-api answers routes it lacks with its web app (a 200 HTML page): for a read,
+        # or a route this dialect's server lacks, that page means "not served here".
+        common: dict[str, Any] = {"status": answer.status, "body": text, "path": path}
+        return _not_served(path, common, web_page=True)
+    kind = "an HTML page" if html else "invalid JSON"
+    return MalformedResponseError(
+        f"{path}: expected JSON, got {kind} (HTTP {answer.status}): {text[:200]}",
+        status=answer.status,
+        body=text,
+        path=path,
+    )
 
 
 def _excerpt(body: bytes, key: Secret) -> str:
@@ -242,7 +263,7 @@ def status_error(
         "body": body,
         "path": path,
         "headers": dict(headers),
-        "request_id": request_id(headers, body),
+        "request_id": find_request_id(headers, body),
     }
     if status == 429:
         retry_after = parse_retry_after(headers.get("Retry-After"))
@@ -287,7 +308,7 @@ def _auth_error(
     )
 
 
-def _not_served(path: str, common: dict[str, Any]) -> QuickMJError:
+def _not_served(path: str, common: dict[str, Any], *, web_page: bool = False) -> QuickMJError:
     # No real relay answers a bare 404 for an unknown task (protocol.md §3.3): a 404
     # without a relay body means the route itself is not there.
     route = route_of(path)
@@ -296,8 +317,9 @@ def _not_served(path: str, common: dict[str, Any]) -> QuickMJError:
         where = "; every relay serves it: check base_url"
     else:
         where = f"; relays that serve it: {', '.join(dialects)}" if dialects else ""
+    how = "answered a web page" if web_page else "HTTP 404"
     return UnsupportedByRelayError(
-        f"{path}: this relay does not serve {route} (HTTP 404){where}",
+        f"{path}: this relay does not serve {route} ({how}){where}",
         route=route,
         dialects=dialects,
         **common,

@@ -37,6 +37,7 @@ from .errors import (
     QuickMJError,
     SubmitOutcomeUnknownError,
     TaskNotFoundError,
+    TransportError,
 )
 
 __all__ = ("Relay",)
@@ -85,8 +86,8 @@ class Relay:
             what=f"{method} {path}",
         )
 
-    def _interpret(self, answer: Answer, path: str) -> Any:
-        return read_answer(answer, path, self.http.key)
+    def _interpret(self, answer: Answer, path: str, *, creates: bool = False) -> Any:
+        return read_answer(answer, path, self.http.key, dialect=self.dialect, creates=creates)
 
     # ---- submits ----
 
@@ -101,7 +102,7 @@ class Relay:
 
         async def once() -> SubmitResult:
             answer = await self.http.exchange("POST", route, body=body)
-            return read_submit(self._interpret(answer, route), route)
+            return read_submit(self._interpret(answer, route, creates=True), route)
 
         try:
             result = await retrying(
@@ -238,7 +239,8 @@ def _check_id(task: Task, task_id: str, path: str) -> None:
 
 
 def _reason(exc: QuickMJError, route: str) -> str:
+    """The error's message without the route it already names."""
     text = str(exc)
-    for prefix in (f"POST {route}: ", f"{route}: "):
-        text = text.removeprefix(prefix)
-    return text
+    if isinstance(exc, TransportError):
+        return text.removeprefix(f"{exc.method} {exc.path}: ")
+    return text.removeprefix(f"{route}: ")
