@@ -19,7 +19,7 @@ import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from ._version import __version__
 
@@ -355,7 +355,7 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[Any]:
                 relay.api_key,
                 base_url=relay.base_url,
                 mode=args.mode,
-                dialect=relay.dialect,
+                dialect=cast(Any, relay.dialect),
                 poll=fast,
             ) as mj:
                 yield mj

@@ -84,7 +84,8 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "POST /submit/action": ("quickrouter", "trueai"),
     "POST /submit/modal": ("quickrouter", "trueai"),
     "POST /submit/change": ("quickrouter", "midjourney-proxy"),
-    "POST /submit/simple-change": ("quickrouter", "midjourney-proxy"),
+    # new-api registers it but routes it as model "mj_", which no channel serves (503).
+    "POST /submit/simple-change": ("midjourney-proxy",),
     "POST /submit/video": ("quickrouter", "trueai"),
     "POST /submit/edits": ("quickrouter", "trueai"),
     "POST /submit/upload-discord-images": ("quickrouter", "trueai"),
@@ -271,6 +272,10 @@ def status_error(
         return RateLimitError(
             f"{path}: rate limited (HTTP 429){hint}", retry_after=retry_after, **common
         )
+    if _openai_code(data) == "model_not_found":
+        # new-api's distributor found no channel for the route's model: refused before
+        # anything was forwarded upstream, so nothing was created.
+        return _not_served(path, common, web_page=False)
     if status >= 500:
         return ServerError(f"{path}: relay error HTTP {status}: {body[:200]}", **common)
     if status < 400:
@@ -317,7 +322,7 @@ def _not_served(path: str, common: dict[str, Any], *, web_page: bool = False) ->
         where = "; every relay serves it: check base_url"
     else:
         where = f"; relays that serve it: {', '.join(dialects)}" if dialects else ""
-    how = "answered a web page" if web_page else "HTTP 404"
+    how = "answered a web page" if web_page else f"HTTP {common.get('status', 404)}"
     return UnsupportedByRelayError(
         f"{path}: this relay does not serve {route} ({how}){where}",
         route=route,
@@ -360,6 +365,12 @@ def relay_error(data: Any, common: Mapping[str, Any]) -> SubmitRejectedError | N
     if message is not None:
         # new-api before it answered MJ-shaped errors: {"error": {"message": "task_no_found"}}
         return rejection(4, message, **common)
+    return None
+
+
+def _openai_code(data: Any) -> Any:
+    if isinstance(data, dict) and isinstance(data.get("error"), dict):
+        return data["error"].get("code")
     return None
 
 
@@ -596,7 +607,9 @@ def progress_of(raw: Mapping[str, Any]) -> int:
 def how_far(raw: Mapping[str, Any]) -> tuple[int, int]:
     """How far a report says the job got: terminal > running > queued > MODAL, then %."""
     status = raw.get("status")
-    stage = 4 if status in _TERMINAL else _STAGE.get(status if type(status) is str else "", 2)
+    if type(status) is not str:
+        status = ""  # null, or a shape no relay sends ({}, []): not a status
+    stage = 4 if status in _TERMINAL else _STAGE.get(status, 2)
     return (stage, progress_of(raw))
 
 

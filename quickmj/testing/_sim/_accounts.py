@@ -97,6 +97,32 @@ class Account:
             self._waiting.append(start)
         return Slot(start, ahead)
 
+    def export(self, now: float) -> dict[str, object]:
+        """The scheduler's state with times relative to ``now`` (for saving)."""
+        return {
+            "submitted": self.submitted,
+            "rejected": self.rejected,
+            "slots": [t - now for t in self._slots],
+            "waiting": [t - now for t in self._waiting],
+            "ends": [t - now for t in self._ends],
+        }
+
+    def restore(self, saved: dict[str, list[float] | int], now: float) -> None:
+        """Undo :meth:`export` onto a fresh account (times relative to ``now``)."""
+        submitted, rejected = saved["submitted"], saved["rejected"]
+        assert isinstance(submitted, int) and isinstance(rejected, int)
+        self.submitted, self.rejected = submitted, rejected
+
+        def times(name: str) -> list[float]:
+            value = saved[name]
+            assert isinstance(value, list)
+            return sorted(now + t for t in value)  # a sorted list is a valid heap
+
+        if self.concurrency and saved["slots"]:
+            self._slots = times("slots")
+        self._waiting.extend(times("waiting"))
+        self._ends = times("ends")
+
     def finish_at(self, end: float) -> None:
         if self.concurrency:
             heapq.heappush(self._slots, end)

@@ -84,7 +84,9 @@ def upscale_buttons(h: str, *, hd: bool = False) -> list[Button]:
         if hd
         else [
             _b(f"MJ::JOB::upsample_v7_2x_subtle::1::{h}::SOLO", "Upscale (Subtle)", "upscale_1"),
-            _b(f"MJ::JOB::upsample_v7_2x_creative::1::{h}::SOLO", "Upscale (Creative)", "upscale_1"),
+            _b(
+                f"MJ::JOB::upsample_v7_2x_creative::1::{h}::SOLO", "Upscale (Creative)", "upscale_1"
+            ),
         ]
     )
     return [

@@ -168,6 +168,9 @@ class SimulatorConfig:
     refresh_interval: float = attrs.field(default=0.0, validator=_non_negative)
     #: quickrouter: new-api's ``MjNotifyEnabled``; off means notifyHook is stripped.
     notify_enabled: bool = False
+    #: quickrouter: new-api's ``MjForwardUrlEnabled`` (default on): ``imageUrl`` becomes
+    #: ``{server}/mj/image/{id}`` (plus ``?rand=`` until SUCCESS). Off: the upstream's URL.
+    forward_image_urls: bool = True
     #: The executing account has remix on (without auto-submit): reroll, variation, pan
     #: and animate answer code 21 and wait for ``/submit/modal`` (trueai and quickrouter).
     remix: bool = False

@@ -18,7 +18,7 @@ from ._clock import Clock
 from ._config import SimulatorConfig
 from ._state import Phase, SimTask, Timeline
 
-__all__ = ("Engine", "Submission")
+__all__ = ("CreatedJob", "Engine")
 
 #: Discord's epoch (2015-01-01), for snowflake-looking ids.
 _DISCORD_EPOCH_MS = 1_420_070_400_000
@@ -39,7 +39,7 @@ _WORDS = (
 )
 
 
-class Submission(NamedTuple):
+class CreatedJob(NamedTuple):
     """A job the simulator actually created."""
 
     endpoint: str  # "/submit/imagine", "/submit/action", ...
@@ -62,7 +62,7 @@ class Engine:
         self.misc_rng = random.Random(master.getrandbits(64))
         self.timeline = Timeline(config.queue_seconds, config.run_seconds, config.progress_steps)
         self.tasks: dict[str, SimTask] = {}
-        self.submissions: list[Submission] = []
+        self.submissions: list[CreatedJob] = []
         self.accounts: dict[str, Account] = {}
         for key in (*config.api_keys, *config.disabled_keys):
             self.accounts[key] = Account(
@@ -72,8 +72,8 @@ class Engine:
                 quota=config.quotas.get(key),
                 disabled=key in config.disabled_keys,
             )
-        self._last_id = 0
-        self._ordinal = 0
+        self.last_id = 0
+        self.ordinal = 0
         #: Called with every activated job (the hook dispatcher subscribes).
         self.on_activate: list[Any] = []
 
@@ -83,9 +83,9 @@ class Engine:
         """Epoch milliseconds plus three digits: a 16-digit string, unique and increasing."""
         ms = self.clock.epoch_ms(self.clock.now())
         candidate = ms * 1000 + self.job_rng.randrange(1000)
-        if candidate <= self._last_id:
-            candidate = self._last_id + 1
-        self._last_id = candidate
+        if candidate <= self.last_id:
+            candidate = self.last_id + 1
+        self.last_id = candidate
         return str(candidate)
 
     def snowflake(self) -> str:
@@ -110,7 +110,7 @@ class Engine:
         now = self.clock.now()
         task = SimTask(
             id=self.new_id(),
-            ordinal=self._ordinal,
+            ordinal=self.ordinal,
             key=key,
             endpoint=endpoint,
             action=action,
@@ -125,10 +125,10 @@ class Engine:
         )
         if not task.image_key:
             task.image_key = task.id
-        self._ordinal += 1
+        self.ordinal += 1
         self.tasks[task.id] = task
         self.accounts[key].submitted += 1
-        self.submissions.append(Submission(endpoint, label, task.state, key))
+        self.submissions.append(CreatedJob(endpoint, label, task.state, key))
         return task
 
     def activate(self, task: SimTask) -> Slot:

@@ -9,6 +9,7 @@ renderer gives for that phase, so it has the dialect's exact shape.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 from collections.abc import Callable
@@ -93,10 +94,8 @@ class HookDispatcher:
             event = self._wakeup
             if event is None:
                 return
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(event.wait(), delay)
-            except asyncio.TimeoutError:
-                pass
 
     async def _deliver(self, task: SimTask, url: str) -> None:
         rng = random.Random(task.hook_seed)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import types
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -54,6 +55,11 @@ class Call:
     prefix: str
     params: Mapping[str, str]
     body: bytes
+    #: The matched route's counter key and fault group.
+    route_key: str = ""
+    group: str = ""
+    #: The fault drawn for this request (the quickrouter dialect acts on the relay ones).
+    fault: Any = None
 
 
 Handler = Callable[[Call], Awaitable[Reply]]
@@ -146,7 +152,9 @@ class Media:
     query on final images.
     """
 
-    NAME = re.compile(r"^sim_(?P<id>\d+)(?:_(?P<part>[0-3])|_progress_(?P<pct>\d{1,3}))?\.(?P<ext>png|mp4)$")
+    NAME = re.compile(
+        r"^sim_(?P<id>\d+)(?:_(?P<part>[0-3])|_progress_(?P<pct>\d{1,3}))?\.(?P<ext>png|mp4)$"
+    )
 
     def __init__(self, engine: Engine, base_url: Callable[[], str]) -> None:
         self.engine = engine
@@ -161,7 +169,8 @@ class Media:
 
     def final(self, task: SimTask) -> str:
         digest = hashlib.sha256(f"sim-cdn:{task.id}".encode()).hexdigest()
-        return f"{self._dir(task)}/sim_{task.id}.png?ex={digest[:8]}&is={digest[8:16]}&hm={digest[16:]}&"
+        query = f"ex={digest[:8]}&is={digest[8:16]}&hm={digest[16:]}&"
+        return f"{self._dir(task)}/sim_{task.id}.png?{query}"
 
     def preview(self, task: SimTask, percent: int) -> str:
         return f"{self._dir(task)}/sim_{task.id}_progress_{percent}.png"
@@ -181,7 +190,9 @@ class Dialect:
     #: The name quickmj uses for the auth header this server wants.
     auth_scheme = ""
     #: Path prefixes routes are mounted under, and the speed mode each requests.
-    prefixes: Mapping[str, str | None] = {"/mj": None}
+    prefixes: Mapping[str, str | None] = types.MappingProxyType({"/mj": None})
+    #: The ``Server`` response header the real server sends (None: none).
+    server_header: str | None = None
 
     def __init__(self, engine: Engine, media: Media, base_url: Callable[[], str]) -> None:
         self.engine = engine
@@ -216,6 +227,10 @@ class Dialect:
     def auth_headers(self, key: str) -> dict[str, str]:
         raise NotImplementedError
 
+    def preload(self, key: str, body: dict[str, Any]) -> SimTask:
+        """Create an imagine job as a submit would, without HTTP (``submit_imagine``)."""
+        raise NotImplementedError
+
     def extra_prefix(self, path: str) -> str | None:
         """A prefix outside ``prefixes`` the server still answers under (new-api's
         ``/:mode/mj``), or None."""
@@ -223,8 +238,13 @@ class Dialect:
 
     # ---- shared ----
 
-    def route_group(self, routes: list[Route]) -> list[Route]:
-        return routes
+    #: Set by the app: how many of ``n`` list items a truncate-list fault keeps (None: all).
+    truncate: Callable[[str, str, int], int | None] = staticmethod(lambda key, group, n: None)
+
+    def limit(self, call: Call, items: list[Any]) -> list[Any]:
+        """``items`` shortened when the truncate-list fault strikes this request."""
+        keep = self.truncate(call.route_key, call.group, len(items))
+        return items if keep is None else items[:keep]
 
     @staticmethod
     def parse_json(raw: bytes) -> tuple[Any, bool]:

@@ -22,7 +22,7 @@ from .._engine import Engine
 from .._state import MODAL, NOT_START, SUCCESS, SimTask
 from ._base import Media, is_image
 
-__all__ = ("PLUS", "TRUEAI", "Answer", "BodyError", "Flavor", "ProxyCore", "Body")
+__all__ = ("PLUS", "TRUEAI", "Answer", "Body", "BodyError", "Flavor", "ProxyCore")
 
 NOT_FOUND = "关联任务不存在或已失效"
 BAD_STATUS = "关联任务状态错误"
@@ -39,13 +39,15 @@ class Flavor:
     banned_at_submit: bool
     #: Property names are case-insensitive (ASP.NET's System.Text.Json web defaults).
     case_insensitive: bool
+    #: ``EnableDiscordAppendSeed``: imagine/blend/video prompts get a ``--seed``.
+    append_seed: bool = True
 
 
 TRUEAI = Flavor("提交成功", 9, "提交失败，队列已满，请稍后重试", False, True)
 #: QuickRouter's upstream: its answers say "Submit success" (the task sample's
 #: ``description``, which new-api copies from the submit answer); queue-full is code 23
 #: and banned prompts are code 24 as the Plus docs (``docs/api.md``) document.
-PLUS = Flavor("Submit success", 23, "队列已满，请稍后尝试", True, False)
+PLUS = Flavor("Submit success", 23, "队列已满，请稍后尝试", True, False, append_seed=False)
 
 _ASPECT = {"PORTRAIT": "2:3", "SQUARE": "1:1", "LANDSCAPE": "3:2"}
 _BOTS = {"niji": "NIJI_JOURNEY", "NIJI_JOURNEY": "NIJI_JOURNEY"}
@@ -96,13 +98,13 @@ class Body:
             return self._folded.get(name.lower())
         return self._raw.get(name)
 
-    def str(self, name: str) -> str | None:
+    def text(self, name: str) -> str | None:
         value = self.get(name)
         if value is None or isinstance(value, str):
             return value
         raise BodyError(f"$.{name}", "System.String")
 
-    def strings(self, name: str) -> list[str] | None:
+    def texts(self, name: str) -> list[str] | None:
         value = self.get(name)
         if value is None:
             return None
@@ -110,13 +112,13 @@ class Body:
             raise BodyError(f"$.{name}", "System.Collections.Generic.List`1[System.String]")
         return value
 
-    def bool(self, name: str) -> bool:
+    def flag(self, name: str) -> bool:
         value = self.get(name)
         if value is None or isinstance(value, bool):
             return bool(value)
         raise BodyError(f"$.{name}", "System.Boolean")
 
-    def int(self, name: str) -> int | None:
+    def number(self, name: str) -> int | None:
         value = self.get(name)
         if value is None:
             return None
@@ -145,8 +147,8 @@ class ProxyCore:
 
     def _logic(self, key: str, body: Body) -> str | None:
         """``SubmitController.NewTask``'s LogicExceptions (checked before anything else)."""
-        state = body.str("state")
-        hook = body.str("notifyHook")
+        state = body.text("state")
+        hook = body.text("notifyHook")
         if state is not None and len(state) > 255:
             return "State参数过长，最大255字符"
         if hook is not None and len(hook) > 2000:
@@ -200,28 +202,30 @@ class ProxyCore:
             key,
             endpoint,
             label,
-            state=body.str("state"),
-            notify_hook=body.str("notifyHook") or None,
+            state=body.text("state"),
+            notify_hook=body.text("notifyHook") or None,
             mode=mode,
             **fields,
         )
 
     @staticmethod
     def _bot(body: Body) -> str:
-        return _BOTS.get(body.str("botType") or "", "MID_JOURNEY")
+        return _BOTS.get(body.text("botType") or "", "MID_JOURNEY")
 
-    def _seed(self) -> str:
+    def _seed(self) -> str | None:
+        if not self.flavor.append_seed:
+            return None
         return str(self.engine.job_rng.randrange(4_294_967_295))
 
     # ---- submits ----
 
     def imagine(self, key: str, raw: Any, mode: str | None) -> Answer:
         body = self.body(raw)
-        prompt = body.str("prompt")
+        prompt = body.text("prompt")
         if blank(prompt):
             return Answer(200, result(4, "prompt不能为空"))
         assert prompt is not None
-        images = body.strings("base64Array") or []
+        images = body.texts("base64Array") or []
         if error := self._logic(key, body):
             return Answer(200, error, logic=True)
         prompt = prompt.strip()
@@ -254,7 +258,7 @@ class ProxyCore:
 
     def describe(self, key: str, raw: Any, mode: str | None) -> Answer:
         body = self.body(raw)
-        base64, link = body.str("base64"), body.str("link")
+        base64, link = body.text("base64"), body.text("link")
         if blank(base64) and blank(link):
             return Answer(200, result(4, "base64或link不能为空"))
         if not blank(link) and not (link or "").lower().startswith(("http://", "https://")):
@@ -283,7 +287,7 @@ class ProxyCore:
 
     def shorten(self, key: str, raw: Any, mode: str | None) -> Answer:
         body = self.body(raw)
-        prompt = body.str("prompt")  # TrueAI does not check it
+        prompt = body.text("prompt")  # TrueAI does not check it
         if error := self._logic(key, body):
             return Answer(200, error, logic=True)
         if full := self._full(key):
@@ -306,7 +310,7 @@ class ProxyCore:
 
     def blend(self, key: str, raw: Any, mode: str | None) -> Answer:
         body = self.body(raw)
-        images = body.strings("base64Array")
+        images = body.texts("base64Array")
         if images is None or not 2 <= len(images) <= 5:
             return Answer(200, result(4, "图片参数错误，2~5张图片"))
         dims = body.get("dimensions") if body.has("dimensions") else "SQUARE"
@@ -339,7 +343,7 @@ class ProxyCore:
 
     def edits(self, key: str, raw: Any, mode: str | None, *, retexture: bool = False) -> Answer:
         body = self.body(raw)
-        image, prompt = body.str("image"), body.str("prompt")
+        image, prompt = body.text("image"), body.text("prompt")
         if blank(image) or blank(prompt):
             return Answer(200, result(4, "image或prompt不能为空"))
         assert image is not None and prompt is not None
@@ -366,20 +370,20 @@ class ProxyCore:
 
     def video(self, key: str, raw: Any, mode: str | None) -> Answer:
         body = self.body(raw)
-        prompt = body.str("prompt")
+        prompt = body.text("prompt")
         if blank(prompt):
             return Answer(200, result(4, "Prompt 不能为空"))
         assert prompt is not None
         for name in ("image", "endImage"):
-            value = body.str(name)
+            value = body.text(name)
             if not blank(value) and not is_image(value):
                 return Answer(200, result(4, "base64格式错误"))
         if error := self._logic(key, body):
             return Answer(200, error, logic=True)
         parent = None
-        parent_id = body.str("taskId")
+        parent_id = body.text("taskId")
         if not blank(parent_id):
-            if body.str("action") != "extend":
+            if body.text("action") != "extend":
                 return Answer(200, result(4, "任务类型错误"))
             parent = self.engine.tasks.get(parent_id or "")
             if parent is None:
@@ -411,14 +415,14 @@ class ProxyCore:
                     "remixAutoConsidered": None,
                     "remark": None,
                 },
-                "video_type": body.str("videoType") or "vid_1.1_i2v_480",
+                "video_type": body.text("videoType") or "vid_1.1_i2v_480",
             },
         )
         return self._start(task)
 
     def upload(self, key: str, raw: Any) -> Answer:
         body = self.body(raw)
-        images = body.strings("base64Array") or []
+        images = body.texts("base64Array") or []
         if not images:
             return Answer(200, result(4, "base64 参数错误"))
         if not all(is_image(i) for i in images):
@@ -428,8 +432,8 @@ class ProxyCore:
 
     def swap(self, key: str, raw: Any, mode: str | None) -> Answer:
         body = self.body(raw)
-        source = body.str("sourceBase64") or body.str("sourceUrl")
-        target = body.str("targetBase64") or body.str("targetUrl")
+        source = body.text("sourceBase64") or body.text("sourceUrl")
+        target = body.text("targetBase64") or body.text("targetUrl")
         if blank(source):
             return Answer(200, result(4, "人脸图片不能为空"))
         if blank(target):
@@ -457,7 +461,7 @@ class ProxyCore:
 
     def action(self, key: str, raw: Any, mode: str | None) -> Answer:
         body = self.body(raw)
-        parent_id, custom_id = body.str("taskId"), body.str("customId")
+        parent_id, custom_id = body.text("taskId"), body.text("customId")
         if blank(parent_id) or blank(custom_id):
             return Answer(200, result(4, "参数错误"))
         assert parent_id is not None and custom_id is not None
@@ -471,7 +475,7 @@ class ProxyCore:
         plan = plan_action(custom_id, parent.action, parent.result)
         if isinstance(plan, str):
             return Answer(200, result(4, plan))
-        remix = body.bool("enableRemix") or self.config.remix
+        remix = body.flag("enableRemix") or self.config.remix
         if plan.modal is Modal.PROMPT:
             return self._picreader(key, body, mode, parent, custom_id, plan)
         if plan.modal is not None or (remix and plan.remixable):
@@ -509,8 +513,8 @@ class ProxyCore:
             custom_id,
             action=plan.action,
             result=plan.result,
-            state=body.str("state"),
-            notify_hook=body.str("notifyHook") or None,
+            state=body.text("state"),
+            notify_hook=body.text("notifyHook") or None,
             mode=mode,
             bot_type=parent.bot_type,
             custom_id=custom_id,
@@ -543,7 +547,7 @@ class ProxyCore:
         if plan.index is None:  # MJ::Job::PicReader::all: children whose modals auto-submit
             ids = []
             for i, line in enumerate(lines[:4], start=1):
-                state = f"{body.str('state') or ''}::{i}"
+                state = f"{body.text('state') or ''}::{i}"
                 prompt = line[line.find(" ") :].strip()
                 child = self._child(
                     key, body, mode, parent, custom_id, plan, prompt=prompt, prompt_en=prompt
@@ -568,7 +572,15 @@ class ProxyCore:
         line: str,
     ) -> Answer:
         task = self._child(
-            key, body, mode, parent, custom_id, plan, prompt=line, prompt_en=line, modal=Modal.PROMPT
+            key,
+            body,
+            mode,
+            parent,
+            custom_id,
+            plan,
+            prompt=line,
+            prompt_en=line,
+            modal=Modal.PROMPT,
         )
         value = result(21, "Waiting for window confirm", task.id)
         value["properties"] = {"finalPrompt": line, "remix": True}
@@ -576,13 +588,13 @@ class ProxyCore:
 
     def modal(self, key: str, raw: Any, mode: str | None) -> Answer:
         body = self.body(raw)
-        task_id = body.str("taskId")
+        task_id = body.text("taskId")
         if blank(task_id):
             return Answer(200, result(4, "参数错误"))
         task = self.engine.tasks.get(task_id or "")
         if task is None:
             return Answer(404, result(3, NOT_FOUND))
-        prompt = body.str("prompt")
+        prompt = body.text("prompt")
         parent = self.engine.tasks.get(task.parent_id or "")
         if blank(prompt) and parent is not None:
             prompt = parent.prompt or self._parent_prompt(parent)
@@ -593,16 +605,16 @@ class ProxyCore:
         # TrueAI re-queues whatever task it is given; it does not check for MODAL.
         task.prompt = task.prompt_en = prompt
         task.extra["remix_auto_submit"] = True
-        if body.str("state") is not None:
-            task.state = body.str("state")
+        if body.text("state") is not None:
+            task.state = body.text("state")
         return self._start(task)
 
     def change(self, key: str, raw: Any, mode: str | None) -> Answer:
         """``/submit/change`` as the Plus docs (and novicezk's controller) describe it."""
         body = self.body(raw)
-        parent_id = body.str("taskId")
+        parent_id = body.text("taskId")
         action = body.get("action")
-        index = body.int("index")
+        index = body.number("index")
         if blank(parent_id):
             return Answer(200, result(4, "taskId不能为空"))
         if action not in ("UPSCALE", "VARIATION", "REROLL"):

@@ -10,6 +10,7 @@ dialect reads the same fields as its (hidden) upstream's task.
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Any
 
@@ -21,6 +22,18 @@ from ._base import Media, digits, progress_text, times
 __all__ = ("taskinfo", "user_id")
 
 _SPEED = {"FAST": "fast", "RELAX": "relax", "TURBO": "turbo"}
+
+
+_VERSION = re.compile(r"--(v|version|niji)\s+(\d+(?:\.\d+)?)")
+
+
+def version(prompt: str | None) -> str:
+    """``TaskInfo.GetVersion``: ``"v 6.1"``, ``"niji 6"``; MJ's default model otherwise."""
+    match = _VERSION.search(prompt or "")
+    if match is None:
+        return "niji 6" if "--niji" in (prompt or "") else "v 7"
+    kind = "niji" if match.group(1) == "niji" else "v"
+    return f"{kind} {match.group(2)}"
 
 
 def user_id(key: str) -> str:
@@ -39,9 +52,7 @@ def _final_prompt(task: SimTask, phase: Phase, engine: Engine) -> str | None:
     status = phase[0]
     base = task.prompt_en if task.prompt_en is not None else task.prompt
     if task.result is Result.DESCRIBE and status == SUCCESS:
-        return "\r\n".join(
-            f"{n}\ufe0f\u20e3 {t}" for n, t in enumerate(task.texts, start=1)
-        )
+        return "\r\n".join(f"{n}\ufe0f\u20e3 {t}" for n, t in enumerate(task.texts, start=1))
     if task.result is Result.SHORTEN and status == SUCCESS:
         return shorten_report(task)
     if status == IN_PROGRESS and task.seed:
@@ -89,15 +100,16 @@ def phase_ran(task: SimTask) -> bool:
 
 
 def _media_fields(
-    task: SimTask, phase: Phase, engine: Engine, media: Media
+    task: SimTask, phase: Phase, engine: Engine, media: Media, previews: bool
 ) -> tuple[str | None, list[dict[str, str]] | None, str | None, list[dict[str, str]] | None]:
     """(imageUrl, imageUrls, videoUrl, videoUrls) for ``phase``."""
+    percent = engine.timeline.percent(phase)
+    if previews and phase[0] == IN_PROGRESS and percent > 0 and task.result is Result.GRID:
+        return media.preview(task, percent), None, None, None
     if phase[0] != SUCCESS or task.result is Result.SHORTEN:
         return None, None, None, None
     if task.result is Result.VIDEO:
-        clips = [
-            {"url": media.video(task, i), "thumbnail": media.part(task, i)} for i in range(4)
-        ]
+        clips = [{"url": media.video(task, i), "thumbnail": media.part(task, i)} for i in range(4)]
         return media.final(task), clips, clips[0]["url"], clips
     image_urls = None
     if engine.config.fill_image_urls and task.result is Result.GRID:
@@ -107,8 +119,14 @@ def _media_fields(
     return media.final(task), image_urls, None, None
 
 
-def taskinfo(task: SimTask, phase: Phase, engine: Engine, media: Media) -> dict[str, Any]:
-    """Every TaskInfo property, in System.Text.Json's order, for ``task`` in ``phase``."""
+def taskinfo(
+    task: SimTask, phase: Phase, engine: Engine, media: Media, *, previews: bool = False
+) -> dict[str, Any]:
+    """Every TaskInfo property, in System.Text.Json's order, for ``task`` in ``phase``.
+
+    ``previews``: show the progress preview in ``imageUrl`` while running (a Plus-like
+    upstream does; TrueAI only with ``EnableSaveIntermediateImage``, off by default).
+    """
     status, _ = phase
     t = times(engine, task, phase)
     started = status not in (NOT_START, MODAL)
@@ -116,7 +134,9 @@ def taskinfo(task: SimTask, phase: Phase, engine: Engine, media: Media) -> dict[
     success = status == SUCCESS
     done = status in (SUCCESS, FAILURE)
     channel = media.channel(task.key)
-    image_url, image_urls, video_url, video_urls = _media_fields(task, phase, engine, media)
+    image_url, image_urls, video_url, video_urls = _media_fields(
+        task, phase, engine, media, previews
+    )
     progress_msg = digits("progress:" + task.id)
     final_msg = digits("msg:" + task.id)
     size = engine.config.image_size if success and task.result is not Result.SHORTEN else None
@@ -124,7 +144,9 @@ def taskinfo(task: SimTask, phase: Phase, engine: Engine, media: Media) -> dict[
     if task.result is Result.DESCRIBE and success:
         prompt = prompt_en = _final_prompt(task, phase, engine)
     mode = task.mode or ("FAST" if success else None)
-    duration = (t.finish - t.start) / 1000.0 if t.start is not None and t.finish is not None else None
+    duration = (
+        (t.finish - t.start) / 1000.0 if t.start is not None and t.finish is not None else None
+    )
     fields: dict[str, Any] = {
         "parentId": task.parent_id,
         "botType": task.bot_type,
@@ -208,7 +230,7 @@ def taskinfo(task: SimTask, phase: Phase, engine: Engine, media: Media) -> dict[
         "videoUrl": video_url,
         "videoUrls": video_urls,
         "useTime": f"{max(duration, 0):.2f} s" if duration is not None else "-",
-        "version": "v 7" if success else None,
+        "version": version(prompt_en or prompt) if success else None,
         "storageOption": None,
         "videoType": task.extra.get("video_type"),
         "isHdVideo": task.extra.get("video_type") == "vid_1.1_i2v_720",

@@ -1,0 +1,326 @@
+"""The Simulator: one dialect's server state plus the aiohttp.web application serving it."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+from aiohttp import web
+
+from . import _png
+from ._accounts import AccountView
+from ._catalogue import Result
+from ._clock import Clock
+from ._config import SimulatorConfig
+from ._dialects import DIALECT_CLASSES
+from ._dialects._base import Call, Dialect, Media, Reply, Route
+from ._engine import CreatedJob, Engine
+from ._faults import Fault, FaultEvent, FaultInjector, abort, cut, gateway_page, rate_limited
+from ._hooks import HookDelivery, HookDispatcher
+from ._persist import load_state, save_state
+from ._state import SUCCESS, SimTask
+
+__all__ = ("MODE_PREFIXES", "Simulator")
+
+#: Path prefixes and the speed mode each requests (quickrouter and trueai; the
+#: midjourney-proxy dialect has ``/mj`` only).
+MODE_PREFIXES: Mapping[str, str | None] = {
+    "/mj": None,
+    "/mj-fast/mj": "FAST",
+    "/mj-relax/mj": "RELAX",
+    "/mj-turbo/mj": "TURBO",
+}
+
+_MAX_BODY = 64 * 1024 * 1024
+_NOT_FOUND = Reply(404, b"404: Not Found", "text/plain; charset=utf-8")
+
+
+async def _never(call: Call) -> Reply:  # the CDN route is answered by Simulator._media
+    raise AssertionError
+
+
+_CDN = Route("GET", "/attachments/{a}/{b}/{name}", "GET /attachments", "image", _never, auth=False)
+
+
+class Simulator:
+    """An in-process imitation of one midjourney-proxy server family.
+
+    ``sim.app`` is the aiohttp application; serve it with :func:`simulate` (or any aiohttp
+    runner) and inspect ``counters``, ``submissions``, ``accounts``, ``fault_log`` and
+    ``hook_deliveries`` in tests. ``clock`` (a callable giving monotonic seconds) replaces
+    ``time.monotonic``; :meth:`advance` moves the simulator's time forward.
+    """
+
+    def __init__(
+        self,
+        config: SimulatorConfig | None = None,
+        *,
+        clock: Callable[[], float] | None = None,
+        epoch: float | None = None,
+    ) -> None:
+        self.config = cfg = config or SimulatorConfig()
+        # epoch: the Unix time the clock's start stands for (default: now).
+        self.clock = Clock(clock or time.monotonic, epoch)
+        self.engine = Engine(cfg, self.clock)
+        self._base_url = ""
+        self.media = Media(self.engine, self._get_base_url)
+        self.dialect: Dialect = DIALECT_CLASSES[cfg.dialect](
+            self.engine, self.media, self._get_base_url
+        )
+        #: Requests received per route, e.g. ``counters["POST /submit/imagine"]``.
+        self.counters: collections.Counter[str] = collections.Counter()
+        self.faults = FaultInjector(cfg.faults, self.engine.fault_rng)
+        self.dialect.truncate = self.faults.truncate
+        if hasattr(self.dialect, "media_reply"):
+            self.dialect.media_reply = self._media_url
+        self.hooks = HookDispatcher(
+            self.clock,
+            self.engine.timeline,
+            self.dialect.render,
+            drop_rate=cfg.faults.hook_drop_rate,
+            timeout=cfg.hook_timeout,
+        )
+        self.engine.on_activate.append(self._schedule_hooks)
+        self._exact: dict[tuple[str, str], Route] = {}
+        self._patterns: list[Route] = []
+        for route in self.dialect.routes():
+            if "{" in route.path:
+                self._patterns.append(route)
+            else:
+                self._exact[(route.method, route.path)] = route
+        self._prefixes = sorted(self.dialect.prefixes, key=len, reverse=True)
+        self.app = self._build_app()
+
+    def __repr__(self) -> str:
+        where = self.base_url or "(not serving)"
+        return f"<Simulator {self.config.dialect} {where} tasks={len(self.engine.tasks)}>"
+
+    # ---- inspection ----
+
+    def _get_base_url(self) -> str:
+        return self._base_url
+
+    @property
+    def base_url(self) -> str:
+        """Where the simulator serves (used in image URLs); set by ``simulate``."""
+        return self._base_url
+
+    @base_url.setter
+    def base_url(self, value: str) -> None:
+        self._base_url = value.rstrip("/")
+
+    @property
+    def submissions(self) -> list[CreatedJob]:
+        """Every job actually created: ``(endpoint, prompt or customId, state, key)``."""
+        return self.engine.submissions
+
+    @property
+    def tasks(self) -> dict[str, SimTask]:
+        """All jobs by id (internal records; :meth:`task_json` gives the wire view)."""
+        return self.engine.tasks
+
+    @property
+    def accounts(self) -> Mapping[str, AccountView]:
+        """Per-key counters: ``sim.accounts[key].submitted / running / queued / rejected``."""
+        now = self.clock.now()
+        return {key: AccountView(account, now) for key, account in self.engine.accounts.items()}
+
+    @property
+    def fault_log(self) -> list[FaultEvent]:
+        """Every fault injected so far, in order."""
+        return self.faults.log
+
+    @property
+    def hook_deliveries(self) -> list[HookDelivery]:
+        """notifyHook deliveries attempted: ``(task id, url, (status, step))``."""
+        return self.hooks.sent
+
+    def task_json(self, task_id: str) -> Any:
+        """Exactly what ``GET /task/{id}/fetch`` would show now (KeyError if unknown)."""
+        return json.loads(self.dialect.fetch_body(self.engine.tasks[task_id]))
+
+    def task_status(self, task_id: str) -> str:
+        """The ``status`` fetch would show now (quickrouter: the relay's copy, maybe "")."""
+        return str(self.task_json(task_id)["status"])
+
+    def advance(self, seconds: float) -> None:
+        """Move the simulator's clock forward (jobs, relay refreshes and hooks follow)."""
+        self.clock.advance(seconds)
+
+    def submit_imagine(
+        self,
+        prompt: str,
+        *,
+        state: str | None = None,
+        notify_hook: str | None = None,
+        key: str | None = None,
+    ) -> str:
+        """Create an imagine job directly (no HTTP, not counted); returns its id.
+
+        Handy to preload thousands of tasks. Raises ValueError if the server would refuse.
+        Call it inside the running event loop when ``notify_hook`` is given.
+        """
+        body: dict[str, Any] = {"prompt": prompt}
+        if state is not None:
+            body["state"] = state
+        if notify_hook is not None:
+            body["notifyHook"] = notify_hook
+        return self.dialect.preload(key or self.config.api_key, body).id
+
+    def save(self, path: str | Path) -> None:
+        """Write the simulator's state to a JSON file (see :meth:`load`)."""
+        save_state(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> Simulator:
+        """A simulator that continues the state :meth:`save` wrote to ``path``."""
+        return load_state(path, cls)
+
+    # ---- hooks ----
+
+    def _schedule_hooks(self, task: SimTask) -> None:
+        if self.config.hooks_enabled:
+            self.hooks.schedule(task, self.dialect.hook_url(task))
+
+    # ---- the application ----
+
+    def _build_app(self) -> web.Application:
+        app = web.Application(client_max_size=_MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        app.on_startup.append(self._on_startup)
+        app.on_cleanup.append(self._on_cleanup)
+        return app
+
+    async def _on_startup(self, _: web.Application) -> None:
+        await self.hooks.start()
+
+    async def _on_cleanup(self, _: web.Application) -> None:
+        await self.hooks.close()
+
+    def _resolve(
+        self, method: str, path: str
+    ) -> tuple[Route | None, str, str | None, dict[str, str], bool]:
+        """(route, prefix, mode, params, other_methods) for a request path."""
+        if path.startswith("/attachments/"):
+            match = _CDN.pattern.match(path)
+            if match and method == "GET":
+                return _CDN, "", None, match.groupdict(), False
+        prefix = next((p for p in self._prefixes if path.startswith(p + "/")), None)
+        mode = self.dialect.prefixes.get(prefix) if prefix else None
+        if prefix is None:
+            prefix = self.dialect.extra_prefix(path)
+        if prefix is None:
+            return None, "", None, {}, False
+        rest = path[len(prefix) :]
+        route = self._exact.get((method, rest))
+        if route is not None:
+            return route, prefix, mode, {}, False
+        other = any(m != method and p == rest for m, p in self._exact)
+        for candidate in self._patterns:
+            match = candidate.pattern.match(rest)
+            if match is None:
+                continue
+            if candidate.method == method:
+                return candidate, prefix, mode, match.groupdict(), False
+            other = True
+        return None, prefix, mode, {}, other
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        route, prefix, mode, params, other = self._resolve(request.method, request.path)
+        if not self._base_url:
+            self.base_url = str(request.url.origin())
+        if route is None:
+            self.counters["unmatched"] += 1
+            return self._respond(self.dialect.unmatched(request, other, bool(prefix)))
+        self.counters[route.key] += 1
+        injector = self.faults
+        if injector.config.latency and injector.applies(route.key, route.group):
+            await asyncio.sleep(injector.config.latency)
+        relay = self.config.dialect == "quickrouter"
+        fault = injector.draw(route.key, route.group, relay=relay)
+        if fault is Fault.ERROR_5XX:
+            return gateway_page(502)
+        if fault is Fault.RATE_LIMIT:
+            return rate_limited(injector.config.retry_after)
+        if fault is Fault.DROP and route.group == "submit":
+            return abort(request)  # before the job exists
+        if route is _CDN:
+            return await self._finish(request, self._media(params["name"]), fault)
+        key = None
+        if route.auth:
+            key, refused = self.dialect.authenticate(request)
+            if refused is not None:
+                return self._respond(refused)
+        body = await request.read()
+        call = Call(request, key, mode, prefix, params, body, route.key, route.group, fault)
+        reply = await route.handler(call)
+        if fault is Fault.ERROR_5XX_AFTER_CREATE:
+            return gateway_page(504)
+        return await self._finish(request, reply, fault)
+
+    def _respond(self, reply: Reply) -> web.Response:
+        return _Response(reply, self.dialect.server_header)
+
+    async def _finish(
+        self, request: web.Request, reply: Reply, fault: Fault | None
+    ) -> web.StreamResponse:
+        response = self._respond(reply)
+        if fault in (Fault.DROP, Fault.DROP_AFTER_CREATE):
+            return await cut(request, response)
+        return response
+
+    # ---- the simulated CDN ----
+
+    def _media_url(self, url: str) -> Reply:
+        path = urlsplit(url).path
+        match = _CDN.pattern.match(path)
+        return self._media(match.group("name")) if match else _NOT_FOUND
+
+    def _media(self, name: str) -> Reply:
+        """A file of a job: ``sim_<id>.png`` (final), ``_<n>`` parts, ``_progress_<pct>``."""
+        m = Media.NAME.match(name)
+        task = self.engine.tasks.get(m.group("id")) if m else None
+        if m is None or task is None:
+            return _NOT_FOUND
+        size = self.config.image_size
+        colours = _png.colours_for(task.image_key)
+        if m.group("pct") is not None:
+            return Reply(200, _png.preview_png(colours, size, int(m.group("pct"))), "image/png")
+        if self.engine.phase(task)[0] != SUCCESS:
+            return _NOT_FOUND
+        if m.group("ext") == "mp4":
+            return Reply(200, _png.mp4_stub(name), "video/mp4")
+        if m.group("part") is not None:
+            return Reply(200, _png.single_png(colours[int(m.group("part"))], size), "image/png")
+        if task.result in (Result.GRID, Result.DESCRIBE):
+            return Reply(200, _png.grid_png(colours, size), "image/png")
+        index = (task.image_index or 1) - 1
+        return Reply(200, _png.single_png(colours[index % 4], size), "image/png")
+
+
+class _Response(web.Response):
+    """A response whose Content-Type and Server headers are exactly the server's."""
+
+    def __init__(self, reply: Reply, server: str | None) -> None:
+        super().__init__(status=reply.status, body=reply.body, headers=dict(reply.headers))
+        self._sim_type = reply.content_type
+        self._sim_server = server
+        if reply.content_type is not None:
+            self.headers["Content-Type"] = reply.content_type
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        # aiohttp adds application/octet-stream to any typed-less body and names itself;
+        # the real servers send no Content-Type on their plain answers (WriteAsync,
+        # Spring's null body) and their own Server header, if any.
+        if self._sim_type is None:
+            self.headers.pop("Content-Type", None)
+        self.headers.pop("Server", None)
+        if self._sim_server:
+            self.headers["Server"] = self._sim_server

@@ -1,0 +1,128 @@
+"""Serving the simulator: ``simulate()`` for tests, ``run_server()`` for the CLI."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import attrs
+from aiohttp import web
+
+from ._app import Simulator
+from ._config import SimulatorConfig
+
+__all__ = ("RunningSimulator", "run_server", "simulate")
+
+
+@attrs.frozen
+class RunningSimulator:
+    """A simulator serving on a local port."""
+
+    #: ``http://127.0.0.1:PORT`` (the server's origin; the API lives under ``/mj``).
+    base_url: str
+    #: The primary key the simulator accepts.
+    api_key: str
+    #: The simulator itself: ``counters``, ``submissions``, ``accounts``, ``task_json(id)``.
+    simulator: Simulator
+    #: ``"quickrouter"``, ``"midjourney-proxy"`` or ``"trueai"``.
+    dialect: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """The auth header this dialect wants, for hand-written requests."""
+        return self.simulator.dialect.auth_headers(self.api_key)
+
+    @property
+    def auth_scheme(self) -> str:
+        """quickmj's name for that header: ``"bearer"``, ``"mj-api-secret"`` or ``"raw"``."""
+        return self.simulator.dialect.auth_scheme
+
+    def url(self, path: str, mode: str | None = None) -> str:
+        """The URL of an /mj path: ``relay.url("/task/1/fetch", mode="fast")``."""
+        if mode is None:
+            return f"{self.base_url}/mj{path}"
+        prefix = f"/mj-{mode.lower()}/mj"
+        if prefix not in self.simulator.dialect.prefixes:
+            raise ValueError(f"the {self.dialect} dialect has no {prefix!r} prefix")
+        return f"{self.base_url}{prefix}{path}"
+
+
+def _config(config: SimulatorConfig | None, overrides: dict[str, Any]) -> SimulatorConfig:
+    base = config or SimulatorConfig()
+    overrides = dict(overrides)
+    if "api_key" in overrides:  # the old single-key spelling
+        overrides["api_keys"] = (overrides.pop("api_key"),)
+    return attrs.evolve(base, **overrides) if overrides else base
+
+
+async def _start(sim: Simulator, host: str, port: int) -> tuple[web.AppRunner, int]:
+    runner = web.AppRunner(sim.app, access_log=None, shutdown_timeout=0.1)
+    await runner.setup()
+    try:
+        site = web.TCPSite(runner, host, port)
+        await site.start()
+    except BaseException:
+        await runner.cleanup()
+        raise
+    bound = runner.addresses[0][1]
+    return runner, int(bound)
+
+
+def _running(sim: Simulator, base_url: str) -> RunningSimulator:
+    return RunningSimulator(
+        base_url=base_url, api_key=sim.config.api_key, simulator=sim, dialect=sim.config.dialect
+    )
+
+
+@contextlib.asynccontextmanager
+async def simulate(
+    config: SimulatorConfig | None = None, /, **config_overrides: Any
+) -> AsyncIterator[RunningSimulator]:
+    """Serve a fresh simulator on 127.0.0.1 (a free port) for the ``async with`` block.
+
+    ``simulate(dialect="trueai", seed=3)`` overrides fields of ``config`` (or of the
+    defaults); ``clock=`` (a monotonic-seconds callable) replaces the simulator's clock.
+    On exit the server stops and pending notifyHook deliveries are cancelled.
+    """
+    clock = config_overrides.pop("clock", None)
+    sim = Simulator(_config(config, config_overrides), clock=clock)
+    runner, port = await _start(sim, "127.0.0.1", 0)
+    sim.base_url = f"http://127.0.0.1:{port}"
+    try:
+        yield _running(sim, sim.base_url)
+    finally:
+        await runner.cleanup()
+
+
+async def run_server(
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    config: SimulatorConfig | None = None,
+    *,
+    ready: Callable[[RunningSimulator], object] | None = None,
+) -> None:
+    """Serve a simulator until cancelled (``quickmj simulate``).
+
+    Prints the base URL and the key, or calls ``ready(running)`` instead when given.
+    """
+    sim = Simulator(config)
+    runner, bound = await _start(sim, host, port)
+    if host not in ("0.0.0.0", "::", ""):
+        shown = f"[{host}]" if ":" in host else host
+        sim.base_url = f"http://{shown}:{bound}"
+    # On a wildcard address the first request's Host header sets the URLs in answers.
+    shown_url = sim.base_url or f"http://127.0.0.1:{bound}"
+    running = _running(sim, shown_url)
+    try:
+        if ready is not None:
+            ready(running)
+        else:
+            print(f"quickmj relay simulator ({sim.config.dialect}) on {shown_url}", file=sys.stdout)
+            print(f"  base_url: {shown_url}   api key: {running.api_key}", file=sys.stdout)
+            print("  press Ctrl+C to stop", file=sys.stdout, flush=True)
+        await asyncio.Event().wait()  # until cancelled
+    finally:
+        await runner.cleanup()
