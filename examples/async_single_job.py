@@ -22,9 +22,11 @@ def show(task: Task) -> None:
 async def main(prompt: str) -> int:
     async with async_client() as mj:
         try:
-            grid = await mj.imagine(prompt, wait=True, timeout=900, on_progress=show)
+            job = await mj.imagine(prompt)
+            print("submitted", job.id)
+            grid = await job.wait(timeout=900, on_progress=show)
             print("buttons:", ", ".join(b.display for b in grid.buttons))
-            upscaled = await mj.action(grid, "U1", wait=True, timeout=600, on_progress=show)
+            upscaled = await mj.action(grid, "U1").wait(timeout=600, on_progress=show)
             path = await mj.download(upscaled, "out/")
         except QuickMJError as exc:
             print(f"error: {exc}", file=sys.stderr)

@@ -26,8 +26,9 @@ def show(p: BatchProgress) -> None:
 async def main(out: str) -> int:
     items = read_prompts(HERE / "prompts_100.txt")
     async with async_client() as mj:
+        resume = (Path(out) / ".quickmj-journal.sqlite").exists()  # a second run resumes
         summary = await run_batch(
-            mj, items, out, concurrency=16, upscale=["U1"], resume=True, on_progress=show
+            mj, items, out, concurrency=16, upscale=["U1"], resume=resume, on_progress=show
         )
     print(f"\n{summary.succeeded}/{summary.total} succeeded; manifest: {summary.manifest}")
     return 0 if summary.ok else 1

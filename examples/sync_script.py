@@ -13,8 +13,8 @@ from _relay import sync_client
 PROMPTS = ["a lighthouse at dusk", "a bowl of ramen, studio light", "a paper crane"]
 
 with sync_client() as mj:
-    submitted = [mj.imagine(p) for p in PROMPTS]
-    print("submitted:", [s.task_id for s in submitted])
+    submitted = [mj.imagine(p) for p in PROMPTS]  # blocking Job handles
+    print("submitted:", [job.id for job in submitted])
     for task in mj.as_completed(submitted, timeout=1800):
         if task.is_success:
             print("done  ", task.id, mj.download(task, "out/"))

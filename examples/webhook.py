@@ -10,7 +10,11 @@ With a real relay, pass the address it can reach, e.g.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
+
+# The simulated TrueAI proxy delivers hooks (QuickRouter strips notifyHook by default).
+os.environ.setdefault("QUICKMJ_DIALECT", "trueai")
 
 from _relay import async_client
 

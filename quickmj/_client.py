@@ -259,8 +259,9 @@ class AsyncClient:
         async def send() -> AsyncJob:
             request = await build_request()
             result = await self._relay.submit(route, request)
-            if route == "/submit/modal" and self._poller is not None:
-                self._poller.confirm_modal(result.task_id)
+            if route == "/submit/modal" and self._state is not _State.CLOSED:
+                # Also before the first wait: the poller remembers it for later listeners.
+                self.poller.confirm_modal(result.task_id)
             return AsyncJob(self, route, request, result)
 
         return Submission(send, f"POST {route}")
@@ -580,7 +581,7 @@ class AsyncClient:
         index: int | None = None,
         filename: str | None = None,
     ) -> Path:
-        """Save the task's image into directory ``dest`` and return the file's path.
+        """Save the task's image (a video job's video) into ``dest``; returns the file's path.
 
         The name is derived from the task id (``<id>.png``, or ``<id>-<index>.png`` for one
         of ``image_urls``), never from the URL; ``filename`` overrides the stem and is
@@ -588,7 +589,8 @@ class AsyncClient:
         """
         resolved = task if isinstance(task, Task) else await self.fetch(task)
         if index is None:
-            url = resolved.image_url or resolved.video_url
+            # A video job's image is its thumbnail: the video is what was asked for.
+            url = resolved.video_url or resolved.image_url
             stem = safe_stem(filename or resolved.id)
         else:
             if not 1 <= index <= len(resolved.image_urls):

@@ -453,7 +453,6 @@ class Poller:
         """Hand a chunk's answer to its entries; returns the ids the answer left out."""
         entries = self._entries
         missing: list[str] = []
-        changed_any = False
         for task_id in ids:
             entry = entries.get(task_id)
             if entry is None:
@@ -471,9 +470,7 @@ class Poller:
                 self._finish(task_id, Final(error=_as_quickmj(exc, task_id)))
                 continue
             if changed and previous is not None:
-                changed_any = True
                 self.rhythm.saw_change(previous, started)
-        self.rhythm.round_done(started, changed_any)
         return missing
 
     def _chunk_failed(self, ids: list[str], exc: Exception) -> None:
@@ -536,13 +533,15 @@ class Poller:
         if entry.raw is not None and _is_regression(entry.raw, raw):
             self._schedule(task_id, entry, now)  # late or duplicated news never moves back
             return False
+        changed = key != entry.key
+        if not changed and entry.last is not None:
+            task = entry.last  # the same state (a MODAL that waits): listeners saw it already
         if task is None:
             try:
                 task = structure(raw, Task, what=f"task {task_id}")
             except MalformedResponseError as exc:
                 self._finish(task_id, Final(error=exc))
                 return False
-        changed = key != entry.key
         entry.last, entry.key, entry.raw = task, key, raw
         if changed:
             for sub in list(entry.listeners):

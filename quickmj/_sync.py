@@ -278,7 +278,7 @@ class Client(_Facade[AsyncClient]):
             if self._portal is not None:
                 return self._portal
             with contextlib.ExitStack() as stack:
-                portal = stack.enter_context(start_blocking_portal("asyncio", name="quickmj-loop"))
+                portal = stack.enter_context(start_blocking_portal("asyncio"))
                 # Entered and exited in one task on the portal's loop, as aiohttp needs.
                 stack.enter_context(portal.wrap_async_context_manager(self._async))
                 self._thread = portal.call(threading.current_thread)

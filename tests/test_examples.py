@@ -13,7 +13,16 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.mark.parametrize(
-    "script", ["async_single_job.py", "sync_script.py", "batch_100.py", "webhook.py"]
+    "script",
+    [
+        "async_single_job.py",
+        "sync_script.py",
+        "batch_100.py",
+        "webhook.py",
+        "buttons_and_modal.py",
+        "images.py",
+        "video.py",
+    ],
 )
 def test_example_runs_without_a_key(script: str, tmp_path: Path) -> None:
     """The example exits 0 and says it used the simulator."""
@@ -28,3 +37,4 @@ def test_example_runs_without_a_key(script: str, tmp_path: Path) -> None:
     )
     assert 0 == done.returncode, done.stderr[-2000:]
     assert "embedded relay simulator" in done.stderr
+    assert "Traceback" not in done.stderr
