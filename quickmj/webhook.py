@@ -71,7 +71,8 @@ class WebhookReceiver:
             (default) checks a SUCCESS whose image is not on the relay's host.
         token: the secret part of the hook URL (random by default).
         max_body: the largest body accepted.
-        header_timeout / body_timeout: deadlines for a request's headers and body.
+        header_timeout: seconds a request may take to send its headers.
+        body_timeout: seconds a request may take to send its body.
         max_connections: connections served at once by :meth:`serve`.
     """
 
