@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import attrs
 
@@ -21,7 +22,23 @@ from ._engine import CreatedJob
 from ._state import SimTask
 
 if TYPE_CHECKING:
-    from ._app import Simulator
+    from collections import Counter
+
+    from ._clock import Clock
+    from ._engine import Engine
+
+
+class _Simulator(Protocol):
+    """What saving and loading touch (``Simulator``; a protocol avoids an import cycle)."""
+
+    engine: Engine
+    clock: Clock
+    config: SimulatorConfig
+    dialect: Any
+    counters: Counter[str]
+
+
+S = TypeVar("S", bound=_Simulator)
 
 __all__ = ("load_state", "save_state")
 
@@ -53,7 +70,7 @@ def _set_rng(rng: random.Random, state: list[Any]) -> None:
     rng.setstate((state[0], tuple(state[1]), state[2]))
 
 
-def save_state(sim: Simulator, path: str | Path) -> None:
+def save_state(sim: _Simulator, path: str | Path) -> None:
     """Write ``sim``'s jobs, accounts, relay rows and generators to ``path``."""
     engine = sim.engine
     now = sim.clock.now()
@@ -101,7 +118,7 @@ def save_state(sim: Simulator, path: str | Path) -> None:
     Path(path).write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
 
 
-def load_state(path: str | Path, simulator_class: type[Simulator]) -> Simulator:
+def load_state(path: str | Path, simulator_class: Callable[..., S]) -> S:
     """A simulator continuing the state saved in ``path``."""
     state = json.loads(Path(path).read_text(encoding="utf-8"))
     if state.get("version") != VERSION:
