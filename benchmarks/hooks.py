@@ -17,7 +17,7 @@ import statistics
 import time
 
 from quickmj import AsyncClient, PollPolicy, Task
-from quickmj.simulator import SimulatorConfig, simulate
+from quickmj.testing import SimulatorConfig, simulate
 
 
 async def run(
@@ -25,7 +25,9 @@ async def run(
 ) -> tuple[int, list[float], float]:
     async with (
         simulate(config) as relay,
-        AsyncClient(relay.api_key, base_url=relay.base_url, poll=policy) as mj,
+        AsyncClient(
+            relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=policy
+        ) as mj,
     ):
         receiver = mj.webhook_receiver() if hooks else None
         if receiver is not None:
@@ -60,7 +62,8 @@ async def main() -> None:
     parser.add_argument("--interval", type=float, default=2.0, help="poll interval (s)")
     parser.add_argument("--run-seconds", type=float, default=6.0, help="simulated job length")
     args = parser.parse_args()
-    config = SimulatorConfig(queue_seconds=1.0, run_seconds=args.run_seconds)
+    # TrueAI's dialect delivers notifyHooks (QuickRouter strips them by default).
+    config = SimulatorConfig(dialect="trueai", queue_seconds=1.0, run_seconds=args.run_seconds)
     policy = PollPolicy(
         interval=args.interval, first_poll=0.5, near_done_interval=args.interval / 2
     )

@@ -328,7 +328,7 @@ class _Run:
         self.total = len(rows)
         todo = [r for r in rows if self._wants(r)]
         for r in rows:
-            if r not in todo:
+            if not self._wants(r):  # (not `r not in todo`: quadratic in the batch size)
                 self.phases[r.phase] += 1
         self._report()
         async with anyio.create_task_group() as tg:
@@ -408,6 +408,8 @@ class _Run:
                     )
 
                 def press(tag: str, label: str = label) -> Submission:
+                    if not grid.buttons:  # midjourney-proxy (novicezk) has no buttons
+                        return self.client.change(grid, label, state=tag)
                     return self.client.action(grid, label, state=tag)
 
                 job = await self._submit(row, label, press)
@@ -459,7 +461,11 @@ class _Run:
             attempt += 1
             self.journal.mark_submitting(row.index, tag, pressing=pressing)
             try:
-                job = await send(tag)  # the client runs a sent submit to its answer
+                # The client runs a sent submit to its answer; wait for it even when the
+                # run is stopped (an outage, a full disk) or cancelled, so the answer (a
+                # paid job's id) reaches the journal instead of leaving the row "unknown".
+                with anyio.CancelScope(shield=True):
+                    job = await send(tag)
             except (QueueFullError, RateLimitError) as exc:
                 self.breaker.ok()  # the relay answered: no outage
                 self._unmark(row, pressing)
@@ -502,11 +508,15 @@ class _Run:
             return phase
         self.breaker.ok()
         reason = f"{type(exc).__name__}: {exc}"
+        code = exc.code if isinstance(exc, SubmitRejectedError) else None
         if isinstance(exc, SubmitRejectedError):
-            return self._set(row, Phase.REJECTED, reason=exc.description or reason, code=exc.code)
-        if pressing is None:
-            return self._set(row, Phase.REJECTED, reason=reason)  # refused before sending
-        return self._set(row, Phase.INCOMPLETE, reason=f"{pressing}: {reason}")
+            reason = exc.description or reason
+        if pressing is not None:
+            # The grid is paid and the press created nothing: a resume presses again.
+            return self._set(
+                row, Phase.INCOMPLETE, reason=f"{pressing}: {reason}", code=code, pressing=None
+            )
+        return self._set(row, Phase.REJECTED, reason=reason, code=code)  # nothing created
 
     def _outage(self, exc: QuickMJError) -> RelayUnreachableError:
         pending = sum(1 for r in self.journal.rows() if r.phase is Phase.PENDING)

@@ -22,7 +22,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import anyio
 
 from ._config import AuthScheme, Secret, Timeouts, auth_header_name, auth_header_value
-from ._transport import AsyncTransport, Request, Response, read_all, read_body
+from ._transport import AsyncTransport, Headers, Request, Response, read_all, read_body
 from ._version import __version__
 from .errors import (
     ClientClosedError,
@@ -201,10 +201,13 @@ class Http:
         MalformedResponseError (answer over the cap) or ClientClosedError.
         """
         content = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        headers = self._headers(auth=True, json_body=content is not None)
+        # API answers are JSON: ask for it (gateways may otherwise pick an HTML page).
+        headers["Accept"] = "application/json"
         request = Request(
             method,
             self.url(path),
-            self._headers(auth=True, json_body=content is not None),
+            headers,
             content,
             connect_timeout=self.timeouts.connect,
             read_timeout=read_timeout or self.timeouts.read,
@@ -226,7 +229,7 @@ class Http:
             logger.debug("%s %s -> %s in %.1f ms", method, path, status, elapsed)
         # A relay that echoes the key (in an error text, say) must not hand it to error
         # messages, descriptions or parsed fields: redact it before anything reads it.
-        return Answer(response.status, response.headers, self.key.redact_bytes(raw))
+        return Answer(response.status, self._redacted(response.headers), self.key.redact_bytes(raw))
 
     # ---- downloads ----
 
@@ -237,14 +240,14 @@ class Http:
         a CDN, or a redirect to one, never sees it. An error status is read (briefly) and
         turned into an exception by ``on_error(answer, url, key_was_sent)``.
         """
-        with self.abortable(), _deadline(self.timeouts.download_total, "GET", display_url(url)):
+        with self.abortable(), _deadline(self.timeouts.download_total, "GET", self._shown(url)):
             response, current = await self._open_download(url, on_error)
             try:
-                async for chunk in read_body(response, max_bytes, display_url(current)):
+                async for chunk in read_body(response, max_bytes, self._shown(current)):
                     fh.write(chunk)
             except MalformedResponseError as exc:
                 raise DownloadError(
-                    f"image larger than {max_bytes} bytes: {display_url(current)}"
+                    f"image larger than {max_bytes} bytes: {self._shown(current)}"
                 ) from exc
             finally:
                 with anyio.CancelScope(shield=True):
@@ -271,20 +274,31 @@ class Http:
             location = response.headers.get("Location")
             await response.aclose()
             if not location:
-                raise DownloadError(f"redirect without Location from {display_url(current)}")
+                raise DownloadError(f"redirect without Location from {self._shown(current)}")
             current = urljoin(current, location)
-        raise DownloadError(f"too many redirects downloading {display_url(url)}")
+        raise DownloadError(f"too many redirects downloading {self._shown(url)}")
 
     async def _download_failed(
         self, response: Response, url: str, auth: bool, on_error: ErrorReader
     ) -> Exception:
         try:
-            body = self.key.redact_bytes(await read_all(response, 4096, display_url(url)))
+            body = self.key.redact_bytes(await read_all(response, 4096, self._shown(url)))
         except MalformedResponseError:
             body = b""
         finally:
             await response.aclose()
-        return on_error(Answer(response.status, response.headers, body), display_url(url), auth)
+        headers = self._redacted(response.headers)
+        return on_error(Answer(response.status, headers, body), self._shown(url), auth)
+
+    def _shown(self, url: str) -> str:
+        """``url`` as errors show it: no query string, no echo of the key (a redirect's
+        Location may carry it)."""
+        return self.key.redact(display_url(url))
+
+    def _redacted(self, headers: Headers) -> Headers:
+        """An answer's headers without any echo of the key (errors keep them as ``headers``)."""
+        redact = self.key.redact
+        return Headers([(name, redact(value)) for name, value in headers.items()])
 
 
 @contextlib.contextmanager
@@ -293,6 +307,8 @@ def _deadline(seconds: float, method: str, path: str) -> Iterator[None]:
     try:
         with anyio.fail_after(seconds):
             yield
+    except RequestTimeoutError:
+        raise  # the transport's own (read) timeout, already typed: keep what it says
     except TimeoutError:
         raise RequestTimeoutError(
             f"{method} {path}: no complete answer within {seconds:g} s",

@@ -128,6 +128,11 @@ class Journal:
 
     def __init__(self, path: str | Path, *, create: bool) -> None:
         self.path = Path(path)
+        self._began = False  # this object began a run
+        # A killed run's news sits in the -wal file; without it the main file may lack
+        # task ids (see check_complete). Noted before SQLite opens (and creates) it.
+        wal = Path(f"{self.path}-wal")
+        self._wal_found = wal.exists() and wal.stat().st_size > 0
         if not create and not self.path.exists():
             raise JournalError(f"no batch journal at {str(self.path)!r}")
         with _guard("open", self.path):
@@ -142,9 +147,13 @@ class Journal:
 
     def close(self) -> None:
         """Close the file. SQLite checkpoints the WAL into the main file as it closes, so
-        a run that gets this far is durable in the main file alone: say so there."""
+        a run that gets this far is durable in the main file alone: say so there.
+
+        Unless the journal came without the -wal file its open run needs (copied without
+        it): then the "open" mark stays, so every later resume refuses it too."""
         with contextlib.suppress(sqlite3.Error):
-            if self._meta_raw("run_state") == "open":
+            whole = self._began or self._wal_found
+            if whole and self._meta_raw("run_state") == "open":
                 self._set_meta("run_state", "closed")
         self._db.close()
 
@@ -173,7 +182,11 @@ class Journal:
         with _guard("begin", self.path):
             self._set_meta("run_state", "open")
             self._set_meta("run_id", run_id)
-            self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            # RESTART, not TRUNCATE: the main file says "open" and the -wal file keeps its
+            # size, so a run killed before its next write is not mistaken by
+            # check_complete for a journal copied without its -wal file.
+            self._db.execute("PRAGMA wal_checkpoint(RESTART)")
+        self._began = True
         return run_id
 
     def end_run(self) -> None:
@@ -198,6 +211,11 @@ class Journal:
     def is_empty(self) -> bool:
         with _guard("read", self.path):
             return bool(self._db.execute("SELECT COUNT(*) FROM rows").fetchone()[0] == 0)
+
+    def holds_input(self) -> bool:
+        """Whether the prompts were ever recorded (``load_prompts`` committed). A journal
+        without them was left by a run killed before its first submit: nothing was paid."""
+        return self._meta("schema") is not None
 
     def load_prompts(self, items: Iterable[tuple[str, dict[str, Any]]]) -> None:
         """Record the input once (a resumed run must use the same input)."""

@@ -167,7 +167,7 @@ class Button:
     def index(self) -> int | None:
         """The image position 1-4 for U/V-style buttons, else None."""
         parts = self.custom_id.split("::")
-        if self.kind in _INDEXED_KINDS and len(parts) > 3 and parts[3].isdigit():
+        if self.kind in _INDEXED_KINDS and len(parts) > 3 and parts[3].isdecimal():
             n = int(parts[3])
             return n if 1 <= n <= 4 else None
         return None
@@ -368,7 +368,7 @@ class SubmitResult:
             return None
         if isinstance(value, int):
             return value
-        if isinstance(value, str) and value.isdigit():
+        if isinstance(value, str) and value.isdecimal():
             return int(value)
         return None
 

@@ -112,20 +112,43 @@ class BatchDir:
         """The journal for a fresh run (created) or a resume (which must find it whole)."""
         if resume:
             return self._resume_journal(items if check_input else None)
-        if self.journal_path.exists():
+        journal = self._unstarted_journal()
+        if journal is None and self.journal_path.exists():
             raise UsageError(
                 f"{str(self.path)!r} already holds a batch: resume it with --resume, "
                 "or choose a new --out"
             )
         leftovers = [p.name for p in (self.path / MANIFEST_NAME, self.images) if p.exists()]
         if leftovers:
+            if journal is not None:
+                journal.close()
             raise JournalError(
                 f"{str(self.path)!r} holds {' and '.join(leftovers)} but no batch journal: "
                 "it is another run's output; choose a new --out"
             )
-        journal = Journal(self.journal_path, create=True)
-        journal.load_prompts(items)
+        if journal is None:
+            journal = Journal(self.journal_path, create=True)
+        try:
+            journal.load_prompts(items)
+        except BaseException:
+            journal.close()
+            raise
         return journal
+
+    def _unstarted_journal(self) -> Journal | None:
+        """The journal a fresh run killed before recording its prompts left (nothing was
+        submitted: the same command may start again in it), else None."""
+        if not self.journal_path.exists():
+            return None
+        journal = Journal(self.journal_path, create=False)
+        try:
+            if journal.is_empty() and not journal.holds_input():
+                return journal
+        except BaseException:
+            journal.close()
+            raise
+        journal.close()
+        return None
 
     def _resume_journal(self, items: list[tuple[str, dict[str, Any]]] | None) -> Journal:
         if not self.journal_path.exists():
@@ -136,6 +159,12 @@ class BatchDir:
         journal = Journal(self.journal_path, create=False)
         try:
             journal.check_complete()
+            if journal.is_empty() and not journal.holds_input():
+                raise JournalError(
+                    f"the batch journal in {str(self.path)!r} is empty: the run that made it "
+                    "stopped before recording its prompts, so nothing was submitted; "
+                    "run the same command again without --resume"
+                )
             if journal.is_empty():
                 raise JournalError(
                     f"the batch journal in {str(self.path)!r} is empty (damaged or emptied); "

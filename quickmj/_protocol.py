@@ -599,7 +599,7 @@ def progress_of(raw: Mapping[str, Any]) -> int:
     text = raw.get("progress")
     if type(text) is str:
         digits = text.strip().rstrip("%").split(".", 1)[0]
-        if digits.isdigit():
+        if digits.isdecimal():  # not isdigit(): int() refuses '¹'
             return min(int(digits), 100)
     return 0
 

@@ -29,7 +29,8 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
-from anyio.from_thread import BlockingPortal, start_blocking_portal
+import anyio
+from anyio.from_thread import BlockingPortal
 
 from ._client import AsyncClient
 from ._config import AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
@@ -43,6 +44,7 @@ if TYPE_CHECKING:
     import ssl as ssl_module
 
     from ._aiohttp import BaseConnector, ClientSession, TraceConfig
+    from .webhook import WebhookReceiver
 
 __all__ = ("Client", "Job")
 
@@ -63,6 +65,41 @@ def _close_forgotten() -> None:
     for client in clients:
         with contextlib.suppress(Exception):
             client.close()
+
+
+@contextlib.contextmanager
+def _loop_thread() -> Iterator[BlockingPortal]:
+    """An event loop in a daemon thread, served through a portal (anyio's
+    ``start_blocking_portal``), except that it never waits for a loop that cannot answer:
+    in a process forked from this one (the loop's thread does not exist there) and at
+    interpreter shutdown (daemon threads no longer run), that would hang for ever."""
+    pid = os.getpid()
+    started: concurrent.futures.Future[BlockingPortal] = concurrent.futures.Future()
+
+    async def serve() -> None:
+        async with BlockingPortal() as portal:
+            started.set_result(portal)
+            await portal.sleep_until_stopped()
+
+    def run() -> None:
+        try:
+            anyio.run(serve)
+        except BaseException as exc:
+            if not started.done():
+                started.set_exception(exc)
+
+    thread = threading.Thread(target=run, name="quickmj-loop", daemon=True)
+    thread.start()
+    portal = started.result()
+    try:
+        yield portal
+    finally:
+        if os.getpid() == pid and not sys.is_finalizing():
+            # The client is closed by now: a call still running is stuck in user code (a
+            # slow progress callback): it is cancelled, and its caller told the client closed.
+            with contextlib.suppress(RuntimeError):
+                portal.call(portal.stop, True)
+            thread.join()
 
 
 class _State(enum.Enum):
@@ -278,7 +315,7 @@ class Client(_Facade[AsyncClient]):
             if self._portal is not None:
                 return self._portal
             with contextlib.ExitStack() as stack:
-                portal = stack.enter_context(start_blocking_portal("asyncio"))
+                portal = stack.enter_context(_loop_thread())
                 # Entered and exited in one task on the portal's loop, as aiohttp needs.
                 stack.enter_context(portal.wrap_async_context_manager(self._async))
                 self._thread = portal.call(threading.current_thread)
@@ -407,7 +444,7 @@ class Client(_Facade[AsyncClient]):
     watch = _blocking_iter(AsyncClient.watch)
     webhook_receiver = _blocking_cm(AsyncClient.webhook_receiver)
 
-    def use_webhook(self, receiver: Any) -> None:
+    def use_webhook(self, receiver: WebhookReceiver | None) -> None:
         """Send ``receiver.url`` as notifyHook on every submit (None stops it)."""
         self._async.use_webhook(receiver)
 

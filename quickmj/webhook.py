@@ -254,7 +254,7 @@ class WebhookReceiver:
             self.stats["rejected"] += 1
             return 404
         length = headers.get("content-length", "")
-        if not length.isdigit():
+        if not (length.isascii() and length.isdigit()):
             return 411
         if int(length) > self.max_body:
             self.stats["rejected"] += 1

@@ -10,27 +10,44 @@ import attrs
 import cattrs
 import pytest
 from conftest import TASK_SAMPLES, load_fixture
+from fakes import Script
 
 from quickmj import (
-    ActionRequest,
     BlendDimensions,
-    BlendRequest,
     BotType,
     Button,
-    DescribeRequest,
-    ImagineRequest,
-    ListByIdsRequest,
     MalformedResponseError,
     MediaUrl,
-    ModalRequest,
-    ShortenRequest,
     SubmitResult,
     Task,
     TaskAction,
     TaskStatus,
 )
-from quickmj._converter import make_converter, structure, to_camel, unstructure
-from quickmj._responses import parse_task_list
+from quickmj._converter import (
+    as_id,
+    loads,
+    make_converter,
+    repair_text,
+    structure,
+    to_camel,
+    unstructure,
+)
+from quickmj._models import (
+    ActionRequest,
+    BlendRequest,
+    ChangeRequest,
+    DescribeRequest,
+    EditsRequest,
+    ImagineRequest,
+    ListByIdsRequest,
+    ModalRequest,
+    ShortenRequest,
+    SimpleChangeRequest,
+    SwapFaceRequest,
+    UploadRequest,
+    VideoRequest,
+)
+from quickmj._protocol import read_task_list
 
 Load = Callable[[str], Any]
 PIG_HASH = "3785da15-4f70-4034-9128-f3ff1ac634fa"
@@ -111,10 +128,15 @@ def test_numeric_submit_result_keeps_the_digits(load: Load) -> None:
     assert result.ok and not result.needs_modal and not result.queued
 
 
-def test_pig_sample_in_a_list_answer(load: Load) -> None:
+async def test_pig_sample_in_a_list_answer(load: Load) -> None:
     """list-by-condition answers are a bare JSON array of the same task objects."""
-    tasks = parse_task_list([load("task_pig"), load("task_cat")], "/task/list-by-condition")
+    rows = [load("task_pig"), load("task_cat")]
+    assert rows == read_task_list(rows, "/task/list-by-condition")
+    script = Script({"POST /mj/task/list-by-condition": {"json": rows}})
+    async with script.client() as mj:
+        tasks = await mj.list_tasks(["1730621826053455", "1320098173412546"])
     assert ["1730621826053455", "1320098173412546"] == [t.id for t in tasks]
+    assert [structure(row, Task) for row in rows] == tasks
 
 
 # ---- request bodies -------------------------------------------------------------------------
@@ -204,6 +226,25 @@ def test_request_classes_cover_every_field_in_camel_case() -> None:
         ShortenRequest(prompt="p", bot_type=BotType.MID_JOURNEY, **_common()),
         ActionRequest(task_id="1", custom_id="c", choose_same_channel=True, **_common()),
         ModalRequest(task_id="1", prompt="p", mask_base64="m", **_common()),
+        ChangeRequest(task_id="1", action="UPSCALE", index=2, **_common()),
+        SimpleChangeRequest(content="1 U2", **_common()),
+        VideoRequest(
+            prompt="p",
+            image="i",
+            end_image="e",
+            motion="low",
+            loop=True,
+            action="extend",
+            index=1,
+            task_id="1",
+            video_type="vid_1.1_i2v_480",
+            batch_size=1,
+            **_common(),
+        ),
+        EditsRequest(prompt="p", image="i", **_common()),
+        SwapFaceRequest(source_base64="s", target_base64="t", **_common()),
+        UploadRequest(base64_array=("a",)),
+        ListByIdsRequest(ids=("1",)),
     ]
     for obj in full:
         body = unstructure(obj)
@@ -310,11 +351,14 @@ def test_wrong_shapes_raise_malformed_naming_the_field(raw: Any, field: str) -> 
     assert field in str(info.value)
 
 
-def test_wrong_shape_in_a_list_names_the_index() -> None:
-    """In a list-by-condition answer the bad element's index is named."""
-    with pytest.raises(MalformedResponseError) as info:
-        parse_task_list([{"id": "1"}, {"id": "2", "status": 9}], "/task/list-by-condition")
-    assert "tasks[1].status" in str(info.value)
+async def test_wrong_shape_in_a_list_names_the_task() -> None:
+    """In a list-by-condition answer the bad task is named by its id, and the field too."""
+    rows = [{"id": "1"}, {"id": "2", "status": 9}]
+    script = Script({"POST /mj/task/list-by-condition": {"json": rows}})
+    async with script.client() as mj:
+        with pytest.raises(MalformedResponseError) as info:
+            await mj.list_tasks(["1", "2"])
+    assert "task 2.status" in str(info.value)
 
 
 def test_submit_result_wrong_shapes() -> None:
@@ -353,3 +397,94 @@ def test_strict_converter_rejects_the_openai_shaped_action_answer() -> None:
     """The doc's OpenAI-shaped /submit/action answer is not a SubmitResult at all."""
     with pytest.raises(MalformedResponseError, match="code"):
         structure(load_fixture("action_openai_shaped"), SubmitResult)
+
+
+# ---- the newer request bodies -----------------------------------------------------------------
+
+
+def test_newer_request_bodies() -> None:
+    """change, simple-change, video, edits, swap-face and upload bodies in camelCase, None
+    fields left out."""
+    assert {"taskId": "1", "action": "UPSCALE", "index": 2} == unstructure(
+        ChangeRequest(task_id="1", action="UPSCALE", index=2)
+    )
+    assert {"taskId": "1", "action": "REROLL"} == unstructure(
+        ChangeRequest(task_id="1", action="REROLL")
+    )
+    assert {"content": "1 V3"} == unstructure(SimpleChangeRequest(content="1 V3"))
+    assert {"prompt": "p", "image": "i", "endImage": "e", "motion": "high", "loop": False} == (
+        unstructure(VideoRequest(prompt="p", image="i", end_image="e", motion="high", loop=False))
+    )
+    assert {"prompt": "p", "image": "i"} == unstructure(EditsRequest(prompt="p", image="i"))
+    assert {"sourceBase64": "s", "targetBase64": "t"} == unstructure(
+        SwapFaceRequest(source_base64="s", target_base64="t")
+    )
+    assert {"base64Array": ["a", "b"]} == unstructure(UploadRequest(base64_array=("a", "b")))
+
+
+# ---- the source JSON is kept ------------------------------------------------------------------
+
+
+def test_task_keeps_its_source_json(load: Load) -> None:
+    """Task.raw is the relay's object, read-only; Task.extra holds the fields quickmj has no
+    attribute for (TrueAI's thumbnailUrl, jobId, mode, ...). Neither takes part in equality."""
+    raw = {**load("task_pig"), "thumbnailUrl": "https://t/1.webp", "jobId": "j", "mode": "FAST"}
+    task = structure(raw, Task)
+    assert raw == dict(task.raw)
+    assert {"thumbnailUrl": "https://t/1.webp", "jobId": "j", "mode": "FAST"} == task.extra
+    with pytest.raises(TypeError):
+        task.raw["id"] = "2"  # type: ignore[index]
+    assert task == structure(load("task_pig"), Task)
+    assert {} == dict(Task(id="1").raw) == Task(id="1").extra
+    assert "raw" not in unstructure(task)
+
+
+def test_new_api_task_shape_parses() -> None:
+    """new-api's fixed struct: "" for unset strings, 0 for unset times, null buttons and
+    properties, videoUrls as objects, no imageUrls."""
+    raw = {
+        "id": "1730621826053455", "action": "IMAGINE", "customId": "", "botType": "",
+        "prompt": "a fox", "promptEn": "", "description": "", "state": "", "submitTime": 1,
+        "startTime": 0, "finishTime": 0, "imageUrl": "https://r/mj/image/1?rand=42",
+        "videoUrl": "", "videoUrls": None, "status": "", "progress": "0%", "failReason": "",
+        "buttons": None, "maskBase64": "", "properties": None,
+    }  # fmt: skip
+    task = structure(raw, Task)
+    assert (TaskStatus.NOT_START, 0, (), {}, ()) == (
+        task.status,
+        task.progress_percent,
+        task.buttons,
+        task.properties,
+        task.video_urls,
+    )
+    assert task.started_at is None
+    video = structure({"id": "2", "videoUrls": [{"url": "https://v/0.mp4"}]}, Task)
+    assert (MediaUrl("https://v/0.mp4"),) == video.video_urls
+
+
+def test_loads_repairs_invalid_text() -> None:
+    """Undecodable bytes and lone surrogate escapes become U+FFFD; valid pairs stay."""
+    assert {"p": "a\ufffdb"} == loads(b'{"p": "a\xffb"}')
+    assert {"p": "x\ufffdy", "\ufffd": 1} == loads(b'{"p": "x\\ud800y", "\\udfff": 1}')
+    assert {"p": "😀"} == loads(b'{"p": "\\ud83d\\ude00"}')
+    assert "ok \ufffd" == repair_text("ok \udc80")
+    with pytest.raises(ValueError):
+        loads(b"{nope")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("1730621826053455", "1730621826053455"),
+        (1730621826053455, "1730621826053455"),
+        (1.730621826053455e15, "1730621826053455"),
+        (1.5, None),
+        (float("inf"), None),
+        (True, None),
+        (None, None),
+        ({"id": 1}, None),
+    ],
+)
+def test_as_id(value: Any, expected: str | None) -> None:
+    """Ids are strings; whole numbers (even through a float) become their digits."""
+    assert expected == as_id(value)

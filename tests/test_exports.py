@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import importlib
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -76,3 +79,67 @@ def test_version() -> None:
 def test_core_names_are_exported(name: str) -> None:
     """The names the README starts with are part of the public API."""
     assert name in quickmj.__all__
+
+
+def test_wire_request_classes_are_not_exported() -> None:
+    """The wire ``*Request`` classes are internal (users call methods); the transport's
+    Request is the one public Request."""
+    wire = [n for n in quickmj.__all__ if n.endswith("Request") and n != "Request"]
+    assert [] == wire
+    with pytest.raises(AttributeError, match="ImagineRequest"):
+        _ = quickmj.ImagineRequest  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "name",
+    [n for n in quickmj.__all__ if n[:1].isupper() and n not in quickmj.errors.__all__],
+)
+def test_public_classes_report_quickmj_as_their_module(name: str) -> None:
+    """Public classes say ``quickmj`` (where users import them from), not a private module;
+    errors keep ``quickmj.errors``."""
+    value = getattr(quickmj, name)
+    if isinstance(value, type):
+        assert "quickmj" == value.__module__
+    assert "quickmj.errors" == quickmj.QuickMJError.__module__
+
+
+def test_dir_lists_the_lazy_names() -> None:
+    """``dir(quickmj)`` shows every exported name before any was used."""
+    assert set(quickmj.__all__) <= set(dir(quickmj))
+
+
+def test_testing_helpers_are_the_same_objects() -> None:
+    """quickmj.testing re-exports the transport types users also get from quickmj."""
+    import quickmj.testing
+
+    assert quickmj.testing.Request is quickmj.Request
+    assert quickmj.testing.Response is quickmj.Response
+    missing = [n for n in quickmj.testing.__all__ if not hasattr(quickmj.testing, n)]
+    assert [] == missing
+    with pytest.raises(AttributeError):
+        _ = quickmj.testing.nothing_here  # type: ignore[attr-defined]
+
+
+def test_imports_are_lazy() -> None:
+    """``import quickmj`` loads almost nothing; aiohttp is imported only when a client is
+    built without a transport of its own; quickmj.testing loads neither aiohttp nor pytest."""
+    script = textwrap.dedent(
+        """
+        import sys
+        import quickmj
+        import quickmj.testing
+        assert "aiohttp" not in sys.modules, "import quickmj"
+        assert "pytest" not in sys.modules, "import quickmj.testing"
+        assert "quickmj._client" not in sys.modules, "import quickmj"
+        from quickmj.testing import MockTransport, Response
+        mj = quickmj.AsyncClient("k", transport=MockTransport(lambda r: Response(200)))
+        assert "aiohttp" not in sys.modules, "a client with its own transport"
+        quickmj.AsyncClient("k")
+        assert "aiohttp" in sys.modules
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert ("ok\n", "") == (result.stdout, result.stderr)

@@ -211,6 +211,7 @@ H = "3785da15-4f70-4034-9128-f3ff1ac634fa"
         (f"MJ::JOB::video::1::{H}::manual", "video", None, False),
         (f"MJ::JOB::upsample::0::{H}", "upsample", None, False),
         (f"MJ::JOB::upsample::9::{H}", "upsample", None, False),
+        (f"MJ::JOB::upsample::²::{H}", "upsample", None, False),  # isdigit(), but no number
         ("MJ::", "", None, False),
         ("something-else", "", None, False),
         ("", "", None, False),
@@ -304,6 +305,7 @@ def test_submit_result_codes(code: int, ok: bool, queued: bool, modal: bool) -> 
         ({"numberOfQueues": 0}, 0),
         ({"numberOfQueues": True}, None),
         ({"numberOfQueues": "many"}, None),
+        ({"numberOfQueues": "²"}, None),
         ({}, None),
     ],
 )
@@ -352,3 +354,22 @@ def test_absurd_timestamps_read_as_none() -> None:
     task = Task(id="1", submit_time=253402300800000, finish_time=-(10**18))
     assert task.submitted_at is None
     assert task.finished_at is None
+
+
+def test_video_and_seed_fields() -> None:
+    """Video jobs carry videoUrl/videoUrls; TrueAI tasks may carry their seed."""
+    task = structure(
+        {
+            "id": "v",
+            "action": "VIDEO",
+            "status": "SUCCESS",
+            "videoUrl": "https://cdn.test/v.mp4",
+            "videoUrls": [{"url": "https://cdn.test/0.mp4"}, "https://cdn.test/1.mp4"],
+            "seed": 123,
+        },
+        Task,
+    )
+    assert TaskAction.VIDEO is task.action
+    assert "https://cdn.test/v.mp4" == task.video_url
+    assert ["https://cdn.test/0.mp4", "https://cdn.test/1.mp4"] == [v.url for v in task.video_urls]
+    assert "123" == task.seed

@@ -1,20 +1,22 @@
-"""The batch poller: batching, robustness against real relay behaviour, waiting APIs."""
+"""The batch poller: batching, robustness against real relay behaviour, waiting APIs, rhythm."""
 
 from __future__ import annotations
 
 import asyncio
 import math
-import re
+import time
 from typing import Any
 
 import pytest
-from aioresponses import CallbackResult, aioresponses
-from fakes import FAST, FakeRelay, make_client
+from fakes import FAST, FakeRelay, Script, make_client
 
 from quickmj import (
-    AsyncClient,
     ClientClosedError,
+    InvalidInputError,
+    MalformedResponseError,
     QuickMJError,
+    RateLimitError,
+    RetryPolicy,
     ServerError,
     Task,
     TaskFailedError,
@@ -23,7 +25,20 @@ from quickmj import (
     TaskStatus,
     TaskTimeoutError,
 )
-from quickmj._poller import PollPolicy
+from quickmj._poller import Poller, PollPolicy
+from quickmj.testing import Request, Response
+
+
+def policy(**kwargs: Any) -> PollPolicy:
+    """FAST with some fields changed."""
+    base = {
+        "interval": 0.01,
+        "first_poll": 0.005,
+        "near_done_interval": 0.01,
+        "miss_limit": 2,
+        "adaptive": False,
+    }
+    return PollPolicy(**{**base, **kwargs})
 
 
 async def test_wait_returns_success_task() -> None:
@@ -38,8 +53,8 @@ async def test_wait_returns_success_task() -> None:
 async def test_many_waiters_share_batches() -> None:
     """1000 waiters cost ceil(1000/batch) list requests per tick, never one per task."""
     relay = FakeRelay(ticks=2)
-    policy = PollPolicy(interval=0.02, first_poll=0.01, batch_size=100)
-    async with make_client(relay, policy) as mj:
+    # first_poll is long enough for all 1000 subscriptions to share the first check.
+    async with make_client(relay, policy(interval=0.02, first_poll=0.2, batch_size=100)) as mj:
         ids = [f"t{i}" for i in range(1000)]
         tasks = await asyncio.gather(*(mj.wait(i) for i in ids))
         stats = dict(mj.poller.stats)
@@ -47,6 +62,55 @@ async def test_many_waiters_share_batches() -> None:
     assert all(len(c) <= 100 for c in relay.list_calls)
     assert math.ceil(1000 / 100) * stats["ticks"] == len(relay.list_calls)
     assert 2 == stats["ticks"]
+
+
+async def test_1000_tasks_over_http_cost_ceil_n_over_batch_per_tick() -> None:
+    """Through the whole HTTP layer: 1000 waiters -> 10 list-by-condition calls per tick."""
+    reads: dict[str, int] = {}
+    sizes: list[int] = []
+
+    def listing(request: Request) -> Response:
+        ids = request.json()["ids"]
+        sizes.append(len(ids))
+        out = []
+        for i in ids:
+            reads[i] = reads.get(i, 0) + 1
+            out.append({"id": i, "status": "SUCCESS" if reads[i] >= 2 else "IN_PROGRESS"})
+        return Response(200, json=out[::-1])
+
+    script = Script({"POST /mj/task/list-by-condition": listing})
+    async with script.client(poll=policy(interval=0.05, first_poll=0.2, batch_size=100)) as mj:
+        ids = [str(1730621826053000 + i) for i in range(1000)]
+        done = await asyncio.gather(*(mj.wait(i, timeout=10) for i in ids))
+        ticks = mj.poller.stats["ticks"]
+    assert ids == [t.id for t in done]
+    assert 2 == ticks
+    assert [100] * 20 == sizes
+
+
+async def test_submit_then_wait_over_http() -> None:
+    """imagine(...).wait() submits once and returns the finished task (over the HTTP layer)."""
+    reads = {"n": 0}
+
+    def listing(request: Request) -> Response:
+        reads["n"] += 1
+        status = "SUCCESS" if reads["n"] >= 2 else "IN_PROGRESS"
+        rows = [{"id": i, "status": status, "progress": "50%"} for i in request.json()["ids"]]
+        return Response(200, json=rows)
+
+    script = Script(
+        {
+            "POST /mj/submit/imagine": {
+                "json": {"code": 1, "description": "ok", "result": 1730621826053455}
+            },
+            "POST /mj/task/list-by-condition": listing,
+        }
+    )
+    async with script.client(poll=FAST) as mj:
+        task = await mj.imagine("a cat").wait(timeout=5)
+    assert "1730621826053455" == task.id
+    assert TaskStatus.SUCCESS == task.status
+    assert 1 == script.count("POST /mj/submit/imagine")
 
 
 async def test_concurrent_waiters_on_one_id_share_an_entry() -> None:
@@ -75,6 +139,7 @@ async def test_unknown_id_fails_only_its_waiter() -> None:
     relay.unknown = {"ghost"}
     async with make_client(relay) as mj:
         good, ghost = await asyncio.gather(mj.wait("ok"), mj.wait("ghost"), return_exceptions=True)
+        assert 1 == mj.poller.stats["fetch_confirms"]
     assert isinstance(good, Task)
     assert isinstance(ghost, TaskNotFoundError)
     assert ["ghost"] == relay.fetch_calls
@@ -88,6 +153,25 @@ async def test_missing_id_that_exists_is_recovered_by_fetch() -> None:
         task = await mj.wait("shy", timeout=5)
     assert TaskStatus.SUCCESS == task.status
     assert relay.fetch_calls
+
+
+async def test_a_spoofed_confirm_never_resolves_a_waiter() -> None:
+    """The list leaves an id out and its confirming fetch answers another task: the waiter
+    never gets the stranger (it keeps waiting, and times out), other waiters are served."""
+    relay = FakeRelay(ticks=1)
+    relay.unknown = {"a"}
+    relay.fetch_answer = lambda task_id: Response(
+        200, json={"id": "stranger", "status": "SUCCESS", "imageUrl": "https://evil.test/x.png"}
+    )
+    async with make_client(relay) as mj:
+        other = await mj.wait("b", timeout=5)
+        with pytest.raises(TaskTimeoutError) as info:
+            await mj.wait("a", timeout=0.3)
+        assert mj.poller.running
+    assert "b" == other.id
+    assert "a" == info.value.task_id
+    assert info.value.last_task is None  # nothing of the stranger's was taken for "a"
+    assert "a" in relay.fetch_calls
 
 
 async def test_truncated_answers_are_reasked_in_the_same_tick() -> None:
@@ -109,7 +193,68 @@ async def test_duplicates_and_foreign_ids_in_answers_are_ignored() -> None:
     relay.mangle = lambda ids, out: [*out, *out, stranger]
     async with make_client(relay) as mj:
         tasks = await asyncio.gather(mj.wait("a"), mj.wait("b"))
+        assert not mj.poller.feed(stranger)  # a push for an untracked id changes nothing
     assert ["a", "b"] == [t.id for t in tasks]
+
+
+async def test_duplicate_rows_after_a_modal_never_settle_on_modal() -> None:
+    """new-api answers the stale MODAL row next to the running one: the running row wins,
+    so the waiter sees progress, not TaskNeedsModalError (even with modal_timeout=0)."""
+    relay = FakeRelay(ticks=3)
+
+    def double(ids: list[str], rows: list[dict[str, Any]]) -> list[Any]:
+        stale = [{"id": i, "status": "MODAL", "action": "CUSTOM_ZOOM"} for i in ids]
+        return [*stale, *rows, *stale]
+
+    relay.mangle_raw = double
+    seen: list[str] = []
+    async with make_client(relay, policy(modal_timeout=0)) as mj:
+        task = await mj.wait("z", timeout=5, on_progress=lambda t: seen.append(t.status.value))
+    assert TaskStatus.SUCCESS == task.status
+    assert "MODAL" not in seen
+
+
+async def test_confirmed_modal_rows_never_raise() -> None:
+    """After modal() was sent, a MODAL report of that id is stale news: waiters keep
+    waiting instead of raising TaskNeedsModalError."""
+    relay = FakeRelay(ticks=4, modal={"m"})
+    async with make_client(relay, policy(modal_timeout=0)) as mj:
+        mj.poller.confirm_modal("m")
+        waiter = asyncio.ensure_future(mj.wait("m", timeout=5))
+        await asyncio.sleep(0.1)
+        assert not waiter.done()
+        relay.modal.clear()  # the relay's copy catches up
+        task = await waiter
+    assert TaskStatus.SUCCESS == task.status
+
+
+async def test_rand_query_changes_fire_progress_once_per_real_state() -> None:
+    """new-api appends a new ?rand= to a running task's imageUrl on every read: that is not
+    a change, so on_progress fires once per real state (and watch yields once)."""
+    relay = FakeRelay(ticks=12)
+    reads = {"n": 0}
+
+    def slow_progress(ids: list[str], tasks: list[Task]) -> list[Task]:
+        reads["n"] += 1
+        step = min(reads["n"] // 4, 2)  # the real state changes every fourth read
+        status = TaskStatus.SUCCESS if reads["n"] >= 12 else TaskStatus.IN_PROGRESS
+        progress = "100%" if status is TaskStatus.SUCCESS else f"{step * 30}%"
+        return [Task(id=t.id, status=status, progress=progress) for t in tasks]
+
+    def rand(ids: list[str], rows: list[dict[str, Any]]) -> list[Any]:
+        for row in rows:
+            row["imageUrl"] = f"https://relay.test/mj/image/{row['id']}?rand={reads['n']}"
+        return rows
+
+    relay.mangle = slow_progress
+    relay.mangle_raw = rand
+    seen: list[str | None] = []
+    async with make_client(relay) as mj:
+        task = await mj.wait("r", timeout=5, on_progress=lambda t: seen.append(t.progress))
+        reads["n"] = 0
+        watched = [t.progress async for t in mj.watch("w")]
+    assert ["0%", "30%", "60%", "100%"] == seen == watched
+    assert task.image_url is not None and "?rand=" in task.image_url
 
 
 async def test_failing_batch_does_not_stop_others() -> None:
@@ -124,8 +269,8 @@ async def test_failing_batch_does_not_stop_others() -> None:
         return None
 
     relay.raise_for = raise_for
-    policy = PollPolicy(interval=0.01, first_poll=0.005, batch_size=2, max_error_backoff=0.02)
-    async with make_client(relay, policy) as mj:
+    once = RetryPolicy(max_attempts=1)  # the chunk itself fails (no retry inside the read)
+    async with make_client(relay, policy(batch_size=2, max_error_backoff=0.02), retry=once) as mj:
         order: list[str] = []
 
         async def waiter(task_id: str) -> None:
@@ -138,11 +283,89 @@ async def test_failing_batch_does_not_stop_others() -> None:
     assert {"x0", "x1", "x2", "x3"} == set(order)
 
 
+async def test_a_slow_chunk_never_delays_the_others() -> None:
+    """Chunks run as independent tasks: while one chunk's request hangs, the other chunks
+    keep their cadence and finish."""
+    relay = FakeRelay(ticks=2)
+    release = asyncio.Event()
+
+    async def handler(request: Request) -> Response:
+        if "slow" in ((request.json() or {}).get("ids") or []):
+            await release.wait()
+        return relay.handle(request)
+
+    script = Script({"POST /mj/task/list-by-condition": handler})
+    async with script.client(poll=policy(batch_size=2)) as mj:
+        slow = asyncio.ensure_future(mj.wait("slow"))
+        await asyncio.sleep(0.05)  # its chunk is in flight (and hangs)
+        fast = await asyncio.wait_for(asyncio.gather(*(mj.wait(f"f{i}") for i in range(4))), 2)
+        assert not slow.done()
+        release.set()
+        assert "slow" == (await asyncio.wait_for(slow, 2)).id
+    assert [f"f{i}" for i in range(4)] == [t.id for t in fast]
+
+
+async def test_per_task_trouble_stays_with_that_task() -> None:
+    """A task whose report cannot be read fails only its own waiter (with a QuickMJError,
+    never an ExceptionGroup); its chunk-mates and the loop carry on."""
+    relay = FakeRelay(ticks=2)
+
+    def garble(ids: list[str], rows: list[dict[str, Any]]) -> list[Any]:
+        return [{"id": "bad", "status": {"x": 1}} if r["id"] == "bad" else r for r in rows]
+
+    relay.mangle_raw = garble
+    async with make_client(relay) as mj:
+        results = await asyncio.gather(
+            mj.wait("bad"), mj.wait("good"), mj.wait("also"), return_exceptions=True
+        )
+        assert mj.poller.running
+        assert "later" == (await mj.wait("later")).id
+    assert isinstance(results[0], MalformedResponseError)
+    assert ["good", "also"] == [t.id for t in results[1:]]  # type: ignore[union-attr]
+
+
+async def test_a_raising_callback_fails_only_its_own_wait() -> None:
+    """on_progress runs in the waiter's task: if it raises, that wait raises it; the poller
+    and the other waiters of the same id are untouched."""
+    relay = FakeRelay(ticks=3)
+
+    def boom(task: Task) -> None:
+        raise ValueError("callback bug")
+
+    async with make_client(relay) as mj:
+        bad, good = await asyncio.gather(
+            mj.wait("s", on_progress=boom), mj.wait("s"), return_exceptions=True
+        )
+        assert mj.poller.running
+    assert isinstance(bad, ValueError)
+    assert isinstance(good, Task) and good.is_success
+
+
+async def test_a_bad_id_fails_only_its_caller() -> None:
+    """A lone surrogate (or a control character) in an id: InvalidInputError for that
+    caller at once; concurrent waiters and the loop are unaffected."""
+    relay = FakeRelay(ticks=2)
+    async with make_client(relay) as mj:
+        good = asyncio.ensure_future(mj.wait("fine"))
+        for bad in ("\ud800", "a\x00b"):
+            with pytest.raises(InvalidInputError):
+                await mj.wait(bad)
+            with pytest.raises(InvalidInputError):
+                async for _ in mj.as_completed(["fine2", bad]):
+                    pass
+            with pytest.raises(InvalidInputError):
+                async for _ in mj.watch(bad):
+                    pass
+        assert "fine" == (await good).id
+        assert "again" == (await mj.wait("again")).id
+    assert all("\ud800" not in call for calls in relay.list_calls for call in calls)
+
+
 async def test_out_of_order_and_regressions_never_move_backwards() -> None:
     """An older state reported after a newer one is ignored."""
     relay = FakeRelay(ticks=99)
     seen: list[str | None] = []
-    async with make_client(relay) as mj:
+    async with make_client(relay, policy(interval=10, first_poll=10)) as mj:
         sub = mj.poller.subscribe(["r"], updates=True)
         mj.poller.feed(Task(id="r", status=TaskStatus.IN_PROGRESS, progress="60%"))
         mj.poller.feed(Task(id="r", status=TaskStatus.SUBMITTED, progress="0%"))
@@ -159,17 +382,36 @@ async def test_out_of_order_and_regressions_never_move_backwards() -> None:
     assert ["60%", "100%"] == seen
 
 
+async def test_a_verified_push_is_checked_with_one_read() -> None:
+    """feed(task, verify=True) does not believe a pushed terminal state: the id is polled
+    at once and the relay's own answer decides."""
+    relay = FakeRelay(ticks=10_000)
+    async with make_client(relay, policy(interval=30, first_poll=30)) as mj:
+        waiter = asyncio.ensure_future(mj.wait("v", timeout=5))
+        await asyncio.sleep(0.02)
+        assert mj.poller.feed(Task(id="v", status=TaskStatus.SUCCESS), verify=True)
+        await asyncio.sleep(0.1)
+        assert 1 == relay.reads.get("v")  # polled at once, despite the 30 s interval
+        assert not waiter.done()  # the relay says IN_PROGRESS: the push was not believed
+        relay.ticks = 1
+        assert mj.poller.feed(Task(id="v", status=TaskStatus.SUCCESS), verify=True)
+        task = await waiter
+    assert TaskStatus.SUCCESS == task.status
+
+
 async def test_modal_task_is_reported_not_awaited_forever() -> None:
-    """A task stuck in MODAL raises TaskNeedsModalError from wait()."""
+    """A task stuck in MODAL raises TaskNeedsModalError from wait(); as_completed and watch
+    end with its MODAL state."""
     relay = FakeRelay(modal={"m"})
-    policy = PollPolicy(interval=0.01, first_poll=0.005, modal_timeout=0.05)
-    async with make_client(relay, policy) as mj:
+    async with make_client(relay, policy(modal_timeout=0.05)) as mj:
         with pytest.raises(TaskNeedsModalError) as info:
             await mj.wait("m", timeout=5)
         assert info.value.task is not None
         completed = [t async for t in mj.as_completed(["m"], timeout=5)]
+        watched = [t.status async for t in mj.watch("m")]
     assert TaskStatus.MODAL == info.value.task.status
     assert [TaskStatus.MODAL] == [t.status for t in completed]
+    assert [TaskStatus.MODAL] == watched
 
 
 async def test_timeout_raises_and_keeps_last_state() -> None:
@@ -179,6 +421,7 @@ async def test_timeout_raises_and_keeps_last_state() -> None:
         with pytest.raises(TaskTimeoutError) as info:
             await mj.wait("slow", timeout=0.1)
         assert 0 == mj.poller.tracked  # the entry went away with its only waiter
+    assert "slow" == info.value.task_id
     assert info.value.last_task is not None
     assert TaskStatus.IN_PROGRESS == info.value.last_task.status
 
@@ -204,13 +447,11 @@ async def test_on_progress_sees_each_change() -> None:
 async def test_as_completed_yields_in_completion_order_including_failures() -> None:
     """as_completed yields finished tasks as they finish, failures too, without raising."""
     relay = FakeRelay(ticks=1)
-    relay.ticks = 1
-    slow_ids = {"slow"}
     original = relay.state
 
     def state(task_id: str) -> Task:
         task = original(task_id)
-        if task_id in slow_ids and relay.reads[task_id] < 4:
+        if task_id == "slow" and relay.reads[task_id] < 4:
             return Task(id=task_id, status=TaskStatus.IN_PROGRESS, progress="10%")
         return task
 
@@ -246,16 +487,42 @@ async def test_as_completed_timeout_lists_pending() -> None:
     assert ("a", "b") == info.value.pending
 
 
+async def test_as_completed_of_nothing() -> None:
+    """No ids: nothing yielded, nothing sent."""
+    relay = FakeRelay()
+    async with make_client(relay) as mj:
+        assert [] == [t async for t in mj.as_completed([])]
+    assert [] == relay.list_calls
+
+
 async def test_watch_yields_changes_until_terminal() -> None:
-    """watch() yields each change and ends with the final state."""
-    relay = FakeRelay(ticks=3)
+    """watch() yields each change and ends with the final state (a failure too)."""
+    relay = FakeRelay(ticks=3, fail={"f"})
     async with make_client(relay) as mj:
         states = [(t.status, t.progress) async for t in mj.watch("w")]
+        failed = [t.status async for t in mj.watch("f")]
     assert [
         (TaskStatus.IN_PROGRESS, "20%"),
         (TaskStatus.IN_PROGRESS, "40%"),
         (TaskStatus.SUCCESS, "100%"),
     ] == states
+    assert TaskStatus.FAILURE == failed[-1]
+
+
+async def test_bulk_subscriptions_are_due_at_once() -> None:
+    """Ids subscribed in bulk (at least batch_size of them) are read at once; an id waited
+    on alone waits first_poll (so a burst of submits shares one batch)."""
+    relay = FakeRelay(ticks=1)
+    async with make_client(relay, policy(first_poll=0.5, batch_size=4)) as mj:
+        started = time.monotonic()
+        got = [t.id async for t in mj.as_completed(["a", "b", "c", "d"])]
+        bulk = time.monotonic() - started
+        started = time.monotonic()
+        await asyncio.gather(mj.wait("x"), mj.wait("y"))
+        alone = time.monotonic() - started
+    assert {"a", "b", "c", "d"} == set(got)
+    assert bulk < 0.3 <= 0.45 <= alone
+    assert [["x", "y"]] == [sorted(c) for c in relay.list_calls[-1:]]  # one shared batch
 
 
 async def test_cancelling_one_waiter_leaves_others() -> None:
@@ -298,80 +565,30 @@ async def test_idle_poller_makes_no_requests() -> None:
         calls = len(relay.list_calls)
         await asyncio.sleep(0.1)
         assert calls == len(relay.list_calls)
+        assert 0 == mj.poller.tracked
 
 
 async def test_rate_limit_pauses_every_batch() -> None:
-    """A 429 with Retry-After delays all polling, not just the failing batch."""
-    from quickmj import RateLimitError
-
+    """A 429 with Retry-After pauses all polling, not just the failing batch: an id
+    subscribed meanwhile is not read before the pause ends."""
     relay = FakeRelay(ticks=1)
-    hits = {"n": 0}
+    loop = asyncio.get_running_loop()
+    calls: list[tuple[float, list[str]]] = []
 
     def raise_for(ids: list[str]) -> BaseException | None:
-        hits["n"] += 1
-        return RateLimitError("slow down", retry_after=0.15) if hits["n"] == 1 else None
+        calls.append((loop.time(), list(ids)))
+        return RateLimitError("slow down", retry_after=0.2) if len(calls) == 1 else None
 
     relay.raise_for = raise_for
-    loop = asyncio.get_running_loop()
-    async with make_client(relay) as mj:
-        started = loop.time()
-        await mj.wait("z")
-        elapsed = loop.time() - started
-    assert elapsed >= 0.15
-
-
-async def test_submit_with_wait_returns_final_task() -> None:
-    """imagine(..., wait=True) submits once and returns the finished task (over HTTP)."""
-    reads = {"n": 0}
-
-    def listing(url: Any, **kwargs: Any) -> CallbackResult:
-        reads["n"] += 1
-        ids = kwargs["json"]["ids"]
-        status = "SUCCESS" if reads["n"] >= 2 else "IN_PROGRESS"
-        return CallbackResult(payload=[{"id": i, "status": status, "progress": "50%"} for i in ids])
-
-    with aioresponses() as m:
-        m.post(
-            "http://relay.test/mj/submit/imagine",
-            payload={"code": 1, "description": "ok", "result": 1730621826053455},
-        )
-        m.post("http://relay.test/mj/task/list-by-condition", callback=listing, repeat=True)
-        async with AsyncClient("k", base_url="http://relay.test", poll=FAST) as mj:
-            task = await mj.imagine("a cat", wait=True, timeout=5)
-    assert "1730621826053455" == task.id
-    assert TaskStatus.SUCCESS == task.status
-    submits = [k for k in m.requests if k[1].path.endswith("/submit/imagine")]
-    assert 1 == len(m.requests[submits[0]])
-
-
-async def test_1000_tasks_over_http_cost_ceil_n_over_batch_per_tick() -> None:
-    """Through real HTTP mocking: 1000 waiters -> 10 list-by-condition calls per tick."""
-    reads: dict[str, int] = {}
-    sizes: list[int] = []
-
-    def listing(url: Any, **kwargs: Any) -> CallbackResult:
-        ids = kwargs["json"]["ids"]
-        sizes.append(len(ids))
-        out = []
-        for i in ids:
-            reads[i] = reads.get(i, 0) + 1
-            out.append({"id": i, "status": "SUCCESS" if reads[i] >= 2 else "IN_PROGRESS"})
-        return CallbackResult(payload=out[::-1])
-
-    policy = PollPolicy(interval=0.05, first_poll=0.02, batch_size=100)
-    with aioresponses() as m:
-        m.post(
-            re.compile(r"http://relay\.test/mj/task/list-by-condition"),
-            callback=listing,
-            repeat=True,
-        )
-        async with AsyncClient("k", base_url="http://relay.test", poll=policy) as mj:
-            ids = [str(1730621826053000 + i) for i in range(1000)]
-            done = await asyncio.gather(*(mj.wait(i, timeout=10) for i in ids))
-            ticks = mj.poller.stats["ticks"]
-    assert ids == [t.id for t in done]
-    assert 2 == ticks
-    assert [100] * 20 == sizes
+    async with make_client(relay, retry=RetryPolicy(max_attempts=1)) as mj:
+        first = asyncio.ensure_future(mj.wait("z1"))
+        while not calls:  # noqa: ASYNC110 - waiting for the first (limited) request
+            await asyncio.sleep(0.005)
+        await asyncio.sleep(0.02)
+        await asyncio.gather(first, mj.wait("z2"))
+    limited_at = calls[0][0]
+    assert [] == [t - limited_at for t, _ in calls[1:] if t < limited_at + 0.19]
+    assert any("z2" in ids for _, ids in calls[1:])
 
 
 async def test_poller_errors_are_typed() -> None:
@@ -381,3 +598,47 @@ async def test_poller_errors_are_typed() -> None:
     async with make_client(relay) as mj:
         with pytest.raises(QuickMJError):
             await mj.wait("u")
+
+
+# ---- the relay's refresh beat (PollPolicy.adaptive; Rhythm itself: test_rhythm.py) -----------
+
+
+async def test_a_relay_without_refresh_lag_is_polled_at_the_interval() -> None:
+    """A relay whose tasks change on every read (TrueAI, self-hosted proxies) never locks a
+    beat: adaptive polling then is plain polling."""
+    relay = FakeRelay(ticks=6)
+    async with make_client(relay, policy(adaptive=True)) as mj:
+        await mj.wait("t", timeout=5)
+        assert mj.poller.rhythm.period is None
+    assert 6 == relay.reads["t"]
+
+
+async def test_the_poller_schedules_on_the_learned_beat() -> None:
+    """Fed rounds every 2 s of a relay whose copy changes every 15 s (new-api), the poller
+    locks the beat and schedules the next check just after the next refresh instead of
+    2 s later; with adaptive=False it keeps the plain interval."""
+    now = [1000.0]
+
+    def row(t: float) -> dict[str, Any]:
+        return {"id": "a", "status": "IN_PROGRESS", "progress": f"{int((t - 1000.5) // 15)}%"}
+
+    results: dict[bool, tuple[float | None, float]] = {}
+    async with make_client(FakeRelay()) as mj:
+        for adaptive in (True, False):
+            rounds = policy(interval=2, first_poll=1000, near_done_interval=2, adaptive=adaptive)
+            poller = Poller(mj._relay, rounds, clock=lambda: now[0])
+            sub = poller.subscribe(["a"])
+            entry = poller._entries["a"]
+            for step in range(40):
+                now[0] = t = 1000.0 + 2 * step
+                poller._apply_rows(["a"], {"a": row(t)}, t)
+            results[adaptive] = (poller.rhythm.period, entry.next_due - now[0])
+            sub.close()
+            await poller.aclose()
+    period, wait = results[True]
+    assert period == pytest.approx(15, rel=0.05)
+    until_refresh = 1000.5 + 15 * math.ceil((now[0] - 1000.5) / 15) - now[0]
+    # Not 2 s later, and never later than the round after the next refresh would be
+    # (a probe half a period early is allowed).
+    assert 2.0 < wait <= until_refresh + 2 + 0.25
+    assert 2.0 == results[False][1]  # adaptive=False: the plain interval, whatever it saw

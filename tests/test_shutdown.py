@@ -32,9 +32,10 @@ from quickmj import (
 )
 from quickmj._batch import BatchItem, run_batch
 from quickmj._journal import Journal, Phase
-from quickmj.simulator import FaultConfig, RunningSimulator, SimulatorConfig, simulate
+from quickmj.testing import SimulatorConfig, simulate
 
-FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02)
+FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
+KEY = "sk-shutdown-key"
 CHUNK = 64 * 1024
 IMAGE_CHUNKS = 160  # a 10 MiB image, streamed over ~8 s: still going when the client closes
 
@@ -55,9 +56,40 @@ async def slow_image(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-async def start_image_server() -> tuple[web.AppRunner, str]:
-    app = web.Application()
-    app.router.add_get("/img/{name}", slow_image)
+class SlowRelay:
+    """A relay whose jobs never finish, whose submits and fetches can hang, and a slow
+    image host: every request the client makes is still in flight when it closes."""
+
+    def __init__(self, hang: float = 0.0) -> None:
+        self.hang = hang
+        self.counters: Counter[str] = Counter()
+
+    async def listing(self, request: web.Request) -> web.Response:
+        self.counters["list"] += 1
+        ids = (await request.json())["ids"]
+        rows = [{"id": i, "status": "IN_PROGRESS", "progress": "10%"} for i in ids]
+        return web.json_response(rows)
+
+    async def submit(self, request: web.Request) -> web.Response:
+        self.counters["submit"] += 1
+        await asyncio.sleep(self.hang)
+        return web.json_response({"code": 1, "result": "late"})
+
+    async def fetch(self, request: web.Request) -> web.Response:
+        self.counters["fetch"] += 1
+        await asyncio.sleep(self.hang)
+        return web.json_response({"id": request.match_info["id"], "status": "IN_PROGRESS"})
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/mj/task/list-by-condition", self.listing)
+        app.router.add_post("/mj/submit/imagine", self.submit)
+        app.router.add_get("/mj/task/{id}/fetch", self.fetch)
+        app.router.add_get("/img/{name}", slow_image)
+        return app
+
+
+async def start(app: web.Application) -> tuple[web.AppRunner, str]:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=0.1)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -94,29 +126,30 @@ def client_tasks(before: set[asyncio.Task[Any]]) -> list[str]:
 
 
 @pytest.fixture
-async def slow_relay() -> AsyncIterator[tuple[RunningSimulator, str]]:
-    """A relay whose jobs run for ten minutes, and a slow image host."""
-    runner, cdn = await start_image_server()
+async def slow_relay() -> AsyncIterator[tuple[SlowRelay, str]]:
+    relay = SlowRelay(hang=2.0)
+    runner, base = await start(relay.app())
     try:
-        async with simulate(SimulatorConfig(run_seconds=600)) as relay:
-            yield relay, cdn
+        yield relay, base
     finally:
         await runner.cleanup()
 
 
 async def test_aclose_under_heavy_polling_and_downloads(
-    slow_relay: tuple[RunningSimulator, str], tmp_path: Path
+    slow_relay: tuple[SlowRelay, str], tmp_path: Path
 ) -> None:
     """300 waiters and 20 half-done 10 MiB downloads: aclose() ends them all at once with
     ClientClosedError, deletes every partial file and leaves no task (the poller's too)."""
-    relay, cdn = slow_relay
-    ids = [relay.simulator.submit_imagine(f"a slow job {i}") for i in range(300)]
+    _, base = slow_relay
+    ids = [str(1730621826053000 + i) for i in range(300)]
     dest = tmp_path / "images"
     before = asyncio.all_tasks()
-    mj = AsyncClient(relay.api_key, base_url=relay.base_url, poll=FAST)
+    mj = AsyncClient(KEY, base_url=base, poll=FAST)
     waiters = [asyncio.ensure_future(mj.wait(i)) for i in ids]
     downloads = [
-        asyncio.ensure_future(mj.download(Task(id=f"big{k}", image_url=f"{cdn}/img/{k}.png"), dest))
+        asyncio.ensure_future(
+            mj.download(Task(id=f"big{k}", image_url=f"{base}/img/{k}.png"), dest)
+        )
         for k in range(20)
     ]
     await wait_until_streaming(dest, 20)
@@ -132,31 +165,36 @@ async def test_aclose_under_heavy_polling_and_downloads(
     settled = time.perf_counter() - started
 
     assert settled < 2.0  # nobody waits for a read timeout or a backoff
-    assert Counter({"ClientClosedError": 320}) == Counter(type(r).__name__ for r in results)
+    assert [] == [r for r in results if not isinstance(r, ClientClosedError)]
+    assert 320 == len(results)
     assert [] == leftovers(dest)  # no *.part, no half-written image
     await asyncio.sleep(0)
     assert [] == client_tasks(before)
 
 
-async def test_a_submit_on_the_wire_reports_its_unknown_outcome(tmp_path: Path) -> None:
+async def test_a_submit_on_the_wire_reports_its_unknown_outcome(
+    slow_relay: tuple[SlowRelay, str],
+) -> None:
     """Closed while a submit waits for its answer: SubmitOutcomeUnknownError (the job may
-    exist), not ClientClosedError; a read in flight gets ClientClosedError."""
-    faults = FaultConfig(latency=2.0, routes={"submit", "fetch"})
-    async with simulate(SimulatorConfig(faults=faults)) as relay:
-        known = relay.simulator.submit_imagine("already there")
-        mj = AsyncClient(relay.api_key, base_url=relay.base_url)
-        submit = asyncio.ensure_future(mj.imagine("a cat"))
-        fetch = asyncio.ensure_future(mj.fetch(known))
-        counters = relay.simulator.counters
-        while not (counters["POST /submit/imagine"] and counters["GET /task/{id}/fetch"]):  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
-        await mj.aclose()
-        with pytest.raises(SubmitOutcomeUnknownError, match="closed"):
-            await asyncio.wait_for(submit, 2)
-        with pytest.raises(ClientClosedError):
-            await asyncio.wait_for(fetch, 2)
-        with pytest.raises(ClientClosedError):
-            await mj.imagine("after close")  # certainly not sent: a plain ClientClosedError
+    exist), not ClientClosedError; a read in flight gets ClientClosedError; a submit after
+    close is certainly not sent (a plain ClientClosedError)."""
+    relay, base = slow_relay
+    mj = AsyncClient(KEY, base_url=base)
+    submission = mj.imagine("a cat", state="on-the-wire")
+    submit = asyncio.ensure_future(submission)
+    fetch = asyncio.ensure_future(mj.fetch("1730621826053455"))
+    while not (relay.counters["submit"] and relay.counters["fetch"]):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    await mj.aclose()
+    with pytest.raises(SubmitOutcomeUnknownError, match="closed") as info:
+        await asyncio.wait_for(submit, 2)
+    assert "on-the-wire" == info.value.state
+    assert submission.error is info.value and submission.job is None
+    with pytest.raises(ClientClosedError):
+        await asyncio.wait_for(fetch, 2)
+    with pytest.raises(ClientClosedError):
+        await mj.imagine("after close")
+    assert 1 == relay.counters["submit"]
 
 
 async def test_closing_the_client_under_a_batch_stops_it_resumably(tmp_path: Path) -> None:
@@ -165,7 +203,7 @@ async def test_closing_the_client_under_a_batch_stops_it_resumably(tmp_path: Pat
     that was on the wire is 'unknown' (never re-sent), nothing is 'failed'."""
     items = [BatchItem(f"prompt {i}") for i in range(24)]
     async with simulate(SimulatorConfig(run_seconds=0.3)) as relay:
-        mj = AsyncClient(relay.api_key, base_url=relay.base_url, poll=FAST)
+        mj = AsyncClient(relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST)
         run = asyncio.ensure_future(run_batch(mj, items, tmp_path, concurrency=8))
         while len(relay.simulator.submissions) < 10:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
@@ -177,7 +215,9 @@ async def test_closing_the_client_under_a_batch_stops_it_resumably(tmp_path: Pat
         unknown = [r["prompt"] for r in rows if r["status"] == "unknown"]
         assert all("closed" in r["reason"] for r in rows if r["status"] == "unknown")
         assert any(r["status"] == "pending" for r in rows)
-        async with AsyncClient(relay.api_key, base_url=relay.base_url, poll=FAST) as mj:
+        async with AsyncClient(
+            relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST
+        ) as mj:
             summary = await run_batch(mj, items, tmp_path, concurrency=8, resume=True)
         made = Counter(s.prompt for s in relay.simulator.submissions)
     assert (24 - len(unknown), len(unknown)) == (summary.succeeded, summary.unknown)
@@ -190,24 +230,31 @@ async def test_resume_after_a_kill_while_pressing_a_button(tmp_path: Path) -> No
     'unknown' instead of pressing again (which could pay twice); a press already recorded
     is waited on, and the next button is pressed once."""
     items = [BatchItem("pressed when killed"), BatchItem("U1 recorded, U2 not yet")]
-    async with simulate(SimulatorConfig(run_seconds=0.05)) as relay:
+    async with simulate(SimulatorConfig(dialect="trueai", run_seconds=0.05)) as relay:
         sim = relay.simulator
         grids = [sim.submit_imagine(i.prompt) for i in items]
-        async with AsyncClient(relay.api_key, base_url=relay.base_url, poll=FAST) as mj:
+        async with AsyncClient(
+            relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST
+        ) as mj:
             done = [await mj.wait(g) for g in grids]
             u1 = await mj.action(done[1], "U1")
-        with Journal(tmp_path / ".quickmj-journal.sqlite") as journal:
-            journal.load_prompts([(i.prompt, {}) for i in items])
-            for idx, grid in enumerate(grids):
-                journal.set_task(idx, grid)
-            journal.mark_submitting(0)  # killed right after sending U1 for row 0
-            journal.mark_submitting(1)
-            journal.set_upscale(1, "U1", u1.task_id)  # row 1's U1 answer was recorded
-        async with AsyncClient(relay.api_key, base_url=relay.base_url, poll=FAST) as mj:
+        journal = Journal(tmp_path / ".quickmj-journal.sqlite", create=True)
+        journal.load_prompts([(i.prompt, {}) for i in items])
+        for idx, grid in enumerate(grids):
+            journal.set_task(idx, grid)
+            journal.mark_submitting(idx, f"qmj:old:{idx}:U1", pressing="U1")
+        journal.set_upscale(1, "U1", u1.id)  # row 1's U1 answer was recorded
+        journal.end_run()
+        journal.close()
+        async with AsyncClient(
+            relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST
+        ) as mj:
             summary = await run_batch(
                 mj, items, tmp_path, upscale=["U1", "U2"], resume=True, download=False
             )
-        actions = Counter(s.prompt.split("::")[3] for s in sim.submissions if "action" in s[0])
+        actions = Counter(
+            s.prompt.split("::")[3] for s in sim.submissions if s.endpoint == "/submit/action"
+        )
     assert (1, 1) == (summary.succeeded, summary.unknown)
     rows = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert Phase.UNKNOWN == rows[0]["status"] and "U1" in rows[0]["reason"]
@@ -219,18 +266,17 @@ async def test_resume_after_a_kill_while_pressing_a_button(tmp_path: Path) -> No
 
 
 @pytest.fixture
-def relay_thread() -> Iterator[tuple[RunningSimulator, str]]:
-    """A slow relay and image host served from a thread of their own (for sync tests)."""
-    ready: Future[tuple[RunningSimulator, str]] = Future()
+def relay_thread() -> Iterator[str]:
+    """The slow relay and image host served from a thread of their own (for sync tests)."""
+    ready: Future[str] = Future()
     stop = threading.Event()
 
     async def serve() -> None:
-        runner, cdn = await start_image_server()
+        runner, base = await start(SlowRelay(hang=5.0).app())
         try:
-            async with simulate(SimulatorConfig(run_seconds=600)) as relay:
-                ready.set_result((relay, cdn))
-                while not stop.is_set():  # noqa: ASYNC110
-                    await asyncio.sleep(0.02)
+            ready.set_result(base)
+            while not stop.is_set():  # noqa: ASYNC110
+                await asyncio.sleep(0.02)
         finally:
             await runner.cleanup()
 
@@ -243,16 +289,15 @@ def relay_thread() -> Iterator[tuple[RunningSimulator, str]]:
         thread.join(10)
 
 
-def test_sync_close_from_another_thread(
-    relay_thread: tuple[RunningSimulator, str], tmp_path: Path
-) -> None:
-    """Threads blocked in wait, as_completed, download and an async progress callback all
-    get ClientClosedError when another thread closes the Client; no thread is left."""
-    relay, cdn = relay_thread
-    ids = [relay.simulator.submit_imagine(f"a slow job {i}") for i in range(20)]
+def test_sync_close_from_another_thread(relay_thread: str, tmp_path: Path) -> None:
+    """Threads blocked in wait, as_completed, watch, a submit, download and an async
+    progress callback all get ClientClosedError (the submit an unknown outcome) when another
+    thread closes the Client; no thread is left."""
+    base = relay_thread
+    ids = [str(1730621826053000 + i) for i in range(20)]
     dest = tmp_path / "images"
     before = set(threading.enumerate())
-    mj = Client(relay.api_key, base_url=relay.base_url, poll=FAST)
+    mj = Client(KEY, base_url=base, poll=FAST)
     results: dict[str, Any] = {}
 
     async def slow_callback(task: Task) -> None:
@@ -261,10 +306,12 @@ def test_sync_close_from_another_thread(
     calls: dict[str, Any] = {
         **{f"wait {i}": lambda i=i: mj.wait(i) for i in ids[:10]},
         "as_completed": lambda: list(mj.as_completed(ids)),
+        "watch": lambda: list(mj.watch(ids[11])),
         "callback": lambda: mj.wait(ids[10], on_progress=slow_callback),
+        "submit": lambda: mj.imagine("on the wire"),
         **{
             f"download {k}": lambda k=k: mj.download(
-                Task(id=f"big{k}", image_url=f"{cdn}/img/{k}.png"), dest
+                Task(id=f"big{k}", image_url=f"{base}/img/{k}.png"), dest
             )
             for k in range(4)
         },
@@ -289,8 +336,10 @@ def test_sync_close_from_another_thread(
         t.join(5)
 
     assert not closer.is_alive() and not any(t.is_alive() for t in threads)
-    assert dict.fromkeys(calls, "ClientClosedError") == {
-        name: type(r).__name__ for name, r in results.items()
+    expected = dict.fromkeys(calls, "ClientClosedError") | {"submit": "SubmitOutcomeUnknownError"}
+    assert expected == {
+        name: "ClientClosedError" if isinstance(r, ClientClosedError) else type(r).__name__
+        for name, r in results.items()
     }
     assert all(isinstance(r, QuickMJError) for r in results.values())
     assert [] == leftovers(dest)

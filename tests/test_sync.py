@@ -1,30 +1,61 @@
-"""The blocking facade: parity with AsyncClient, threads, running loops, interrupts, cleanup."""
+"""The blocking facade: parity with AsyncClient and AsyncJob, threads, running loops, real
+Ctrl-C, fork, close and cleanup."""
 
 from __future__ import annotations
 
-import _thread
 import asyncio
 import gc
 import inspect
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
 import threading
 import time
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
-from fakes import FAST, FakeRelay
+from conftest import load_fixture
+from fakes import BASE, FAST, PNG, FakeRelay, make_sync
 
-from quickmj import AsyncClient, Client, ClientClosedError, Task, TaskStatus, UsageError
-from quickmj._poller import PollPolicy
+from quickmj import (
+    AsyncClient,
+    AsyncJob,
+    Client,
+    ClientClosedError,
+    Job,
+    PollPolicy,
+    RetryPolicy,
+    Task,
+    TaskFailedError,
+    TaskNotFoundError,
+    TaskStatus,
+    Timeouts,
+    UsageError,
+)
+from quickmj.testing import Response
 
-
-def make_sync(relay: FakeRelay, policy: PollPolicy = FAST) -> Client:
-    client = Client("k", base_url="http://relay.test", poll=policy)
-    client._async.list_tasks = relay.list_tasks  # type: ignore[method-assign]
-    client._async._list_raw = relay.list_raw  # type: ignore[method-assign]
-    client._async.fetch = relay.fetch  # type: ignore[method-assign]
-    return client
+TESTS = str(Path(__file__).parent)
+PIG_HASH = "3785da15-4f70-4034-9128-f3ff1ac634fa"
+SUBMITS = (
+    "imagine",
+    "blend",
+    "describe",
+    "shorten",
+    "action",
+    "modal",
+    "change",
+    "simple_change",
+    "video",
+    "edits",
+    "swap_face",
+)
 
 
 @pytest.fixture
@@ -38,25 +69,45 @@ def sync(relay: FakeRelay) -> Iterator[Client]:
         yield client
 
 
-def _public_async_methods() -> dict[str, object]:
-    return {
-        name: member
-        for name, member in inspect.getmembers(AsyncClient)
-        if not name.startswith("_")
-        and (inspect.iscoroutinefunction(member) or inspect.isasyncgenfunction(member))
-        and name != "aclose"
-    }
+def public(cls: type) -> dict[str, Any]:
+    """Public attributes of a class: methods, properties and slots."""
+    return {name: member for name, member in inspect.getmembers(cls) if not name.startswith("_")}
 
 
-def test_every_async_method_has_a_sync_twin_with_the_same_signature() -> None:
-    """Each public coroutine / async-generator method of AsyncClient exists on Client."""
-    methods = _public_async_methods()
-    assert {"imagine", "wait", "as_completed", "watch", "download", "fetch_many"} <= set(methods)
-    for name, async_method in methods.items():
-        twin = getattr(Client, name, None)
-        assert twin is not None, f"Client.{name} is missing"
-        assert inspect.signature(async_method) == inspect.signature(twin), name  # type: ignore[arg-type]
+def is_attribute(member: Any) -> bool:
+    return isinstance(member, property) or inspect.ismemberdescriptor(member)
+
+
+def parameters(fn: Any) -> list[tuple[str, Any, Any, Any]]:
+    return [
+        (p.name, p.kind, p.default, p.annotation) for p in inspect.signature(fn).parameters.values()
+    ]
+
+
+@pytest.mark.parametrize(
+    ("async_cls", "sync_cls", "renamed"),
+    [(AsyncClient, Client, {"aclose": "close"}), (AsyncJob, Job, {})],
+)
+def test_every_public_method_and_property_has_a_blocking_twin(
+    async_cls: type, sync_cls: type, renamed: dict[str, str]
+) -> None:
+    """Each public method and property of AsyncClient/AsyncJob exists on Client/Job: methods
+    with the same parameters (aclose is close), never as coroutines; properties as
+    properties."""
+    async_members = public(async_cls)
+    sync_members = public(sync_cls)
+    assert len(async_members) > 8
+    missing = [n for n in async_members if renamed.get(n, n) not in sync_members]
+    assert [] == missing
+    for name, member in async_members.items():
+        twin = sync_members[renamed.get(name, name)]
+        if is_attribute(member):
+            assert isinstance(twin, property), name
+            continue
+        assert callable(twin), name
+        assert parameters(member) == parameters(twin), name
         assert not inspect.iscoroutinefunction(twin), name
+        assert not inspect.isasyncgenfunction(twin), name
 
 
 def test_constructor_signature_matches() -> None:
@@ -66,10 +117,93 @@ def test_constructor_signature_matches() -> None:
     assert list(a.parameters.items()) == list(s.parameters.items())
 
 
+def test_properties_read_the_async_twin() -> None:
+    """Configuration reads back the same on the blocking client, without opening it."""
+    timeouts, retry, poll = Timeouts(read=5), RetryPolicy(max_attempts=2), PollPolicy(interval=3)
+    mj = Client("k", base_url=BASE, timeouts=timeouts, retry=retry, poll=poll, dialect="trueai")
+    assert (BASE, None, "trueai", retry, timeouts, poll, False) == (
+        mj.base_url,
+        mj.mode,
+        mj.dialect,
+        mj.retry,
+        mj.timeouts,
+        mj.poll_policy,
+        mj.is_closed,
+    )
+    assert poll == mj.poller.policy
+    assert repr(mj).startswith("<Client base_url='http://relay.test' mode=None dialect='trueai'")
+    mj.close()
+    assert mj.is_closed
+
+
+def test_submits_return_blocking_jobs(sync: Client, relay: FakeRelay) -> None:
+    """Every submit sends at once and returns a Job whose methods block."""
+    calls: dict[str, Any] = {
+        "imagine": lambda: sync.imagine("a fox"),
+        "blend": lambda: sync.blend([PNG, PNG]),
+        "describe": lambda: sync.describe(PNG),
+        "shorten": lambda: sync.shorten("a long prompt"),
+        "action": lambda: sync.action("1", "MJ::JOB::upsample::1::h"),
+        "modal": lambda: sync.modal("1", prompt="x --zoom 2"),
+        "change": lambda: sync.change("1", "V2"),
+        "simple_change": lambda: sync.simple_change("1 U3"),
+        "video": lambda: sync.video("a fox runs"),
+        "edits": lambda: sync.edits("blue", PNG),
+        "swap_face": lambda: sync.swap_face(PNG, PNG),
+    }
+    assert set(SUBMITS) == set(calls)
+    jobs = {name: call() for name, call in calls.items()}
+    assert all(isinstance(job, Job) for job in jobs.values())
+    assert len(SUBMITS) == len(relay.submits)
+    assert "/insight-face/swap" == jobs["swap_face"].route
+    job = jobs["imagine"]
+    assert f"<Job {job.id} /submit/imagine>" == repr(job)
+    assert TaskStatus.SUCCESS == job.wait(timeout=5).status
+
+
+def test_job_methods_block(sync: Client, relay: FakeRelay, tmp_path: Path) -> None:
+    """A Job's properties mirror the AsyncJob; its methods block and return plain values."""
+    job = sync.imagine("a pig", state="mine")
+    assert (job.id, job.id, 1, "ok", "mine") == (
+        job.task_id,
+        job.result.task_id,
+        job.code,
+        job.description,
+        job.state,
+    )
+    assert (None, False, None, None) == (job.queued, job.needs_modal, job.queue_position, job.last)
+    assert "a pig" == job.request.prompt  # type: ignore[union-attr]
+    states = [t.status for t in job.watch()]
+    assert TaskStatus.SUCCESS == states[-1]
+    assert job.fetch() is job.last and job.last.is_success
+    assert tmp_path / f"{job.id}.png" == job.download(tmp_path)
+    assert PNG == (tmp_path / f"{job.id}.png").read_bytes()
+    assert "42" == job.image_seed()
+    assert job.cancel() is None and [job.id] == relay.cancelled
+    pig_like = {**load_fixture("task_pig"), "id": job.id}
+    relay.fetch_answer = lambda task_id: Response(200, json=pig_like)
+    job.fetch()
+    upscale = job.action("U2")
+    assert isinstance(upscale, Job)
+    assert f"MJ::JOB::upsample::2::{PIG_HASH}" == relay.submits[-1]["customId"]
+    zoom = upscale.modal(prompt="pig --zoom 2")
+    assert isinstance(zoom, Job) and upscale.id == relay.submits[-1]["taskId"]
+
+
 def test_wait_blocks_and_returns(sync: Client) -> None:
-    """The blocking wait returns the finished task."""
-    task = sync.wait("a")
-    assert TaskStatus.SUCCESS == task.status
+    """The blocking wait returns the finished task; `mj.imagine(p).wait()` is the one-liner."""
+    assert TaskStatus.SUCCESS == sync.wait("a").status
+    assert TaskStatus.SUCCESS == sync.imagine("a fox").wait().status
+
+
+def test_waits_take_jobs_and_tasks(sync: Client) -> None:
+    """wait, as_completed, watch and fetch_many accept ids, Tasks and (blocking) Jobs."""
+    job = sync.imagine("a fox")
+    refs: list[Any] = [job, Task(id="t"), "s"]
+    assert [job.id, "t", "s"] == [sync.wait(r).id for r in refs]
+    assert {job.id, "t", "s"} == {t.id for t in sync.as_completed(refs)}
+    assert [job.id, "t", "s"] == [t.id for t in sync.fetch_many(refs)]
+    assert job.id == list(sync.watch(job))[-1].id
 
 
 def test_from_inside_a_running_loop(relay: FakeRelay) -> None:
@@ -112,31 +246,53 @@ def test_iterators_stream_results(relay: FakeRelay) -> None:
     assert ["slow"] == [t.id for t in rest]
 
 
+def test_an_abandoned_iterator_releases_its_ids(relay: FakeRelay) -> None:
+    """Breaking out of a blocking iterator closes it on the loop: nothing stays tracked."""
+    relay.ticks = 10_000
+    with make_sync(relay) as mj:
+        stream = mj.watch("w")
+        next(stream)
+        stream.close()
+        assert 0 == mj.poller.tracked
+
+
 def test_watch_is_a_plain_iterator(sync: Client) -> None:
     """watch() yields each state change synchronously."""
     states = [t.status for t in sync.watch("w")]
     assert TaskStatus.SUCCESS == states[-1]
 
 
-def test_keyboard_interrupt_cancels_wait_and_client_stays_usable(relay: FakeRelay) -> None:
-    """Ctrl-C during a blocking wait cancels it; the client keeps working."""
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+def test_a_real_ctrl_c_interrupts_a_blocking_wait(relay: FakeRelay) -> None:
+    """A real SIGINT during a wait on a task that never finishes: KeyboardInterrupt comes
+    back at once, the wait is cancelled on the loop, and the client stays usable."""
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     relay.ticks = 10_000
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
     with make_sync(relay) as mj:
-        timer = threading.Timer(0.1, _thread.interrupt_main)
+        timer = threading.Timer(0.3, signal.pthread_kill, args=(main, signal.SIGINT))
+        started = time.monotonic()
         timer.start()
-        with pytest.raises(KeyboardInterrupt):
-            mj.wait("forever")
-        timer.join()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                mj.wait("forever")
+            took = time.monotonic() - started
+        finally:
+            timer.cancel()
+            timer.join()
+        assert 0.25 < took < 2.0
         deadline = time.monotonic() + 2
-        while mj._async.poller.tracked and time.monotonic() < deadline:
+        while mj.poller.tracked and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert 0 == mj._async.poller.tracked  # the cancelled waiter left no entry
+        assert 0 == mj.poller.tracked  # the cancelled waiter left no entry
         relay.ticks = 1
         assert TaskStatus.SUCCESS == mj.wait("after").status
+        assert not mj.is_closed
 
 
 def test_close_releases_the_thread(relay: FakeRelay) -> None:
-    """After close() no portal thread is left; close is idempotent."""
+    """After close() no portal thread is left; close is idempotent; calls then fail."""
     before = set(threading.enumerate())
     mj = make_sync(relay)
     mj.wait("x")
@@ -146,6 +302,19 @@ def test_close_releases_the_thread(relay: FakeRelay) -> None:
     assert set() == set(threading.enumerate()) - before
     with pytest.raises(ClientClosedError):
         mj.fetch("x")
+    with pytest.raises(ClientClosedError):
+        mj.imagine("x")
+    with pytest.raises(ClientClosedError), mj:
+        pass
+
+
+def test_a_client_that_was_never_opened_closes_at_once() -> None:
+    """Building a Client starts nothing; close() then has nothing to stop."""
+    before = set(threading.enumerate())
+    mj = Client("k", base_url=BASE)
+    assert set() == set(threading.enumerate()) - before
+    mj.close()
+    assert mj.is_closed
 
 
 def test_no_non_daemon_threads_while_open(sync: Client) -> None:
@@ -156,19 +325,39 @@ def test_no_non_daemon_threads_while_open(sync: Client) -> None:
 
 
 def test_callback_calling_the_sync_client_is_refused(relay: FakeRelay) -> None:
-    """A progress callback that calls the blocking client gets UsageError, not a deadlock."""
+    """A progress callback that calls the blocking client (or closes it) gets UsageError,
+    not a deadlock."""
     errors: list[BaseException] = []
+    calls: list[Task] = []
     relay.ticks = 3
     with make_sync(relay) as mj:
 
         def callback(task: Task) -> None:
-            try:
-                mj.fetch("other")
-            except UsageError as exc:
-                errors.append(exc)
+            calls.append(task)
+            for call in (lambda: mj.fetch("other"), mj.close):
+                try:
+                    call()
+                except UsageError as exc:
+                    errors.append(exc)
 
         mj.wait("cb", on_progress=callback)
-    assert errors
+        assert not mj.is_closed
+    assert calls and 2 * len(calls) == len(errors)
+
+
+def test_close_ends_open_webhook_receivers(relay: FakeRelay) -> None:
+    """close() first ends the webhook_receiver blocks still open: their port is released;
+    leaving the block afterwards is harmless."""
+    mj = make_sync(relay)
+    receiver = mj.webhook_receiver()
+    rx = receiver.__enter__()
+    port = int(rx.url.split(":")[2].split("/")[0])
+    with socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass  # it serves
+    mj.close()
+    with socket.socket() as sock:
+        assert 0 != sock.connect_ex(("127.0.0.1", port))
+    receiver.__exit__(None, None, None)
 
 
 def test_forgotten_client_warns_and_cleans_up(relay: FakeRelay) -> None:
@@ -189,8 +378,77 @@ def test_forgotten_client_warns_and_cleans_up(relay: FakeRelay) -> None:
 
 def test_errors_are_the_same_types(relay: FakeRelay) -> None:
     """The facade raises exactly what AsyncClient raises."""
-    from quickmj import TaskFailedError
-
     relay.fail = {"bad"}
-    with make_sync(relay) as mj, pytest.raises(TaskFailedError):
-        mj.wait("bad")
+    relay.unknown = {"ghost"}
+    with make_sync(relay) as mj:
+        with pytest.raises(TaskFailedError):
+            mj.wait("bad")
+        with pytest.raises(TaskNotFoundError):
+            mj.fetch("ghost")
+        with pytest.raises(TaskNotFoundError):
+            mj.image_seed("ghost")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_cannot_use_the_client(relay: FakeRelay) -> None:
+    """In a child forked from a process with an open Client, calls raise UsageError (the
+    loop thread is not there) and close() returns at once; the parent is unaffected."""
+    with make_sync(relay) as mj:
+        mj.wait("x")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads
+            pid = os.fork()
+        if pid == 0:  # the child: report through the exit status only
+            code = 10
+            signal.signal(signal.SIGALRM, signal.SIG_DFL)
+            signal.alarm(5)  # a hang kills the child (the parent then sees a failure)
+            try:
+                try:
+                    mj.fetch("x")
+                except UsageError as exc:
+                    code = 0 if "fork" in str(exc) else 11
+                started = time.monotonic()
+                mj.close()
+                if time.monotonic() - started > 1 or not mj.is_closed:
+                    code = 12
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert 0 == os.waitstatus_to_exitcode(status)
+        assert "y" == mj.wait("y").id
+
+
+@pytest.mark.parametrize("forget", [False, True])
+def test_a_client_left_open_at_exit_shuts_down_quietly(forget: bool) -> None:
+    """An open Client at interpreter exit is closed by the atexit hook; one that escaped it
+    is finalised without starting a thread. Either way: exit code 0, nothing on stderr."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        sys.path.insert(0, {TESTS!r})
+        import quickmj._sync
+        from fakes import FakeRelay, make_sync
+
+        mj = make_sync(FakeRelay(ticks=1))
+        mj.wait("x")
+        cycle = [mj]
+        cycle.append(cycle)
+        if {forget}:
+            quickmj._sync._open_clients.discard(mj)
+        print("done")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-W", "error", "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=False,
+    )
+    assert (0, "done\n", "") == (result.returncode, result.stdout, result.stderr)
+
+
+def test_fast_policy_is_used(relay: FakeRelay) -> None:
+    """The fakes' FAST policy reaches the blocking client's poller."""
+    with make_sync(relay) as mj:
+        assert FAST == mj.poll_policy
