@@ -535,7 +535,7 @@ async def soak(
                         break
                     if settle and summary is not None:
                         try:
-                            summary, _ = await reconcile(mj, out, timeout=time_limit / 2)
+                            summary = await reconcile(mj, out, timeout=time_limit / 2)
                         except Exception as exc:
                             problems.append(f"reconcile raised {type(exc).__name__}: {exc!r}")
                 if scope.cancelled_caught:

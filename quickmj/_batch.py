@@ -21,7 +21,7 @@ import os
 import re
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path, PurePath
 from typing import Any, TextIO
@@ -50,6 +50,7 @@ from .errors import (
     SubmitRejectedError,
     TaskFailedError,
     TaskTimeoutError,
+    UnsupportedByRelayError,
 )
 
 __all__ = (
@@ -116,6 +117,16 @@ class BatchProgress:
 
 
 @attrs.frozen
+class Unsettled:
+    """An unknown outcome quickmj could not settle: check the relay's dashboard."""
+
+    index: int
+    prompt: str
+    tag: str | None
+    sent_at: float | None
+
+
+@attrs.frozen
 class BatchSummary:
     """How the run ended, per prompt outcome, plus where the manifest is."""
 
@@ -130,6 +141,8 @@ class BatchSummary:
     incomplete: int = 0
     #: Prompts not submitted yet (the run stopped early, or was interrupted).
     pending: int = 0
+    #: Unknown outcomes ``reconcile`` could not settle (look them up by their tag).
+    unsettled: tuple[Unsettled, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -244,19 +257,28 @@ class _Stop(Exception):
 
 
 class _Breaker:
-    """Counts outage failures in a row; any relay answer resets it."""
+    """Trips when the recent submits were (nearly) all outage failures.
+
+    The first ``limit`` submits all failing stops a run against a dead relay in seconds;
+    later, ``limit * 2`` failures among the last ``limit * 8 // 3`` submits are needed, so
+    a merely flaky relay (a few percent of 5xx at high concurrency) never stops the run.
+    """
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
-        self.failures = 0
+        self._recent: deque[bool] = deque(maxlen=max(limit * 8 // 3, limit))
 
     def ok(self) -> None:
-        self.failures = 0
+        self._recent.append(False)
 
     def failed(self) -> bool:
         """Record an outage failure; True when the run should stop."""
-        self.failures += 1
-        return self.failures >= self.limit
+        self._recent.append(True)
+        recent = self._recent
+        failures = sum(recent)
+        if len(recent) <= self.limit:
+            return failures >= self.limit  # every submit so far failed
+        return failures >= 2 * self.limit
 
 
 class _Run:
@@ -339,7 +361,7 @@ class _Run:
 
     def _wants(self, row: JournalRow) -> bool:
         if row.phase is Phase.UNKNOWN:
-            return self.s.resubmit_unknown and row.task_id is None
+            return self.s.resubmit_unknown
         return not row.phase.is_final
 
     async def _one(self, row: JournalRow, scope: anyio.CancelScope) -> None:
@@ -370,6 +392,8 @@ class _Run:
 
     async def _advance(self, row: JournalRow) -> Phase:
         """Take one prompt as far as it goes; returns where it ends."""
+        if row.phase is Phase.UNKNOWN:  # --resubmit-unknown: the user accepts paying again
+            row = self._reopen(row)
         if row.task_id is None and row.phase is Phase.SUBMITTING:
             # Killed between sending and recording: the job may exist. Do not pay twice.
             return self._set(
@@ -394,6 +418,14 @@ class _Run:
         if isinstance(finals, Phase):
             return finals
         return await self._finish(row, grid, finals)
+
+    def _reopen(self, row: JournalRow) -> JournalRow:
+        """An unknown outcome to send again: the submit, or just the press it lost."""
+        if row.task_id is None:
+            self.journal.mark_pending(row.index, reason="sent again (--resubmit-unknown)")
+        else:
+            self.journal.set_phase(row.index, Phase.RUNNING, pressing=None, reason=None)
+        return self.journal.row(row.index)
 
     async def _upscales(self, row: JournalRow, grid: Task) -> list[tuple[str | None, Task]] | Phase:
         finals: list[tuple[str | None, Task]] = []
@@ -609,9 +641,13 @@ async def run_batch(
     timeout: float = 3600.0,
     name: str | None = None,
     resubmit_unknown: bool = False,
+    reconcile: bool = False,
     on_progress: Callable[[BatchProgress], Any] | None = None,
 ) -> BatchSummary:
     """Run (or resume) a batch into directory ``out``; see the module docstring.
+
+    With ``reconcile`` (and ``resume``), unknown outcomes are first settled by their state
+    tag (see :func:`reconcile`), under the same lock as the run.
 
     Raises BatchLockedError (another run owns ``out``), JournalError (nothing safe to
     resume), RelayUnreachableError (an outage stopped the run early), StorageError (the
@@ -633,9 +669,11 @@ async def run_batch(
     with BatchDir(out) as bdir:
         journal = bdir.open_journal(pairs, resume=resume)
         try:
-            return await _drive(client, bdir, journal, settings, on_progress)
+            unsettled = await _settle(client, journal) if reconcile else []
+            summary = await _drive(client, bdir, journal, settings, on_progress)
         finally:
             journal.close()
+    return attrs.evolve(summary, unsettled=tuple(unsettled))
 
 
 async def _drive(
@@ -692,16 +730,6 @@ def _summary(journal: Journal, manifest: Path, elapsed: float) -> BatchSummary:
 # ---- settling unknown outcomes ----
 
 
-@attrs.frozen
-class Unsettled:
-    """An unknown outcome quickmj could not settle: check the relay's dashboard."""
-
-    index: int
-    prompt: str
-    tag: str | None
-    sent_at: float | None
-
-
 async def reconcile(
     client: AsyncClient,
     out: str | os.PathLike[str],
@@ -709,19 +737,19 @@ async def reconcile(
     download: bool = True,
     timeout: float = 3600.0,
     on_progress: Callable[[BatchProgress], Any] | None = None,
-) -> tuple[BatchSummary, list[Unsettled]]:
+) -> BatchSummary:
     """Settle ``unknown`` rows of a batch: find each job by its state tag and finish it.
 
     Works where the relay can list recent tasks (``GET /task/list``: self-hosted
-    midjourney-proxy and TrueAI). Adopted jobs are followed to the end (waited on,
-    upscaled, downloaded) without a new submit. Returns the summary and the rows that
-    could not be settled (with their tag and send time, to look up by hand).
+    midjourney-proxy, and TrueAI for its newest 100 tasks). Adopted jobs are followed to
+    the end (waited on, upscaled, downloaded) without a new submit. The summary's
+    ``unsettled`` lists the rows that could not be settled, with their tag and send time,
+    to look up on the relay's dashboard.
     """
     with BatchDir(out) as bdir:
         journal = bdir.open_journal([], resume=True, check_input=False)
         try:
-            listing = await client.recent_tasks()
-            unsettled = _adopt(journal, listing)
+            unsettled = await _settle(client, journal)
             settings = _Settings(
                 concurrency=8,
                 upscale=_labels(journal),
@@ -734,7 +762,18 @@ async def reconcile(
             summary = await _drive(client, bdir, journal, settings, on_progress)
         finally:
             journal.close()
-    return summary, unsettled
+    return attrs.evolve(summary, unsettled=tuple(unsettled))
+
+
+async def _settle(client: AsyncClient, journal: Journal) -> list[Unsettled]:
+    """Adopt unknown rows whose tag the relay's task list shows; the rest stay unsettled."""
+    if not any(r.phase is Phase.UNKNOWN for r in journal.rows()):
+        return []
+    try:
+        listing = await client.recent_tasks()
+    except UnsupportedByRelayError:
+        listing = []  # QuickRouter cannot list tasks: every unknown stays unsettled
+    return _adopt(journal, listing)
 
 
 def _labels(journal: Journal) -> tuple[str, ...]:

@@ -475,7 +475,7 @@ _COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Output], Any]] = {
 
 
 async def _batch(args: argparse.Namespace, out: _Output) -> int:
-    from ._batch import check_name_template, parse_upscale, read_prompts, reconcile, run_batch
+    from ._batch import check_name_template, parse_upscale, read_prompts, run_batch
     from ._progress import make_reporter
 
     items = read_prompts(args.file)  # input errors surface before anything is paid for
@@ -488,11 +488,6 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
     reporter = make_reporter(sys.stderr, plain=args.plain or args.json)
     async with _client(args) as mj:
         try:
-            if args.reconcile:
-                _, unsettled = await reconcile(
-                    mj, args.out, download=not args.no_download, timeout=args.timeout
-                )
-                _print_unsettled(unsettled, out)
             summary = await run_batch(
                 mj,
                 items,
@@ -505,6 +500,7 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
                 timeout=args.timeout,
                 name=args.name,
                 resubmit_unknown=args.resubmit_unknown,
+                reconcile=args.reconcile,
                 on_progress=reporter,
             )
         finally:
@@ -520,12 +516,11 @@ async def _reconcile(args: argparse.Namespace, out: _Output) -> int:
     reporter = make_reporter(sys.stderr, plain=args.plain or args.json)
     async with _client(args) as mj:
         try:
-            summary, unsettled = await reconcile(mj, args.out, download=not args.no_download)
+            summary = await reconcile(mj, args.out, download=not args.no_download)
         finally:
             reporter.close()
-    _print_unsettled(unsettled, out)
     _print_summary(summary, out, reporter)
-    return EXIT_OK if not unsettled else EXIT_FAILED
+    return EXIT_OK if not summary.unsettled else EXIT_FAILED
 
 
 def _print_unsettled(unsettled: Sequence[Any], out: _Output) -> None:
@@ -549,6 +544,7 @@ def _print_unsettled(unsettled: Sequence[Any], out: _Output) -> None:
 
 
 def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
+    _print_unsettled(summary.unsettled, out)
     fields = (
         "total",
         "succeeded",

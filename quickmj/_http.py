@@ -216,7 +216,7 @@ class Http:
         started = time.perf_counter()
         status: int | str = "error"
         try:
-            with self.abortable(), _deadline(limit, method, path):
+            with self.abortable(), _deadline(limit, method, path), self._redacting():
                 response = await self.transport.handle_request(request)
                 status = response.status
                 try:
@@ -240,7 +240,12 @@ class Http:
         a CDN, or a redirect to one, never sees it. An error status is read (briefly) and
         turned into an exception by ``on_error(answer, url, key_was_sent)``.
         """
-        with self.abortable(), _deadline(self.timeouts.download_total, "GET", self._shown(url)):
+        where = self._shown(url)
+        with (
+            self.abortable(),
+            _deadline(self.timeouts.download_total, "GET", where),
+            self._redacting(),
+        ):
             response, current = await self._open_download(url, on_error)
             try:
                 async for chunk in read_body(response, max_bytes, self._shown(current)):
@@ -289,6 +294,19 @@ class Http:
             await response.aclose()
         headers = self._redacted(response.headers)
         return on_error(Answer(response.status, headers, body), self._shown(url), auth)
+
+    @contextlib.contextmanager
+    def _redacting(self) -> Iterator[None]:
+        """Transport errors leave without the key, whatever transport made them (a custom
+        one may put a URL or a header into its message)."""
+        try:
+            yield
+        except TransportError as exc:
+            text = str(exc)
+            clean = self.key.redact(text)
+            if clean != text:
+                exc.args = (clean,)
+            raise
 
     def _shown(self, url: str) -> str:
         """``url`` as errors show it: no query string, no echo of the key (a redirect's

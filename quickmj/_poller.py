@@ -508,13 +508,15 @@ class Poller:
         entry.busy = True
         try:
             task = await self._relay.fetch(task_id)
-        except TaskNotFoundError as exc:
+        except (TaskNotFoundError, MalformedResponseError) as exc:
+            # Unknown, or the relay answered with another task: only this id's waiters
+            # hear of it (a stranger's state is never handed to them).
+            if isinstance(exc, MalformedResponseError):
+                logger.warning("quickmj: confirming task %s: %s", task_id, exc)
             self._finish(task_id, Final(error=exc))
             return
         except Exception as exc:
             entry.busy = False
-            if isinstance(exc, MalformedResponseError):
-                logger.warning("quickmj: confirming task %s: %s", task_id, exc)
             self._chunk_failed([task_id], exc)
             return
         entry.busy = False

@@ -33,7 +33,9 @@ from ._protocol import (
 )
 from ._retry import retrying
 from .errors import (
+    DownloadError,
     MalformedResponseError,
+    NotFoundError,
     QuickMJError,
     SubmitOutcomeUnknownError,
     TaskNotFoundError,
@@ -206,7 +208,10 @@ class Relay:
         """Stream ``url`` into ``fh`` (retried from the start); returns the Content-Type."""
 
         def on_error(answer: Answer, where: str, key_sent: bool) -> Exception:
-            return status_error(answer, where, self.http.key, from_relay=key_sent)
+            error = status_error(answer, where, self.http.key, from_relay=key_sent)
+            if isinstance(error, NotFoundError):  # not a missing route: a missing file
+                return DownloadError(f"{where}: the image is not there (HTTP {answer.status})")
+            return error
 
         async def once() -> str:
             fh.seek(0)

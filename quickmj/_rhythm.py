@@ -20,7 +20,6 @@ changes at arbitrary times and never locks.
 from __future__ import annotations
 
 import itertools
-import itertools
 import math
 import statistics
 from collections import OrderedDict

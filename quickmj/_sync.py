@@ -19,6 +19,7 @@ import concurrent.futures
 import contextlib
 import enum
 import functools
+import inspect
 import os
 import sys
 import threading
@@ -120,6 +121,16 @@ class _Facade(Generic[A]):
         return self._runner().run(fn, *args, **kwargs)
 
 
+def _twin_signature(fn: Callable[..., Any], returns: Callable[[str], str]) -> inspect.Signature:
+    """The async method's signature with the blocking twin's return annotation, so that
+    ``help()`` and ``inspect.signature`` show what the blocking method really returns."""
+    sig = inspect.signature(fn)
+    annotation = sig.return_annotation
+    if isinstance(annotation, str):
+        sig = sig.replace(return_annotation=returns(annotation))
+    return sig
+
+
 def _blocking(
     fn: Callable[Concatenate[A, P], Awaitable[R]],
 ) -> Callable[Concatenate[_Facade[A], P], R]:
@@ -131,6 +142,7 @@ def _blocking(
         bound: Callable[P, Awaitable[R]] = getattr(self._async, name)
         return self._call(bound, *args, **kwargs)
 
+    method.__signature__ = _twin_signature(fn, lambda a: a)  # type: ignore[attr-defined]
     return method
 
 
@@ -144,6 +156,9 @@ def _blocking_iter(
     def method(self: _Facade[A], /, *args: P.args, **kwargs: P.kwargs) -> Iterator[T]:
         return self._runner().iterate(getattr(self._async, name)(*args, **kwargs))
 
+    method.__signature__ = _twin_signature(  # type: ignore[attr-defined]
+        fn, lambda a: a.replace("AsyncIterator", "Iterator")
+    )
     return method
 
 
@@ -163,6 +178,7 @@ def _blocking_submit(
         runner = self._runner()
         return Job(runner, runner.run(send))
 
+    method.__signature__ = _twin_signature(fn, lambda _: "Job")  # type: ignore[attr-defined]
     return method
 
 
@@ -176,6 +192,9 @@ def _blocking_cm(
     def method(self: _Facade[A], /, *args: P.args, **kwargs: P.kwargs) -> AbstractContextManager[T]:
         return self._runner().context(getattr(self._async, name)(*args, **kwargs))
 
+    method.__signature__ = _twin_signature(  # type: ignore[attr-defined]
+        fn, lambda a: a.replace("AsyncIterator", "AbstractContextManager")
+    )
     return method
 
 

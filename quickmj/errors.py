@@ -396,8 +396,8 @@ class TaskNeedsModalError(TaskError):
     """The task waits in MODAL: finish it with ``modal(task_id, prompt=..., mask=...)``.
 
     Raised by waits on a task that stays in MODAL longer than ``PollPolicy.modal_timeout``
-    and by ``wait=True`` submits answered with code 21. ``task`` is None when only the id
-    is known.
+    and by ``job.wait()`` on a job the relay answered with code 21. ``task`` is None when
+    only the id is known.
     """
 
     def __init__(self, task_id: str, task: Task | None = None) -> None:

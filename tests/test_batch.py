@@ -392,8 +392,8 @@ async def test_reconcile_adopts_unknown_jobs_by_their_tag(tmp_path: Path) -> Non
     async with simulate(dialect="trueai", seed=3, faults=faults) as relay, client(relay) as mj:
         first = await run_batch(mj, prompts(6), tmp_path, download=False)
         assert first.unknown >= 1
-        summary, unsettled = await reconcile(mj, tmp_path, download=False)
-    assert [] == unsettled and summary.ok
+        summary = await reconcile(mj, tmp_path, download=False)
+    assert () == summary.unsettled and summary.ok
     assert {1} == set(created(relay).values())
 
 
@@ -405,11 +405,31 @@ async def test_reconcile_lists_what_a_relay_cannot_settle(relay: Any, tmp_path: 
     journal.set_phase(0, Phase.UNKNOWN, reason="lost")
     journal.end_run()
     journal.close()
-    from quickmj import UnsupportedByRelayError
-
     async with client(relay) as mj:
-        with pytest.raises(UnsupportedByRelayError):
-            await reconcile(mj, tmp_path)
+        summary = await reconcile(mj, tmp_path)
+    (unsettled,) = summary.unsettled
+    assert ("qmj:gone:0", "a cat") == (unsettled.tag, unsettled.prompt)
+    assert unsettled.sent_at is not None and 1 == summary.unknown
+    assert 0 == relay.simulator.counters["POST /submit/imagine"]
+
+
+async def test_resubmit_unknown_sends_a_lost_press_again(tmp_path: Path) -> None:
+    """A press cut by a kill (the grid is paid and known) is sent again on request."""
+    async with simulate(seed=4) as relay, client(relay) as mj:
+        first = await run_batch(mj, [BatchItem("a cat")], tmp_path, download=False)
+        assert first.ok
+        journal = Journal(tmp_path / ".quickmj-journal.sqlite", create=False)
+        journal.mark_submitting(0, "qmj:old:0:U1", pressing="U1")
+        journal.set_phase(0, Phase.UNKNOWN, reason="stopped while pressing U1")
+        journal.end_run()
+        journal.close()
+        summary = await run_batch(
+            mj, [BatchItem("a cat")], tmp_path, upscale=["U1"], resume=True,
+            resubmit_unknown=True, download=False,
+        )  # fmt: skip
+    assert summary.ok
+    assert {"a cat": 1} == created(relay)
+    assert 1 == relay.simulator.counters["POST /submit/action"]
 
 
 async def test_resubmit_unknown_sends_those_prompts_again(relay: Any, tmp_path: Path) -> None:

@@ -66,12 +66,14 @@ async def test_the_poller_asks_less_on_a_refreshing_relay() -> None:
         policy = PollPolicy(
             interval=0.05, first_poll=0.01, near_done_interval=0.05, adaptive=adaptive
         )
-        async with simulate(refresh_interval=0.5, run_seconds=3.0, queue_seconds=0.1) as relay:
-            async with AsyncClient(
+        async with (
+            simulate(refresh_interval=0.5, run_seconds=3.0, queue_seconds=0.1) as relay,
+            AsyncClient(
                 relay.api_key, base_url=relay.base_url, dialect="quickrouter", poll=policy
-            ) as mj:
-                jobs = [await mj.imagine(f"p{i}") for i in range(5)]
-                done = [t async for t in mj.as_completed(jobs, timeout=30)]
-                assert 5 == len(done) and all(t.is_success for t in done)
-                counts[adaptive] = mj.poller.stats["list_requests"]
+            ) as mj,
+        ):
+            jobs = [await mj.imagine(f"p{i}") for i in range(5)]
+            done = [t async for t in mj.as_completed(jobs, timeout=30)]
+            assert 5 == len(done) and all(t.is_success for t in done)
+            counts[adaptive] = mj.poller.stats["list_requests"]
     assert counts[True] < 0.75 * counts[False], counts
