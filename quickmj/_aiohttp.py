@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl as ssl_module
+import urllib.parse
+import urllib.request
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -36,8 +38,10 @@ class AiohttpTransport:
 
     Args:
         max_connections: size of the connection pool (ignored with ``connector``/``session``).
-        trust_env: read proxies (``HTTP_PROXY``, ``HTTPS_PROXY``, ``NO_PROXY``) and
-            ``.netrc`` from the environment, as httpx-based SDKs do by default.
+        trust_env: use the proxies the environment names (``HTTP_PROXY``, ``HTTPS_PROXY``,
+            ``ALL_PROXY``, ``NO_PROXY``), as httpx-based SDKs do by default. (Read once per
+            host, here: aiohttp's own ``trust_env`` would also look up ``.netrc`` in a
+            worker thread on every request.)
         proxy: an explicit proxy URL for every request (wins over the environment).
         ssl: an ``ssl.SSLContext``, or False to skip certificate checks (never in
             production), or None for aiohttp's default verification.
@@ -62,6 +66,7 @@ class AiohttpTransport:
         self._max_connections = max_connections
         self._trust_env = trust_env
         self._proxy = proxy
+        self._env_proxies: dict[tuple[str, str], str | None] = {}
         self._ssl: Any = True if ssl is None else ssl
         self._connector = connector
         self._trace_configs = list(trace_configs)
@@ -84,7 +89,7 @@ class AiohttpTransport:
                 raise_for_status=False,
                 # quickmj inflates bodies itself, with its size cap on the inflated bytes.
                 auto_decompress=False,
-                trust_env=self._trust_env,
+                trust_env=False,  # proxies from the environment: see _proxy_for
                 trace_configs=self._trace_configs or None,
             )
         return self._session
@@ -105,7 +110,7 @@ class AiohttpTransport:
                 data=request.content,
                 allow_redirects=False,
                 timeout=timeout,
-                proxy=self._proxy,
+                proxy=self._proxy_for(request.url),
                 ssl=self._ssl,
             )
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
@@ -119,6 +124,20 @@ class AiohttpTransport:
             stream=_body(resp, request),
             on_close=lambda: _release(resp),
         )
+
+    def _proxy_for(self, url: str) -> str | None:
+        """The proxy for ``url``: the explicit one, else the environment's (cached per
+        scheme and host for the transport's life)."""
+        if self._proxy is not None or not self._trust_env:
+            return self._proxy
+        parts = urllib.parse.urlsplit(url)
+        key = (parts.scheme, parts.hostname or "")
+        if key not in self._env_proxies:
+            proxies = urllib.request.getproxies_environment()
+            bypass = urllib.request.proxy_bypass_environment(parts.netloc, proxies)
+            chosen = None if bypass else proxies.get(parts.scheme) or proxies.get("all")
+            self._env_proxies[key] = chosen
+        return self._env_proxies[key]
 
     async def aclose(self) -> None:
         self._closed = True

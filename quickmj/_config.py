@@ -27,20 +27,25 @@ __all__ = (
 )
 
 DEFAULT_BASE_URL = "https://api.quickrouter.ai"
+"""The relay used when neither ``base_url`` nor ``$QUICKMJ_BASE_URL`` is given."""
 ENV_API_KEY = "QUICKMJ_API_KEY"
 ENV_BASE_URL = "QUICKMJ_BASE_URL"
 ENV_MODE = "QUICKMJ_MODE"
 
 Mode = Literal["fast", "relax", "turbo"]
-#: ``bearer``: ``Authorization: Bearer <key>`` (QuickRouter, new-api relays);
-#: ``mj-api-secret``: ``mj-api-secret: <key>`` (self-hosted midjourney-proxy);
-#: ``raw``: ``Authorization: <key>`` (TrueAI-style proxies that compare the whole header).
+"""A Midjourney speed mode, sent as the ``/mj-fast/mj``-style path prefix (None in the
+client means the key's default mode)."""
 AuthScheme = Literal["bearer", "mj-api-secret", "raw"]
-#: Which relay software answers (see the README's "Relays and dialects"):
-#: ``quickrouter`` (new-api in front of a proxy: QuickRouter and most resellers),
-#: ``midjourney-proxy`` (novicezk, self-hosted), ``trueai`` (trueai-org/midjourney-proxy),
-#: ``auto`` (unknown: quickmj assumes nothing beyond the common protocol).
+"""How the API key is sent.
+
+``bearer``: ``Authorization: Bearer <key>`` (QuickRouter, new-api relays);
+``mj-api-secret``: ``mj-api-secret: <key>`` (self-hosted midjourney-proxy);
+``raw``: ``Authorization: <key>`` (TrueAI-style proxies that compare the whole header)."""
 Dialect = Literal["auto", "quickrouter", "midjourney-proxy", "trueai"]
+"""Which relay software answers (see the README's "Relays and dialects"):
+``quickrouter`` (new-api in front of a proxy: QuickRouter and most resellers),
+``midjourney-proxy`` (novicezk, self-hosted), ``trueai`` (trueai-org/midjourney-proxy),
+``auto`` (unknown: quickmj assumes nothing beyond the common protocol)."""
 DIALECTS: tuple[Dialect, ...] = ("auto", "quickrouter", "midjourney-proxy", "trueai")
 
 _MODES = ("fast", "relax", "turbo")
@@ -64,21 +69,21 @@ def _positive(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
 class Timeouts:
     """HTTP timeouts in seconds. These bound one request, never the life of a job."""
 
-    #: Establishing a connection (TCP + TLS).
     connect: float = attrs.field(default=10.0, validator=_positive)
-    #: Silence allowed while waiting for an answer (between bytes).
+    """Establishing a connection (TCP + TLS)."""
     read: float = attrs.field(default=30.0, validator=_positive)
-    #: Deadline for one whole API request: connect, headers and the full body. A server
-    #: that drips its answer a byte at a time cannot hold a call longer than this.
-    #: new-api relays wait up to 60 s for their upstream before answering a submit.
+    """Silence allowed while waiting for an answer (between bytes)."""
     request: float = attrs.field(default=90.0, validator=_positive)
-    #: image-seed may block for up to a minute on some relays while the bot answers:
-    #: its read timeout and deadline.
+    """Deadline for one whole API request: connect, headers and the full body. A server
+    that drips its answer a byte at a time cannot hold a call longer than this.
+    new-api relays wait up to 60 s for their upstream before answering a submit."""
     image_seed: float = attrs.field(default=75.0, validator=_positive)
-    #: Silence allowed while downloading an image (between chunks).
+    """image-seed may block for up to a minute on some relays while the bot answers:
+    its read timeout and deadline."""
     download: float = attrs.field(default=60.0, validator=_positive)
-    #: Deadline for one whole image download.
+    """Silence allowed while downloading an image (between chunks)."""
     download_total: float = attrs.field(default=600.0, validator=_positive)
+    """Deadline for one whole image download."""
 
 
 @attrs.frozen
@@ -90,16 +95,16 @@ class RetryPolicy:
     a failed connect always; a 429 or a queue-full rejection only with ``retry_submits``.
     """
 
-    #: Total attempts, the first included (1 disables retries).
     max_attempts: int = 4
-    #: First backoff in seconds; doubled on each further attempt.
+    """Total attempts, the first included (1 disables retries)."""
     backoff: float = 0.5
-    #: Upper bound of one backoff (and of an honoured Retry-After).
+    """First backoff in seconds; doubled on each further attempt."""
     max_backoff: float = 30.0
-    #: Random spread applied to each backoff (0.5 = from 50% to 150%).
+    """Upper bound of one backoff (and of an honoured Retry-After)."""
     jitter: float = 0.5
-    #: Retry submits answered 429 or "queue full" (code 23): nothing was created there.
+    """Random spread applied to each backoff (0.5 = from 50% to 150%)."""
     retry_submits: bool = False
+    """Retry submits answered 429 or "queue full" (code 23): nothing was created there."""
 
     def __attrs_post_init__(self) -> None:
         if self.max_attempts < 1:
@@ -108,7 +113,17 @@ class RetryPolicy:
             raise ConfigurationError("RetryPolicy backoff values must be non-negative")
 
     def delay(self, attempt: int, retry_after: float | None = None) -> float:
-        """Seconds to sleep after failed attempt number ``attempt`` (1-based)."""
+        """Seconds to sleep after failed attempt number ``attempt`` (1-based).
+
+        Args:
+            attempt: the attempt that just failed (1 for the first).
+            retry_after: the server's ``Retry-After`` in seconds, if it sent one; it wins
+                over the backoff (capped at ``max_backoff``).
+
+        Returns:
+            The delay in seconds: exponential backoff with ``jitter``, at most
+            ``max_backoff`` (before jitter).
+        """
         if retry_after is not None and retry_after >= 0:
             return min(retry_after, self.max_backoff)
         base = min(self.backoff * (2 ** (attempt - 1)), self.max_backoff)
@@ -125,11 +140,12 @@ class Secret:
     JSON-escaped forms (``\\u0073\\u006b...``).
     """
 
-    __slots__ = ("_escaped", "_value")
+    __slots__ = ("_escaped", "_probe", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
         self._escaped: re.Pattern[str] | None = None
+        self._probe: re.Pattern[bytes] | None = None
 
     def get(self) -> str:
         """The key itself: only for building the auth header."""
@@ -145,6 +161,22 @@ class Secret:
             parts = [f"(?:{re.escape(c)}|\\\\u(?i:{ord(c):04x}))" for c in self._value]
             self._escaped = re.compile("".join(parts))
         return self._escaped
+
+    def _bytes(self) -> bytes:
+        return self._value.encode()
+
+    def _escape_probe(self) -> re.Pattern[bytes]:
+        # A cheap first look for a JSON escape of one of the key's own characters: relays
+        # escape non-ASCII text and <>&'+ (Go, .NET), never letters, digits or dashes, so
+        # this rarely matches an honest answer and the full search rarely runs.
+        if self._probe is None:
+            if self._value.isascii():
+                codes = sorted({f"{ord(c):04x}" for c in self._value})
+                cases = {v for c in codes for v in (c, c.upper(), c.lower())}
+                self._probe = re.compile(rb"\\u(?:" + "|".join(sorted(cases)).encode() + rb")")
+            else:
+                self._probe = re.compile(rb"\\u")
+        return self._probe
 
     def redact(self, text: str) -> str:
         """``text`` with every occurrence of the key (plain or JSON-escaped) as ``***``."""
@@ -162,10 +194,10 @@ class Secret:
         """
         if not self._long_enough():
             return data
-        secret = self._value.encode()
+        secret = self._bytes()
         if secret in data:
             data = data.replace(secret, b"***")
-        if b"\\u" in data:
+        if b"\\u" in data and self._escape_probe().search(data):
             text = data.decode("utf-8", "replace")
             if self._escaped_pattern().search(text):
                 data = self._escaped_pattern().sub("***", text).encode()

@@ -45,9 +45,11 @@ from .errors import (
     TaskNeedsModalError,
     TaskNotFoundError,
     TaskTimeoutError,
+    UsageError,
 )
 
 if TYPE_CHECKING:
+    from ._admission import Lease, SendPhase
     from ._images import ImageInput
 
 __all__ = (
@@ -62,7 +64,7 @@ __all__ = (
     "watch",
 )
 
-logger = logging.getLogger("quickmj")
+logger: logging.Logger = logging.getLogger("quickmj")
 
 # Submits in flight: asyncio keeps only weak references to tasks, and a submit must run to
 # its answer even when nobody awaits it any more.
@@ -73,38 +75,61 @@ class _Client(Protocol):
     """What a job handle needs from its client (AsyncClient)."""
 
     @property
-    def dialect(self) -> str: ...
+    def dialect(self) -> str:
+        """The client's dialect (``AsyncClient.dialect``)."""
+        ...
+
     @property
-    def poller(self) -> Poller: ...
-    async def fetch(self, task: TaskRef) -> Task: ...
+    def poller(self) -> Poller:
+        """The client's shared poller."""
+        ...
+
+    async def fetch(self, task: TaskRef) -> Task:
+        """``AsyncClient.fetch``."""
+        ...
+
     async def download(
         self,
         task: TaskRef,
         dest: str | os.PathLike[str],
         *,
-        index: int | None = ...,
-        filename: str | None = ...,
-    ) -> Path: ...
+        index: int | None = None,
+        filename: str | None = None,
+    ) -> Path:
+        """``AsyncClient.download``."""
+        ...
+
     def action(
         self,
         task: TaskRef,
         button: Button | str,
         *,
-        choose_same_channel: bool = ...,
-        notify_hook: str | None = ...,
-        state: str | None = ...,
-    ) -> Submission: ...
+        choose_same_channel: bool = False,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
+        """``AsyncClient.action``."""
+        ...
+
     def modal(
         self,
         task: TaskRef,
         *,
-        prompt: str | None = ...,
-        mask: ImageInput | None = ...,
-        notify_hook: str | None = ...,
-        state: str | None = ...,
-    ) -> Submission: ...
-    async def image_seed(self, task: TaskRef) -> str: ...
-    async def cancel(self, task: TaskRef) -> None: ...
+        prompt: str | None = None,
+        mask: ImageInput | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
+        """``AsyncClient.modal``."""
+        ...
+
+    async def image_seed(self, task: TaskRef) -> str:
+        """``AsyncClient.image_seed``."""
+        ...
+
+    async def cancel(self, task: TaskRef) -> None:
+        """``AsyncClient.cancel``."""
+        ...
 
 
 class HasTaskId(Protocol):
@@ -114,12 +139,12 @@ class HasTaskId(Protocol):
     def id(self) -> str: ...
 
 
-#: Wherever a task is expected: its id, a Task, a job handle, or a SubmitResult.
 TaskRef: TypeAlias = "str | HasTaskId | SubmitResult"
+"""Wherever a task is expected: its id, a Task, a job handle, or a SubmitResult."""
 
-#: Called with each new state of a task (a real change of status, progress, result);
-#: may be a coroutine function.
 ProgressCallback: TypeAlias = Callable[[Task], Any]
+"""Called with each new state of a task (a real change of status, progress, result);
+may be a coroutine function."""
 
 
 def task_id_of(ref: TaskRef) -> str:
@@ -151,14 +176,26 @@ class Submission:
     the failure, if the submit failed.
     """
 
-    __slots__ = ("_send", "_task", "error", "job", "what")
+    __slots__ = ("_awaiters", "_phase", "_send", "_task", "error", "job", "what")
 
-    def __init__(self, send: Callable[[], Awaitable[AsyncJob]], what: str) -> None:
+    def __init__(
+        self,
+        send: Callable[[], Awaitable[AsyncJob]],
+        what: str,
+        *,
+        phase: SendPhase | None = None,
+    ) -> None:
         self._send = send
+        # With admission: whether the submit still waits for a slot (see _abandon).
+        self._phase = phase
+        self._awaiters = 0
         self._task: asyncio.Task[AsyncJob | None] | None = None
-        self.what = what
+        self.what: str = what
+        """What is submitted, for logs and reprs (``"POST /submit/imagine"``)."""
         self.job: AsyncJob | None = None
+        """The job's handle, once the relay accepted the submit (None before)."""
         self.error: BaseException | None = None
+        """Why the submit failed, if it did (None while pending and on success)."""
 
     def __repr__(self) -> str:
         state = f"job={self.job.id}" if self.job else ("sent" if self._task else "not sent")
@@ -174,11 +211,31 @@ class Submission:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=self.what)
             _SENDING.add(self._task)
             self._task.add_done_callback(_SENDING.discard)
-        job = await asyncio.shield(self._task)
+        self._awaiters += 1
+        try:
+            job = await asyncio.shield(self._task)
+        except asyncio.CancelledError:
+            self._abandon()
+            raise
+        finally:
+            self._awaiters -= 1
         if job is None:
             assert self.error is not None
             raise self.error
         return job
+
+    def _abandon(self) -> None:
+        """The only awaiter was cancelled while the submit still waited for a slot of the
+        account's budget: nothing was sent, so the submit is dropped with it."""
+        phase, task = self._phase, self._task
+        if phase is not None and not phase.on_wire and task is not None and self._awaiters == 1:
+            task.cancel()
+
+    def _use_slot(self, lease: Lease) -> None:
+        """Send with this slot, reserved beforehand (``AccountPool.reserve``), once."""
+        if self._phase is None or self._task is not None or self._phase.lease is not None:
+            raise UsageError(f"{self.what}: a reserved slot fits only an unsent submission")
+        self._phase.lease = lease
 
     async def _run(self) -> AsyncJob | None:
         # The task itself never fails: its outcome is kept here for every awaiter, and
@@ -193,7 +250,28 @@ class Submission:
     async def wait(
         self, *, timeout: float | None = None, on_progress: ProgressCallback | None = None
     ) -> Task:
-        """Submit (if not yet sent), then wait for the result: see :meth:`AsyncJob.wait`."""
+        """Submit (if not yet sent), then wait for the job to finish.
+
+        The same as ``(await submission).wait(...)``: see :meth:`AsyncJob.wait`. If the
+        wait times out or is cancelled, the job stays in ``self.job`` (and its id in the
+        error and the log): nothing paid for is lost.
+
+        Args:
+            timeout: seconds to wait for the result (None: no limit). The job itself goes
+                on after a timeout.
+            on_progress: called with the Task on each real change (status, progress,
+                result); may be a coroutine function.
+
+        Returns:
+            The finished Task (status SUCCESS).
+
+        Raises:
+            SubmitRejectedError: the relay refused the submit (nothing was created).
+            SubmitOutcomeUnknownError: the submit's answer was lost; the job may exist.
+            TaskFailedError: the job ended in FAILURE or CANCEL (``.task`` has it).
+            TaskTimeoutError: ``timeout`` passed first.
+            TaskNeedsModalError: the job waits for :meth:`AsyncJob.modal`.
+        """
         job = await self
         return await job.wait(timeout=timeout, on_progress=on_progress)
 
@@ -216,17 +294,25 @@ class AsyncJob:
     (a SubmitResult). ``last`` is the latest state this handle has seen.
     """
 
-    __slots__ = ("_client", "id", "last", "request", "result", "route")
+    __slots__ = ("_client", "account", "id", "last", "request", "result", "route")
 
     def __init__(
         self, client: _Client, route: str, request: SubmitRequest, result: SubmitResult
     ) -> None:
         self._client = client
-        self.id = result.task_id
-        self.route = route
-        self.request = request
-        self.result = result
+        self.id: str = result.task_id
+        """The task id the relay gave the job."""
+        self.route: str = route
+        """The submit route that created the job (``"/submit/imagine"``)."""
+        self.request: SubmitRequest = request
+        """The wire request that was sent (one of the ``quickmj._models`` request classes)."""
+        self.result: SubmitResult = result
+        """The relay's answer to the submit (``code``, ``description``, the task id)."""
         self.last: Task | None = None
+        """The latest state of the task this handle has seen (None before any read)."""
+        self.account: str | None = getattr(client, "account", None)
+        """The account that owns the job (its key's fingerprint, ``/mode`` if one was set):
+        every later call for the job goes to it. Never the key itself."""
 
     def __repr__(self) -> str:
         extra = " needs_modal" if self.needs_modal else ""
@@ -282,10 +368,24 @@ class AsyncJob:
     ) -> Task:
         """Wait until the job finishes; returns its Task (status SUCCESS).
 
-        Raises TaskFailedError (``.task``) on FAILURE/CANCEL, TaskTimeoutError after
-        ``timeout`` seconds (the job itself goes on: wait again later), TaskNeedsModalError
-        if it waits for ``modal()``, TaskNotFoundError if the relay does not know it.
-        ``on_progress(task)`` runs on each real change (status, progress, result).
+        Waiting goes through the client's shared poller (many waits cost a few batched
+        reads), and the final Task is also kept in ``last``.
+
+        Args:
+            timeout: seconds to wait (None: no limit). The job itself goes on after a
+                timeout: wait again later.
+            on_progress: called with the Task on each real change (status, progress,
+                result); may be a coroutine function.
+
+        Returns:
+            The finished Task (status SUCCESS).
+
+        Raises:
+            TaskFailedError: the job ended in FAILURE or CANCEL (``.task`` has it).
+            TaskTimeoutError: ``timeout`` passed first (``.last_task`` is the last state).
+            TaskNeedsModalError: the job waits for :meth:`modal` (code 21, or it sits in
+                MODAL).
+            TaskNotFoundError: the relay does not know the id.
         """
         if self.needs_modal:
             raise TaskNeedsModalError(self.id)
@@ -295,11 +395,20 @@ class AsyncJob:
         return self.last
 
     def watch(self) -> AsyncIterator[Task]:
-        """Yield the job's state on each real change, ending with its final state."""
+        """Yield the job's state on each real change, ending with its final state.
+
+        A FAILURE is yielded, not raised; a job stuck in MODAL ends the iteration (after
+        ``PollPolicy.modal_timeout``) with its MODAL state. Use it as
+        ``async for task in job.watch(): ...``.
+        """
         return watch(self._client.poller, self.id)
 
     async def fetch(self) -> Task:
-        """The job's current state (one request)."""
+        """Read the job's current state (one request) and keep it in ``last``.
+
+        Raises:
+            TaskNotFoundError: the relay does not know the id.
+        """
         self.last = await self._client.fetch(self.id)
         return self.last
 
@@ -310,7 +419,27 @@ class AsyncJob:
         index: int | None = None,
         filename: str | None = None,
     ) -> Path:
-        """Save the job's image into directory ``dest`` (see ``AsyncClient.download``)."""
+        """Save the job's image (a video job's video) into directory ``dest``.
+
+        Uses the state in ``last`` when there is one, else reads the job first. The file is
+        named after the task id and appears only when complete (see
+        ``AsyncClient.download``).
+
+        Args:
+            dest: the directory to save into.
+            index: which of the task's ``image_urls`` to save (1-based); None saves the
+                main image.
+            filename: the file's stem instead of the task id (sanitised; the extension
+                comes from the file).
+
+        Returns:
+            The path of the saved file.
+
+        Raises:
+            DownloadError: the job has no image yet, or it could not be fetched.
+            InvalidInputError: ``index`` is out of range.
+            StorageError: the disk refused the write.
+        """
         return await self._client.download(
             self.last or self.id, dest, index=index, filename=filename
         )
@@ -323,7 +452,24 @@ class AsyncJob:
         notify_hook: str | None = None,
         state: str | None = None,
     ) -> Submission:
-        """Press a button of the finished task (``"U1"``, ``"V2"``, ``"🔄"``, a customId)."""
+        """Press a button of the finished job: upscale, variation, reroll, zoom, pan, ...
+
+        A label is looked up in the buttons of ``last`` (or of a fresh read when the handle
+        has not seen the job finish).
+
+        Args:
+            button: a Button, a label (``"U1"``, ``"V2"``, ``"🔄"``) or a raw customId.
+            choose_same_channel: let the relay run the press on any account in the same
+                Discord channel (False: only the account that ran this job).
+            notify_hook: a URL the relay POSTs updates of the new job to.
+            state: your own string, echoed on the new job's Task.
+
+        Returns:
+            A Submission for the new job: ``await`` it for its AsyncJob.
+
+        Raises:
+            ButtonNotFoundError: no button matches (when the Submission is awaited).
+        """
         return self._client.action(
             self.last or self.id,
             button,
@@ -340,17 +486,39 @@ class AsyncJob:
         notify_hook: str | None = None,
         state: str | None = None,
     ) -> Submission:
-        """Confirm this job's modal (custom zoom: a prompt with ``--zoom``; vary region: a mask)."""
+        """Confirm this job's modal, when it waits in MODAL (``needs_modal``).
+
+        For custom zoom pass a prompt with ``--zoom 1..2``; for vary region pass ``mask``
+        and optionally a new prompt. The job keeps its id.
+
+        Args:
+            prompt: the prompt to continue with (custom zoom, remix, vary region).
+            mask: vary region: a PNG, white where to repaint (bytes, a path, a ``data:``
+                URL or an http(s) URL).
+            notify_hook: a URL the relay POSTs the job's updates to.
+            state: your own string, echoed on the Task.
+
+        Returns:
+            A Submission: ``await`` it for the confirmed AsyncJob.
+        """
         return self._client.modal(
             self.id, prompt=prompt, mask=mask, notify_hook=notify_hook, state=state
         )
 
     async def image_seed(self) -> str:
-        """The Midjourney seed of the finished job."""
+        """Ask the relay for the Midjourney seed of the finished job.
+
+        Some relays block for up to a minute while the bot answers
+        (``Timeouts.image_seed``).
+        """
         return await self._client.image_seed(self.id)
 
     async def cancel(self) -> None:
-        """Cancel the job where the relay offers it (TrueAI)."""
+        """Cancel the job, where the relay offers it (TrueAI; admins only on a stock server).
+
+        Raises:
+            UnsupportedByRelayError: the relay has no cancel route.
+        """
         await self._client.cancel(self.id)
 
 
@@ -496,4 +664,4 @@ def _note(exc: BaseException, text: str) -> None:
         exc.add_note(text)  # type: ignore[attr-defined,unused-ignore]
     except AttributeError:  # Python 3.10
         exc.__notes__ = [*(notes or []), text]  # type: ignore[attr-defined,unused-ignore]
-    logger.warning("%s", text)
+    logger.info("%s", text)

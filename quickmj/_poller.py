@@ -48,7 +48,7 @@ import attrs
 
 from ._converter import structure, unstructure
 from ._models import Task, TaskStatus
-from ._protocol import change_key, check_task_id, how_far
+from ._protocol import change_key, check_task_id, how_far, progress_of
 from ._relay import Relay
 from ._rhythm import Rhythm
 from .errors import (
@@ -63,6 +63,8 @@ from .errors import (
 __all__ = ("Final", "PollPolicy", "Poller", "Subscription")
 
 logger = logging.getLogger("quickmj")
+
+_FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCEL"})
 
 
 @attrs.frozen
@@ -103,10 +105,12 @@ class PollPolicy:
 
     def due_after(self, task: Task | None) -> float:
         """Seconds until the next check of ``task`` (shorter near the end of a job)."""
-        if task is not None:
-            percent = task.progress_percent
-            if percent is not None and percent >= self.near_done_percent:
-                return min(self.interval, self.near_done_interval)
+        return self.delay_for(task.progress_percent if task is not None else None)
+
+    def delay_for(self, percent: int | None) -> float:
+        """Seconds until the next check of a task at ``percent`` progress."""
+        if percent is not None and percent >= self.near_done_percent:
+            return min(self.interval, self.near_done_interval)
         return self.interval
 
 
@@ -144,7 +148,8 @@ class Subscription:
 
     def last(self, task_id: str) -> Task | None:
         """The latest state seen for ``task_id``, if any."""
-        return self._last.get(task_id) if self._last else None
+        seen = self._last.get(task_id) if self._last else None
+        return seen if seen is not None else self._poller.peek(task_id)
 
     def _put(self, item: Item) -> None:
         if self._items is None:
@@ -282,8 +287,10 @@ class Poller:
                 entry.confirmed_modal = task_id in self._confirmed_modals
                 self._push(task_id, due)
             entry.listeners.append(sub)
-            if entry.last is not None:
-                sub.push_update(entry.last)
+            if updates and entry.raw is not None:
+                known = self.peek(task_id)  # a late listener starts from the latest state
+                if known is not None:
+                    sub.push_update(known)
         self._ensure_loop()
         return sub
 
@@ -527,7 +534,12 @@ class Poller:
     def _apply(
         self, task_id: str, entry: _Entry, raw: Any, now: float, task: Task | None = None
     ) -> bool:
-        """Apply one report of a task; True if it was a real change."""
+        """Apply one report of a task; True if it was a real change.
+
+        A state is structured into a Task only when someone needs one: a listener that
+        asked for updates, or a final state. Running states nobody watches stay raw (a
+        waiter that times out gets its last state structured then, see ``peek``).
+        """
         key = change_key(raw)
         if key == entry.key and entry.modal_since is None:
             self._schedule(task_id, entry, now)  # unchanged: nothing to parse or tell
@@ -536,27 +548,41 @@ class Poller:
             self._schedule(task_id, entry, now)  # late or duplicated news never moves back
             return False
         changed = key != entry.key
-        if not changed and entry.last is not None:
+        status = raw.get("status")
+        final = status in _FINAL_STATUSES
+        watched = changed and any(sub.updates for sub in entry.listeners)
+        if task is None and not changed:
             task = entry.last  # the same state (a MODAL that waits): listeners saw it already
-        if task is None:
+        if task is None and (final or watched or status == "MODAL"):
             try:
                 task = structure(raw, Task, what=f"task {task_id}")
             except MalformedResponseError as exc:
                 self._finish(task_id, Final(error=exc))
                 return False
         entry.last, entry.key, entry.raw = task, key, raw
-        if changed:
+        if watched and task is not None:
             for sub in list(entry.listeners):
                 sub.push_update(task)
-        if task.status.is_terminal:
+        if task is not None and (task.status.is_terminal or self._modal_due(entry, task, now)):
             self._finish(task_id, Final(task=task))
             return changed
-        if self._modal_due(entry, task, now):
-            self._finish(task_id, Final(task=task))
-            return changed
-        entry.delay = self.policy.due_after(task)
+        if task is None or task.status is not TaskStatus.MODAL:
+            entry.modal_since = None
+        entry.delay = self.policy.delay_for(progress_of(raw))
         self._schedule(task_id, entry, now)
         return changed
+
+    def peek(self, task_id: str) -> Task | None:
+        """The latest state of a tracked id, structured now if it was kept raw."""
+        entry = self._entries.get(task_id)
+        if entry is None or entry.raw is None:
+            return None
+        if entry.last is None:
+            try:
+                entry.last = structure(dict(entry.raw), Task, what=f"task {task_id}")
+            except MalformedResponseError:
+                return None
+        return entry.last
 
     def _modal_due(self, entry: _Entry, task: Task, now: float) -> bool:
         """A task waiting in MODAL (not one we confirmed) for ``modal_timeout``."""

@@ -9,6 +9,7 @@ import base64
 import errno
 import gc
 import json
+import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -655,7 +656,8 @@ async def test_a_timed_out_wait_names_the_job() -> None:
 
 async def test_a_cancelled_wait_keeps_the_id_in_a_note(caplog: pytest.LogCaptureFixture) -> None:
     """Cancelling a wait (a timeout around it, Ctrl-C) leaves a note naming the job on the
-    exception, and the same line in the log: the paid job is never anonymous."""
+    exception, and the same line in the log (INFO): the paid job is never anonymous."""
+    caplog.set_level(logging.INFO, logger="quickmj")
     relay = FakeRelay(ticks=10_000)
     async with make_client(relay) as mj:
         job = await mj.imagine("slow")
