@@ -1,11 +1,13 @@
-"""Per-call overhead of the blocking facade.
+"""Per-call overhead of the blocking facade, paired against AsyncClient.
 
-    python benchmarks/facade.py --calls 1000
+    python benchmarks/facade.py [--calls 1000] [--pairs 7]
 
-Against the same local relay (a subprocess): 1,000 sequential ``fetch`` calls through
-``Client`` vs ``AsyncClient``, and 1,000 fetches from a thread pool of 8 through one
-``Client`` vs 8 concurrent coroutines on ``AsyncClient``. Prints each time and the ratio
-Client / AsyncClient (target <= 1.15).
+Against the same local relay (a subprocess): ``--calls`` sequential ``fetch`` calls through
+``Client`` and through ``AsyncClient``, and the same number from 8 threads sharing one
+``Client`` against 8 concurrent coroutines on one ``AsyncClient``. Each Client block is
+paired with an AsyncClient block right before it; the ratios Client / AsyncClient are
+printed as min/median/max over ``--pairs`` pairs. Targets: <= 1.2 sequential, <= 1.4 from
+8 threads.
 """
 
 from __future__ import annotations
@@ -15,24 +17,24 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from poll import BASE_ID, start_relay
+from _bench import ids, relay, spread
 
 from quickmj import AsyncClient, Client
 
 
-async def async_sequential(base: str, ids: list[str]) -> float:
+async def async_sequential(base: str, todo: list[str]) -> float:
     async with AsyncClient("bench-key", base_url=base) as mj:
-        await mj.fetch(ids[0])
+        await mj.fetch(todo[0])
         started = time.perf_counter()
-        for i in ids:
+        for i in todo:
             await mj.fetch(i)
         return time.perf_counter() - started
 
 
-async def async_concurrent(base: str, ids: list[str], workers: int) -> float:
+async def async_concurrent(base: str, todo: list[str], workers: int) -> float:
     async with AsyncClient("bench-key", base_url=base) as mj:
-        await mj.fetch(ids[0])
-        queue = list(ids)
+        await mj.fetch(todo[0])
+        queue = list(todo)
         started = time.perf_counter()
 
         async def worker() -> None:
@@ -43,54 +45,44 @@ async def async_concurrent(base: str, ids: list[str], workers: int) -> float:
         return time.perf_counter() - started
 
 
-def sync_sequential(base: str, ids: list[str]) -> float:
+def sync_sequential(base: str, todo: list[str]) -> float:
     with Client("bench-key", base_url=base) as mj:
-        mj.fetch(ids[0])
+        mj.fetch(todo[0])
         started = time.perf_counter()
-        for i in ids:
+        for i in todo:
             mj.fetch(i)
         return time.perf_counter() - started
 
 
-def sync_concurrent(base: str, ids: list[str], workers: int) -> float:
+def sync_concurrent(base: str, todo: list[str], workers: int) -> float:
     with Client("bench-key", base_url=base) as mj, ThreadPoolExecutor(workers) as pool:
-        mj.fetch(ids[0])
+        mj.fetch(todo[0])
         started = time.perf_counter()
-        list(pool.map(mj.fetch, ids))
+        list(pool.map(mj.fetch, todo))
         return time.perf_counter() - started
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--calls", type=int, default=1000)
-    parser.add_argument("--threads", type=int, default=8)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
-    proc, port = start_relay(args.calls)
-    base = f"http://127.0.0.1:{port}"
-    ids = [str(BASE_ID + i) for i in range(args.calls)]
-    best = {"async seq": 1e9, "sync seq": 1e9, "async conc": 1e9, "sync conc": 1e9}
-    try:
-        for _ in range(args.rounds):  # alternate, keep the best of each
-            best["async seq"] = min(best["async seq"], asyncio.run(async_sequential(base, ids)))
-            best["sync seq"] = min(best["sync seq"], sync_sequential(base, ids))
-            best["async conc"] = min(
-                best["async conc"], asyncio.run(async_concurrent(base, ids, args.threads))
-            )
-            best["sync conc"] = min(best["sync conc"], sync_concurrent(base, ids, args.threads))
-    finally:
-        proc.kill()
-        proc.wait()
-    n = args.calls
-    for name, seconds in best.items():
-        print(f"{name:<11} {seconds * 1000:8.1f} ms  ({seconds / n * 1e6:6.0f} us/call)")
-    ratio = best["sync seq"] / best["async seq"]
-    print(f"sequential  Client / AsyncClient = {ratio:.2f}  (target <= 1.15)")
-    print(
-        f"{args.threads} threads   Client / AsyncClient = "
-        f"{best['sync conc'] / best['async conc']:.2f}  (target <= 1.15)"
-    )
+def main(args: argparse.Namespace) -> None:
+    todo = ids(args.calls)
+    seq: list[float] = []
+    par: list[float] = []
+    per_call: list[float] = []
+    with relay(args.calls) as base:
+        for _ in range(args.pairs):
+            a = asyncio.run(async_sequential(base, todo))
+            s = sync_sequential(base, todo)
+            seq.append(s / a)
+            per_call.append((s - a) / args.calls * 1e6)
+            a = asyncio.run(async_concurrent(base, todo, 8))
+            s = sync_concurrent(base, todo, 8)
+            par.append(s / a)
+    print(f"{args.calls} fetch calls, {args.pairs} pairs (min/median/max)")
+    print(f"Client / AsyncClient, sequential:  {spread(seq)}   (+{spread(per_call, '{:.0f}')} us/call)")
+    print(f"Client / AsyncClient, 8 threads:   {spread(par)}")
 
 
 if __name__ == "__main__":
-    main()
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--pairs", type=int, default=7)
+    main(parser.parse_args())
