@@ -134,7 +134,7 @@ class AiohttpTransport:
         key = (parts.scheme, parts.hostname or "")
         if key not in self._env_proxies:
             proxies = urllib.request.getproxies_environment()
-            bypass = urllib.request.proxy_bypass_environment(parts.netloc, proxies)
+            bypass = urllib.request.proxy_bypass_environment(parts.netloc, proxies)  # type: ignore[attr-defined]
             chosen = None if bypass else proxies.get(parts.scheme) or proxies.get("all")
             self._env_proxies[key] = chosen
         return self._env_proxies[key]

@@ -106,7 +106,7 @@ class Http:
         self.transport = transport
         self.key = api_key
         self.base_url = base_url
-        self.prefix = f"/mj-{mode}/mj" if mode else "/mj"
+        self.prefix: str = f"/mj-{mode}/mj" if mode else "/mj"
         self.timeouts = timeouts
         self._root = base_url + self.prefix
         self._origin = _origin(base_url)
@@ -128,11 +128,13 @@ class Http:
 
     @property
     def closed(self) -> bool:
+        """True once :meth:`aclose` ran."""
         return self._closed
 
     # ---- lifecycle ----
 
     async def aclose(self) -> None:
+        """End the exchanges in flight (after a short grace) and close the transport."""
         self._closed = True
         with anyio.CancelScope(shield=True):  # a cancelled aclose still closes everything
             if self._in_flight:

@@ -230,11 +230,11 @@ class Task:
     parent_id: str | None = None
     seed: str | None = None
     properties: dict[str, Any] = attrs.field(factory=dict, hash=False)
-    #: The JSON object exactly as the relay sent it (set by the converter; empty for a
-    #: Task built by hand). Not part of equality.
     raw: Mapping[str, Any] = attrs.field(
         default=MappingProxyType({}), eq=False, hash=False, repr=False
     )
+    """The JSON object exactly as the relay sent it (set by the converter; empty for a
+    Task built by hand). Not part of equality."""
 
     @property
     def extra(self) -> dict[str, Any]:
@@ -296,7 +296,16 @@ class Task:
         """Find a button by label (``"U2"``), emoji (``"🔄"``) or exact customId.
 
         Labels match case-insensitively; ``"U1"``-``"U4"`` and ``"V1"``-``"V4"`` also match
-        by customId when a relay sends buttons without labels. Raises ButtonNotFoundError.
+        by customId when a relay sends buttons without labels.
+
+        Args:
+            wanted: a label, an emoji or a customId.
+
+        Returns:
+            The first matching button (pass it to ``AsyncClient.action``).
+
+        Raises:
+            ButtonNotFoundError: no button matches (``.available`` lists the labels).
         """
         key = wanted.strip()
         for b in self.buttons:

@@ -120,8 +120,8 @@ class Final:
     __slots__ = ("error", "task")
 
     def __init__(self, task: Task | None = None, error: BaseException | None = None) -> None:
-        self.task = task
-        self.error = error
+        self.task: Task | None = task
+        self.error: BaseException | None = error
 
 
 Item = Task | tuple[str, Final]
@@ -139,8 +139,8 @@ class Subscription:
 
     def __init__(self, poller: Poller, ids: tuple[str, ...], updates: bool) -> None:
         self._poller = poller
-        self.ids = ids
-        self.updates = updates
+        self.ids: tuple[str, ...] = ids
+        self.updates: bool = updates
         self._items: deque[Item] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._last: dict[str, Task] | None = None
@@ -165,11 +165,13 @@ class Subscription:
         self._last[task.id] = task
 
     def push_update(self, task: Task) -> None:
+        """Hand a new state of one of the ids to this listener (the poller calls it)."""
         self._remember(task)
         if self.updates:
             self._put(task)
 
     def push_final(self, task_id: str, final: Final) -> None:
+        """Hand an id's final result to this listener, once (the poller calls it)."""
         if self._finished is None:
             self._finished = set()
         elif task_id in self._finished:
@@ -184,6 +186,7 @@ class Subscription:
         return bool(self._items)
 
     async def next(self) -> Item:
+        """The next update or final result, waiting for one if none is queued."""
         while not self._items:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
@@ -253,7 +256,7 @@ class Poller:
         self._first_due = 0.0
         self._limiter: anyio.CapacityLimiter | None = None
         self._confirmed_modals: set[str] = set()
-        self.rhythm = Rhythm(policy)
+        self.rhythm: Rhythm = Rhythm(policy)
         #: Counters for benchmarks and tests.
         self.stats: dict[str, int] = {"ticks": 0, "list_requests": 0, "fetch_confirms": 0}
 
@@ -301,6 +304,7 @@ class Poller:
         return self._first_due
 
     def unsubscribe(self, sub: Subscription) -> None:
+        """Stop tracking for ``sub``; ids nobody listens to any more are dropped."""
         for task_id in sub.ids:
             entry = self._entries.get(task_id)
             if entry is None:

@@ -37,6 +37,8 @@ _MARGIN_SHARE = 0.05  # ... but never more than this share of a (short) period
 
 
 class _Policy(Protocol):
+    """What Rhythm reads of a PollPolicy."""
+
     @property
     def interval(self) -> float: ...
 
@@ -78,6 +80,7 @@ class Rhythm:
             self._dirty = True
 
     def forget(self) -> None:
+        """Drop what was learned (the beat broke): back to the plain delays."""
         self._windows.clear()
         self._period = None
         self._dirty = False

@@ -38,7 +38,15 @@ _CHUNK = 64 * 1024
 
 
 class Headers(Mapping[str, str]):
-    """Case-insensitive, read-only HTTP headers whose repr hides credentials."""
+    """Case-insensitive, read-only HTTP headers whose repr hides credentials.
+
+    A ``Mapping[str, str]``: ``headers["content-type"]`` finds ``Content-Type``; the
+    original spelling of each name is kept for sending. ``repr()`` shows ``***`` for
+    ``Authorization``, ``mj-api-secret`` and ``Proxy-Authorization``.
+
+    Args:
+        items: a mapping or ``(name, value)`` pairs; a later duplicate name wins.
+    """
 
     __slots__ = ("_items",)
 
@@ -63,11 +71,21 @@ class Headers(Mapping[str, str]):
         return len(self._items)
 
     def raw(self) -> dict[str, str]:
-        """A plain dict, credentials included: only for handing to an HTTP library."""
+        """A plain dict (original name spelling), credentials included.
+
+        Only for handing to an HTTP library: never log it.
+        """
         return dict(self._items.values())
 
     def redact(self, text: str) -> str:
-        """``text`` without any credential value these headers carry."""
+        """``text`` without any credential value these headers carry.
+
+        Args:
+            text: anything that may echo a header value (an error body, a URL, a log line).
+
+        Returns:
+            ``text`` with each credential value (and the key after ``Bearer``) as ``***``.
+        """
         for lower, (_, value) in self._items.items():
             if lower in SENSITIVE_HEADERS and len(value) >= 4:
                 text = text.replace(value, "***")
@@ -106,11 +124,17 @@ class Request:
     """
 
     method: str
+    """``"GET"`` or ``"POST"``."""
     url: str
+    """The absolute URL, query included."""
     headers: Headers = attrs.field(factory=Headers, converter=_headers)
+    """The headers to send (the API key among them; their repr hides it)."""
     content: bytes | None = None
+    """The body (JSON for submits), or None."""
     connect_timeout: float | None = None
+    """Seconds allowed to establish the connection (None: the transport's default)."""
     read_timeout: float | None = None
+    """Seconds of silence allowed between bytes of the answer (None: the default)."""
 
     @property
     def path(self) -> str:
@@ -135,6 +159,17 @@ class Response:
     Build one in a test handler with ``Response(200, json={...})``,
     ``Response(200, content=b"...")`` or ``Response(200, stream=async_iterable)``.
     The body may be read once; :meth:`aclose` releases the connection.
+
+    Args:
+        status: the HTTP status.
+        headers: the response headers (a mapping or ``(name, value)`` pairs).
+        content: the whole body.
+        json: a value to serialise as the body instead of ``content``, with
+            ``Content-Type: application/json`` by default.
+        stream: the body as an async iterable of byte chunks, read as it comes (for
+            transports, and tests of slow or broken answers).
+        on_close: called (and awaited, if it returns an awaitable) by :meth:`aclose`,
+            once.
     """
 
     __slots__ = ("_closer", "_stream", "headers", "status")
@@ -149,12 +184,14 @@ class Response:
         stream: AsyncIterable[bytes] | None = None,
         on_close: Any = None,
     ) -> None:
-        self.status = status
+        self.status: int = status
+        """The HTTP status."""
         merged = dict(Headers(headers).raw())
         if json is not None:
             content = _json_bytes(json)
             merged.setdefault("Content-Type", "application/json")
-        self.headers = Headers(merged)
+        self.headers: Headers = Headers(merged)
+        """The response headers (case-insensitive)."""
         self._stream: AsyncIterable[bytes] = stream if stream is not None else _once(content or b"")
         self._closer = on_close
 
@@ -191,7 +228,19 @@ class AsyncTransport(Protocol):
     """
 
     async def handle_request(self, request: Request) -> Response:
-        """Send ``request``; return the response with its body still to be read."""
+        """Send ``request``; return the response with its body still to be read.
+
+        Args:
+            request: what to send; apply its ``connect_timeout`` and ``read_timeout``.
+
+        Returns:
+            The response, once the status line and headers arrived.
+
+        Raises:
+            ConnectError: no connection could be made (nothing was sent).
+            RequestTimeoutError: a timeout passed.
+            TransportError: any other failure.
+        """
         ...
 
     async def aclose(self) -> None:

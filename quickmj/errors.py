@@ -117,12 +117,18 @@ class InvalidInputError(QuickMJError, ValueError):
 
 
 class ButtonNotFoundError(InvalidInputError, LookupError):
-    """The task has no button matching the label or customId asked for."""
+    """The task has no button matching the label or customId asked for.
+
+    Attributes:
+        wanted: the label, emoji or customId that was asked for.
+        task_id: the task whose buttons were searched.
+        available: the labels (or emoji) the task does have.
+    """
 
     def __init__(self, wanted: str, task_id: str, available: Sequence[str]) -> None:
         self.wanted = wanted
         self.task_id = task_id
-        self.available = tuple(available)
+        self.available: tuple[str, ...] = tuple(available)
         shown = ", ".join(repr(a) for a in self.available) or "none"
         super().__init__(f"task {task_id} has no button {wanted!r} (available: {shown})")
 
@@ -136,7 +142,12 @@ class ClientClosedError(UsageError):
 
 
 class TransportError(QuickMJError):
-    """The HTTP exchange did not complete (network, timeout, dropped connection)."""
+    """The HTTP exchange did not complete (network, timeout, dropped connection).
+
+    Attributes:
+        method: the request's HTTP method (``""`` when unknown).
+        path: the request's path below the base URL (``""`` when unknown).
+    """
 
     def __init__(self, message: str, *, method: str = "", path: str = "") -> None:
         self.method = method
@@ -159,8 +170,12 @@ class SubmitOutcomeUnknownError(TransportError):
     gateway answers 5xx or something unreadable, or when the relay says its own call
     upstream failed (new-api's code 5 ``do_request_failed``). quickmj never re-sends such
     a submit by itself: look the job up (by the ``state`` you passed; ``quickmj
-    reconcile`` does it for batches) or decide to submit again. ``request`` is the wire
-    request that was sent (one of the ``quickmj._models`` request classes).
+    reconcile`` does it for batches) or decide to submit again.
+
+    Attributes:
+        request: the wire request that was sent (one of the ``quickmj._models`` request
+            classes), when known.
+        state: the ``state`` string the submit carried, to find the job by.
     """
 
     def __init__(
@@ -184,6 +199,13 @@ class APIError(QuickMJError):
     the response headers and ``request_id`` the relay's request id when it sent one
     (``X-Request-Id``, ``X-Oneapi-Request-Id``, or the ``request id: ...`` new-api puts
     in its messages): quote it when you report a problem to the relay's operator.
+
+    Attributes:
+        status: the HTTP status.
+        body: a redacted excerpt of the answer.
+        path: the request's path below the base URL.
+        headers: the response headers.
+        request_id: the relay's request id, when it sent one.
     """
 
     def __init__(
@@ -268,7 +290,13 @@ class ServerError(HTTPStatusError):
 
 
 class SubmitRejectedError(APIError):
-    """The relay rejected the request with a code in the body (nothing was created)."""
+    """The relay rejected the request with a code in the body (nothing was created).
+
+    Attributes:
+        code: the relay's code (3, 4, 23, 24, ...).
+        description: the relay's text, for humans (often Chinese).
+        properties: the answer's ``properties`` object.
+    """
 
     def __init__(
         self,
@@ -308,12 +336,19 @@ class BannedPromptError(SubmitRejectedError):
 
     @property
     def banned_word(self) -> str | None:
+        """The word the relay objected to (``properties.bannedWord``), if it said."""
         word = self.properties.get("bannedWord")
         return str(word) if word is not None else None
 
 
 class MalformedResponseError(QuickMJError, ValueError):
-    """The relay's answer is not what the protocol promises (HTML, bad JSON, wrong shape)."""
+    """The relay's answer is not what the protocol promises (HTML, bad JSON, wrong shape).
+
+    Attributes:
+        status: the HTTP status, when there was an answer.
+        body: a redacted excerpt of the answer.
+        path: the request's path below the base URL.
+    """
 
     def __init__(
         self, message: str, *, status: int | None = None, body: str = "", path: str = ""
@@ -383,11 +418,16 @@ class TaskError(QuickMJError):
 
 
 class TaskFailedError(TaskError):
-    """The task ended in FAILURE (or CANCEL). ``task`` holds its last state."""
+    """The task ended in FAILURE (or CANCEL).
+
+    Attributes:
+        task: the task's final state.
+        fail_reason: the relay's reason (``""`` when it gave none).
+    """
 
     def __init__(self, task: Task) -> None:
         self.task = task
-        self.fail_reason = task.fail_reason or ""
+        self.fail_reason: str = task.fail_reason or ""
         reason = self.fail_reason or "no reason given"
         super().__init__(f"task {task.id} ended in {task.status.value}: {reason}")
 
@@ -410,7 +450,14 @@ class TaskNeedsModalError(TaskError):
 
 
 class TaskNotFoundError(TaskError, LookupError):
-    """The relay does not know this task id (or these ids)."""
+    """The relay does not know this task id (or these ids).
+
+    Attributes:
+        task_id: the (first) unknown id.
+        task_ids: every unknown id.
+        found: the tasks that were found, in input order, when several ids were asked
+            for (``fetch_many``).
+    """
 
     def __init__(
         self,
@@ -419,9 +466,8 @@ class TaskNotFoundError(TaskError, LookupError):
         found: Sequence[Task] = (),
     ) -> None:
         ids = (task_ids,) if isinstance(task_ids, str) else tuple(task_ids)
-        self.task_ids = ids
-        self.task_id = ids[0] if ids else ""
-        #: Tasks that were found, in input order, when several ids were asked for.
+        self.task_ids: tuple[str, ...] = ids
+        self.task_id: str = ids[0] if ids else ""
         self.found: tuple[Task, ...] = tuple(found)
         if len(ids) == 1:
             message = f"task {ids[0]} not found"
@@ -434,7 +480,11 @@ class TaskNotFoundError(TaskError, LookupError):
 class TaskTimeoutError(TaskError, TimeoutError):
     """Waiting gave up. The task itself may still finish on the relay: wait again later.
 
-    ``task_id`` is the (first) unfinished id, ``pending`` all of them (``as_completed``).
+    Attributes:
+        task_id: the (first) unfinished id.
+        timeout: the timeout that passed, in seconds.
+        last_task: the last state seen of ``task_id``, if any.
+        pending: every unfinished id (several for ``as_completed``).
     """
 
     def __init__(
@@ -448,7 +498,7 @@ class TaskTimeoutError(TaskError, TimeoutError):
         self.task_id = task_id
         self.timeout = timeout
         self.last_task = last_task
-        self.pending = tuple(pending) or (task_id,)
+        self.pending: tuple[str, ...] = tuple(pending) or (task_id,)
         where = f" (last seen {last_task.status.value})" if last_task is not None else ""
         what = f"task {task_id}" if len(self.pending) == 1 else f"{len(self.pending)} tasks"
         super().__init__(f"{what} did not finish within {timeout:g} s{where}")

@@ -48,16 +48,16 @@ if TYPE_CHECKING:
 
 __all__ = ("MAX_HOOK_BYTES", "Feed", "WebhookReceiver")
 
-logger = logging.getLogger("quickmj")
+logger: logging.Logger = logging.getLogger("quickmj")
 
-#: Largest hook body accepted (a Task with buttons and properties is a few KiB).
 MAX_HOOK_BYTES = 1024 * 1024
+"""Largest hook body accepted (a Task with buttons and properties is a few KiB)."""
 _PREFIX = "/quickmj-hook/"
 _MAX_HEADER_BYTES = 16 * 1024
 
-#: What a receiver hands each pushed task to: ``feed(task, verify=...) -> tracked?``
-#: (``AsyncClient.poller.feed``).
 Feed = Callable[..., bool]
+"""What a receiver hands each pushed task to: ``feed(task, verify=...) -> tracked?``
+(``AsyncClient.poller.feed``)."""
 
 
 class WebhookReceiver:
@@ -74,6 +74,9 @@ class WebhookReceiver:
         header_timeout: seconds a request may take to send its headers.
         body_timeout: seconds a request may take to send its body.
         max_connections: connections served at once by :meth:`serve`.
+
+    Raises:
+        InvalidInputError: ``public_url`` is not an http(s) URL.
     """
 
     def __init__(
@@ -101,15 +104,27 @@ class WebhookReceiver:
         self.body_timeout = body_timeout
         self.max_connections = max_connections
         self._open = 0
-        #: Counters for tests and benchmarks.
-        self.stats = {"accepted": 0, "rejected": 0, "unknown": 0, "verified": 0, "dropped": 0}
+        self.stats: dict[str, int] = {
+            "accepted": 0,
+            "rejected": 0,
+            "unknown": 0,
+            "verified": 0,
+            "dropped": 0,
+        }
+        """Counters for tests and benchmarks: ``accepted`` and ``verified`` hooks,
+        ``rejected`` ones (wrong token, malformed, too large), ``unknown`` (untracked ids)
+        and ``dropped`` connections (slow, idle, or over ``max_connections``)."""
 
     def __repr__(self) -> str:
         return f"<WebhookReceiver {self._public_url or '(not serving)'}{_PREFIX}***>"
 
     @property
     def url(self) -> str:
-        """The notifyHook URL to give the relay (contains the secret token)."""
+        """The notifyHook URL to give the relay (contains the secret token).
+
+        Raises:
+            InvalidInputError: there is no ``public_url`` yet (serve the receiver first).
+        """
         if self._public_url is None:
             raise InvalidInputError("the receiver has no public_url yet (serve it first)")
         return f"{self._public_url}{_PREFIX}{self._token}"
@@ -117,7 +132,18 @@ class WebhookReceiver:
     # ---- the one place a hook is judged ----
 
     def receive(self, path: str, body: bytes) -> int:
-        """Handle one POST: returns the HTTP status to answer (200, 400 or 404)."""
+        """Judge one hook POST and feed its task to the poller; the status to answer.
+
+        This is the one place a hook is judged, whatever server received it.
+
+        Args:
+            path: the request path (``/quickmj-hook/<token>``; a query is not expected).
+            body: the whole request body.
+
+        Returns:
+            200 when the body is a task (tracked or not: unknown ids are ignored), 400 for
+            a malformed body, 404 for a wrong token (nothing is processed then).
+        """
         token = path[len(_PREFIX) :] if path.startswith(_PREFIX) else ""
         if not hmac.compare_digest(token.encode(), self._token.encode()):
             self.stats["rejected"] += 1
@@ -151,11 +177,23 @@ class WebhookReceiver:
     # ---- inside your own aiohttp application ----
 
     def mount(self, app: web.Application) -> None:
-        """Add the receiver's route to an aiohttp application."""
+        """Add the receiver's route (``POST /quickmj-hook/{token}``) to an aiohttp app.
+
+        Args:
+            app: the ``aiohttp.web.Application`` to add the route to (before it starts).
+        """
         app.router.add_post(_PREFIX + "{token}", self.handle)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
-        """The aiohttp handler: the whole body (capped, with a deadline), then :meth:`receive`."""
+        """The aiohttp handler: reads the whole body (capped, with a deadline), then receives it.
+
+        Args:
+            request: the aiohttp request.
+
+        Returns:
+            The response: :meth:`receive`'s status, 413 for a body over ``max_body``, 408
+            when the body takes longer than ``body_timeout``.
+        """
         from aiohttp import web
 
         if request.content_length is not None and request.content_length > self.max_body:
@@ -176,10 +214,21 @@ class WebhookReceiver:
 
     @contextlib.asynccontextmanager
     async def serve(self, host: str = "127.0.0.1", port: int = 0) -> AsyncIterator[WebhookReceiver]:
-        """Serve this receiver on ``host:port`` (0: a free port) for the block's duration.
+        """Serve this receiver on ``host:port`` for the ``async with`` block's duration.
 
         The port is bound first and read back (no race with another program); without a
-        ``public_url`` the hook URL is ``http://host:<bound port>``.
+        ``public_url`` the hook URL is ``http://host:<bound port>``. On exit the server
+        stops and open connections are closed.
+
+        Args:
+            host: the address to listen on (``"0.0.0.0"`` to accept hooks from elsewhere).
+            port: the port to listen on; 0 picks a free one.
+
+        Yields:
+            This receiver, serving (``url`` is set).
+
+        Raises:
+            OSError: the address cannot be bound.
         """
         connections: set[asyncio.Task[Any]] = set()
 

@@ -18,6 +18,7 @@ _MARKER = "quickmj_relay"
 
 
 def pytest_configure(config: Any) -> None:
+    """Register the ``quickmj_relay`` marker and the plugin's fixtures (pytest hook)."""
     config.addinivalue_line(
         "markers",
         f"{_MARKER}(**fields): SimulatorConfig fields for the quickmj_relay fixture",

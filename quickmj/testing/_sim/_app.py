@@ -28,14 +28,14 @@ from ._state import SUCCESS, SimTask
 
 __all__ = ("MODE_PREFIXES", "Simulator")
 
-#: Path prefixes and the speed mode each requests (quickrouter and trueai; the
-#: midjourney-proxy dialect has ``/mj`` only).
 MODE_PREFIXES: Mapping[str, str | None] = {
     "/mj": None,
     "/mj-fast/mj": "FAST",
     "/mj-relax/mj": "RELAX",
     "/mj-turbo/mj": "TURBO",
 }
+"""Path prefixes and the speed mode each requests (quickrouter and trueai; the
+midjourney-proxy dialect has ``/mj`` only)."""
 
 _MAX_BODY = 64 * 1024 * 1024
 _NOT_FOUND = Reply(404, b"404: Not Found", "text/plain; charset=utf-8")
@@ -55,6 +55,13 @@ class Simulator:
     runner) and inspect ``counters``, ``submissions``, ``accounts``, ``fault_log`` and
     ``hook_deliveries`` in tests. ``clock`` (a callable giving monotonic seconds) replaces
     ``time.monotonic``; :meth:`advance` moves the simulator's time forward.
+
+    Args:
+        config: the server's settings (default: ``SimulatorConfig()``).
+        clock: a callable giving monotonic seconds (default ``time.monotonic``); a fake
+            clock makes job timelines independent of real time.
+        epoch: the Unix time the clock's start stands for, used for the ``submitTime``
+            family of fields (default: now).
     """
 
     def __init__(
@@ -64,22 +71,24 @@ class Simulator:
         clock: Callable[[], float] | None = None,
         epoch: float | None = None,
     ) -> None:
-        self.config = cfg = config or SimulatorConfig()
+        self.config: SimulatorConfig = config or SimulatorConfig()
+        cfg = self.config
         # epoch: the Unix time the clock's start stands for (default: now).
-        self.clock = Clock(clock or time.monotonic, epoch)
-        self.engine = Engine(cfg, self.clock)
+        self.clock: Clock = Clock(clock or time.monotonic, epoch)
+        self.engine: Engine = Engine(cfg, self.clock)
         self._base_url = ""
-        self.media = Media(self.engine, self._get_base_url)
+        self.media: Media = Media(self.engine, self._get_base_url)
         self.dialect: Dialect = DIALECT_CLASSES[cfg.dialect](
             self.engine, self.media, self._get_base_url
         )
-        #: Requests received per route, e.g. ``counters["POST /submit/imagine"]``.
         self.counters: collections.Counter[str] = collections.Counter()
-        self.faults = FaultInjector(cfg.faults, self.engine.fault_rng)
+        """Requests received per route, e.g. ``counters["POST /submit/imagine"]``."""
+        self.faults: FaultInjector = FaultInjector(cfg.faults, self.engine.fault_rng)
         self.dialect.truncate = self.faults.truncate
         if hasattr(self.dialect, "media_reply"):
-            self.dialect.media_reply = self._media_url
-        self.hooks = HookDispatcher(
+            # the quickrouter dialect serves its /mj/image/{id} route from the CDN
+            self.dialect.media_reply = self._media_url  # pyright: ignore[reportAttributeAccessIssue]
+        self.hooks: HookDispatcher = HookDispatcher(
             self.clock,
             self.engine.timeline,
             self.dialect.render,
@@ -95,7 +104,7 @@ class Simulator:
             else:
                 self._exact[(route.method, route.path)] = route
         self._prefixes = sorted(self.dialect.prefixes, key=len, reverse=True)
-        self.app = self._build_app()
+        self.app: web.Application = self._build_app()
 
     def __repr__(self) -> str:
         where = self.base_url or "(not serving)"
@@ -142,15 +151,39 @@ class Simulator:
         return self.hooks.sent
 
     def task_json(self, task_id: str) -> Any:
-        """Exactly what ``GET /task/{id}/fetch`` would show now (KeyError if unknown)."""
+        """Exactly what ``GET /task/{id}/fetch`` would show now, parsed from JSON.
+
+        Args:
+            task_id: the job's id.
+
+        Returns:
+            The task as this dialect writes it (camelCase keys, its own quirks).
+
+        Raises:
+            KeyError: no job has this id.
+        """
         return json.loads(self.dialect.fetch_body(self.engine.tasks[task_id]))
 
     def task_status(self, task_id: str) -> str:
-        """The ``status`` fetch would show now (quickrouter: the relay's copy, maybe "")."""
+        """The ``status`` fetch would show now (quickrouter: the relay's copy, maybe ``""``).
+
+        Args:
+            task_id: the job's id.
+
+        Raises:
+            KeyError: no job has this id.
+        """
         return str(self.task_json(task_id)["status"])
 
     def advance(self, seconds: float) -> None:
-        """Move the simulator's clock forward (jobs, relay refreshes and hooks follow)."""
+        """Move the simulator's clock forward (jobs, relay refreshes and hooks follow).
+
+        Args:
+            seconds: how far to move (not negative).
+
+        Raises:
+            ValueError: ``seconds`` is negative (the clock only moves forward).
+        """
         self.clock.advance(seconds)
 
     def submit_imagine(
@@ -163,8 +196,21 @@ class Simulator:
     ) -> str:
         """Create an imagine job directly (no HTTP, not counted); returns its id.
 
-        Handy to preload thousands of tasks. Raises ValueError if the server would refuse.
-        Call it inside the running event loop when ``notify_hook`` is given.
+        Handy to preload thousands of tasks. Call it inside the running event loop when
+        ``notify_hook`` is given (deliveries are scheduled on it).
+
+        Args:
+            prompt: the job's prompt (banned and fail words apply as on the wire).
+            state: the ``state`` string echoed on the task.
+            notify_hook: a URL the simulator POSTs the task's changes to.
+            key: the account (API key) that submits it (default: the primary key).
+
+        Returns:
+            The new job's id.
+
+        Raises:
+            ValueError: the server would refuse this submit (a banned word, a full
+                queue, an exhausted quota, ...).
         """
         body: dict[str, Any] = {"prompt": prompt}
         if state is not None:
@@ -174,12 +220,30 @@ class Simulator:
         return self.dialect.preload(key or self.config.api_key, body).id
 
     def save(self, path: str | Path) -> None:
-        """Write the simulator's state to a JSON file (see :meth:`load`)."""
+        """Write the simulator's state to a JSON file (see :meth:`load`).
+
+        Saved: the config, jobs (with timelines relative to now), accounts, the relay's
+        rows, counters and the random generators, so a loaded simulator goes on exactly
+        where this one stands.
+
+        Args:
+            path: the file to write (replaced if it exists).
+        """
         save_state(self, path)
 
     @classmethod
     def load(cls, path: str | Path) -> Simulator:
-        """A simulator that continues the state :meth:`save` wrote to ``path``."""
+        """A simulator that continues the state :meth:`save` wrote to ``path``.
+
+        Args:
+            path: a file written by :meth:`save`.
+
+        Returns:
+            A new simulator (not serving yet) with the saved config, jobs and counters.
+
+        Raises:
+            ValueError: the file was written by an incompatible simulator version.
+        """
         return load_state(path, cls)
 
     # ---- hooks ----

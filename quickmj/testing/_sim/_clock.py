@@ -21,7 +21,7 @@ class Clock:
     ) -> None:
         self._source = source
         self._offset = 0.0
-        self.start = source()
+        self.start: float = source()
         self._epoch0 = time.time() if epoch is None else epoch
         self._listeners: list[Callable[[], None]] = []
 
@@ -38,6 +38,7 @@ class Clock:
             listener()
 
     def on_advance(self, listener: Callable[[], None]) -> None:
+        """Call ``listener()`` after every :meth:`advance`."""
         self._listeners.append(listener)
 
     def epoch_ms(self, mono: float) -> int:
@@ -45,8 +46,10 @@ class Clock:
         return int((self._epoch0 + (mono - self.start)) * 1000)
 
     def epoch_ns(self, mono: float) -> int:
+        """A monotonic time as epoch nanoseconds."""
         return int((self._epoch0 + (mono - self.start)) * 1_000_000_000)
 
     @property
     def offset(self) -> float:
+        """Seconds added by :meth:`advance` so far."""
         return self._offset

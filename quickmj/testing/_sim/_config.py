@@ -10,11 +10,11 @@ import attrs
 
 __all__ = ("DIALECTS", "ROUTE_GROUPS", "FaultConfig", "SimulatorConfig")
 
-#: The server families the simulator imitates (``SimulatorConfig.dialect``).
 DIALECTS: tuple[str, ...] = ("quickrouter", "midjourney-proxy", "trueai")
+"""The server families the simulator imitates (``SimulatorConfig.dialect``)."""
 
-#: Route groups a fault can be limited to (``FaultConfig.routes``).
 ROUTE_GROUPS = frozenset({"submit", "fetch", "list", "seed", "image", "cancel", "account"})
+"""Route groups a fault can be limited to (``FaultConfig.routes``)."""
 
 
 def _rate(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
@@ -87,33 +87,33 @@ class FaultConfig:
     ``empty_response_body`` (an upstream gateway answered without a body).
     """
 
-    #: Answer 502 with an HTML gateway page.
     error_5xx_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: Answer 429 with ``Retry-After`` and an empty body.
+    """Answer 502 with an HTML gateway page."""
     rate_limit_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: The ``Retry-After`` value (seconds) sent with a 429.
+    """Answer 429 with ``Retry-After`` and an empty body."""
     retry_after: float = attrs.field(default=1.0, validator=_non_negative)
-    #: Close the connection instead of answering.
+    """The ``Retry-After`` value (seconds) sent with a 429."""
     drop_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: Submits only: create the job, then answer 504 with an HTML page.
+    """Close the connection instead of answering."""
     submit_5xx_after_create_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: Submits only: create the job, then cut the connection mid-answer.
+    """Submits only: create the job, then answer 504 with an HTML page."""
     drop_after_create_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: quickrouter submits: new-api's ``do_request_failed`` (code 5), nothing created.
+    """Submits only: create the job, then cut the connection mid-answer."""
     relay_request_failed_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: quickrouter submits: ``do_request_failed`` after the upstream created the job.
+    """quickrouter submits: new-api's ``do_request_failed`` (code 5), nothing created."""
     relay_request_failed_after_create_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: quickrouter submits: ``empty_response_body`` (code 5), nothing created.
+    """quickrouter submits: ``do_request_failed`` after the upstream created the job."""
     relay_empty_body_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: list answers only a prefix of the matching tasks.
+    """quickrouter submits: ``empty_response_body`` (code 5), nothing created."""
     truncate_list_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: notifyHook deliveries silently skipped.
+    """list answers only a prefix of the matching tasks."""
     hook_drop_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: Seconds added to every request on the fault routes (after counting, before answering).
+    """notifyHook deliveries silently skipped."""
     latency: float = attrs.field(default=0.0, validator=_non_negative)
-    #: Route groups (``ROUTE_GROUPS``) or route keys (``"POST /submit/imagine"``) the
-    #: request faults apply to; None means all.
+    """Seconds added to every request on the fault routes (after counting, before answering)."""
     routes: frozenset[str] | None = attrs.field(default=None, converter=_to_routes)
+    """Route groups (``ROUTE_GROUPS``) or route keys (``"POST /submit/imagine"``) the
+    request faults apply to; None means all."""
 
     def __attrs_post_init__(self) -> None:
         total = (
@@ -134,68 +134,69 @@ class FaultConfig:
 class SimulatorConfig:
     """How the simulated server behaves. All randomness derives from ``seed``."""
 
-    #: ``"quickrouter"`` (new-api relay in front of a Plus-like proxy), ``"midjourney-proxy"``
-    #: (novicezk's Java proxy) or ``"trueai"`` (trueai-org's C# proxy).
     dialect: str = "quickrouter"
-    #: Keys the server accepts; every key is a separate account (queue, quota, counters).
+    """``"quickrouter"`` (new-api relay in front of a Plus-like proxy), ``"midjourney-proxy"``
+    (novicezk's Java proxy) or ``"trueai"`` (trueai-org's C# proxy)."""
     api_keys: tuple[str, ...] = attrs.field(default=("sim-key",), converter=_keys)
-    #: Jobs running at once per account; later ones wait in NOT_START. None: unlimited.
+    """Keys the server accepts; every key is a separate account (queue, quota, counters)."""
     concurrency: int | None = attrs.field(default=None, validator=_optional_positive)
-    #: Jobs allowed to wait per account beyond the running ones; a submit beyond it gets
-    #: the dialect's queue-full answer (code 23, or 9 on trueai). Needs ``concurrency``.
+    """Jobs running at once per account; later ones wait in NOT_START. None: unlimited."""
     max_queue: int | None = attrs.field(default=None, validator=_optional_positive)
-    #: quickrouter only: a full queue is answered by the relay as HTTP 429 code 30 (new-api's
-    #: "group saturated") instead of passing the upstream's code 23 through.
+    """Jobs allowed to wait per account beyond the running ones; a submit beyond it gets
+    the dialect's queue-full answer (code 23, or 9 on trueai). Needs ``concurrency``."""
     saturate_429: bool = False
-    #: Jobs each key may create in total; beyond it the dialect's "insufficient quota"
-    #: answer. Keys not listed are unlimited. (midjourney-proxy has no quotas.)
+    """quickrouter only: a full queue is answered by the relay as HTTP 429 code 30 (new-api's
+    "group saturated") instead of passing the upstream's code 23 through."""
     quotas: Mapping[str, int] = attrs.field(factory=dict, converter=_quotas)
-    #: Keys that exist but are disabled (401/403 the way the dialect says so).
+    """Jobs each key may create in total; beyond it the dialect's "insufficient quota"
+    answer. Keys not listed are unlimited. (midjourney-proxy has no quotas.)"""
     disabled_keys: tuple[str, ...] = attrs.field(default=(), converter=_keys)
-    #: trueai: keys allowed to cancel tasks (``POST /task/{id}/cancel``). Real TrueAI lets
-    #: only admins cancel; None (the default) treats every key as an admin.
+    """Keys that exist but are disabled (401/403 the way the dialect says so)."""
     admin_keys: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_keys)
-    #: Seconds a job spends in SUBMITTED (progress ``"0%"``).
+    """trueai: keys allowed to cancel tasks (``POST /task/{id}/cancel``). Real TrueAI lets
+    only admins cancel; None (the default) treats every key as an admin."""
     queue_seconds: float = attrs.field(default=0.05, validator=_non_negative)
-    #: Seconds a job spends in IN_PROGRESS, walking through ``progress_steps``.
+    """Seconds a job spends in SUBMITTED (progress ``"0%"``)."""
     run_seconds: float = attrs.field(default=0.2, validator=_non_negative)
-    #: Percentages shown during IN_PROGRESS, evenly spaced in time; SUCCESS is ``"100%"``.
+    """Seconds a job spends in IN_PROGRESS, walking through ``progress_steps``."""
     progress_steps: tuple[int, ...] = attrs.field(
         default=(0, 15, 31, 46, 62, 78, 93), converter=tuple
     )
-    #: quickrouter: seconds between the relay's bulk refreshes of its task copies (the real
-    #: relay uses 15). 0 means the relay's copy is always current.
+    """Percentages shown during IN_PROGRESS, evenly spaced in time; SUCCESS is ``"100%"``."""
     refresh_interval: float = attrs.field(default=0.0, validator=_non_negative)
-    #: quickrouter: new-api's ``MjNotifyEnabled``; off means notifyHook is stripped.
+    """quickrouter: seconds between the relay's bulk refreshes of its task copies (the real
+    relay uses 15). 0 means the relay's copy is always current."""
     notify_enabled: bool = False
-    #: quickrouter: new-api's ``MjForwardUrlEnabled`` (default on): ``imageUrl`` becomes
-    #: ``{server}/mj/image/{id}`` (plus ``?rand=`` until SUCCESS). Off: the upstream's URL.
+    """quickrouter: new-api's ``MjNotifyEnabled``; off means notifyHook is stripped."""
     forward_image_urls: bool = True
-    #: The executing account has remix on (without auto-submit): reroll, variation, pan
-    #: and animate answer code 21 and wait for ``/submit/modal`` (trueai and quickrouter).
+    """quickrouter: new-api's ``MjForwardUrlEnabled`` (default on): ``imageUrl`` becomes
+    ``{server}/mj/image/{id}`` (plus ``?rand=`` until SUCCESS). Off: the upstream's URL."""
     remix: bool = False
-    #: trueai: ``EnableFillOfficialCdn``: SUCCESS grids carry ``imageUrls``.
+    """The executing account has remix on (without auto-submit): reroll, variation, pan
+    and animate answer code 21 and wait for ``/submit/modal`` (trueai and quickrouter)."""
     fill_image_urls: bool = False
-    #: Shuffle list answers (the servers promise no order).
+    """trueai: ``EnableFillOfficialCdn``: SUCCESS grids carry ``imageUrls``."""
     shuffle_lists: bool = True
-    #: Seeds every random choice: faults, list order, hashes, job failures.
+    """Shuffle list answers (the servers promise no order)."""
     seed: int = 0
+    """Seeds every random choice: faults, list order, hashes, job failures."""
     faults: FaultConfig = FaultConfig()
-    #: midjourney-proxy refuses these at submit (code 24), trueai fails the job
-    #: (``可能包含敏感词``), quickrouter's Plus-like upstream refuses them (code 24).
+    """Seeded fault injection (gateway errors, rate limits, drops, ...): see FaultConfig."""
     banned_words: tuple[str, ...] = attrs.field(default=("badword",), converter=_words)
-    #: A job whose prompt contains one of these ends in FAILURE.
+    """midjourney-proxy refuses these at submit (code 24), trueai fails the job
+    (``可能包含敏感词``), quickrouter's Plus-like upstream refuses them (code 24)."""
     fail_words: tuple[str, ...] = attrs.field(default=("failword",), converter=_words)
-    #: Probability that any other job ends in FAILURE.
+    """A job whose prompt contains one of these ends in FAILURE."""
     failure_rate: float = attrs.field(default=0.0, validator=_rate)
-    #: Width and height of generated images in pixels (a grid is 2x2 of half this).
+    """Probability that any other job ends in FAILURE."""
     image_size: int = 64
-    #: Seconds image-seed waits before answering (relays block while the bot answers).
+    """Width and height of generated images in pixels (a grid is 2x2 of half this)."""
     seed_delay: float = attrs.field(default=0.0, validator=_non_negative)
-    #: POST the task to a submit's ``notifyHook`` as it changes.
+    """Seconds image-seed waits before answering (relays block while the bot answers)."""
     hooks_enabled: bool = True
-    #: Total timeout of one notifyHook delivery.
+    """POST the task to a submit's ``notifyHook`` as it changes."""
     hook_timeout: float = 5.0
+    """Total timeout of one notifyHook delivery."""
 
     def __attrs_post_init__(self) -> None:
         if self.dialect not in DIALECTS:

@@ -56,11 +56,13 @@ class Engine:
         self.clock = clock
         master = random.Random(config.seed)
         # Independent streams, so e.g. list shuffles never shift the fault sequence.
-        self.fault_rng = random.Random(master.getrandbits(64))
-        self.list_rng = random.Random(master.getrandbits(64))
-        self.job_rng = random.Random(master.getrandbits(64))
-        self.misc_rng = random.Random(master.getrandbits(64))
-        self.timeline = Timeline(config.queue_seconds, config.run_seconds, config.progress_steps)
+        self.fault_rng: random.Random = random.Random(master.getrandbits(64))
+        self.list_rng: random.Random = random.Random(master.getrandbits(64))
+        self.job_rng: random.Random = random.Random(master.getrandbits(64))
+        self.misc_rng: random.Random = random.Random(master.getrandbits(64))
+        self.timeline: Timeline = Timeline(
+            config.queue_seconds, config.run_seconds, config.progress_steps
+        )
         self.tasks: dict[str, SimTask] = {}
         self.submissions: list[CreatedJob] = []
         self.accounts: dict[str, Account] = {}
@@ -72,8 +74,8 @@ class Engine:
                 quota=config.quotas.get(key),
                 disabled=key in config.disabled_keys,
             )
-        self.last_id = 0
-        self.ordinal = 0
+        self.last_id: int = 0
+        self.ordinal: int = 0
         #: Called with every activated job (the hook dispatcher subscribes).
         self.on_activate: list[Any] = []
 
@@ -143,13 +145,16 @@ class Engine:
         return slot
 
     def phase(self, task: SimTask, at: float | None = None) -> Phase:
+        """``task``'s status and progress step at clock time ``at`` (default: now)."""
         return self.timeline.phase(task, self.clock.now() if at is None else at)
 
     def fail_word(self, prompt: str) -> str | None:
+        """The first of ``fail_words`` in ``prompt`` (case-insensitive), or None."""
         lowered = prompt.casefold()
         return next((w for w in self.config.fail_words if w.casefold() in lowered), None)
 
     def banned_word(self, prompt: str) -> str | None:
+        """The first of ``banned_words`` in ``prompt`` (case-insensitive), or None."""
         lowered = prompt.casefold()
         return next((w for w in self.config.banned_words if w.casefold() in lowered), None)
 
@@ -165,10 +170,12 @@ class Engine:
 
     @staticmethod
     def shorten_texts(prompt: str) -> tuple[str, ...]:
+        """Five ever shorter versions of ``prompt`` (what a shorten job produces)."""
         words = prompt.split() or ["prompt"]
         return tuple(" ".join(words[: max(1, len(words) * k // 6)]) for k in range(5, 0, -1))
 
     def seed_value(self, task: SimTask) -> str:
+        """The job's Midjourney seed (image-seed): stable for a config seed and job."""
         digest = hashlib.sha256(f"{self.config.seed}:{task.message_hash}".encode()).digest()
         return str(int.from_bytes(digest[:4], "big"))
 

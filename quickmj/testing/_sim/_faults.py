@@ -28,15 +28,32 @@ __all__ = (
 
 
 class Fault(enum.Enum):
+    """A kind of injected fault, as recorded in ``Simulator.fault_log`` (``FaultEvent.fault``).
+
+    Which ones can strike, and how often, is set by :class:`FaultConfig`; the value is a
+    short label for logs.
+    """
+
     ERROR_5XX = "502"
+    """A gateway answered 502 with an HTML page (on a submit: before the job existed)."""
     RATE_LIMIT = "429"
+    """429 with ``Retry-After`` and an empty body (on a submit: nothing was created)."""
     DROP = "drop"
+    """The connection was closed: before the job existed on a submit, part-way through
+    the real answer on other routes."""
     ERROR_5XX_AFTER_CREATE = "504-after-create"
+    """The submit created the job, then a gateway answered 504 with an HTML page."""
     DROP_AFTER_CREATE = "drop-after-create"
+    """The submit created the job, then the connection was cut mid-answer."""
     TRUNCATE = "truncate"
+    """A list answer kept only a prefix of the matching tasks."""
     RELAY_REQUEST_FAILED = "relay-do_request_failed"
+    """quickrouter: new-api's ``do_request_failed`` (code 5); nothing was created."""
     RELAY_REQUEST_FAILED_AFTER_CREATE = "relay-do_request_failed-after-create"
+    """quickrouter: ``do_request_failed`` after the upstream created the job (the relay
+    never recorded it, so fetch says ``task_no_found``)."""
     RELAY_EMPTY_BODY = "relay-empty_response_body"
+    """quickrouter: new-api's ``empty_response_body`` (code 5); nothing was created."""
 
     @property
     def after_handler(self) -> bool:
@@ -68,6 +85,7 @@ class FaultInjector:
         self.log: list[FaultEvent] = []
 
     def applies(self, route: str, group: str) -> bool:
+        """Whether the request faults may strike this route (``FaultConfig.routes``)."""
         routes = self.config.routes
         return routes is None or route in routes or group in routes
 

@@ -58,6 +58,7 @@ class HookDispatcher:
         return len(self._pending)
 
     async def start(self) -> None:
+        """Open the session deliveries use (when the app starts)."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=self._timeout)

@@ -21,14 +21,14 @@ __all__ = ("RunningSimulator", "run_server", "simulate")
 class RunningSimulator:
     """A simulator serving on a local port."""
 
-    #: ``http://127.0.0.1:PORT`` (the server's origin; the API lives under ``/mj``).
     base_url: str
-    #: The primary key the simulator accepts.
+    """``http://127.0.0.1:PORT`` (the server's origin; the API lives under ``/mj``)."""
     api_key: str
-    #: The simulator itself: ``counters``, ``submissions``, ``accounts``, ``task_json(id)``.
+    """The primary key the simulator accepts."""
     simulator: Simulator
-    #: ``"quickrouter"``, ``"midjourney-proxy"`` or ``"trueai"``.
+    """The simulator itself: ``counters``, ``submissions``, ``accounts``, ``task_json(id)``."""
     dialect: str
+    """``"quickrouter"``, ``"midjourney-proxy"`` or ``"trueai"``."""
 
     @property
     def headers(self) -> dict[str, str]:
@@ -41,7 +41,19 @@ class RunningSimulator:
         return self.simulator.dialect.auth_scheme
 
     def url(self, path: str, mode: str | None = None) -> str:
-        """The URL of an /mj path: ``relay.url("/task/1/fetch", mode="fast")``."""
+        """The full URL of an API path: ``relay.url("/task/1/fetch", mode="fast")``.
+
+        Args:
+            path: the path below ``/mj`` (``"/submit/imagine"``).
+            mode: a speed mode (``"fast"``, ``"relax"``, ``"turbo"``) for its path prefix
+                (``/mj-fast/mj``); None for plain ``/mj``.
+
+        Returns:
+            ``base_url`` + prefix + ``path``.
+
+        Raises:
+            ValueError: the dialect has no prefix for ``mode`` (midjourney-proxy has none).
+        """
         if mode is None:
             return f"{self.base_url}/mj{path}"
         prefix = f"/mj-{mode.lower()}/mj"
@@ -84,8 +96,27 @@ async def simulate(
     """Serve a fresh simulator on 127.0.0.1 (a free port) for the ``async with`` block.
 
     ``simulate(dialect="trueai", seed=3)`` overrides fields of ``config`` (or of the
-    defaults); ``clock=`` (a monotonic-seconds callable) replaces the simulator's clock.
-    On exit the server stops and pending notifyHook deliveries are cancelled.
+    defaults). On exit the server stops and pending notifyHook deliveries are cancelled::
+
+        async with simulate(dialect="quickrouter") as relay, AsyncClient(
+            relay.api_key, base_url=relay.base_url, dialect=relay.dialect
+        ) as mj:
+            task = await mj.imagine("a cat").wait()
+            assert relay.simulator.counters["POST /submit/imagine"] == 1
+
+    Args:
+        config: the settings to start from (default: ``SimulatorConfig()``); positional.
+        **config_overrides: SimulatorConfig fields to change (``dialect=``, ``seed=``,
+            ``faults=``, ...), and ``clock=``: a callable giving monotonic seconds that
+            replaces the simulator's clock.
+
+    Yields:
+        The running simulator: ``base_url``, ``api_key``, ``dialect``, ``headers``,
+        ``simulator``.
+
+    Raises:
+        ValueError: an override is not a valid SimulatorConfig value.
+        TypeError: an override names no SimulatorConfig field.
     """
     clock = config_overrides.pop("clock", None)
     sim = Simulator(_config(config, config_overrides), clock=clock)
@@ -106,7 +137,19 @@ async def run_server(
 ) -> None:
     """Serve a simulator until cancelled (``quickmj simulate``).
 
-    Prints the base URL and the key, or calls ``ready(running)`` instead when given.
+    Prints the base URL and the key, or calls ``ready(running)`` instead when given. On
+    a wildcard address (``0.0.0.0``) the first request's Host header decides the URLs
+    the simulator writes into its answers.
+
+    Args:
+        host: the address to listen on.
+        port: the port to listen on (0: a free one).
+        config: the simulator's settings (default: ``SimulatorConfig()``).
+        ready: called once with the RunningSimulator when the server is up, instead of
+            printing its address.
+
+    Raises:
+        OSError: the address cannot be bound.
     """
     sim = Simulator(config)
     runner, bound = await _start(sim, host, port)

@@ -109,7 +109,7 @@ class Timeline:
         self.run_seconds = run_seconds
         self.steps = steps
         n = len(steps)
-        self.step_offsets = tuple(run_seconds * i / n for i in range(n))
+        self.step_offsets: tuple[float, ...] = tuple(run_seconds * i / n for i in range(n))
 
     def schedule(self, task: SimTask, now: float, start: float, fail_word: str | None) -> float:
         """Fix ``task``'s timeline from ``start`` (its worker slot); returns its end."""
@@ -157,6 +157,7 @@ class Timeline:
         return task.end
 
     def failure_reason(self, task: SimTask, now: float) -> str:
+        """The ``failReason`` a failed job shows at clock time ``now``."""
         if task.cancel_at is not None and now >= task.cancel_at:
             return "取消任务"
         return task.fail_reason or "failed"
@@ -174,6 +175,7 @@ class Timeline:
         return out
 
     def percent(self, phase: Phase) -> int:
+        """The progress percentage of ``phase`` (100 for SUCCESS, 0 before running)."""
         status, step = phase
         if status == IN_PROGRESS:
             return self.steps[step]

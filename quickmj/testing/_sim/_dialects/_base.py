@@ -79,7 +79,7 @@ class Route:
     auth: bool = True
     pattern: re.Pattern[str] = attrs.field(init=False)
 
-    @pattern.default
+    @pattern.default  # pyright: ignore[reportAttributeAccessIssue]  (attrs' decorator)
     def _compile(self) -> re.Pattern[str]:
         regex = re.sub(r"\\\{(\w+)\\\}", r"(?P<\1>[^/]+)", re.escape(self.path))
         return re.compile(f"^{regex}$")
@@ -87,6 +87,8 @@ class Route:
 
 @attrs.frozen
 class Times:
+    """submitTime, startTime and finishTime (epoch ms) of a job in one phase."""
+
     submit: int
     start: int | None
     finish: int | None
@@ -168,17 +170,21 @@ class Media:
         return f"{self._base_url()}/attachments/{self.channel(task.key)}/{digits('msg:' + task.id)}"
 
     def final(self, task: SimTask) -> str:
+        """The URL of the job's final image (with Discord-like signed query)."""
         digest = hashlib.sha256(f"sim-cdn:{task.id}".encode()).hexdigest()
         query = f"ex={digest[:8]}&is={digest[8:16]}&hm={digest[16:]}&"
         return f"{self._dir(task)}/sim_{task.id}.png?{query}"
 
     def preview(self, task: SimTask, percent: int) -> str:
+        """The URL of the job's progress preview at ``percent``."""
         return f"{self._dir(task)}/sim_{task.id}_progress_{percent}.png"
 
     def part(self, task: SimTask, index: int) -> str:
+        """The URL of one image (``index`` 0-3) of the job's grid."""
         return f"{self._dir(task)}/sim_{task.id}_{index}.png"
 
     def video(self, task: SimTask, index: int) -> str:
+        """The URL of one video (``index``) of a video job."""
         return f"{self._dir(task)}/sim_{task.id}_{index}.mp4"
 
 
@@ -203,6 +209,7 @@ class Dialect:
     # ---- to implement ----
 
     def routes(self) -> list[Route]:
+        """Every route the server serves (relative to ``prefixes``)."""
         raise NotImplementedError
 
     def authenticate(self, request: web.Request) -> tuple[str | None, Reply | None]:
@@ -222,9 +229,11 @@ class Dialect:
         return self.render(task, self.engine.phase(task))
 
     def hook_url(self, task: SimTask) -> str | None:
+        """Where the job's notifyHook deliveries go (None: nowhere)."""
         return task.notify_hook
 
     def auth_headers(self, key: str) -> dict[str, str]:
+        """The header carrying ``key`` the way this server reads it."""
         raise NotImplementedError
 
     def preload(self, key: str, body: dict[str, Any]) -> SimTask:
