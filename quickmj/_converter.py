@@ -27,7 +27,6 @@ import re
 import types
 import typing
 from collections.abc import Callable
-from types import MappingProxyType
 from typing import Any, TypeVar
 
 import attrs
@@ -143,8 +142,8 @@ def as_id(value: Any) -> str | None:
 
 
 def to_camel(name: str) -> str:
-    """``mask_base64`` -> ``maskBase64``."""
-    head, *rest = name.split("_")
+    """``mask_base64`` -> ``maskBase64`` (``_buttons``, a lazily built field, -> ``buttons``)."""
+    head, *rest = name.lstrip("_").split("_")
     return head + "".join(p[:1].upper() + p[1:] for p in rest)
 
 
@@ -247,25 +246,30 @@ def _is_enum(tp: Any) -> bool:
     return isinstance(tp, type) and issubclass(tp, m._OpenEnum)
 
 
+def _wire_name(field: attrs.Attribute[Any]) -> str:
+    """A field's public name (its init alias: ``buttons`` for ``_buttons``)."""
+    return field.alias or field.name
+
+
 def _structure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
     def factory(cls: type) -> Any:
-        fields = [f for f in attrs.fields(cls) if f.name != "raw"]
-        overrides = {f.name: override(rename=to_camel(f.name)) for f in fields}
+        fields = [f for f in attrs.fields(cls) if _wire_name(f) != "raw"]
+        overrides = {f.name: override(rename=to_camel(_wire_name(f))) for f in fields}
         keeps_raw = cls is m.Task
         # A strict converter (tests checking the shapes we know) takes the generated path.
         quick_path = keeps_raw and not getattr(c, "forbid_extra_keys", False)
         if keeps_raw:
-            overrides["raw"] = override(omit=True)
+            overrides["_raw"] = override(omit=True)
         inner: Callable[[Any, Any], Any] = make_dict_structure_fn(cls, c, **overrides)  # type: ignore[arg-type]
         # Fields whose null means "use the default" (relays send null for absent lists).
         defaulted = {
-            to_camel(f.name)
+            to_camel(_wire_name(f))
             for f in fields
             if f.default is not attrs.NOTHING and _optional_inner(f.type) is None
         }
         # A blank enum ("status": "" in the relay's template sample) means "not given".
         optional_enums = {
-            to_camel(f.name)
+            to_camel(_wire_name(f))
             for f in fields
             if f.default is not attrs.NOTHING and _is_enum(_optional_inner(f.type) or f.type)
         }
@@ -289,8 +293,8 @@ def _structure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
                     break
             obj = inner(value, cls)
             if keeps_raw:
-                # Frozen, so set once here: the source JSON, read-only, without a copy.
-                object.__setattr__(obj, "raw", MappingProxyType(source))
+                # Frozen, so set once here: the source JSON, without a copy.
+                object.__setattr__(obj, "_raw", source)
             return obj
 
         return structure
@@ -300,9 +304,14 @@ def _structure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
 
 def _unstructure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
     def factory(cls: type) -> Any:
-        overrides = {f.name: override(rename=to_camel(f.name)) for f in attrs.fields(cls)}
+        overrides = {f.name: override(rename=to_camel(_wire_name(f))) for f in attrs.fields(cls)}
         if cls is m.Task:
-            overrides["raw"] = override(omit=True)
+            overrides["_raw"] = override(omit=True)
+            for name in ("_buttons", "_image_urls", "_video_urls"):  # maybe still Deferred
+                overrides[name] = override(
+                    rename=to_camel(name),
+                    unstruct_hook=lambda v: [c.unstructure(x) for x in m.items_of(v)],
+                )
         inner: Callable[[Any], Any] = make_dict_unstructure_fn(cls, c, **overrides)  # type: ignore[arg-type]
         if cls not in _REQUEST_CLASSES:
             return inner
@@ -344,56 +353,102 @@ _new_button = _builder(m.Button)
 _new_media = _builder(m.MediaUrl)
 
 
-def _fast_buttons(value: Any) -> tuple[m.Button, ...] | None:
-    if value is None:
-        return ()
-    if type(value) is not list:
-        return None
-    out = []
+def _buttons_of(raw: list[Any]) -> tuple[m.Button, ...]:
+    """Build a task's buttons from the relay's list (when first read)."""
     new = _new_button
-    for b in value:
+    out = []
+    for b in raw:
         if type(b) is not dict:
-            return None
+            return _strict(raw, tuple[m.Button, ...], "Task.buttons")  # type: ignore[no-any-return]
         get = b.get
         custom_id, emoji, label, kind, style = (
             get("customId"), get("emoji"), get("label"), get("type"), get("style")
         )  # fmt: skip
-        if type(custom_id) is not str:
-            return None
-        if emoji is None:
-            emoji = ""
-        if label is None:
-            label = ""
-        if kind is None:
-            kind = 2
-        if style is None:
-            style = 2
-        if type(emoji) is not str or type(label) is not str:
-            return None
-        if type(kind) is not int or type(style) is not int:
-            return None
+        emoji = "" if emoji is None else emoji
+        label = "" if label is None else label
+        kind = 2 if kind is None else kind
+        style = 2 if style is None else style
+        if (
+            type(custom_id) is not str
+            or type(emoji) is not str
+            or type(label) is not str
+            or type(kind) is not int
+            or type(style) is not int
+        ):
+            return _strict(raw, tuple[m.Button, ...], "Task.buttons")  # type: ignore[no-any-return]
         out.append(new(custom_id, emoji, label, kind, style))
     return tuple(out)
 
 
-def _fast_media(value: Any) -> tuple[m.MediaUrl, ...] | None:
-    if value is None:
-        return ()
-    if type(value) is not list:
-        return None
-    out = []
+def _media_of(raw: list[Any], what: str = "Task.imageUrls") -> tuple[m.MediaUrl, ...]:
+    """Build a task's image or video URLs from the relay's list (when first read)."""
     new = _new_media
-    for item in value:
+    out = []
+    for item in raw:
         if type(item) is str:
             out.append(new(item, None))
             continue
-        if type(item) is not dict:
-            return None
-        url, thumb = item.get("url"), item.get("thumbnail")
+        url = item.get("url") if type(item) is dict else None
+        thumb = item.get("thumbnail") if type(item) is dict else None
         if type(url) is not str or type(thumb) not in _OPT_STR:
-            return None
+            return _strict(raw, tuple[m.MediaUrl, ...], what)  # type: ignore[no-any-return]
         out.append(new(url, thumb))
     return tuple(out)
+
+
+def _videos_of(raw: list[Any]) -> tuple[m.MediaUrl, ...]:
+    return _media_of(raw, "Task.videoUrls")
+
+
+def _strict(raw: list[Any], cls: Any, what: str) -> Any:
+    """The generated hooks decide an unusual list (lenient coercions, named errors)."""
+    return structure(raw, cls, what=what)
+
+
+_OPT_INT = (int, type(None))
+
+
+def _plain_buttons(raw: list[Any]) -> bool:
+    """Every entry has the usual types, so building them later cannot fail."""
+    for b in raw:
+        if type(b) is not dict:
+            return False
+        get = b.get
+        if (
+            type(get("customId")) is not str
+            or type(get("label")) not in _OPT_STR
+            or type(get("emoji")) not in _OPT_STR
+            or type(get("type")) not in _OPT_INT
+            or type(get("style")) not in _OPT_INT
+        ):
+            return False
+    return True
+
+
+def _plain_media(raw: list[Any]) -> bool:
+    for item in raw:
+        if type(item) is str:
+            continue
+        if (
+            type(item) is not dict
+            or type(item.get("url")) is not str
+            or type(item.get("thumbnail")) not in _OPT_STR
+        ):
+            return False
+    return True
+
+
+def _deferred(
+    value: Any, plain: Callable[[list[Any]], bool], make: Callable[[list[Any]], tuple[Any, ...]]
+) -> Any:
+    """``()`` for null or ``[]``; a Deferred for a list of entries with the usual types
+    (checked now, so a malformed entry is reported by ``structure`` itself, naming the
+    field; only the building waits for the first read); ``False`` for anything else."""
+    if value is None or value == []:
+        return ()
+    if type(value) is list and plain(value):
+        return m.Deferred(value, make)
+    return False
 
 
 def _fast_enum(table: Any, value: Any) -> Any:
@@ -443,10 +498,10 @@ def fast_task(d: dict[str, Any]) -> m.Task | None:
     properties = get("properties")
     if properties is not None and type(properties) is not dict:
         return None
-    buttons = _fast_buttons(get("buttons"))
-    image_urls = _fast_media(get("imageUrls"))
-    video_urls = _fast_media(get("videoUrls"))
-    if buttons is None or image_urls is None or video_urls is None:
+    buttons = _deferred(get("buttons"), _plain_buttons, _buttons_of)
+    image_urls = _deferred(get("imageUrls"), _plain_media, _media_of)
+    video_urls = _deferred(get("videoUrls"), _plain_media, _videos_of)
+    if buttons is False or image_urls is False or video_urls is False:
         return None
     progress, prompt, prompt_en, description, state, custom_id, bot_type = texts[:7]
     image_url, video_url, fail_reason, mask, parent_id, seed = texts[7:]
@@ -473,8 +528,8 @@ def fast_task(d: dict[str, Any]) -> m.Task | None:
         mask,
         parent_id,
         seed,
-        dict(properties) if properties is not None else {},
-        MappingProxyType(d),
+        properties if properties is not None else {},
+        d,
     )
 
 

@@ -203,9 +203,42 @@ def _ms_to_datetime(ms: int | None) -> dt.datetime | None:
 _PERCENT = re.compile(r"^\s*(\d{1,3})(?:\.\d+)?\s*%?\s*$")
 
 
-@attrs.frozen
+class Deferred:
+    """A nested list from the relay's JSON, turned into model objects when first read.
+
+    ``make(raw)`` builds the tuple (or raises MalformedResponseError naming the field).
+    """
+
+    __slots__ = ("make", "raw")
+
+    def __init__(self, raw: list[Any], make: Any) -> None:
+        self.raw = raw
+        self.make = make
+
+    def resolve(self) -> tuple[Any, ...]:
+        """The structured tuple."""
+        return self.make(self.raw)  # type: ignore[no-any-return]
+
+    def __repr__(self) -> str:
+        return repr(self.resolve())
+
+
+def items_of(value: Any) -> tuple[Any, ...]:
+    """A nested list field's items, whether already built or still deferred."""
+    return value.resolve() if type(value) is Deferred else value
+
+
+_NO_JSON: Mapping[str, Any] = MappingProxyType({})
+
+
+@attrs.frozen(repr=False)
 class Task:
-    """A Midjourney job as the relay reports it (fetch, list-by-condition, notifyHook)."""
+    """A Midjourney job as the relay reports it (fetch, list-by-condition, notifyHook).
+
+    ``buttons``, ``image_urls`` and ``video_urls`` are read from the relay's JSON when
+    first used (most reads of a task never look at them); a malformed entry in one of them
+    raises MalformedResponseError, naming the field, at that moment.
+    """
 
     id: str
     status: TaskStatus = TaskStatus.NOT_START
@@ -221,26 +254,61 @@ class Task:
     start_time: int | None = None
     finish_time: int | None = None
     image_url: str | None = None
-    image_urls: tuple[MediaUrl, ...] = ()
+    _image_urls: tuple[MediaUrl, ...] = attrs.field(
+        default=(), alias="image_urls", eq=items_of, hash=False
+    )
     video_url: str | None = None
-    video_urls: tuple[MediaUrl, ...] = ()
+    _video_urls: tuple[MediaUrl, ...] = attrs.field(
+        default=(), alias="video_urls", eq=items_of, hash=False
+    )
     fail_reason: str | None = None
-    buttons: tuple[Button, ...] = ()
+    _buttons: tuple[Button, ...] = attrs.field(default=(), alias="buttons", eq=items_of, hash=False)
     mask_base64: str | None = None
     parent_id: str | None = None
     seed: str | None = None
     properties: dict[str, Any] = attrs.field(factory=dict, hash=False)
-    raw: Mapping[str, Any] = attrs.field(
-        default=MappingProxyType({}), eq=False, hash=False, repr=False
-    )
-    """The JSON object exactly as the relay sent it (set by the converter; empty for a
-    Task built by hand). Not part of equality."""
+    """The relay's ``properties`` object (``finalPrompt``, ...), as sent."""
+    _raw: Mapping[str, Any] = attrs.field(default=_NO_JSON, alias="raw", eq=False, hash=False)
+
+    @property
+    def raw(self) -> Mapping[str, Any]:
+        """The JSON object exactly as the relay sent it, read-only (empty for a Task built
+        by hand). Not part of equality."""
+        return MappingProxyType(self._raw) if type(self._raw) is dict else self._raw
+
+    @property
+    def buttons(self) -> tuple[Button, ...]:
+        """The buttons of a finished task (press one with ``AsyncClient.action``)."""
+        return self._resolve("_buttons")
+
+    @property
+    def image_urls(self) -> tuple[MediaUrl, ...]:
+        """The separate result images, on relays that send them (TrueAI)."""
+        return self._resolve("_image_urls")
+
+    @property
+    def video_urls(self) -> tuple[MediaUrl, ...]:
+        """The result videos, on relays that send them."""
+        return self._resolve("_video_urls")
+
+    def _resolve(self, name: str) -> tuple[Any, ...]:
+        value = getattr(self, name)
+        if type(value) is not Deferred:
+            return value  # type: ignore[no-any-return]
+        resolved = value.resolve()
+        object.__setattr__(self, name, resolved)  # frozen: set once, as attrs' own init does
+        return resolved
+
+    def __repr__(self) -> str:
+        names = (f.alias or f.name for f in _TASK_FIELDS)
+        shown = ", ".join(f"{name}={getattr(self, name)!r}" for name in names if name != "raw")
+        return f"Task({shown})"
 
     @property
     def extra(self) -> dict[str, Any]:
         """Top-level fields quickmj has no attribute for (``thumbnailUrl``, ``jobId``,
         ``mode``, ``useTime``, ... on TrueAI), as the relay sent them."""
-        return {k: v for k, v in self.raw.items() if k not in _TASK_WIRE_FIELDS}
+        return {k: v for k, v in self._raw.items() if k not in _TASK_WIRE_FIELDS}
 
     @property
     def is_done(self) -> bool:
@@ -556,3 +624,5 @@ REQUEST_CLASSES: tuple[type, ...] = (
 # classes report ``quickmj`` as their module later, and cattrs reads these types.
 for _cls in (Button, MediaUrl, Task, SubmitResult, FailureBody, *REQUEST_CLASSES):
     attrs.resolve_types(_cls)
+
+_TASK_FIELDS = attrs.fields(Task)

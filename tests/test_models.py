@@ -373,3 +373,24 @@ def test_video_and_seed_fields() -> None:
     assert "https://cdn.test/v.mp4" == task.video_url
     assert ["https://cdn.test/0.mp4", "https://cdn.test/1.mp4"] == [v.url for v in task.video_urls]
     assert "123" == task.seed
+
+
+def test_nested_lists_read_later_equal_the_same_task_built_by_hand(pig: Task) -> None:
+    """Buttons and image URLs built on first read: equal, hashed, shown and copied as if eager."""
+    import copy
+    import pickle
+
+    by_hand = attrs.evolve(pig, buttons=tuple(pig.buttons), image_urls=tuple(pig.image_urls))
+    fresh = structure(load_fixture("task_pig"), Task)
+    assert fresh == by_hand and hash(fresh) == hash(by_hand)
+    assert repr(fresh) == repr(by_hand) and "label='U1'" in repr(fresh)
+    assert pickle.loads(pickle.dumps(fresh)) == pig == copy.deepcopy(fresh)
+    assert attrs.evolve(fresh, progress="5%").buttons == pig.buttons
+    assert fresh.buttons is fresh.buttons  # built once
+
+
+def test_a_task_built_by_hand_keeps_what_it_was_given() -> None:
+    """A Task from Python (not the relay) has no JSON and returns its own lists."""
+    buttons = (Button("MJ::JOB::upsample::1::x", label="U1"),)
+    task = Task(id="1", buttons=buttons)
+    assert task.buttons is buttons and task.image_urls == () and dict(task.raw) == {}
