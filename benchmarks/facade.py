@@ -77,7 +77,8 @@ def main(args: argparse.Namespace) -> None:
             s = sync_concurrent(base, todo, 8)
             par.append(s / a)
     print(f"{args.calls} fetch calls, {args.pairs} pairs (min/median/max)")
-    print(f"Client / AsyncClient, sequential:  {spread(seq)}   (+{spread(per_call, '{:.0f}')} us/call)")
+    extra = spread(per_call, "{:.0f}")
+    print(f"Client / AsyncClient, sequential:  {spread(seq)}   (+{extra} us/call)")
     print(f"Client / AsyncClient, 8 threads:   {spread(par)}")
 
 

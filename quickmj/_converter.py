@@ -334,6 +334,8 @@ def _unstructure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
 _STATUS_OF = m.TaskStatus._value2member_map_
 _ACTION_OF = m.TaskAction._value2member_map_
 _OPT_STR = (str, type(None))
+_STR_TYPES = frozenset(_OPT_STR)
+_INT_TYPES = frozenset((int, type(None)))
 
 
 def _builder(cls: type[T]) -> Callable[..., T]:
@@ -489,11 +491,10 @@ def fast_task(d: dict[str, Any]) -> m.Task | None:
     action = _fast_enum(_ACTION_OF, get("action"))
     if status is False or action is False:
         return None
-    texts = [get(k) for k in _TEXT_FIELDS]
-    times = [get(k) for k in _TIME_FIELDS]
-    if any(type(t) not in _OPT_STR for t in texts) or any(
-        t is not None and type(t) is not int for t in times
-    ):
+    texts = list(map(get, _TEXT_FIELDS))
+    times = list(map(get, _TIME_FIELDS))
+    # map/issuperset run in C: this check is on every task read.
+    if not _STR_TYPES.issuperset(map(type, texts)) or not _INT_TYPES.issuperset(map(type, times)):
         return None
     properties = get("properties")
     if properties is not None and type(properties) is not dict:

@@ -577,7 +577,8 @@ async def as_completed(
     deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
     try:
         while pending:
-            item = await _next_item(sub, deadline)
+            # A queued item is taken without a coroutine or a cancel scope.
+            item = sub.pop() if sub.ready() else await _next_item(sub, deadline)
             if item is None:
                 first = next(i for i in order if i in pending)
                 raise TaskTimeoutError(

@@ -148,6 +148,9 @@ class Subscription:
 
     def last(self, task_id: str) -> Task | None:
         """The latest state seen for ``task_id``, if any."""
+        for item in reversed(self._items or ()):  # a final that came as the time ran out
+            if type(item) is tuple and item[0] == task_id and item[1].task is not None:
+                return item[1].task
         seen = self._last.get(task_id) if self._last else None
         return seen if seen is not None else self._poller.peek(task_id)
 
@@ -177,13 +180,16 @@ class Subscription:
         elif task_id in self._finished:
             return
         self._finished.add(task_id)
-        if final.task is not None:
-            self._remember(final.task)
-        self._put((task_id, final))
+        self._put((task_id, final))  # not remembered: as_completed over 100k ids stays lean
 
     def ready(self) -> bool:
         """An item is waiting: ``next()`` returns without suspending."""
         return bool(self._items)
+
+    def pop(self) -> Item:
+        """The next queued item (call only when ``ready()``)."""
+        assert self._items
+        return self._items.popleft()
 
     async def next(self) -> Item:
         """The next update or final result, waiting for one if none is queued."""
@@ -544,6 +550,9 @@ class Poller:
         asked for updates, or a final state. Running states nobody watches stay raw (a
         waiter that times out gets its last state structured then, see ``peek``).
         """
+        first = entry.raw is None and task is None
+        if first and raw.get("status") in _FINAL_STATUSES and not self._watched(entry):
+            return self._first_final(task_id, raw)
         key = change_key(raw)
         if key == entry.key and entry.modal_since is None:
             self._schedule(task_id, entry, now)  # unchanged: nothing to parse or tell
@@ -554,7 +563,7 @@ class Poller:
         changed = key != entry.key
         status = raw.get("status")
         final = status in _FINAL_STATUSES
-        watched = changed and any(sub.updates for sub in entry.listeners)
+        watched = changed and self._watched(entry)
         if task is None and not changed:
             task = entry.last  # the same state (a MODAL that waits): listeners saw it already
         if task is None and (final or watched or status == "MODAL"):
@@ -575,6 +584,21 @@ class Poller:
         entry.delay = self.policy.delay_for(progress_of(raw))
         self._schedule(task_id, entry, now)
         return changed
+
+    @staticmethod
+    def _watched(entry: _Entry) -> bool:
+        return any(sub.updates for sub in entry.listeners)
+
+    def _first_final(self, task_id: str, raw: Any) -> bool:
+        """The first report of an id is already final (as_completed over old jobs): there
+        is nothing to compare it with and nobody to tell about the way there."""
+        try:
+            task = structure(raw, Task, what=f"task {task_id}")
+        except MalformedResponseError as exc:
+            self._finish(task_id, Final(error=exc))
+            return False
+        self._finish(task_id, Final(task=task))
+        return True
 
     def peek(self, task_id: str) -> Task | None:
         """The latest state of a tracked id, structured now if it was kept raw."""
