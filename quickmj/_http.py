@@ -11,6 +11,7 @@ codes or JSON: ``_protocol.py`` reads answers. ``aclose`` ends every exchange in
 from __future__ import annotations
 
 import contextlib
+import copy
 import json
 import logging
 import sys
@@ -88,6 +89,19 @@ def segment(value: str) -> str:
     return quote(value, safe="")
 
 
+class _Life:
+    """What an Http and its ``with_timeouts`` copies share: closed, and the exchanges in
+    flight (one cancel scope each; aclose() cancels them and waits, at most _CLOSE_GRACE,
+    for the set to drain)."""
+
+    __slots__ = ("closed", "drained", "in_flight")
+
+    def __init__(self) -> None:
+        self.closed = False
+        self.in_flight: set[anyio.CancelScope] = set()
+        self.drained: anyio.Event | None = None
+
+
 class Http:
     """Sends the client's requests to the relay through one transport."""
 
@@ -117,11 +131,7 @@ class Http:
             "Accept-Encoding": "gzip, deflate",
             **(headers or {}),
         }
-        self._closed = False
-        # One cancel scope per exchange (and retry sleep) in flight: aclose() cancels them
-        # and waits (at most _CLOSE_GRACE) for the set to drain.
-        self._in_flight: set[anyio.CancelScope] = set()
-        self._drained: anyio.Event | None = None
+        self._life = _Life()  # shared with with_timeouts() copies
 
     def __repr__(self) -> str:
         return f"<Http {self._root}>"
@@ -129,22 +139,29 @@ class Http:
     @property
     def closed(self) -> bool:
         """True once :meth:`aclose` ran."""
-        return self._closed
+        return self._life.closed
+
+    def with_timeouts(self, timeouts: Timeouts) -> Http:
+        """The same connections, key and lifecycle, other timeouts (``with_options``)."""
+        view = copy.copy(self)
+        view.timeouts = timeouts
+        return view
 
     # ---- lifecycle ----
 
     async def aclose(self) -> None:
         """End the exchanges in flight (after a short grace) and close the transport."""
-        self._closed = True
+        life = self._life
+        life.closed = True
         with anyio.CancelScope(shield=True):  # a cancelled aclose still closes everything
-            if self._in_flight:
+            if life.in_flight:
                 # End the exchanges in flight and let them unwind before the connections
                 # go: closing under a response being read leaves that read hanging.
-                self._drained = anyio.Event()
-                for scope in list(self._in_flight):
+                life.drained = anyio.Event()
+                for scope in list(life.in_flight):
                     scope.cancel()
                 with anyio.move_on_after(_CLOSE_GRACE):
-                    await self._drained.wait()
+                    await life.drained.wait()
             await self.transport.aclose()
 
     @contextlib.contextmanager
@@ -153,17 +170,18 @@ class Http:
 
         Raises ClientClosedError when the block was ended that way.
         """
-        if self._closed:
+        life = self._life
+        if life.closed:
             raise ClientClosedError("the client is closed")
         scope = anyio.CancelScope()
-        self._in_flight.add(scope)
+        life.in_flight.add(scope)
         try:
             with scope:
                 yield scope
         finally:
-            self._in_flight.discard(scope)
-            if not self._in_flight and self._drained is not None:
-                self._drained.set()
+            life.in_flight.discard(scope)
+            if not life.in_flight and life.drained is not None:
+                life.drained.set()
         if scope.cancelled_caught:
             raise ClosedInFlight("the client was closed during the request")
 
