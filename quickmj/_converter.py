@@ -575,6 +575,16 @@ def structure(data: Any, cls: type[T], *, what: str = "", status: int | None = N
         raise MalformedResponseError(f"unexpected response shape: {detail}", status=status) from exc
 
 
+def structure_task(data: Any, task_id: str | None = None) -> m.Task:
+    """``structure(data, Task)``, the usual shape read without the converter's dispatch
+    (every task read goes through here); errors name ``task <id>``."""
+    if type(data) is dict:
+        quick = fast_task(data)
+        if quick is not None:
+            return quick
+    return structure(data, m.Task, what="task" if task_id is None else f"task {task_id}")
+
+
 def _wire_path(message: str, root: str) -> str:
     """Name fields in a cattrs error path by their JSON keys (``imageUrls``, not ``image_urls``)."""
     text, sep, path = message.rpartition(" @ ")

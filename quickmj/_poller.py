@@ -46,7 +46,7 @@ from typing import Any
 import anyio
 import attrs
 
-from ._converter import structure, unstructure
+from ._converter import structure_task, unstructure
 from ._models import Task, TaskStatus
 from ._protocol import change_key, check_task_id, how_far, progress_of
 from ._relay import Relay
@@ -568,7 +568,7 @@ class Poller:
             task = entry.last  # the same state (a MODAL that waits): listeners saw it already
         if task is None and (final or watched or status == "MODAL"):
             try:
-                task = structure(raw, Task, what=f"task {task_id}")
+                task = structure_task(raw, task_id)
             except MalformedResponseError as exc:
                 self._finish(task_id, Final(error=exc))
                 return False
@@ -593,7 +593,7 @@ class Poller:
         """The first report of an id is already final (as_completed over old jobs): there
         is nothing to compare it with and nobody to tell about the way there."""
         try:
-            task = structure(raw, Task, what=f"task {task_id}")
+            task = structure_task(raw, task_id)
         except MalformedResponseError as exc:
             self._finish(task_id, Final(error=exc))
             return False
@@ -607,7 +607,7 @@ class Poller:
             return None
         if entry.last is None:
             try:
-                entry.last = structure(dict(entry.raw), Task, what=f"task {task_id}")
+                entry.last = structure_task(dict(entry.raw), task_id)
             except MalformedResponseError:
                 return None
         return entry.last

@@ -22,7 +22,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
 from ._config import Secret
-from ._converter import as_id, loads, structure
+from ._converter import as_id, loads, structure, structure_task
 from ._http import Answer, display_url, segment
 from ._models import FailureBody, SubmitResult, Task
 from .errors import (
@@ -445,7 +445,7 @@ def read_fetch(data: Any, path: str) -> Task | None:
             if task_unknown(found):
                 return None
             raise found
-    return structure(data, Task, what="task")
+    return structure_task(data)
 
 
 def read_task_list(data: Any, path: str) -> list[Any]:

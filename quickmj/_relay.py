@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
 from ._config import Dialect, RetryPolicy
-from ._converter import structure, unstructure
+from ._converter import structure_task, unstructure
 from ._http import Answer, ClosedInFlight, Http
 from ._models import ListByIdsRequest, SubmitRequest, SubmitResult, Task, TaskStatus, UploadRequest
 from ._protocol import (
@@ -158,7 +158,7 @@ class Relay:
         if task.status is TaskStatus.MODAL and self.dialect in _STALE_FETCH:
             rows = await self.read_many([task_id])
             if task_id in rows:
-                return structure(rows[task_id], Task, what=f"task {task_id}")
+                return structure_task(rows[task_id], task_id)
         return task
 
     async def list_raw(self, ids: Sequence[str]) -> list[Any]:
