@@ -17,7 +17,17 @@ from typing import TYPE_CHECKING, Any
 from ._version import __version__
 
 if TYPE_CHECKING:
-    from ._batch import BatchItem, BatchProgress, BatchSummary, read_prompts, run_batch
+    from ._accounts import Account, AccountPool, Reservation, read_keys
+    from ._admission import AdmissionPolicy, BudgetStats, NoUsableAccountError
+    from ._batch import (
+        AccountSummary,
+        BatchItem,
+        BatchProgress,
+        BatchSummary,
+        read_prompts,
+        run_batch,
+    )
+    from ._budget_redis import RedisBudgets
     from ._client import AsyncClient, ProgressCallback, TaskRef
     from ._config import DEFAULT_BASE_URL, AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
     from ._jobs import AsyncJob, Submission
@@ -74,9 +84,20 @@ if TYPE_CHECKING:
 
 # name -> the private module that defines it (errors come from the public quickmj.errors)
 _SOURCES: dict[str, str] = {
+    **dict.fromkeys(("Account", "AccountPool", "Reservation", "read_keys"), "_accounts"),
+    **dict.fromkeys(("AdmissionPolicy", "BudgetStats", "NoUsableAccountError"), "_admission"),
     **dict.fromkeys(
-        ("BatchItem", "BatchProgress", "BatchSummary", "read_prompts", "run_batch"), "_batch"
+        (
+            "AccountSummary",
+            "BatchItem",
+            "BatchProgress",
+            "BatchSummary",
+            "read_prompts",
+            "run_batch",
+        ),
+        "_batch",
     ),
+    "RedisBudgets": "_budget_redis",
     **dict.fromkeys(("AsyncClient", "ProgressCallback", "TaskRef"), "_client"),
     **dict.fromkeys(
         ("DEFAULT_BASE_URL", "AuthScheme", "Dialect", "Mode", "RetryPolicy", "Timeouts"),
@@ -142,6 +163,10 @@ _SOURCES.update(dict.fromkeys(_ERRORS, "errors"))
 __all__ = (
     "DEFAULT_BASE_URL",
     "APIError",
+    "Account",
+    "AccountPool",
+    "AccountSummary",
+    "AdmissionPolicy",
     "AsyncClient",
     "AsyncJob",
     "AsyncTransport",
@@ -155,6 +180,7 @@ __all__ = (
     "BatchSummary",
     "BlendDimensions",
     "BotType",
+    "BudgetStats",
     "Button",
     "ButtonNotFoundError",
     "Client",
@@ -170,16 +196,19 @@ __all__ = (
     "MalformedResponseError",
     "MediaUrl",
     "Mode",
+    "NoUsableAccountError",
     "NotFoundError",
     "PollPolicy",
     "ProgressCallback",
     "QueueFullError",
     "QuickMJError",
     "RateLimitError",
+    "RedisBudgets",
     "RelatedTaskNotFoundError",
     "RelayUnreachableError",
     "Request",
     "RequestTimeoutError",
+    "Reservation",
     "Response",
     "RetryPolicy",
     "ServerError",
@@ -204,6 +233,7 @@ __all__ = (
     "UsageError",
     "ValidationError",
     "__version__",
+    "read_keys",
     "read_prompts",
     "run_batch",
 )

@@ -16,19 +16,22 @@ relay unreachable) or a full disk stops the whole run early with one typed error
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import sys
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path, PurePath
 from typing import Any, TextIO
 
 import anyio
 import attrs
 
+from ._accounts import AccountPool, Reservation
+from ._admission import BudgetStats, NoUsableAccountError, account_unusable
 from ._client import AsyncClient
 from ._jobs import AsyncJob, Submission
 from ._journal import Journal, JournalRow, Phase
@@ -36,6 +39,7 @@ from ._models import Task
 from ._outdir import BatchDir
 from ._protocol import outcome_unknown
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ConnectError,
     InvalidInputError,
@@ -54,6 +58,7 @@ from .errors import (
 )
 
 __all__ = (
+    "AccountSummary",
     "BatchItem",
     "BatchProgress",
     "BatchSummary",
@@ -127,6 +132,25 @@ class Unsettled:
 
 
 @attrs.frozen
+class AccountSummary:
+    """One account's share of a run (the account named by its key's fingerprint)."""
+
+    account: str
+    #: Jobs this account created in this run (grids and presses).
+    submitted: int
+    #: Prompts owned by this account that succeeded / failed (whole journal).
+    succeeded: int
+    failed: int
+    #: Queue-full answers (code 23 or 9) and HTTP 429 answers in this run.
+    queue_full: int
+    rate_limited: int
+    #: The number of jobs the account was found to take at once.
+    limit: float
+    #: Why the account left the rotation (None if it stayed in).
+    disabled: str | None = None
+
+
+@attrs.frozen
 class BatchSummary:
     """How the run ended, per prompt outcome, plus where the manifest is."""
 
@@ -143,6 +167,8 @@ class BatchSummary:
     pending: int = 0
     #: Unknown outcomes ``reconcile`` could not settle (look them up by their tag).
     unsettled: tuple[Unsettled, ...] = ()
+    #: Per account: jobs submitted, outcomes, queue-full and 429 answers, learned limit.
+    accounts: tuple[AccountSummary, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -161,9 +187,20 @@ class BatchSummary:
 def read_prompts(path: str | os.PathLike[str], *, stdin: TextIO | None = None) -> list[BatchItem]:
     """Read prompts: one per line, or JSON objects with a ``prompt`` and imagine options.
 
-    ``"-"`` reads standard input. Blank lines and lines starting with ``#`` are skipped;
-    a line is a prompt unless it is a JSON object with a ``prompt`` key (so Midjourney
-    permutations such as ``{red, green} bird`` stay prompts); a UTF-8 BOM is ignored.
+    Blank lines and lines starting with ``#`` are skipped; a line is a prompt unless it
+    is a JSON object with a ``prompt`` key (so Midjourney permutations such as
+    ``{red, green} bird`` stay prompts); a UTF-8 BOM is ignored.
+
+    Args:
+        path: the prompts file (UTF-8), or ``"-"`` for standard input.
+        stdin: the stream ``"-"`` reads (default ``sys.stdin``).
+
+    Returns:
+        One BatchItem per prompt, in file order.
+
+    Raises:
+        InvalidInputError: the file cannot be read, is not UTF-8, holds no prompts, or a
+            JSON line has a bad ``prompt`` or unknown options.
     """
     name = os.fspath(path)
     text = _read_text(name, stdin)
@@ -239,7 +276,7 @@ def parse_upscale(values: Sequence[str] | str | None) -> tuple[str, ...]:
 
 @attrs.frozen
 class _Settings:
-    concurrency: int
+    concurrency: int | None
     upscale: tuple[str, ...]
     seed: bool
     download: bool
@@ -284,20 +321,22 @@ class _Breaker:
 class _Run:
     def __init__(
         self,
-        client: AsyncClient,
+        pool: AccountPool,
         journal: Journal,
         bdir: BatchDir,
         settings: _Settings,
         run_id: str,
         on_progress: Callable[[BatchProgress], Any] | None,
     ) -> None:
-        self.client = client
+        self.pool = pool
         self.journal = journal
         self.bdir = bdir
         self.s = settings
         self.run_id = run_id
         self.on_progress = on_progress
-        self.slots = anyio.Semaphore(settings.concurrency)
+        # A fixed cap on prompts in progress, on top of each account's learned budget.
+        cap = settings.concurrency
+        self.slots = anyio.Semaphore(cap) if cap else None
         self.started = time.monotonic()
         self.phases: Counter[Phase] = Counter()
         self.running = 0
@@ -365,9 +404,7 @@ class _Run:
         return not row.phase.is_final
 
     async def _one(self, row: JournalRow, scope: anyio.CancelScope) -> None:
-        async with self.slots:
-            self.running += 1
-            self._report()
+        async with self.slots or contextlib.nullcontext():
             try:
                 await self._advance(row)
             except _Stop as stop:
@@ -376,8 +413,6 @@ class _Run:
                 scope.cancel()
             except Exception as exc:  # one prompt's trouble stays with that prompt
                 self._unexpected(row, exc)
-            finally:
-                self.running -= 1
             self._report()
 
     def _unexpected(self, row: JournalRow, exc: Exception) -> None:
@@ -403,21 +438,44 @@ class _Run:
             job = await self._submit(
                 row,
                 None,
-                lambda tag: self.client.imagine(row.prompt, **_imagine_kwargs(row.options, tag)),
+                lambda mj, tag: mj.imagine(row.prompt, **_imagine_kwargs(row.options, tag)),
             )
             if isinstance(job, Phase):
                 return job
-            self.journal.set_task(row.index, job.id)
+            self.journal.set_task(row.index, job.id, account=job.account)
             row = self.journal.row(row.index)
-        grid = await self._follow(row, row.task_id or "")
+        client = self._owner(row)
+        if client is None:
+            return self._set(
+                row,
+                Phase.INCOMPLETE,
+                reason=f"account {row.account} is not among this run's keys: resume with it",
+            )
+        self.running += 1
+        self._report()
+        try:
+            return await self._paid(row, client)
+        finally:
+            self.running -= 1
+
+    def _owner(self, row: JournalRow) -> AsyncClient | None:
+        """The client of the account that owns the row's jobs (None: not in this run)."""
+        try:
+            return self.pool.client(row.account)  # no account recorded: the first key
+        except InvalidInputError:
+            return None
+
+    async def _paid(self, row: JournalRow, client: AsyncClient) -> Phase:
+        """Follow a paid grid to the end on its own account: wait, press, download."""
+        grid = await self._follow(row, client, row.task_id or "")
         if isinstance(grid, Phase):
             return grid
         finals: list[tuple[str | None, Task]] | Phase = [(None, grid)]
         if self.s.upscale:
-            finals = await self._upscales(row, grid)
+            finals = await self._upscales(row, client, grid)
         if isinstance(finals, Phase):
             return finals
-        return await self._finish(row, grid, finals)
+        return await self._finish(row, client, grid, finals)
 
     def _reopen(self, row: JournalRow) -> JournalRow:
         """An unknown outcome to send again: the submit, or just the press it lost."""
@@ -427,7 +485,9 @@ class _Run:
             self.journal.set_phase(row.index, Phase.RUNNING, pressing=None, reason=None)
         return self.journal.row(row.index)
 
-    async def _upscales(self, row: JournalRow, grid: Task) -> list[tuple[str | None, Task]] | Phase:
+    async def _upscales(
+        self, row: JournalRow, client: AsyncClient, grid: Task
+    ) -> list[tuple[str | None, Task]] | Phase:
         finals: list[tuple[str | None, Task]] = []
         for label in self.s.upscale:
             current = self.journal.row(row.index)
@@ -439,33 +499,37 @@ class _Run:
                         row, Phase.UNKNOWN, reason=f"the run stopped while pressing {label}"
                     )
 
-                def press(tag: str, label: str = label) -> Submission:
+                def press(mj: AsyncClient, tag: str, label: str = label) -> Submission:
                     if not grid.buttons:  # midjourney-proxy (novicezk) has no buttons
-                        return self.client.change(grid, label, state=tag)
-                    return self.client.action(grid, label, state=tag)
+                        return mj.change(grid, label, state=tag)
+                    return mj.action(grid, label, state=tag)
 
-                job = await self._submit(row, label, press)
+                job = await self._submit(row, label, press, account=client.account)
                 if isinstance(job, Phase):
                     return job
                 up_id = job.id
                 self.journal.set_upscale(row.index, label, up_id)
-            up = await self._follow(row, up_id)
+            up = await self._follow(row, client, up_id)
             if isinstance(up, Phase):
                 return up
             finals.append((label, up))
         return finals
 
     async def _finish(
-        self, row: JournalRow, grid: Task, finals: list[tuple[str | None, Task]]
+        self,
+        row: JournalRow,
+        client: AsyncClient,
+        grid: Task,
+        finals: list[tuple[str | None, Task]],
     ) -> Phase:
         files: list[str] = []
         try:
             if self.s.download:
                 for label, task in finals:
                     stem = _file_stem(self.s.name, row, task, label)
-                    path = await self.client.download(task, self.bdir.images, filename=stem)
+                    path = await client.download(task, self.bdir.images, filename=stem)
                     files.append(PurePath(path).relative_to(self.bdir.path).as_posix())
-            seed = await self.client.image_seed(grid) if self.s.seed else None
+            seed = await client.image_seed(grid) if self.s.seed else None
         except (StorageError, ClientClosedError) as exc:
             raise _Stop(exc) from None
         except QuickMJError as exc:
@@ -484,30 +548,61 @@ class _Run:
     # ---- one submit ----
 
     async def _submit(
-        self, row: JournalRow, pressing: str | None, send: Callable[[str], Awaitable[AsyncJob]]
+        self,
+        row: JournalRow,
+        pressing: str | None,
+        make: Callable[[AsyncClient, str], Submission],
+        *,
+        account: str | None = None,
     ) -> AsyncJob | Phase:
-        """Submit with the journal written first; back off while the relay's queue is full."""
+        """Submit once a slot is free (of ``account``, or of any account in rotation).
+
+        The slot is taken before the journal marks the submit, so a run stopped while
+        waiting for one leaves the prompt pending, never "unknown". Answers that created
+        nothing (queue full, 429, a key leaving the rotation) are sent again.
+        """
         tag = _tag(self.run_id, row, pressing)
-        attempt = 0
         while True:
-            attempt += 1
-            self.journal.mark_submitting(row.index, tag, pressing=pressing)
             try:
-                # The client runs a sent submit to its answer; wait for it even when the
-                # run is stopped (an outage, a full disk) or cancelled, so the answer (a
-                # paid job's id) reaches the journal instead of leaving the row "unknown".
-                with anyio.CancelScope(shield=True):
-                    job = await send(tag)
-            except (QueueFullError, RateLimitError) as exc:
-                self.breaker.ok()  # the relay answered: no outage
-                self._unmark(row, pressing)
-                retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
-                await anyio.sleep(max(self.client.retry.delay(min(attempt, 6), retry_after), 0.05))
-                continue
-            except QuickMJError as exc:
-                return self._submit_failed(row, pressing, exc)
-            self.breaker.ok()
-            return job
+                async with self.pool.reserve(account) as slot:
+                    job = await self._send(row, pressing, tag, make, slot)
+            except NoUsableAccountError as exc:
+                if pressing is None:
+                    raise _Stop(exc) from None
+                return self._set(row, Phase.INCOMPLETE, reason=f"{pressing} not sent: {exc}")
+            except QuickMJError as exc:  # no slot to be had (a shared store is down)
+                raise _Stop(exc) from None
+            if job is not None:
+                return job
+
+    async def _send(
+        self,
+        row: JournalRow,
+        pressing: str | None,
+        tag: str,
+        make: Callable[[AsyncClient, str], Submission],
+        slot: Reservation,
+    ) -> AsyncJob | Phase | None:
+        """One submit with a reserved slot: the job, the prompt's end, or None (again)."""
+        self.journal.mark_submitting(row.index, tag, pressing=pressing)
+        job: AsyncJob | None = None
+        try:
+            # The client runs a sent submit to its answer; wait for it even when the
+            # run is stopped (an outage, a full disk) or cancelled, so the answer (a
+            # paid job's id) reaches the journal instead of leaving the row "unknown".
+            with anyio.CancelScope(shield=True):
+                job = await slot.send(make(slot.client, tag))
+        except (QueueFullError, RateLimitError):
+            self.breaker.ok()  # the relay answered: no outage; the budget paused
+            self._unmark(row, pressing)
+            return None
+        except QuickMJError as exc:
+            if account_unusable(exc) and slot.lease.budget.disabled and pressing is None:
+                self._unmark(row, pressing)  # created nothing; another account may take it
+                return None
+            return self._submit_failed(row, pressing, exc)
+        self.breaker.ok()
+        return job
 
     def _unmark(self, row: JournalRow, pressing: str | None) -> None:
         if pressing is None:
@@ -560,9 +655,9 @@ class _Run:
 
     # ---- following a paid job ----
 
-    async def _follow(self, row: JournalRow, task_id: str) -> Task | Phase:
+    async def _follow(self, row: JournalRow, client: AsyncClient, task_id: str) -> Task | Phase:
         try:
-            return await self.client.wait(task_id, timeout=self.s.timeout)
+            return await client.wait(task_id, timeout=self.s.timeout)
         except TaskFailedError as exc:
             return self._set(
                 row, Phase.FAILED, status=exc.task.status.value, reason=exc.fail_reason or "failed"
@@ -629,11 +724,11 @@ def check_name_template(template: str) -> str:
 
 
 async def run_batch(
-    client: AsyncClient,
+    client: AsyncClient | AccountPool,
     items: Sequence[BatchItem],
     out: str | os.PathLike[str],
     *,
-    concurrency: int = 8,
+    concurrency: int | None = None,
     upscale: Sequence[str] = (),
     seed: bool = False,
     download: bool = True,
@@ -646,15 +741,48 @@ async def run_batch(
 ) -> BatchSummary:
     """Run (or resume) a batch into directory ``out``; see the module docstring.
 
-    With ``reconcile`` (and ``resume``), unknown outcomes are first settled by their state
-    tag (see :func:`reconcile`), under the same lock as the run.
+    Every step is journaled in ``out`` before it happens, so a killed run resumed with
+    ``resume=True`` re-submits nothing that may have been paid for. Each account's
+    submits wait for a slot of its learned budget (adaptive admission, on for the run's
+    life even if the client has it off). Every job is followed on the account that
+    created it (the journal records it, so ``resume`` does too).
 
-    Raises BatchLockedError (another run owns ``out``), JournalError (nothing safe to
-    resume), RelayUnreachableError (an outage stopped the run early), StorageError (the
-    disk is full or read-only) and ClientClosedError; in each case finished work is kept
-    and the directory is resumable.
+    Args:
+        client: one account (an AsyncClient) or several (an :class:`AccountPool`).
+        items: the prompts (see :func:`read_prompts`).
+        out: the output directory (created if missing; one run owns it at a time).
+        concurrency: an optional cap on the prompts in progress at once, on top of the
+            accounts' budgets (None: the budgets alone).
+        upscale: labels to press on each finished grid (``"U1"``..``"U4"``, ``"all"``,
+            ``"U1,U3"``).
+        seed: also ask for each grid's Midjourney seed (kept in the manifest).
+        download: save the final images into ``out``.
+        resume: continue the run recorded in ``out`` instead of starting afresh.
+        timeout: seconds to wait for each job; a job still running then is kept as
+            ``timed_out`` (a resume waits for it again).
+        name: the file name template (``{task}`` by default; also ``{line}``,
+            ``{index}``, ``{slug}``, ``{label}``).
+        resubmit_unknown: with ``resume``, send prompts whose outcome is ``unknown``
+            again (may pay twice).
+        reconcile: with ``resume``, first settle ``unknown`` rows by their state tag
+            (see :func:`reconcile`), under the same lock as the run.
+        on_progress: called with a BatchProgress after each change.
+
+    Returns:
+        The summary: outcomes per prompt, the manifest's path, per-account figures and
+        the rows ``reconcile`` could not settle.
+
+    Raises:
+        InvalidInputError: a bad argument (``concurrency``, ``upscale``, ``name``).
+        BatchLockedError: another run owns ``out``.
+        JournalError: there is nothing safe to resume.
+        RelayUnreachableError: an outage stopped the run early.
+        StorageError: the disk is full or read-only.
+        ClientClosedError: the client was closed during the run.
+
+    In each error case finished work is kept and the directory is resumable.
     """
-    if concurrency < 1:
+    if concurrency is not None and concurrency < 1:
         raise InvalidInputError("concurrency must be at least 1")
     settings = _Settings(
         concurrency=concurrency,
@@ -666,18 +794,32 @@ async def run_batch(
         resubmit_unknown=resubmit_unknown,
     )
     pairs = [(i.prompt, dict(i.options)) for i in items]
-    with BatchDir(out) as bdir:
-        journal = bdir.open_journal(pairs, resume=resume)
-        try:
-            unsettled = await _settle(client, journal) if reconcile else []
-            summary = await _drive(client, bdir, journal, settings, on_progress)
-        finally:
-            journal.close()
+    async with _accounts(client) as pool:
+        with BatchDir(out) as bdir:
+            journal = bdir.open_journal(pairs, resume=resume)
+            try:
+                unsettled = await _settle(pool, journal) if reconcile else []
+                summary = await _drive(pool, bdir, journal, settings, on_progress)
+            finally:
+                journal.close()
     return attrs.evolve(summary, unsettled=tuple(unsettled))
 
 
+@contextlib.asynccontextmanager
+async def _accounts(client: AsyncClient | AccountPool) -> AsyncIterator[AccountPool]:
+    """The run's accounts: the pool given, or the one client wrapped (and restored)."""
+    if isinstance(client, AccountPool):
+        yield client
+        return
+    pool = AccountPool.wrap(client)
+    try:
+        yield pool
+    finally:
+        await pool.restore()
+
+
 async def _drive(
-    client: AsyncClient,
+    pool: AccountPool,
     bdir: BatchDir,
     journal: Journal,
     settings: _Settings,
@@ -685,30 +827,66 @@ async def _drive(
 ) -> BatchSummary:
     """Run the journal's open prompts; the manifest and a closed journal in every case."""
     bdir.clean_parts()
-    run = _Run(client, journal, bdir, settings, journal.begin_run(), on_progress)
+    run = _Run(pool, journal, bdir, settings, journal.begin_run(), on_progress)
+    before = {b.label: attrs.evolve(b.stats) for b in pool.budgets}
     try:
         if any(r.task_id is None and r.phase is Phase.PENDING for r in journal.rows()):
-            await _preflight(client, journal)
+            await _preflight(pool, journal)
         await run.run(journal.rows())
     finally:
         # Even when stopped or interrupted: the manifest shows where every prompt stands
         # (plain blocking calls: a cancellation cannot cut them).
         manifest = bdir.write_manifest(journal)
         journal.end_run()
-    return _summary(journal, manifest, time.monotonic() - run.started)
+    summary = _summary(journal, manifest, time.monotonic() - run.started)
+    return attrs.evolve(summary, accounts=_per_account(pool, journal, before))
 
 
-async def _preflight(client: AsyncClient, journal: Journal) -> None:
-    """One cheap read before the first submit: an unreachable relay costs nothing."""
-    try:
-        await client.list_tasks(["quickmj-preflight"])
-    except ConnectError as exc:
-        pending = sum(1 for r in journal.rows() if r.phase is Phase.PENDING)
-        raise RelayUnreachableError(
-            f"relay unreachable: {exc}; nothing was submitted for {pending} prompts; "
-            "fix the relay address (QUICKMJ_BASE_URL) and run again with --resume",
-            not_submitted=pending,
-        ) from None
+async def _preflight(pool: AccountPool, journal: Journal) -> None:
+    """One cheap read per account before the first submit: an unreachable relay costs
+    nothing, and a key the relay refuses leaves the rotation (unless it is the only one)."""
+    failures: list[QuickMJError] = []
+    for client in pool.clients:
+        try:
+            await client.list_tasks(["quickmj-preflight"])
+        except (ConnectError, AuthenticationError) as exc:
+            failures.append(exc)
+            if len(failures) < len(pool.clients):
+                reason = account_unusable(exc) or f"unreachable at the start ({exc})"
+                pool.disable(client.account, reason)
+    if len(failures) < len(pool.clients):
+        return
+    if not isinstance(failures[-1], ConnectError):
+        raise failures[-1]
+    pending = sum(1 for r in journal.rows() if r.phase is Phase.PENDING)
+    raise RelayUnreachableError(
+        f"relay unreachable: {failures[-1]}; nothing was submitted for {pending} prompts; "
+        "fix the relay address (QUICKMJ_BASE_URL) and run again with --resume",
+        not_submitted=pending,
+    ) from None
+
+
+def _per_account(
+    pool: AccountPool, journal: Journal, before: dict[str, BudgetStats]
+) -> tuple[AccountSummary, ...]:
+    """Each account's submits and refusals in this run, and its prompts' outcomes."""
+    outcomes = Counter((r.account or pool.accounts[0], r.phase) for r in journal.rows())
+    out = []
+    for budget in pool.budgets:
+        start, now = before[budget.label], budget.stats
+        out.append(
+            AccountSummary(
+                account=budget.label,
+                submitted=now.accepted - start.accepted,
+                succeeded=outcomes[(budget.label, Phase.SUCCEEDED)],
+                failed=outcomes[(budget.label, Phase.FAILED)],
+                queue_full=now.queue_full - start.queue_full,
+                rate_limited=now.rate_limited - start.rate_limited,
+                limit=round(budget.limit, 1),
+                disabled=budget.disabled,
+            )
+        )
+    return tuple(out)
 
 
 def _summary(journal: Journal, manifest: Path, elapsed: float) -> BatchSummary:
@@ -731,7 +909,7 @@ def _summary(journal: Journal, manifest: Path, elapsed: float) -> BatchSummary:
 
 
 async def reconcile(
-    client: AsyncClient,
+    client: AsyncClient | AccountPool,
     out: str | os.PathLike[str],
     *,
     download: bool = True,
@@ -741,38 +919,53 @@ async def reconcile(
     """Settle ``unknown`` rows of a batch: find each job by its state tag and finish it.
 
     Works where the relay can list recent tasks (``GET /task/list``: self-hosted
-    midjourney-proxy, and TrueAI for its newest 100 tasks). Adopted jobs are followed to
-    the end (waited on, upscaled, downloaded) without a new submit. The summary's
-    ``unsettled`` lists the rows that could not be settled, with their tag and send time,
-    to look up on the relay's dashboard.
+    midjourney-proxy, and TrueAI for its newest 100 tasks; on QuickRouter every row stays
+    unsettled). Adopted jobs are followed to the end (waited on, upscaled, downloaded)
+    without a new submit.
+
+    Args:
+        client: the run's account (an AsyncClient) or accounts (an :class:`AccountPool`).
+        out: the batch's output directory.
+        download: save the adopted jobs' images.
+        timeout: seconds to wait for each adopted job.
+        on_progress: called with a BatchProgress after each change.
+
+    Returns:
+        The summary; its ``unsettled`` lists the rows that could not be settled, with
+        their tag and send time, to look up on the relay's dashboard.
+
+    Raises:
+        BatchLockedError: another run owns ``out``.
+        JournalError: ``out`` holds no usable journal.
     """
-    with BatchDir(out) as bdir:
-        journal = bdir.open_journal([], resume=True, check_input=False)
-        try:
-            unsettled = await _settle(client, journal)
-            settings = _Settings(
-                concurrency=8,
-                upscale=_labels(journal),
-                seed=False,
-                download=download,
-                timeout=timeout,
-                name=_DEFAULT_NAME,
-                resubmit_unknown=False,
-            )
-            summary = await _drive(client, bdir, journal, settings, on_progress)
-        finally:
-            journal.close()
+    async with _accounts(client) as pool:
+        with BatchDir(out) as bdir:
+            journal = bdir.open_journal([], resume=True, check_input=False)
+            try:
+                unsettled = await _settle(pool, journal)
+                settings = _Settings(
+                    concurrency=None,
+                    upscale=_labels(journal),
+                    seed=False,
+                    download=download,
+                    timeout=timeout,
+                    name=_DEFAULT_NAME,
+                    resubmit_unknown=False,
+                )
+                summary = await _drive(pool, bdir, journal, settings, on_progress)
+            finally:
+                journal.close()
     return attrs.evolve(summary, unsettled=tuple(unsettled))
 
 
-async def _settle(client: AsyncClient, journal: Journal) -> list[Unsettled]:
-    """Adopt unknown rows whose tag the relay's task list shows; the rest stay unsettled."""
+async def _settle(pool: AccountPool, journal: Journal) -> list[Unsettled]:
+    """Adopt unknown rows whose tag an account's task list shows; the rest stay unsettled."""
     if not any(r.phase is Phase.UNKNOWN for r in journal.rows()):
         return []
-    try:
-        listing = await client.recent_tasks()
-    except UnsupportedByRelayError:
-        listing = []  # QuickRouter cannot list tasks: every unknown stays unsettled
+    listing: list[tuple[Task, str]] = []
+    for client in pool.clients:
+        with contextlib.suppress(UnsupportedByRelayError):  # QuickRouter cannot list tasks
+            listing += [(task, client.account) for task in await client.recent_tasks()]
     return _adopt(journal, listing)
 
 
@@ -781,12 +974,12 @@ def _labels(journal: Journal) -> tuple[str, ...]:
     return tuple(sorted(labels))
 
 
-def _adopt(journal: Journal, listing: Sequence[Task]) -> list[Unsettled]:
-    by_tag: dict[str, Task] = {}
-    for task in listing:
+def _adopt(journal: Journal, listing: Sequence[tuple[Task, str]]) -> list[Unsettled]:
+    by_tag: dict[str, tuple[Task, str]] = {}
+    for task, account in listing:
         for word in (task.state or "").split():
             if word.startswith("qmj:"):
-                by_tag.setdefault(word, task)
+                by_tag.setdefault(word, (task, account))
     unsettled: list[Unsettled] = []
     for row in journal.rows():
         if row.phase is not Phase.UNKNOWN:
@@ -795,8 +988,8 @@ def _adopt(journal: Journal, listing: Sequence[Task]) -> list[Unsettled]:
         if found is None:
             unsettled.append(Unsettled(row.index, row.prompt, row.tag, row.sent_at))
         elif row.pressing:
-            journal.set_upscale(row.index, row.pressing, found.id)
+            journal.set_upscale(row.index, row.pressing, found[0].id)
             journal.set_phase(row.index, Phase.RUNNING, reason=None)
         else:
-            journal.set_task(row.index, found.id)
+            journal.set_task(row.index, found[0].id, account=found[1])
     return unsettled

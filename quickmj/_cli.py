@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -205,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("out", metavar="OUT")
     p.add_argument("--no-download", action="store_true", help="do not download images")
     p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    _keys_option(p)
     p = sub.add_parser(
         "simulate",
         help="serve the relay simulator for your own tests",
@@ -226,6 +226,15 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _keys_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--keys",
+        default=None,
+        metavar="FILE",
+        help="several accounts: one key per line, optionally a base URL and a mode after it",
+    )
+
+
 def _batch_parser(cmd: Callable[[str, str, str], argparse.ArgumentParser]) -> None:
     p = cmd(
         "batch",
@@ -236,7 +245,14 @@ def _batch_parser(cmd: Callable[[str, str, str], argparse.ArgumentParser]) -> No
         "file", help="one prompt per line (JSON objects with a 'prompt' key allowed), or -"
     )
     p.add_argument("--out", required=True, metavar="DIR", help="images, manifest and journal")
-    p.add_argument("--concurrency", type=int, default=8, metavar="K", help="jobs in flight")
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        metavar="K",
+        help="at most K prompts in progress (default: as many as the accounts take)",
+    )
+    _keys_option(p)
     p.add_argument(
         "--upscale",
         action="append",
@@ -366,6 +382,41 @@ async def _client(args: argparse.Namespace) -> AsyncIterator[Any]:
         yield mj
 
 
+@contextlib.asynccontextmanager
+async def _accounts(args: argparse.Namespace) -> AsyncIterator[Any]:
+    """The batch's accounts: the one client, or an AccountPool from ``--keys FILE``."""
+    if not args.keys:
+        async with _client(args) as mj:
+            yield mj
+        return
+    from ._accounts import Account, AccountPool, read_keys
+
+    if args.api_key:
+        raise _Usage("--keys and --api-key do not go together")
+    accounts = read_keys(args.keys)
+    if not args.simulate:
+        async with AccountPool(
+            accounts, base_url=args.base_url, mode=args.mode, dialect=args.dialect
+        ) as pool:
+            yield pool
+        return
+    from ._poller import PollPolicy
+    from .testing import simulate
+
+    keys = tuple(a.api_key.get() for a in accounts)
+    async with simulate(dialect=args.dialect or "quickrouter", api_keys=keys) as relay:
+        here = [Account(a.api_key, None, a.mode) for a in accounts]  # all on the simulator
+        fast = PollPolicy(interval=0.25, first_poll=0.05, near_done_interval=0.1)
+        async with AccountPool(
+            here,
+            base_url=relay.base_url,
+            mode=args.mode,
+            dialect=cast(Any, relay.dialect),
+            poll=fast,
+        ) as pool:
+            yield pool
+
+
 async def _run(args: argparse.Namespace, out: _Output) -> int:
     if args.command == "simulate":
         from .testing import SimulatorConfig, run_server
@@ -481,12 +532,12 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
     items = read_prompts(args.file)  # input errors surface before anything is paid for
     upscale = parse_upscale(args.upscale)
     check_name_template(args.name)
-    if args.concurrency < 1:
+    if args.concurrency is not None and args.concurrency < 1:
         raise _Usage("--concurrency must be at least 1")
     if (args.resubmit_unknown or args.reconcile) and not args.resume:
         raise _Usage("--resubmit-unknown and --reconcile go with --resume")
     reporter = make_reporter(sys.stderr, plain=args.plain or args.json)
-    async with _client(args) as mj:
+    async with _accounts(args) as mj:
         try:
             summary = await run_batch(
                 mj,
@@ -514,7 +565,7 @@ async def _reconcile(args: argparse.Namespace, out: _Output) -> int:
     from ._progress import make_reporter
 
     reporter = make_reporter(sys.stderr, plain=args.plain or args.json)
-    async with _client(args) as mj:
+    async with _accounts(args) as mj:
         try:
             summary = await reconcile(mj, args.out, download=not args.no_download)
         finally:
@@ -563,6 +614,7 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
                     **body,
                     "manifest": str(summary.manifest),
                     "seconds": round(summary.elapsed, 2),
+                    "accounts": [_account_json(a) for a in summary.accounts],
                 }
             }
         )
@@ -575,6 +627,8 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
         f"{', '.join(parts)} in {summary.elapsed:.1f}s; manifest: {summary.manifest}",
         file=out.stream,
     )
+    for a in summary.accounts:
+        print(_account_line(a), file=out.stream)
     if summary.unknown:
         print(
             "note: 'unknown' prompts may have created jobs: settle them with 'quickmj reconcile "
@@ -589,6 +643,22 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
     failures = getattr(reporter, "failures", None)
     if callable(failures):
         failures(summary.manifest)
+
+
+def _account_json(a: Any) -> dict[str, Any]:
+    import attrs
+
+    return attrs.asdict(a)
+
+
+def _account_line(a: Any) -> str:
+    """One account's share of a batch (named by its key's fingerprint, never the key)."""
+    line = (
+        f"  account {a.account}: {a.submitted} submitted, {a.succeeded} succeeded, "
+        f"{a.failed} failed, {a.queue_full} queue-full, {a.rate_limited} rate-limited (429), "
+        f"limit {a.limit:g}"
+    )
+    return line + (f"; out of rotation: {a.disabled}" if a.disabled else "")
 
 
 # ---- entry point ----
@@ -621,12 +691,11 @@ def _error_line(exc: BaseException) -> str:
 
 
 def _configure_logging(debug: bool) -> None:
-    level = os.environ.get("QUICKMJ_LOG", "").strip().upper()
+    from ._logs import configure, configure_from_env
+
     if debug:
-        level = "DEBUG"
-    if level in ("DEBUG", "INFO", "WARNING", "ERROR"):
-        logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    else:
+        configure("DEBUG")
+    elif configure_from_env() is None:
         logging.getLogger("quickmj").setLevel(logging.ERROR)  # errors reach the user as one line
 
 

@@ -19,6 +19,16 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _requests as build
+from ._admission import (
+    Admission,
+    AdmissionSetting,
+    BudgetFactory,
+    Lease,
+    SendPhase,
+    budget_factory,
+    fingerprint,
+    submit_with,
+)
 from ._config import (
     AuthScheme,
     Dialect,
@@ -32,7 +42,7 @@ from ._config import (
     resolve_dialect,
     resolve_mode,
 )
-from ._converter import structure
+from ._converter import structure_task
 from ._files import download_url, safe_stem
 from ._http import Http
 from ._images import ImageInput
@@ -46,7 +56,8 @@ from ._jobs import (
     wait,
     watch,
 )
-from ._models import BlendDimensions, BotType, Button, SubmitRequest, Task
+from ._logs import configure_from_env
+from ._models import BlendDimensions, BotType, Button, SubmitRequest, SubmitResult, Task
 from ._poller import Poller, PollPolicy
 from ._protocol import check_task_id
 from ._relay import Relay
@@ -106,6 +117,12 @@ class AsyncClient:
         session: your own ``aiohttp.ClientSession`` (quickmj never closes it).
         connector: your own ``aiohttp.BaseConnector`` (quickmj never closes it).
         trace_configs: ``aiohttp.TraceConfig`` objects for request tracing.
+        admission: None (default: every submit is sent at once, as the caller says),
+            ``"adaptive"`` (submits wait for a slot of the account's learned budget and
+            are sent again after a queue-full or 429 answer, which created nothing), an
+            :class:`~quickmj.AdmissionPolicy`, or a budget factory such as
+            ``quickmj.RedisBudgets`` (budgets shared across processes). See
+            docs/throughput.md.
     """
 
     def __init__(
@@ -130,7 +147,9 @@ class AsyncClient:
         session: ClientSession | None = None,
         connector: BaseConnector | None = None,
         trace_configs: Sequence[TraceConfig] = (),
+        admission: AdmissionSetting = None,
     ) -> None:
+        configure_from_env()  # QUICKMJ_LOG, applied once per process
         if max_connections < 1:
             raise InvalidInputError("max_connections must be at least 1")
         if list_chunk_size < 1:
@@ -169,6 +188,27 @@ class AsyncClient:
         self._poll_policy = poll or PollPolicy()
         self._poller: Poller | None = None
         self._webhook_url: str | None = None
+        self._init_admission(admission)
+
+    def _init_admission(self, admission: AdmissionSetting) -> None:
+        self._fingerprint = fingerprint(self._http.key.get())  # never the key itself
+        self._account = self._fingerprint + (f"/{self._mode}" if self._mode else "")
+        self._gate: Admission | None = None
+        factory = budget_factory(admission)
+        if factory is not None:
+            self._set_admission(factory, rotates=False)
+
+    def _set_admission(self, factory: BudgetFactory, *, rotates: bool) -> Admission:
+        """Submits wait for slots of a budget made by ``factory`` (AccountPool, run_batch)."""
+        budget = factory.budget(
+            account=self._fingerprint,
+            base_url=self.base_url,
+            mode=self._mode,
+            label=self._account,
+            rotates=rotates,
+        )
+        self._gate = Admission([budget])
+        return self._gate
 
     def __repr__(self) -> str:
         return (
@@ -205,6 +245,19 @@ class AsyncClient:
     def poll_policy(self) -> PollPolicy:
         """How the background poller schedules its reads."""
         return self._poll_policy
+
+    @property
+    def account(self) -> str:
+        """This client's account: a short fingerprint of its key (``/mode`` if one is set).
+
+        Job handles, batch journals and logs name accounts by it; it never shows the key.
+        """
+        return self._account
+
+    @property
+    def admission(self) -> Admission | None:
+        """The admission gate (``budgets[0].limit``, ``.stats``), or None when it is off."""
+        return self._gate
 
     @property
     def is_closed(self) -> bool:
@@ -246,6 +299,8 @@ class AsyncClient:
         self._state = _State.CLOSED
         if self._poller is not None:
             await self._poller.aclose()  # first: its requests need the connections
+        if self._gate is not None:
+            await self._gate.aclose()
         await self._http.aclose()
 
     # ---- submits ----
@@ -255,16 +310,49 @@ class AsyncClient:
     ) -> Submission:
         if self._state is _State.CLOSED:
             raise ClientClosedError("the client is closed")
+        gate = self._gate
+        if gate is not None:
+            return self._admitted(gate, route, build_request)
 
         async def send() -> AsyncJob:
             request = await build_request()
             result = await self._relay.submit(route, request)
-            if route == "/submit/modal" and self._state is not _State.CLOSED:
-                # Also before the first wait: the poller remembers it for later listeners.
-                self.poller.confirm_modal(result.task_id)
-            return AsyncJob(self, route, request, result)
+            return self._job(route, request, result)
 
         return Submission(send, f"POST {route}")
+
+    def _admitted(
+        self,
+        gate: Admission,
+        route: str,
+        build_request: Callable[[], Awaitable[SubmitRequest]],
+    ) -> Submission:
+        """A submit that waits for a slot of the account's budget (see ``_admission``)."""
+        phase = SendPhase()
+
+        async def send() -> AsyncJob:
+            request = await build_request()
+
+            async def attempt(lease: Lease) -> SubmitResult:
+                return await submit_with(
+                    lease, lambda: self._relay.submit(route, request), self._hold
+                )
+
+            return self._job(route, request, await gate.run(attempt, phase))
+
+        return Submission(send, f"POST {route}", phase=phase)
+
+    def _hold(self, task_id: str, lease: Lease) -> None:
+        if self._gate is None or self._state is _State.CLOSED:
+            lease.budget.release(lease)
+            return
+        self._gate.hold(self.poller, task_id, lease)
+
+    def _job(self, route: str, request: SubmitRequest, result: SubmitResult) -> AsyncJob:
+        if route == "/submit/modal" and self._state is not _State.CLOSED:
+            # Also before the first wait: the poller remembers it for later listeners.
+            self.poller.confirm_modal(result.task_id)
+        return AsyncJob(self, route, request, result)
 
     def imagine(
         self,
@@ -307,7 +395,25 @@ class AsyncClient:
         notify_hook: str | None = None,
         state: str | None = None,
     ) -> Submission:
-        """Blend 2 to 5 images; ``dimensions`` is PORTRAIT (2:3), SQUARE or LANDSCAPE (3:2)."""
+        """Blend 2 to 5 images into one new grid (``/submit/blend``).
+
+        Args:
+            images: 2 to 5 images: bytes, file paths, ``data:`` URLs or http(s) URLs.
+            dimensions: the aspect ratio: ``"PORTRAIT"`` (2:3), ``"SQUARE"`` (1:1) or
+                ``"LANDSCAPE"`` (3:2); None for the relay's default.
+            bot_type: ``"MID_JOURNEY"`` (default) or ``"NIJI_JOURNEY"`` (``"niji"``).
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            InvalidInputError: a bad argument (before anything is sent).
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
+        """
         return self._submission(
             "/submit/blend",
             lambda: build.blend(images, dimensions, bot_type, self._hook(notify_hook), state),
@@ -321,7 +427,25 @@ class AsyncClient:
         notify_hook: str | None = None,
         state: str | None = None,
     ) -> Submission:
-        """Ask for four prompts that describe ``image`` (the result's ``final_prompt``)."""
+        """Ask for four prompts that describe ``image`` (``/submit/describe``).
+
+        The prompts arrive in the finished task's ``final_prompt``.
+
+        Args:
+            image: the image: bytes, a file path or a ``data:`` URL (not an http URL).
+            bot_type: ``"MID_JOURNEY"`` (default) or ``"NIJI_JOURNEY"`` (``"niji"``).
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            InvalidInputError: a bad argument (before anything is sent).
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
+        """
         return self._submission(
             "/submit/describe",
             lambda: build.describe(image, bot_type, self._hook(notify_hook), state),
@@ -335,7 +459,25 @@ class AsyncClient:
         notify_hook: str | None = None,
         state: str | None = None,
     ) -> Submission:
-        """Analyse a prompt and suggest shorter versions (the result's ``final_prompt``)."""
+        """Analyse a prompt and suggest shorter versions (``/submit/shorten``).
+
+        The suggestions arrive in the finished task's ``final_prompt``.
+
+        Args:
+            prompt: the prompt to analyse.
+            bot_type: ``"MID_JOURNEY"`` (default) or ``"NIJI_JOURNEY"`` (``"niji"``).
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            InvalidInputError: a bad argument (before anything is sent).
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
+        """
         return self._submission(
             "/submit/shorten",
             lambda: _ready(build.shorten(prompt, bot_type, self._hook(notify_hook), state)),
@@ -352,10 +494,27 @@ class AsyncClient:
     ) -> Submission:
         """Press a button of a finished task (upscale, variation, reroll, zoom, pan, ...).
 
-        ``button`` is a Button, a raw customId (``"MJ::JOB::upsample::2::..."``, even one
-        quickmj does not know) or a label such as ``"U2"``, ``"V3"`` or ``"🔄"`` looked up
-        on the task (fetched first if you pass an id). If the job ``needs_modal`` (custom
-        zoom, vary region), finish it with ``job.modal(...)``.
+        If the new job ``needs_modal`` (custom zoom, vary region), finish it with
+        ``job.modal(...)``.
+
+        Args:
+            task: the finished task (its id, the Task, or a job handle).
+            button: a Button, a raw customId (``"MJ::JOB::upsample::2::..."``, even one
+                quickmj does not know) or a label such as ``"U2"``, ``"V3"`` or ``"🔄"``,
+                looked up on the task (fetched first if you pass an id).
+            choose_same_channel: let the relay run the press on any account in the same
+                Discord channel (False: only the account that ran the task).
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            ButtonNotFoundError: no button of the task matches ``button``.
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         from ._models import ActionRequest
 
@@ -381,8 +540,25 @@ class AsyncClient:
     ) -> Submission:
         """Confirm a task waiting in MODAL (after an action that ``needs_modal``).
 
-        For custom zoom pass a prompt with ``--zoom 1..2``; for vary region pass ``mask`` (a
-        PNG, white where to repaint) and optionally a new prompt. The job keeps its id.
+        For custom zoom pass a prompt with ``--zoom 1..2``; for vary region pass ``mask``
+        and optionally a new prompt. The job keeps its id.
+
+        Args:
+            task: the task waiting in MODAL (its id, the Task, or a job handle).
+            prompt: the prompt to continue with (custom zoom, remix, vary region).
+            mask: vary region: a PNG, white where to repaint (bytes, a file path or a
+                ``data:`` URL).
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            InvalidInputError: a bad argument (before anything is sent).
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/modal",
@@ -397,9 +573,25 @@ class AsyncClient:
         notify_hook: str | None = None,
         state: str | None = None,
     ) -> Submission:
-        """Upscale, vary or reroll a grid with ``/submit/change``: ``"U1"``-``"V4"``, ``"R"``.
+        """Upscale, vary or reroll a grid with ``/submit/change``.
 
         The older route (midjourney-proxy, QuickRouter); ``action`` works on buttons.
+
+        Args:
+            task: the finished grid (its id, the Task, or a job handle).
+            label: ``"U1"``-``"U4"`` (upscale), ``"V1"``-``"V4"`` (variation) or ``"R"``
+                (reroll).
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            InvalidInputError: a bad argument (before anything is sent).
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/change",
@@ -409,7 +601,23 @@ class AsyncClient:
     def simple_change(
         self, content: str, *, notify_hook: str | None = None, state: str | None = None
     ) -> Submission:
-        """``/submit/simple-change`` with ``content`` such as ``"1730621826053455 U2"``."""
+        """Upscale, vary or reroll with ``/submit/simple-change``.
+
+        Args:
+            content: ``"<task id> <label>"``, such as ``"1730621826053455 U2"`` (labels as
+                in :meth:`change`).
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            InvalidInputError: a bad argument (before anything is sent).
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
+        """
         return self._submission(
             "/submit/simple-change",
             lambda: _ready(build.simple_change(content, self._hook(notify_hook), state)),
@@ -428,8 +636,25 @@ class AsyncClient:
     ) -> Submission:
         """Animate an image (``/submit/video``; TrueAI and newer QuickRouter/new-api).
 
-        ``image`` is the first frame, ``end_image`` an optional last frame, ``motion``
-        ``"low"`` or ``"high"``. The result's ``video_url``/``video_urls`` hold the videos.
+        The finished task's ``video_url``/``video_urls`` hold the videos.
+
+        Args:
+            prompt: the prompt guiding the animation.
+            image: the first frame: bytes, a file path, a ``data:`` URL or an http(s) URL.
+            end_image: an optional last frame (same forms).
+            motion: ``"low"`` or ``"high"``; None for the relay's default.
+            loop: make the video loop (end where it starts); None for the default.
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            InvalidInputError: a bad argument (before anything is sent).
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/video",
@@ -446,7 +671,23 @@ class AsyncClient:
         notify_hook: str | None = None,
         state: str | None = None,
     ) -> Submission:
-        """Edit ``image`` following ``prompt`` (``/submit/edits``; TrueAI, newer new-api)."""
+        """Edit ``image`` following ``prompt`` (``/submit/edits``; TrueAI, newer new-api).
+
+        Args:
+            prompt: what to change.
+            image: the image to edit: bytes, a file path, a ``data:`` URL or an http(s) URL.
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            InvalidInputError: a bad argument (before anything is sent).
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
+        """
         return self._submission(
             "/submit/edits",
             lambda: build.edits(prompt, image, self._hook(notify_hook), state),
@@ -460,14 +701,40 @@ class AsyncClient:
         notify_hook: str | None = None,
         state: str | None = None,
     ) -> Submission:
-        """Put the face of ``source`` onto ``target`` (``/insight-face/swap``)."""
+        """Put the face of ``source`` onto ``target`` (``/insight-face/swap``).
+
+        Args:
+            source: the image with the face: bytes, a file path or a ``data:`` URL.
+            target: the image that receives it (same forms).
+            notify_hook: a URL the relay POSTs task updates to (a running
+                ``webhook_receiver`` sets it for you).
+            state: your own string (at most 255 characters), echoed on the task.
+
+        Returns:
+            A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
+
+        Raises:
+            InvalidInputError: a bad argument (before anything is sent).
+            SubmitRejectedError: the relay refused (nothing was created).
+            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
+        """
         return self._submission(
             "/insight-face/swap",
             lambda: build.swap_face(source, target, self._hook(notify_hook), state),
         )
 
     async def upload_images(self, images: Sequence[ImageInput] | ImageInput) -> list[str]:
-        """Upload images for use in prompts; returns their URLs (no task is created)."""
+        """Upload images for use in prompts (no task is created).
+
+        Args:
+            images: one image or several: bytes, file paths or ``data:`` URLs.
+
+        Returns:
+            The URLs the relay stored them at, in order.
+
+        Raises:
+            InvalidInputError: no image, or one that cannot be read.
+        """
         return await self._relay.upload(await build.upload(images))
 
     # ---- notifyHook ----
@@ -477,7 +744,17 @@ class AsyncClient:
         return self._webhook_url if notify_hook is None else notify_hook
 
     def use_webhook(self, receiver: WebhookReceiver | None) -> None:
-        """Send ``receiver.url`` as notifyHook on every submit (None stops it)."""
+        """Send ``receiver.url`` as notifyHook on every later submit.
+
+        For a receiver mounted in your own aiohttp application; ``webhook_receiver`` does
+        this for you. A ``notify_hook=`` argument still wins.
+
+        Args:
+            receiver: the receiver whose URL to send; None stops sending one.
+
+        Raises:
+            InvalidInputError: the receiver has no public URL yet.
+        """
         self._webhook_url = None if receiver is None else receiver.url
 
     @contextlib.asynccontextmanager
@@ -491,9 +768,19 @@ class AsyncClient:
     ) -> AsyncIterator[WebhookReceiver]:
         """Serve a notifyHook receiver while the block runs; submits carry its URL.
 
-        ``public_url`` is the address the relay can reach (default: the bound address).
-        ``verify``: check pushed terminal states with one read before believing them
-        (default: only SUCCESS with an image from another host). See ``quickmj.webhook``.
+        Pushed tasks resolve waits without polling (ids are still polled slowly as a safety
+        net). See ``quickmj.webhook``.
+
+        Args:
+            host: the address to listen on (``"0.0.0.0"`` to accept hooks from elsewhere).
+            port: the port to listen on; 0 picks a free one.
+            public_url: the address the relay can reach (default: the bound address).
+            verify: True checks every pushed final state with one read before believing
+                it, False none; None (default) checks a SUCCESS whose image is on another
+                host than the relay.
+
+        Yields:
+            The serving WebhookReceiver (``url``, ``stats``).
         """
         from .webhook import WebhookReceiver
 
@@ -520,27 +807,53 @@ class AsyncClient:
     # ---- reads ----
 
     async def fetch(self, task: TaskRef) -> Task:
-        """The task's current state (TaskNotFoundError for an unknown id).
+        """Read the task's current state (one request).
 
-        After a modal, new-api's fetch can answer a stale MODAL row: quickmj then reads
-        the task through list-by-condition, which has the running row too.
+        After a modal, new-api's fetch can answer a stale MODAL row: quickmj then reads the
+        task through list-by-condition, which has the running row too.
+
+        Args:
+            task: the task's id, a Task, or a job handle.
+
+        Returns:
+            The task as the relay reports it now.
+
+        Raises:
+            TaskNotFoundError: the relay does not know the id.
         """
         return await self._relay.fetch(check_task_id(task_id_of(task)))
 
     async def list_tasks(self, ids: Iterable[str]) -> list[Task]:
-        """One list-by-condition request, as the relay answers it: any order, unknown ids
-        left out, duplicate rows merged. Most callers want ``fetch_many``."""
+        """One list-by-condition request, as the relay answers it.
+
+        Any order, unknown ids left out, duplicate rows merged. Most callers want
+        :meth:`fetch_many`.
+
+        Args:
+            ids: the task ids to read.
+
+        Returns:
+            The tasks the relay returned.
+        """
         unique = [check_task_id(i) for i in dict.fromkeys(ids)]
         if not unique:
             return []
         rows = await self._relay.read_many(unique)
-        return [structure(rows[i], Task, what=f"task {i}") for i in unique if i in rows]
+        return [structure_task(rows[i], i) for i in unique if i in rows]
 
     async def fetch_many(self, tasks: Iterable[TaskRef], *, max_concurrency: int = 4) -> list[Task]:
         """Fetch many tasks with list-by-condition, ``list_chunk_size`` ids per request.
 
-        Returns tasks in input order (duplicates repeated). Ids the relay does not return
-        raise TaskNotFoundError with them in ``task_ids`` and the tasks found in ``found``.
+        Args:
+            tasks: task ids, Tasks or job handles.
+            max_concurrency: list requests in flight at once.
+
+        Returns:
+            The tasks in input order (duplicates repeated).
+
+        Raises:
+            TaskNotFoundError: some ids were not returned; they are in ``task_ids``, the
+                tasks that were found in ``found``.
         """
         ids = [check_task_id(task_id_of(t)) for t in tasks]
         unique = list(dict.fromkeys(ids))
@@ -554,7 +867,7 @@ class AsyncClient:
                 rows.update(await self._relay.read_many(chunk))
 
         await _first_error(read, chunks)
-        found = {i: structure(raw, Task, what=f"task {i}") for i, raw in rows.items()}
+        found = {i: structure_task(raw, i) for i, raw in rows.items()}
         missing = [i for i in unique if i not in found]
         if missing:
             raise TaskNotFoundError(missing, found=[found[i] for i in ids if i in found])
@@ -563,14 +876,34 @@ class AsyncClient:
     async def recent_tasks(self) -> list[Task]:
         """``GET /task/list``: the relay's latest tasks (self-hosted midjourney-proxy,
         TrueAI). QuickRouter does not serve it (UnsupportedByRelayError)."""
-        return [structure(raw, Task, what="task") for raw in await self._relay.task_list()]
+        return [structure_task(raw) for raw in await self._relay.task_list()]
 
     async def image_seed(self, task: TaskRef) -> str:
-        """The Midjourney seed of a finished task (may take up to a minute on some relays)."""
+        """Ask for the Midjourney seed of a finished task.
+
+        Some relays block for up to a minute while the bot answers (``Timeouts.image_seed``).
+
+        Args:
+            task: the task's id, a Task, or a job handle.
+
+        Returns:
+            The seed, as the relay wrote it.
+
+        Raises:
+            TaskNotFoundError: the relay does not know the id.
+        """
         return await self._relay.image_seed(check_task_id(task_id_of(task)))
 
     async def cancel(self, task: TaskRef) -> None:
-        """Cancel a task (``/task/{id}/cancel``: TrueAI; admins only on a stock server)."""
+        """Cancel a task (``/task/{id}/cancel``: TrueAI; admins only on a stock server).
+
+        Args:
+            task: the task's id, a Task, or a job handle.
+
+        Raises:
+            UnsupportedByRelayError: the relay has no cancel route.
+            TaskNotFoundError: the relay does not know the id.
+        """
         await self._relay.cancel(check_task_id(task_id_of(task)))
 
     async def download(
@@ -581,11 +914,26 @@ class AsyncClient:
         index: int | None = None,
         filename: str | None = None,
     ) -> Path:
-        """Save the task's image (a video job's video) into ``dest``; returns the file's path.
+        """Save the task's image (a video job's video) into directory ``dest``.
 
         The name is derived from the task id (``<id>.png``, or ``<id>-<index>.png`` for one
-        of ``image_urls``), never from the URL; ``filename`` overrides the stem and is
-        sanitised too. The file appears only when complete (atomic rename).
+        of ``image_urls``), never from the URL. The file appears only when complete (atomic
+        rename).
+
+        Args:
+            task: the task (a Task is used as it is; an id or handle is fetched first).
+            dest: the directory to save into.
+            index: which of the task's ``image_urls`` to save (1-based); None saves the main
+                image (or video).
+            filename: the file's stem instead of the task id (sanitised too).
+
+        Returns:
+            The path of the saved file.
+
+        Raises:
+            DownloadError: the task has no image yet, or it could not be fetched.
+            InvalidInputError: ``index`` is out of range.
+            StorageError: the disk refused the write.
         """
         resolved = task if isinstance(task, Task) else await self.fetch(task)
         if index is None:
@@ -615,10 +963,23 @@ class AsyncClient:
     ) -> Task:
         """Wait until the task finishes and return it (status SUCCESS).
 
-        Raises TaskFailedError (with ``.task``) on FAILURE/CANCEL, TaskTimeoutError after
-        ``timeout`` seconds (the job itself goes on), TaskNotFoundError for an unknown id,
-        TaskNeedsModalError if it sits in MODAL. ``on_progress(task)`` is called on each
-        real change. Concurrent waits on one id share one tracked entry.
+        Concurrent waits on one id share one tracked entry of the poller.
+
+        Args:
+            task: the task's id, a Task, or a job handle.
+            timeout: seconds to wait (None: no limit). The job itself goes on after a
+                timeout.
+            on_progress: called with the Task on each real change (status, progress,
+                result); may be a coroutine function.
+
+        Returns:
+            The finished Task.
+
+        Raises:
+            TaskFailedError: the task ended in FAILURE or CANCEL (``.task`` has it).
+            TaskTimeoutError: ``timeout`` passed first.
+            TaskNotFoundError: the relay does not know the id.
+            TaskNeedsModalError: the task sits in MODAL, waiting for :meth:`modal`.
         """
         return await wait(self.poller, task_id_of(task), timeout=timeout, on_progress=on_progress)
 
@@ -627,14 +988,33 @@ class AsyncClient:
     ) -> AsyncIterator[Task]:
         """Yield each task as it reaches a terminal state, in completion order.
 
-        Failed tasks are yielded too (check ``task.is_failed``). Unknown ids raise
-        TaskNotFoundError after the others were yielded; ``timeout`` bounds the whole
-        iteration (TaskTimeoutError lists what is still pending).
+        Failed tasks are yielded too (check ``task.is_failed``); a task stuck in MODAL is
+        yielded as it is once ``PollPolicy.modal_timeout`` passes.
+
+        Args:
+            tasks: task ids, Tasks or job handles (duplicates are waited for once).
+            timeout: seconds for the whole iteration (None: no limit).
+
+        Yields:
+            Each finished Task.
+
+        Raises:
+            TaskNotFoundError: some ids are unknown (raised after the others were yielded).
+            TaskTimeoutError: ``timeout`` passed; ``pending`` lists the unfinished ids.
         """
         return as_completed(self.poller, [task_id_of(t) for t in tasks], timeout=timeout)
 
     def watch(self, task: TaskRef) -> AsyncIterator[Task]:
-        """Yield the task on each real change of state, ending with its final state."""
+        """Yield the task on each real change of state, ending with its final state.
+
+        A FAILURE is yielded, not raised.
+
+        Args:
+            task: the task's id, a Task, or a job handle.
+
+        Yields:
+            The task's states, the final one last.
+        """
         return watch(self.poller, task_id_of(task))
 
 

@@ -23,6 +23,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import anyio
 
 from ._config import AuthScheme, Secret, Timeouts, auth_header_name, auth_header_value
+from ._otel import answered, request_span, span_name, tracer
 from ._transport import AsyncTransport, Headers, Request, Response, read_all, read_body
 from ._version import __version__
 from .errors import (
@@ -132,6 +133,7 @@ class Http:
             **(headers or {}),
         }
         self._life = _Life()  # shared with with_timeouts() copies
+        self._tracer: Any = tracer()  # None unless opentelemetry is installed
 
     def __repr__(self) -> str:
         return f"<Http {self._root}>"
@@ -236,9 +238,16 @@ class Http:
         started = time.perf_counter()
         status: int | str = "error"
         try:
-            with self.abortable(), _deadline(limit, method, path), self._redacting():
+            with (
+                self._traced(method, span_name(method, self.prefix + path), request.url) as span,
+                self.abortable(),
+                _deadline(limit, method, path),
+                self._redacting(),
+            ):
                 response = await self.transport.handle_request(request)
                 status = response.status
+                if span is not None:
+                    answered(span, status)
                 try:
                     raw = await read_all(response, MAX_JSON_BYTES, f"{method} {path}")
                 finally:
@@ -262,11 +271,14 @@ class Http:
         """
         where = self._shown(url)
         with (
+            self._traced("GET", "GET", url) as span,
             self.abortable(),
             _deadline(self.timeouts.download_total, "GET", where),
             self._redacting(),
         ):
             response, current = await self._open_download(url, on_error)
+            if span is not None:
+                answered(span, response.status)
             try:
                 async for chunk in read_body(response, max_bytes, self._shown(current)):
                     fh.write(chunk)
@@ -314,6 +326,20 @@ class Http:
             await response.aclose()
         headers = self._redacted(response.headers)
         return on_error(Answer(response.status, headers, body), self._shown(url), auth)
+
+    @contextlib.contextmanager
+    def _traced(self, method: str, name: str, url: str) -> Iterator[Any]:
+        """An OpenTelemetry span for one request when tracing is on (see ``_otel``)."""
+        if self._tracer is None:
+            yield None
+            return
+        try:
+            parts = urlsplit(url)
+            host, port = parts.hostname, parts.port
+        except ValueError:
+            host = port = None
+        with request_span(self._tracer, name, method, display_url(url), host, port) as span:
+            yield span
 
     @contextlib.contextmanager
     def _redacting(self) -> Iterator[None]:

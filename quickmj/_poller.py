@@ -263,6 +263,8 @@ class Poller:
         self._limiter: anyio.CapacityLimiter | None = None
         self._confirmed_modals: set[str] = set()
         self.rhythm: Rhythm = Rhythm(policy)
+        #: Called with each id's final result as it is handed out (job spans end there).
+        self.on_final: Callable[[str, Final], None] | None = None
         #: Counters for benchmarks and tests.
         self.stats: dict[str, int] = {"ticks": 0, "list_requests": 0, "fetch_confirms": 0}
 
@@ -648,6 +650,11 @@ class Poller:
             return
         for sub in entry.listeners:
             sub.push_final(task_id, final)
+        if self.on_final is not None:
+            try:
+                self.on_final(task_id, final)
+            except Exception:  # an observer never breaks the loop
+                logger.exception("quickmj: on_final failed for task %s", task_id)
 
 
 def _is_regression(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:

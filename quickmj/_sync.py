@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 import anyio
 from anyio.from_thread import BlockingPortal
 
+from ._admission import Admission, AdmissionSetting
 from ._client import AsyncClient
 from ._config import AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
 from ._jobs import AsyncJob, Submission
@@ -230,6 +231,7 @@ class Client(_Facade[AsyncClient]):
         session: ClientSession | None = None,
         connector: BaseConnector | None = None,
         trace_configs: Sequence[TraceConfig] = (),
+        admission: AdmissionSetting = None,
     ) -> None:
         # Built here so configuration errors surface at once; it opens nothing yet.
         self._async = AsyncClient(
@@ -252,6 +254,7 @@ class Client(_Facade[AsyncClient]):
             session=session,
             connector=connector,
             trace_configs=trace_configs,
+            admission=admission,
         )
         self._lock = threading.Lock()
         self._state = _State.UNOPENED
@@ -299,6 +302,16 @@ class Client(_Facade[AsyncClient]):
     def poll_policy(self) -> PollPolicy:
         """How the background poller schedules its reads."""
         return self._async.poll_policy
+
+    @property
+    def account(self) -> str:
+        """This client's account: a short fingerprint of its key (``/mode`` if set)."""
+        return self._async.account
+
+    @property
+    def admission(self) -> Admission | None:
+        """The admission gate (budgets, limits, counters), or None when it is off."""
+        return self._async.admission
 
     @property
     def poller(self) -> Poller:
@@ -564,6 +577,11 @@ class Job(_Facade[AsyncJob]):
     def task_id(self) -> str:
         """The same as ``id``."""
         return self._async.id
+
+    @property
+    def account(self) -> str | None:
+        """The account that owns the job (its key's fingerprint); never the key."""
+        return self._async.account
 
     @property
     def result(self) -> SubmitResult:

@@ -43,7 +43,10 @@ async def test_batch_survives_faults_without_lost_or_duplicated_jobs(tmp_path: P
     lists, a full queue and 10% failing jobs: every prompt is accounted for exactly once,
     no prompt is created twice, no paid job is lost, every 'unknown' is an ambiguous
     answer the relay really gave, run_batch returns, and memory stays bounded."""
-    report = await soak(PROMPTS, tmp_path, concurrency=32)
+    # Room for 12 running + 2 waiting: adaptive admission starts at 3 and grows by one
+    # per accepted submit until the relay says "queue full", so that answer really occurs
+    # (with more room the learned budget may never reach the relay's limit).
+    report = await soak(PROMPTS, tmp_path, concurrency=32, workers=12, max_queue=2)
     print(f"\n{report.summary()}")
     assert [] == list(report.problems)
     assert (0, 0) == (report.duplicates, report.lost_paid_jobs)
