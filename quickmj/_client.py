@@ -8,6 +8,7 @@ handle, ``_poller`` does the waiting and ``_files`` the saving.
 from __future__ import annotations
 
 import contextlib
+import copy
 import enum
 import os
 import ssl as ssl_module
@@ -58,7 +59,8 @@ from ._jobs import (
 )
 from ._logs import configure_from_env
 from ._models import BlendDimensions, BotType, Button, SubmitRequest, SubmitResult, Task
-from ._poller import Poller, PollPolicy
+from ._otel import Tracing
+from ._poller import Final, Poller, PollPolicy
 from ._protocol import check_task_id
 from ._relay import Relay
 from ._transport import AsyncTransport
@@ -82,6 +84,30 @@ class _State(enum.Enum):
     UNOPENED = 1  # built, no request made yet
     OPENED = 2  # entered or used
     CLOSED = 3  # aclose() ran; the client cannot be reused
+
+
+class _Core:
+    """What a client and its ``with_options()`` views share (one lifecycle, one poller)."""
+
+    __slots__ = ("gate", "poller", "state", "webhook_url")
+
+    def __init__(self) -> None:
+        self.state = _State.UNOPENED
+        self.poller: Poller | None = None
+        self.gate: Admission | None = None
+        self.webhook_url: str | None = None
+
+
+def _shared(name: str) -> Any:
+    """An attribute kept on the shared ``_Core`` (so views see the client's own)."""
+
+    def get(self: AsyncClient) -> Any:
+        return getattr(self._core, name)
+
+    def put(self: AsyncClient, value: Any) -> None:
+        setattr(self._core, name, value)
+
+    return property(get, put)
 
 
 class AsyncClient:
@@ -184,16 +210,14 @@ class AsyncClient:
         )
         self._relay = Relay(self._http, retry or RetryPolicy(), self._dialect)
         self._list_chunk_size = list_chunk_size
-        self._state = _State.UNOPENED
+        self._core = _Core()
         self._poll_policy = poll or PollPolicy()
-        self._poller: Poller | None = None
-        self._webhook_url: str | None = None
         self._init_admission(admission)
 
     def _init_admission(self, admission: AdmissionSetting) -> None:
         self._fingerprint = fingerprint(self._http.key.get())  # never the key itself
         self._account = self._fingerprint + (f"/{self._mode}" if self._mode else "")
-        self._gate: Admission | None = None
+        self._tracing = Tracing(self._account)  # OpenTelemetry job spans, if installed
         factory = budget_factory(admission)
         if factory is not None:
             self._set_admission(factory, rotates=False)
@@ -209,6 +233,37 @@ class AsyncClient:
         )
         self._gate = Admission([budget])
         return self._gate
+
+    _state: _State = _shared("state")
+    _poller: Poller | None = _shared("poller")
+    _gate: Admission | None = _shared("gate")
+    _webhook_url: str | None = _shared("webhook_url")
+
+    def with_options(
+        self, *, timeouts: Timeouts | None = None, retry: RetryPolicy | None = None
+    ) -> AsyncClient:
+        """This client with other HTTP timeouts or another retry policy for some calls.
+
+        The view shares everything else: connections, key, poller, admission budget,
+        webhook receiver and lifecycle (closing either closes both; close the original).
+        Its own calls (submits, fetches, downloads) use the new settings; the shared
+        poller's status reads keep the client's.
+
+        Args:
+            timeouts: HTTP timeouts and deadlines for the view's requests.
+            retry: the retry policy for the view's reads.
+
+        Returns:
+            An AsyncClient view, as cheap as a copy of a few references.
+
+        Example:
+            ``await mj.with_options(timeouts=Timeouts(request=300)).download(task, "out")``
+        """
+        view = copy.copy(self)
+        if timeouts is not None:
+            view._http = self._http.with_timeouts(timeouts)
+        view._relay = Relay(view._http, retry or self._relay.retry, self._dialect)
+        return view
 
     def __repr__(self) -> str:
         return (
@@ -271,7 +326,14 @@ class AsyncClient:
             raise ClientClosedError("the client is closed")
         if self._poller is None:
             self._poller = Poller(self._relay, self._poll_policy)
+            if self._tracing.on:
+                self._poller.on_final = self._job_ended
         return self._poller
+
+    def _job_ended(self, task_id: str, final: Final) -> None:
+        task = final.task
+        status = None if task is None else task.status.value
+        self._tracing.ended(task_id, status, None if task is None else task.fail_reason)
 
     # ---- lifecycle ----
 
@@ -302,6 +364,7 @@ class AsyncClient:
         if self._gate is not None:
             await self._gate.aclose()
         await self._http.aclose()
+        self._tracing.close()
 
     # ---- submits ----
 
@@ -319,7 +382,7 @@ class AsyncClient:
             result = await self._relay.submit(route, request)
             return self._job(route, request, result)
 
-        return Submission(send, f"POST {route}")
+        return Submission(self._traced(route, send), f"POST {route}")
 
     def _admitted(
         self,
@@ -340,7 +403,28 @@ class AsyncClient:
 
             return self._job(route, request, await gate.run(attempt, phase))
 
-        return Submission(send, f"POST {route}", phase=phase)
+        return Submission(self._traced(route, send), f"POST {route}", phase=phase)
+
+    def _traced(
+        self, route: str, send: Callable[[], Awaitable[AsyncJob]]
+    ) -> Callable[[], Awaitable[AsyncJob]]:
+        """``send`` inside a job span (from the submit to the final state), if tracing."""
+        tracing = self._tracing
+        if not tracing.on:
+            return send
+
+        async def traced() -> AsyncJob:
+            span = tracing.start_job(route)
+            try:
+                with tracing.current(span):
+                    job = await send()
+            except BaseException as exc:
+                tracing.failed(span, exc)
+                raise
+            tracing.submitted(span, job.id)
+            return job
+
+        return traced
 
     def _hold(self, task_id: str, lease: Lease) -> None:
         if self._gate is None or self._state is _State.CLOSED:

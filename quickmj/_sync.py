@@ -323,6 +323,23 @@ class Client(_Facade[AsyncClient]):
         """True once ``close()`` ran."""
         return self._state is _State.CLOSED
 
+    def with_options(
+        self, *, timeouts: Timeouts | None = None, retry: RetryPolicy | None = None
+    ) -> Client:
+        """This client with other HTTP timeouts or another retry policy for some calls.
+
+        The view runs on this client's loop thread and shares its connections, poller
+        and lifecycle (closing either closes both). See ``AsyncClient.with_options``.
+
+        Args:
+            timeouts: HTTP timeouts and deadlines for the view's requests.
+            retry: the retry policy for the view's reads.
+
+        Returns:
+            A Client view.
+        """
+        return _ClientView(self._runner(), self._async.with_options(timeouts=timeouts, retry=retry))
+
     # ---- lifecycle ----
 
     def __enter__(self) -> Client:
@@ -553,6 +570,45 @@ class _Context(AbstractContextManager[T]):
             inner, self._inner = self._inner, None
         self._client._contexts.discard(self)
         return None if inner is None else inner.__exit__(exc_type, exc, tb)
+
+
+class _ClientView(Client):
+    """``Client.with_options()``: its own AsyncClient view, everything run by the original."""
+
+    def __init__(self, root: Client, view: AsyncClient) -> None:
+        # Not Client.__init__: the view owns no loop, thread or state of its own.
+        self._root = root
+        self._async = view
+
+    def __repr__(self) -> str:
+        return repr(self._root)
+
+    def _runner(self) -> Client:
+        return self._root
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the original client closed."""
+        return self._root.is_closed
+
+    def __enter__(self) -> Client:
+        self._root._open()
+        return self
+
+    def close(self) -> None:
+        """Close the original client (the view has nothing of its own)."""
+        self._root.close()
+
+    def run(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
+        """Run ``fn`` on the original client's loop."""
+        return self._root.run(fn, *args, **kwargs)
+
+    def context(self, acm: AbstractAsyncContextManager[T]) -> AbstractContextManager[T]:
+        """Enter ``acm`` on the original client's loop."""
+        return self._root.context(acm)
+
+    def __del__(self) -> None:
+        pass  # the original warns if it is never closed
 
 
 class Job(_Facade[AsyncJob]):

@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 from conftest import load_fixture
-from fakes import BASE, KEY, Script, drip
+from fakes import BASE, KEY, NO_WAIT, Script, drip
 
 from quickmj import (
     AsyncClient,
@@ -1024,3 +1024,34 @@ async def test_one_debug_record_per_request(caplog: pytest.LogCaptureFixture) ->
     messages = [r.getMessage() for r in caplog.records]
     assert any("retrying GET /task/1/fetch" in m for m in messages)
     assert any("POST /submit/imagine -> task 1730621826053999 (code 1)" in m for m in messages)
+
+
+async def test_with_options_changes_only_the_views_calls() -> None:
+    """A view's requests get its timeouts and retry policy; the client keeps its own; both
+    share one transport, poller and lifecycle."""
+    script = Script({FETCH: [{"status": 502}, {"json": {"id": "1"}}, {"status": 502}]})
+    async with script.client(timeouts=Timeouts(connect=3, read=4), retry=ONCE) as mj:
+        view = mj.with_options(timeouts=Timeouts(connect=7, read=8), retry=NO_WAIT)
+        await view.fetch("1")  # the 502 is retried under the view's policy
+        assert (view.timeouts.read, mj.timeouts.read) == (8, 4)
+        assert (view.retry, mj.retry) == (NO_WAIT, ONCE)
+        assert view.poller is mj.poller and view.account == mj.account
+        with pytest.raises(ServerError):
+            await mj.fetch("1")  # ONCE: no retry on the client itself
+    first, second, third = script.requests
+    assert (7, 8) == (first.connect_timeout, first.read_timeout) == (
+        second.connect_timeout,
+        second.read_timeout,
+    )
+    assert (3, 4) == (third.connect_timeout, third.read_timeout)
+    assert mj.is_closed and view.is_closed  # closing the client closed the view
+    with pytest.raises(ClientClosedError):
+        await view.fetch("1")
+
+
+async def test_a_view_closes_the_client_it_came_from() -> None:
+    script = Script({FETCH: {"json": {"id": "1"}}})
+    mj = script.client()
+    async with mj.with_options(retry=ONCE) as view:
+        await view.fetch("1")
+    assert mj.is_closed

@@ -452,3 +452,19 @@ def test_fast_policy_is_used(relay: FakeRelay) -> None:
     """The fakes' FAST policy reaches the blocking client's poller."""
     with make_sync(relay) as mj:
         assert FAST == mj.poll_policy
+
+
+def test_with_options_view_runs_on_the_original_client() -> None:
+    """A blocking view uses the original's loop thread and poller; closing it closes both."""
+    from quickmj import Timeouts
+
+    relay = FakeRelay(ticks=1)
+    mj = make_sync(relay)
+    view = mj.with_options(timeouts=Timeouts(read=9))
+    with view:
+        task = view.imagine("cat").wait()
+        assert task.is_success and view.timeouts.read == 9 and mj.timeouts.read != 9
+        assert view.poller is mj.poller and not mj.is_closed
+        assert repr(view) == repr(mj)
+    assert mj.is_closed and view.is_closed
+    assert all(r.read_timeout == 9 for r in relay.requests if "submit" in r.path)
