@@ -741,58 +741,38 @@ async def run_batch(
 ) -> BatchSummary:
     """Run (or resume) a batch into directory ``out``; see the module docstring.
 
-    Every step is journaled in ``out`` before it happens, so a killed run resumed with
-    ``resume=True`` re-submits nothing that may have been paid for. Each account's
-    submits wait for a slot of its learned budget (adaptive admission, on for the run's
-    life even if the client has it off). Every job is followed on the account that
-    created it (the journal records it, so ``resume`` does too).
+    Every step is journaled before it happens, so a resumed run re-submits nothing that
+    may have been paid for. Submits wait for a slot of their account's learned budget;
+    each job is followed on the account that created it.
 
     Args:
         client: one account (an AsyncClient) or several (an :class:`AccountPool`).
         items: the prompts (see :func:`read_prompts`).
         out: the output directory (created if missing; one run owns it at a time).
-        concurrency: an optional cap on the prompts in progress at once, on top of the
-            accounts' budgets (None: the budgets alone).
-        upscale: labels to press on each finished grid (``"U1"``..``"U4"``, ``"all"``,
-            ``"U1,U3"``).
+        concurrency: an optional cap on prompts in progress, on top of the budgets.
+        upscale: labels to press on each grid (``"U1"``..``"U4"``, ``"all"``, ``"U1,U3"``).
         seed: also ask for each grid's Midjourney seed (kept in the manifest).
         download: save the final images into ``out``.
         resume: continue the run recorded in ``out`` instead of starting afresh.
-        timeout: seconds to wait for each job; a job still running then is kept as
-            ``timed_out`` (a resume waits for it again).
-        name: the file name template (``{task}`` by default; also ``{line}``,
-            ``{index}``, ``{slug}``, ``{label}``).
-        resubmit_unknown: with ``resume``, send prompts whose outcome is ``unknown``
-            again (may pay twice).
-        reconcile: with ``resume``, first settle ``unknown`` rows by their state tag
-            (see :func:`reconcile`), under the same lock as the run.
+        timeout: seconds to wait for each job (then ``timed_out``; a resume waits again).
+        name: the file name template (``{task}``; also ``{line}``, ``{index}``,
+            ``{slug}``, ``{label}``).
+        resubmit_unknown: with ``resume``, send ``unknown`` prompts again (may pay twice).
+        reconcile: with ``resume``, first settle ``unknown`` rows by their state tag.
         on_progress: called with a BatchProgress after each change.
 
     Returns:
-        The summary: outcomes per prompt, the manifest's path, per-account figures and
-        the rows ``reconcile`` could not settle.
+        The summary: outcomes, the manifest's path, per-account figures, unsettled rows.
 
     Raises:
         InvalidInputError: a bad argument (``concurrency``, ``upscale``, ``name``).
         BatchLockedError: another run owns ``out``.
         JournalError: there is nothing safe to resume.
-        RelayUnreachableError: an outage stopped the run early.
-        StorageError: the disk is full or read-only.
+        RelayUnreachableError: an outage stopped the run early (the run is resumable).
+        StorageError: the disk is full or read-only (the run is resumable).
         ClientClosedError: the client was closed during the run.
-
-    In each error case finished work is kept and the directory is resumable.
     """
-    if concurrency is not None and concurrency < 1:
-        raise InvalidInputError("concurrency must be at least 1")
-    settings = _Settings(
-        concurrency=concurrency,
-        upscale=parse_upscale(list(upscale)),
-        seed=seed,
-        download=download,
-        timeout=timeout,
-        name=check_name_template(name or _DEFAULT_NAME),
-        resubmit_unknown=resubmit_unknown,
-    )
+    settings = _settings(concurrency, upscale, seed, download, timeout, name, resubmit_unknown)
     pairs = [(i.prompt, dict(i.options)) for i in items]
     async with _accounts(client) as pool:
         with BatchDir(out) as bdir:
@@ -803,6 +783,28 @@ async def run_batch(
             finally:
                 journal.close()
     return attrs.evolve(summary, unsettled=tuple(unsettled))
+
+
+def _settings(
+    concurrency: int | None,
+    upscale: Sequence[str],
+    seed: bool,
+    download: bool,
+    timeout: float,
+    name: str | None,
+    resubmit_unknown: bool,
+) -> _Settings:
+    if concurrency is not None and concurrency < 1:
+        raise InvalidInputError("concurrency must be at least 1")
+    return _Settings(
+        concurrency=concurrency,
+        upscale=parse_upscale(list(upscale)),
+        seed=seed,
+        download=download,
+        timeout=timeout,
+        name=check_name_template(name or _DEFAULT_NAME),
+        resubmit_unknown=resubmit_unknown,
+    )
 
 
 @contextlib.asynccontextmanager
