@@ -235,9 +235,10 @@ _NO_JSON: Mapping[str, Any] = MappingProxyType({})
 class Task:
     """A Midjourney job as the relay reports it (fetch, list-by-condition, notifyHook).
 
-    ``buttons``, ``image_urls`` and ``video_urls`` are read from the relay's JSON when
-    first used (most reads of a task never look at them); a malformed entry in one of them
-    raises MalformedResponseError, naming the field, at that moment.
+    ``buttons``, ``image_urls`` and ``video_urls`` are built from the relay's JSON when
+    first used (most reads of a task never look at them). Their entries are type-checked
+    when the task is read, so a malformed one raises MalformedResponseError, naming the
+    field, there and then, never later at the attribute.
     """
 
     id: str
