@@ -14,6 +14,11 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 BASE_ID = 1730621826053000
+# A key shaped like a real one (new-api: "sk-" + 48 letters and digits). Its value matters:
+# every answer is searched for it (redaction), and a key sharing a prefix with text the
+# relay repeats in every task ("bench-..." vs "benchmark prompt") makes that search slower
+# than it is for users.
+KEY = "sk-" + "Qm7rT2xV9kLp4Wz8Nc3Hy6Bd1Fg5Js0A" + "uE7iO2aR4tY9pK3m"
 
 
 @contextmanager

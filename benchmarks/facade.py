@@ -17,13 +17,13 @@ import asyncio
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from _bench import ids, relay, spread
+from _bench import KEY, ids, relay, spread
 
 from quickmj import AsyncClient, Client
 
 
 async def async_sequential(base: str, todo: list[str]) -> float:
-    async with AsyncClient("bench-key", base_url=base) as mj:
+    async with AsyncClient(KEY, base_url=base) as mj:
         await mj.fetch(todo[0])
         started = time.perf_counter()
         for i in todo:
@@ -32,7 +32,7 @@ async def async_sequential(base: str, todo: list[str]) -> float:
 
 
 async def async_concurrent(base: str, todo: list[str], workers: int) -> float:
-    async with AsyncClient("bench-key", base_url=base) as mj:
+    async with AsyncClient(KEY, base_url=base) as mj:
         await mj.fetch(todo[0])
         queue = list(todo)
         started = time.perf_counter()
@@ -46,7 +46,7 @@ async def async_concurrent(base: str, todo: list[str], workers: int) -> float:
 
 
 def sync_sequential(base: str, todo: list[str]) -> float:
-    with Client("bench-key", base_url=base) as mj:
+    with Client(KEY, base_url=base) as mj:
         mj.fetch(todo[0])
         started = time.perf_counter()
         for i in todo:
@@ -55,7 +55,7 @@ def sync_sequential(base: str, todo: list[str]) -> float:
 
 
 def sync_concurrent(base: str, todo: list[str], workers: int) -> float:
-    with Client("bench-key", base_url=base) as mj, ThreadPoolExecutor(workers) as pool:
+    with Client(KEY, base_url=base) as mj, ThreadPoolExecutor(workers) as pool:
         mj.fetch(todo[0])
         started = time.perf_counter()
         list(pool.map(mj.fetch, todo))

@@ -30,7 +30,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 import aiohttp
-from _bench import BASE_ID, relay, spread
+from _bench import BASE_ID, KEY, relay, spread
 
 from quickmj import AsyncClient, PollPolicy
 
@@ -61,7 +61,7 @@ async def raw_block(base: str, ids: list[str], rounds: int) -> float:
 
 
 def _client(base: str, **kwargs: object) -> AsyncClient:
-    return AsyncClient("bench-key", base_url=base, dialect="trueai", **kwargs)  # type: ignore[arg-type]
+    return AsyncClient(KEY, base_url=base, dialect="trueai", **kwargs)  # type: ignore[arg-type]
 
 
 async def fetch_many_block(base: str, ids: list[str], rounds: int) -> float:

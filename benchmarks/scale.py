@@ -22,7 +22,7 @@ import asyncio
 import gc
 import time
 
-from _bench import ids, relay, rss_bytes, spread
+from _bench import KEY, ids, relay, rss_bytes, spread
 
 from quickmj import AsyncClient, PollPolicy
 
@@ -46,7 +46,7 @@ async def _rounds(mj: AsyncClient, n: int, ticks: int) -> tuple[list[float], flo
 
 async def track(base: str, n: int, ticks: int, waits: bool) -> dict[str, float | list[float]]:
     policy = PollPolicy(interval=0.0, first_poll=0.0, near_done_interval=0.0, adaptive=False)
-    async with AsyncClient("bench-key", base_url=base, dialect="trueai", poll=policy) as mj:
+    async with AsyncClient(KEY, base_url=base, dialect="trueai", poll=policy) as mj:
         await mj.list_tasks(ids(100))
         gc.collect()
         before = rss_bytes()

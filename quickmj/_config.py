@@ -197,11 +197,20 @@ class Secret:
         secret = self._bytes()
         if secret in data:
             data = data.replace(secret, b"***")
-        if b"\\u" in data and self._escape_probe().search(data):
+        if self._has_escape(data):
             text = data.decode("utf-8", "replace")
             if self._escaped_pattern().search(text):
                 data = self._escaped_pattern().sub("***", text).encode()
         return data
+
+    def _has_escape(self, data: bytes) -> bool:
+        """``data`` may hold a JSON escape of one of the key's characters."""
+        if not self._value.isascii():
+            return b"\\u" in data
+        # An ASCII character's escape is ``\u00XX``: one literal search skips the
+        # escapes of non-ASCII text (how Python and .NET write Chinese) without the regex.
+        start = data.find(b"\\u00")
+        return start >= 0 and self._escape_probe().search(data, start) is not None
 
     def __repr__(self) -> str:
         return "Secret('***')"

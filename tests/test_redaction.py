@@ -345,6 +345,20 @@ def test_secret_redaction() -> None:
     assert b"plain" == secret.redact_bytes(b"plain")
 
 
+@pytest.mark.parametrize("before", ["", "\\u4e2d\\u6587 ", "\\u003c\\u003e ", "\u4e2d "])
+def test_escaped_key_found_after_other_escapes(before: str) -> None:
+    """The cheap first look (a ``\\u00`` escape) starts where such escapes start: escaped
+    Chinese text or Go's ``\\u003c`` before an escaped key never hide it."""
+    secret = Secret(KEY)
+    for upper in (False, True):
+        body = f'{{"d":"x","e":"{before}{escaped(KEY, upper=upper)}"}}'.encode()
+        clean = secret.redact_bytes(body)
+        assert not leaks(clean.decode()) and b"***" in clean
+        json.loads(clean)  # still JSON
+    honest = f'{{"d":"{before}plain"}}'.encode()
+    assert secret.redact_bytes(honest) == honest
+
+
 async def test_request_and_retry_logs_hold_no_key(caplog: pytest.LogCaptureFixture) -> None:
     """DEBUG logs of a successful exchange with retries name paths, never the key."""
     caplog.set_level(logging.DEBUG, logger="quickmj")
