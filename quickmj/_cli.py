@@ -718,7 +718,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
-        _report_error(args, _error_line(exc), type(exc).__name__)
+        from .errors import StorageError
+
+        text = _error_line(exc)
+        if args.command == "batch" and isinstance(exc, StorageError):
+            text += "; paid jobs are kept: make room, then run again with --resume"
+        _report_error(args, text, type(exc).__name__)
         return _exit_code(exc)
 
 

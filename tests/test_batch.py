@@ -368,6 +368,45 @@ async def test_disk_trouble_stops_the_run_and_keeps_paid_jobs(
     assert summary.ok and {1} == set(created(relay).values())
 
 
+def _can_mount_privately() -> bool:
+    """A private mount namespace (``unshare -rm``) where this user may mount a tmpfs."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null"],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_privately(), reason="needs unshare -rm and tmpfs (Linux)")
+def test_a_real_full_filesystem(tmp_path: Path) -> None:
+    """On a real tmpfs that runs out of room (the kernel answers ENOSPC): one StorageError,
+    no paid job lost or marked failed, and a resume once there is room finishes every
+    prompt without a second submit; the CLI says it in one line with exit code 1."""
+    script = Path(__file__).parent / "fixtures" / "full_disk_batch.py"
+    done = subprocess.run(
+        ["unshare", "-rm", sys.executable, str(script), str(tmp_path), "12", "12"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert 0 == done.returncode, done.stderr
+    report = json.loads(done.stdout)
+    assert report["first"].startswith("StorageError: ") and "no space left" in report["first"]
+    assert report["resumed_ok"] and {"succeeded": 12} == report["statuses"]
+    assert 12 == report["images"] and [] == report["leftovers"]
+    assert 12 == len(report["jobs_per_prompt"]) and {1} == set(report["jobs_per_prompt"].values())
+    assert 1 == report["cli_exit"]
+    errors = [line for line in report["cli_stderr"].splitlines() if line.startswith("error:")]
+    assert 1 == len(errors) and "no space left" in errors[0] and "--resume" in errors[0]
+    assert "Traceback" not in report["cli_stderr"]
+
+
 async def test_stale_part_files_go_and_files_follow_the_umask(relay: Any, tmp_path: Path) -> None:
     """A resume removes partial downloads; final files get the mode open() would give."""
     async with client(relay) as mj:
