@@ -423,8 +423,8 @@ class Client(_Facade[AsyncClient]):
         """Run ``fn(*args, **kwargs)`` on the client's loop and return its result.
 
         The hop is a task started with ``call_soon_threadsafe`` and a lock released by its
-        done callback: about 20 µs, where the portal's own ``start_task_soon`` (futures
-        wrapped in futures) costs about 150 µs a call. Ctrl-C while blocked cancels the
+        done callback: about 20 µs over a bare cross-thread round trip (the portal's own
+        ``start_task_soon``, futures wrapped in futures, measured slower). Ctrl-C while blocked cancels the
         task; the client stays usable.
         """
         self._open()
