@@ -424,8 +424,8 @@ class Client(_Facade[AsyncClient]):
 
         The hop is a task started with ``call_soon_threadsafe`` and a lock released by its
         done callback: about 20 µs over a bare cross-thread round trip (the portal's own
-        ``start_task_soon``, futures wrapped in futures, measured slower). Ctrl-C while blocked cancels the
-        task; the client stays usable.
+        ``start_task_soon``, futures wrapped in futures, measured slower). Ctrl-C while
+        blocked cancels the task; the client stays usable.
         """
         self._open()
         loop = self._loop
