@@ -207,9 +207,9 @@ class Secret:
         """``data`` may hold a JSON escape of one of the key's characters."""
         if not self._value.isascii():
             return b"\\u" in data
-        # An ASCII character's escape is ``\u00XX``: one literal search skips the
+        # An ASCII character's escape is ``\u00XX``: finding where those start skips the
         # escapes of non-ASCII text (how Python and .NET write Chinese) without the regex.
-        start = data.find(b"\\u00")
+        start = _first_ascii_escape(data)
         return start >= 0 and self._escape_probe().search(data, start) is not None
 
     def __repr__(self) -> str:
@@ -219,6 +219,23 @@ class Secret:
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("the API key cannot be pickled")
+
+
+_ASCII_ESCAPE = re.compile(rb"\\u00")
+
+
+def _first_ascii_escape(data: bytes) -> int:
+    """Where ``data.find(b"\\u00")`` would point, found faster: backslashes are looked up
+    one by one (a one-byte search runs at memory speed, and answers hold few backslashes,
+    often none); past a few hundred, a regex (twice as fast as ``bytes.find`` for this
+    needle) takes over."""
+    at = data.find(b"\\")
+    for _ in range(256):
+        if at < 0 or data.startswith(b"u00", at + 1):
+            return at
+        at = data.find(b"\\", at + 1)
+    found = _ASCII_ESCAPE.search(data, at)
+    return -1 if found is None else found.start()
 
 
 def resolve_api_key(api_key: str | None) -> Secret:
