@@ -417,8 +417,3 @@ def check_download_url(url: str) -> str:
         return quote(url.strip(), safe=_URL_SAFE)
     except UnicodeEncodeError:
         raise UnsafeURLError("refusing to download a URL that is not valid Unicode") from None
-
-
-def transport_error_text(exc: TransportError) -> str:
-    """The part of a transport error's message after ``METHOD /path: ``."""
-    return str(exc).removeprefix(f"{exc.method} {exc.path}: ")

@@ -339,8 +339,3 @@ def manifest_lines(rows: Iterable[JournalRow]) -> Iterator[str]:
             },
             ensure_ascii=False,
         )
-
-
-def journal_files(path: Path) -> list[Path]:
-    """The journal and its SQLite side files that exist."""
-    return [p for p in (path, Path(f"{path}-wal"), Path(f"{path}-shm")) if p.exists()]

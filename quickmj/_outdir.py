@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from ._files import PART_SUFFIX, storage_error
-from ._journal import Journal, journal_files, manifest_lines
+from ._journal import Journal, manifest_lines
 from .errors import BatchLockedError, JournalError, StorageError, UsageError
 
 __all__ = ("JOURNAL_NAME", "LOCK_NAME", "MANIFEST_NAME", "BatchDir")
@@ -179,9 +179,6 @@ class BatchDir:
             journal.close()
             raise
         return journal
-
-    def has_journal(self) -> bool:
-        return bool(journal_files(self.journal_path))
 
     # ---- files ----
 

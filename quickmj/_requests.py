@@ -194,27 +194,6 @@ async def video(
     )
 
 
-async def extend_video(
-    task_id: str,
-    index: int,
-    prompt: str,
-    motion: str | None,
-    notify_hook: str | None,
-    state: str | None,
-) -> VideoRequest:
-    if not 0 <= index <= 3:
-        raise InvalidInputError("index picks one of the parent's videos: 0 to 3")
-    return VideoRequest(
-        prompt=prompt_text(prompt),
-        action="extend",
-        index=index,
-        task_id=task_id,
-        motion=motion,
-        notify_hook=notify_hook,
-        state=state_text(state),
-    )
-
-
 async def edits(
     prompt: str, image: ImageInput, notify_hook: str | None, state: str | None
 ) -> EditsRequest:

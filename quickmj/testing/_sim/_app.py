@@ -19,7 +19,7 @@ from ._catalogue import Result
 from ._clock import Clock
 from ._config import SimulatorConfig
 from ._dialects import DIALECT_CLASSES
-from ._dialects._base import Call, Dialect, Media, Reply, Route
+from ._dialects._base import MODE_PREFIXES, Call, Dialect, Media, Reply, Route
 from ._engine import CreatedJob, Engine
 from ._faults import Fault, FaultEvent, FaultInjector, abort, cut, gateway_page, rate_limited
 from ._hooks import HookDelivery, HookDispatcher
@@ -27,15 +27,6 @@ from ._persist import load_state, save_state
 from ._state import SUCCESS, SimTask
 
 __all__ = ("MODE_PREFIXES", "Simulator")
-
-MODE_PREFIXES: Mapping[str, str | None] = {
-    "/mj": None,
-    "/mj-fast/mj": "FAST",
-    "/mj-relax/mj": "RELAX",
-    "/mj-turbo/mj": "TURBO",
-}
-"""Path prefixes and the speed mode each requests (quickrouter and trueai; the
-midjourney-proxy dialect has ``/mj`` only)."""
 
 _MAX_BODY = 64 * 1024 * 1024
 _NOT_FOUND = Reply(404, b"404: Not Found", "text/plain; charset=utf-8")
@@ -45,7 +36,9 @@ async def _never(call: Call) -> Reply:  # the CDN route is answered by Simulator
     raise AssertionError
 
 
-_CDN = Route("GET", "/attachments/{a}/{b}/{name}", "GET /attachments", "image", _never, auth=False)
+_CDN = Route(
+    "GET", "/attachments/{a}/{b}/{name}", "image", _never, auth=False, key="GET /attachments"
+)
 
 
 class Simulator:

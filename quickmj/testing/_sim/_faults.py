@@ -55,15 +55,6 @@ class Fault(enum.Enum):
     RELAY_EMPTY_BODY = "relay-empty_response_body"
     """quickrouter: new-api's ``empty_response_body`` (code 5); nothing was created."""
 
-    @property
-    def after_handler(self) -> bool:
-        """The request is answered first (the job is created), then the answer fails."""
-        return self in (
-            Fault.ERROR_5XX_AFTER_CREATE,
-            Fault.DROP_AFTER_CREATE,
-            Fault.RELAY_REQUEST_FAILED_AFTER_CREATE,
-        )
-
 
 @attrs.frozen
 class FaultEvent:

@@ -44,8 +44,6 @@ SUBMITTED_PHASE: Phase = (SUBMITTED, -1)
 SUCCESS_PHASE: Phase = (SUCCESS, -1)
 FAILURE_PHASE: Phase = (FAILURE, -1)
 
-TERMINAL = frozenset({SUCCESS, FAILURE})
-
 
 @attrs.define(eq=False)
 class SimTask:

@@ -71,12 +71,14 @@ class Route:
 
     method: str
     path: str
-    #: The counter key, e.g. ``"POST /submit/imagine"``.
-    key: str
     #: submit, fetch, list, seed, image, cancel or account (``FaultConfig.routes``).
     group: str
     handler: Handler
     auth: bool = True
+    #: The counter key: ``"POST /submit/imagine"`` (method and path) unless given.
+    key: str = attrs.field(
+        kw_only=True, default=attrs.Factory(lambda r: f"{r.method} {r.path}", takes_self=True)
+    )
     pattern: re.Pattern[str] = attrs.field(init=False)
 
     @pattern.default  # pyright: ignore[reportAttributeAccessIssue]  (attrs' decorator)
@@ -186,6 +188,18 @@ class Media:
     def video(self, task: SimTask, index: int) -> str:
         """The URL of one video (``index``) of a video job."""
         return f"{self._dir(task)}/sim_{task.id}_{index}.mp4"
+
+
+MODE_PREFIXES: Mapping[str, str | None] = types.MappingProxyType(
+    {
+        "/mj": None,
+        "/mj-fast/mj": "FAST",
+        "/mj-relax/mj": "RELAX",
+        "/mj-turbo/mj": "TURBO",
+    }
+)
+"""Path prefixes and the speed mode each requests (quickrouter and trueai; the
+midjourney-proxy dialect has ``/mj`` only)."""
 
 
 class Dialect:

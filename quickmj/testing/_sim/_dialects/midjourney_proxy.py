@@ -410,24 +410,15 @@ class MidjourneyProxyDialect(Dialect):
             "/submit/blend": self.blend,
         }
         routes = [
-            Route("POST", path, f"POST {path}", "submit", self._handler(run))
-            for path, run in submits.items()
+            Route("POST", path, "submit", self._handler(run)) for path, run in submits.items()
         ]
         routes += [
-            Route("GET", "/task/{id}/fetch", "GET /task/{id}/fetch", "fetch", self._fetch),
-            Route("GET", "/task/queue", "GET /task/queue", "list", self._queue),
-            Route("GET", "/task/list", "GET /task/list", "list", self._list),
-            Route(
-                "POST",
-                "/task/list-by-condition",
-                "POST /task/list-by-condition",
-                "list",
-                self._by_ids,
-            ),
-            Route(
-                "GET", "/account/{id}/fetch", "GET /account/{id}/fetch", "account", self._account
-            ),
-            Route("GET", "/account/list", "GET /account/list", "account", self._accounts),
+            Route("GET", "/task/{id}/fetch", "fetch", self._fetch),
+            Route("GET", "/task/queue", "list", self._queue),
+            Route("GET", "/task/list", "list", self._list),
+            Route("POST", "/task/list-by-condition", "list", self._by_ids),
+            Route("GET", "/account/{id}/fetch", "account", self._account),
+            Route("GET", "/account/list", "account", self._accounts),
         ]
         return routes
 

@@ -41,8 +41,7 @@ from __future__ import annotations
 import json
 import string
 import time
-import types
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 from aiohttp import web
@@ -51,7 +50,7 @@ from .._catalogue import RelayPanic, relay_action
 from .._faults import Fault
 from .._state import SUCCESS, SimTask
 from .._wire import go_json, jackson_json, sorted_keys
-from ._base import Call, Dialect, Reply, Route
+from ._base import MODE_PREFIXES, Call, Dialect, Reply, Route
 from ._proxy import PLUS, Answer, BodyError, ProxyCore
 from ._relaydb import RelayDB, RelayRow
 from ._relayview import RelayView
@@ -147,14 +146,7 @@ class _Refused(Exception):
 class QuickRouterDialect(Dialect):
     name = "quickrouter"
     auth_scheme = "bearer"
-    prefixes: Mapping[str, str | None] = types.MappingProxyType(
-        {
-            "/mj": None,
-            "/mj-fast/mj": "FAST",
-            "/mj-relax/mj": "RELAX",
-            "/mj-turbo/mj": "TURBO",
-        }
-    )
+    prefixes = MODE_PREFIXES
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -272,22 +264,13 @@ class QuickRouterDialect(Dialect):
     # ---- routes ----
 
     def routes(self) -> list[Route]:
-        routes = [
-            Route("POST", path, f"POST {path}", "submit", self._submit_handler(path))
-            for path in _SUBMITS
-        ]
+        routes = [Route("POST", path, "submit", self._submit_handler(path)) for path in _SUBMITS]
         routes += [
-            Route("POST", "/insight-face/swap", "POST /insight-face/swap", "submit", self._swap),
-            Route("GET", "/task/{id}/fetch", "GET /task/{id}/fetch", "fetch", self._fetch),
-            Route("GET", "/task/{id}/image-seed", "GET /task/{id}/image-seed", "seed", self._seed),
-            Route(
-                "POST",
-                "/task/list-by-condition",
-                "POST /task/list-by-condition",
-                "list",
-                self._list,
-            ),
-            Route("GET", "/image/{id}", "GET /image/{id}", "image", self._image, auth=False),
+            Route("POST", "/insight-face/swap", "submit", self._swap),
+            Route("GET", "/task/{id}/fetch", "fetch", self._fetch),
+            Route("GET", "/task/{id}/image-seed", "seed", self._seed),
+            Route("POST", "/task/list-by-condition", "list", self._list),
+            Route("GET", "/image/{id}", "image", self._image, auth=False),
         ]
         return routes
 

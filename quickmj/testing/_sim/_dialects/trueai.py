@@ -22,15 +22,14 @@ ASP.NET's wording; the Discord CDN is simulated on the same port.
 from __future__ import annotations
 
 import time
-import types
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
 
 from .._state import Phase, SimTask
 from .._wire import dotnet_json
-from ._base import Call, Dialect, Reply, Route
+from ._base import MODE_PREFIXES, Call, Dialect, Reply, Route
 from ._proxy import TRUEAI, Answer, BodyError, ProxyCore
 from ._taskinfo import taskinfo
 
@@ -76,14 +75,7 @@ class TrueAIDialect(Dialect):
     name = "trueai"
     auth_scheme = "raw"
     server_header = "Kestrel"
-    prefixes: Mapping[str, str | None] = types.MappingProxyType(
-        {
-            "/mj": None,
-            "/mj-fast/mj": "FAST",
-            "/mj-relax/mj": "RELAX",
-            "/mj-turbo/mj": "TURBO",
-        }
-    )
+    prefixes = MODE_PREFIXES
 
     def __init__(self, *args: Any) -> None:
         super().__init__(*args)
@@ -199,22 +191,15 @@ class TrueAIDialect(Dialect):
             ("/insight-face/swap", "swap", core.swap),
         ]
         routes = [
-            Route("POST", path, f"POST {path}", "submit", self._submit(name, run))
-            for path, name, run in submits
+            Route("POST", path, "submit", self._submit(name, run)) for path, name, run in submits
         ]
         routes += [
-            Route("GET", "/task/{id}/fetch", "GET /task/{id}/fetch", "fetch", self._fetch),
-            Route("POST", "/task/{id}/cancel", "POST /task/{id}/cancel", "cancel", self._cancel),
-            Route("GET", "/task/{id}/image-seed", "GET /task/{id}/image-seed", "seed", self._seed),
-            Route("GET", "/task/list", "GET /task/list", "list", self._list),
-            Route(
-                "POST",
-                "/task/list-by-condition",
-                "POST /task/list-by-condition",
-                "list",
-                self._by_ids,
-            ),
-            Route("POST", "/task/list-by-ids", "POST /task/list-by-ids", "list", self._by_ids),
+            Route("GET", "/task/{id}/fetch", "fetch", self._fetch),
+            Route("POST", "/task/{id}/cancel", "cancel", self._cancel),
+            Route("GET", "/task/{id}/image-seed", "seed", self._seed),
+            Route("GET", "/task/list", "list", self._list),
+            Route("POST", "/task/list-by-condition", "list", self._by_ids),
+            Route("POST", "/task/list-by-ids", "list", self._by_ids),
         ]
         return routes
 
