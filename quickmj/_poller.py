@@ -569,10 +569,8 @@ class Poller:
         if task is None and not changed:
             task = entry.last  # the same state (a MODAL that waits): listeners saw it already
         if task is None and (final or watched or status == "MODAL"):
-            try:
-                task = structure_task(raw, task_id)
-            except MalformedResponseError as exc:
-                self._finish(task_id, Final(error=exc))
+            task = self._structured(task_id, raw)
+            if task is None:
                 return False
         entry.last, entry.key, entry.raw = task, key, raw
         if watched and task is not None:
@@ -594,13 +592,19 @@ class Poller:
     def _first_final(self, task_id: str, raw: Any) -> bool:
         """The first report of an id is already final (as_completed over old jobs): there
         is nothing to compare it with and nobody to tell about the way there."""
-        try:
-            task = structure_task(raw, task_id)
-        except MalformedResponseError as exc:
-            self._finish(task_id, Final(error=exc))
+        task = self._structured(task_id, raw)
+        if task is None:
             return False
         self._finish(task_id, Final(task=task))
         return True
+
+    def _structured(self, task_id: str, raw: Any) -> Task | None:
+        """The Task for ``raw``; None once the id's waiters got the shape error instead."""
+        try:
+            return structure_task(raw, task_id)
+        except MalformedResponseError as exc:
+            self._finish(task_id, Final(error=exc))
+            return None
 
     def peek(self, task_id: str) -> Task | None:
         """The latest state of a tracked id, structured now if it was kept raw."""
