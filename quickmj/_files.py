@@ -16,8 +16,7 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
-import anyio
-
+from ._blocking import off_loop
 from ._http import MAX_DOWNLOAD_BYTES
 from ._relay import Relay
 from .errors import InvalidInputError, QuickMJError, StorageError
@@ -97,7 +96,7 @@ async def download_url(
         raise InvalidInputError("empty file name")
     directory = Path(dest)
     try:
-        await anyio.Path(directory).mkdir(parents=True, exist_ok=True)
+        await off_loop(lambda: directory.mkdir(parents=True, exist_ok=True))
         fd, tmp_name = tempfile.mkstemp(dir=directory, prefix=f".{stem}.", suffix=PART_SUFFIX)
     except OSError as exc:
         raise storage_error(exc, directory) or _cannot(exc, directory) from None

@@ -6,10 +6,10 @@ import base64
 import binascii
 import os
 import re
+from pathlib import Path
 from typing import Union
 
-import anyio
-
+from ._blocking import off_loop
 from .errors import InvalidInputError
 
 __all__ = ("ImageInput", "to_data_url", "to_wire_images")
@@ -75,9 +75,9 @@ async def to_data_url(image: ImageInput, *, allow_url: bool = True) -> str:
             return text
     if not isinstance(image, (str, os.PathLike)):
         raise InvalidInputError(f"unsupported image type {type(image).__name__}")
-    path = anyio.Path(os.fspath(image))
+    path = Path(os.fspath(image))
     try:
-        data = await path.read_bytes()
+        data = await off_loop(path.read_bytes)
     except OSError as exc:
         raise InvalidInputError(
             f"cannot read image file {os.fspath(image)!r}: {exc.strerror}"

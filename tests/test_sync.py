@@ -468,3 +468,19 @@ def test_with_options_view_runs_on_the_original_client() -> None:
         assert repr(view) == repr(mj)
     assert mj.is_closed and view.is_closed
     assert all(r.read_timeout == 9 for r in relay.requests if "submit" in r.path)
+
+
+def test_close_leaves_no_thread_from_file_work(tmp_path: Path) -> None:
+    """Reading an image file and creating a download folder run in the loop's own
+    executor, which the loop joins when it closes: right after ``close()`` no thread of
+    the client is left (anyio's worker threads were only told to stop, and now and then
+    outlived the close)."""
+    from quickmj._images import to_data_url
+
+    image = tmp_path / "a.png"
+    image.write_bytes(PNG)
+    for attempt in range(20):
+        before = set(threading.enumerate())
+        with Client("sk-test-0000", base_url=BASE) as mj:
+            assert mj.run(to_data_url, image).startswith("data:image/png;base64,")
+        assert set() == set(threading.enumerate()) - before, f"attempt {attempt}"
