@@ -51,6 +51,7 @@ import attrs
 from .errors import (
     AuthenticationError,
     ConfigurationError,
+    NoAvailableAccountError,
     QueueFullError,
     QuickMJError,
     RateLimitError,
@@ -94,6 +95,16 @@ _QUOTA_MARKERS = (
 )
 
 
+# AuthenticationError.reason -> what an account summary says (never the key).
+_AUTH_WHY = {
+    "exhausted": "the key has no quota left",
+    "expired": "the key has expired",
+    "disabled": "the key is disabled",
+    "invalid": "the relay does not know the key",
+    "model_forbidden": "the key may not use this action's model",
+}
+
+
 def fingerprint(api_key: str) -> str:
     """A short, non-secret name for a key (8 hex digits of a salted SHA-256).
 
@@ -105,7 +116,11 @@ def fingerprint(api_key: str) -> str:
 def account_unusable(exc: BaseException) -> str | None:
     """Why ``exc`` takes an account out of rotation (401/403, no quota left), or None."""
     if isinstance(exc, AuthenticationError):
-        return f"the relay refused the key (HTTP {exc.status})"
+        # new-api says why (model/token.go): an exhausted key is valid but spent.
+        why = _AUTH_WHY.get(exc.reason or "", "the relay refused the key")
+        return f"{why} (HTTP {exc.status})"
+    if isinstance(exc, NoAvailableAccountError):
+        return None  # the relay's own accounts are busy: it passes, like a full queue
     if isinstance(exc, SubmitRejectedError):
         text = exc.description.lower()
         if any(m in text for m in _QUOTA_MARKERS):

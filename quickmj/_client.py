@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import enum
+import logging
 import os
 import ssl as ssl_module
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
@@ -58,18 +59,28 @@ from ._jobs import (
     watch,
 )
 from ._logs import configure_from_env
-from ._models import BlendDimensions, BotType, Button, SubmitRequest, SubmitResult, Task
+from ._models import (
+    BlendDimensions,
+    BotType,
+    Button,
+    SubmitRequest,
+    SubmitResult,
+    Task,
+    TaskStatus,
+)
 from ._otel import Tracing
 from ._poller import Final, Poller, PollPolicy
-from ._protocol import check_task_id
+from ._protocol import ROUTES, check_task_id
 from ._relay import Relay
 from ._transport import AsyncTransport
 from .errors import (
     ClientClosedError,
+    ConfigurationError,
     DownloadError,
     InvalidInputError,
     QuickMJError,
     TaskNotFoundError,
+    UnsupportedByRelayError,
     UsageError,
 )
 
@@ -78,6 +89,8 @@ if TYPE_CHECKING:
     from .webhook import WebhookReceiver
 
 __all__ = ("AsyncClient", "ProgressCallback", "TaskRef")
+
+logger = logging.getLogger("quickmj")
 
 
 class _State(enum.Enum):
@@ -183,6 +196,7 @@ class AsyncClient:
         url = resolve_base_url(base_url)
         self._mode: Mode | None = resolve_mode(mode)
         self._dialect: Dialect = resolve_dialect(dialect, url)
+        _check_mode(self._mode, self._dialect, url)
         self._auth_scheme: AuthScheme = check_auth_scheme(
             auth_scheme or default_auth_scheme(self._dialect)
         )
@@ -369,17 +383,21 @@ class AsyncClient:
     # ---- submits ----
 
     def _submission(
-        self, route: str, build_request: Callable[[], Awaitable[SubmitRequest]]
+        self,
+        route: str,
+        build_request: Callable[[], Awaitable[SubmitRequest]],
+        *,
+        parent_succeeded: bool = False,
     ) -> Submission:
         if self._state is _State.CLOSED:
             raise ClientClosedError("the client is closed")
         gate = self._gate
         if gate is not None:
-            return self._admitted(gate, route, build_request)
+            return self._admitted(gate, route, build_request, parent_succeeded)
 
         async def send() -> AsyncJob:
             request = await build_request()
-            result = await self._relay.submit(route, request)
+            result = await self._relay.submit(route, request, parent_succeeded=parent_succeeded)
             return self._job(route, request, result)
 
         return Submission(self._traced(route, send), f"POST {route}")
@@ -389,6 +407,7 @@ class AsyncClient:
         gate: Admission,
         route: str,
         build_request: Callable[[], Awaitable[SubmitRequest]],
+        parent_succeeded: bool = False,
     ) -> Submission:
         """A submit that waits for a slot of the account's budget (see ``_admission``)."""
         phase = SendPhase()
@@ -396,10 +415,11 @@ class AsyncClient:
         async def send() -> AsyncJob:
             request = await build_request()
 
+            def submit() -> Awaitable[SubmitResult]:
+                return self._relay.submit(route, request, parent_succeeded=parent_succeeded)
+
             async def attempt(lease: Lease) -> SubmitResult:
-                return await submit_with(
-                    lease, lambda: self._relay.submit(route, request), self._hold
-                )
+                return await submit_with(lease, submit, self._hold)
 
             return self._job(route, request, await gate.run(attempt, phase))
 
@@ -597,10 +617,15 @@ class AsyncClient:
 
         Raises:
             ButtonNotFoundError: no button of the task matches ``button``.
+            UnsupportedByRelayError: the dialect is ``midjourney-proxy``, which has no
+                ``/submit/action`` (raised at once, nothing sent): use :meth:`change`.
             SubmitRejectedError: the relay refused (nothing was created).
             SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         from ._models import ActionRequest
+
+        if self._dialect == "midjourney-proxy":
+            raise _no_action_route(button)
 
         async def request() -> ActionRequest:
             return ActionRequest(
@@ -660,6 +685,10 @@ class AsyncClient:
         """Upscale, vary or reroll a grid with ``/submit/change``.
 
         The older route (midjourney-proxy, QuickRouter); ``action`` works on buttons.
+        midjourney-proxy saves task updates in the background, so right after the grid
+        succeeded it can answer "related task not found" (code 3) or "related task status
+        wrong" (code 4); when ``task`` is a Task (or a job handle) seen in SUCCESS, such an
+        answer, which created nothing, is sent once more after 1.5 s.
 
         Args:
             task: the finished grid (its id, the Task, or a job handle).
@@ -680,6 +709,7 @@ class AsyncClient:
         return self._submission(
             "/submit/change",
             lambda: _ready(build.change(task_id_of(task), label, self._hook(notify_hook), state)),
+            parent_succeeded=_seen_succeeded(task),
         )
 
     def simple_change(
@@ -1102,6 +1132,67 @@ class AsyncClient:
             The task's states, the final one last.
         """
         return watch(self.poller, task_id_of(task))
+
+
+#: (base URL, mode) pairs already warned about: the warning is logged once per process.
+_MODE_WARNED: set[tuple[str, str]] = set()
+
+
+def _check_mode(mode: Mode | None, dialect: Dialect, base_url: str) -> None:
+    """Refuse a speed mode a dialect cannot serve; warn once where it is dropped.
+
+    A self-hosted midjourney-proxy is served under ``/mj`` only, so every ``/mj-fast``
+    request would be a 404. new-api (QuickRouter) serves ``/{mode}/mj`` but strips the
+    prefix before it forwards (``getMjRequestPath``): the key's default speed applies.
+    """
+    if mode is None:
+        return
+    if dialect == "midjourney-proxy":
+        raise ConfigurationError(
+            f"mode={mode!r}: midjourney-proxy serves no speed-mode prefix (/mj-{mode}/mj is a "
+            f"404 there); use mode=None and put --{mode} in the prompt"
+        )
+    if dialect == "quickrouter" and (base_url, mode) not in _MODE_WARNED:
+        _MODE_WARNED.add((base_url, mode))
+        logger.warning(
+            "quickmj: mode=%r: new-api relays such as QuickRouter drop the /mj-%s prefix before "
+            "forwarding, so the key's default speed likely applies; put --%s in the prompt "
+            "instead (unless the relay strips speed flags)",
+            mode,
+            mode,
+            mode,
+        )
+
+
+def _seen_succeeded(task: TaskRef) -> bool:
+    """``task`` is a Task in SUCCESS, or a job handle whose last state seen was."""
+    seen = task if isinstance(task, Task) else getattr(task, "last", None)
+    return isinstance(seen, Task) and seen.status is TaskStatus.SUCCESS
+
+
+# customId kinds /submit/change can do instead (midjourney-proxy has no /submit/action).
+_CHANGE_LABEL = {"upsample": "U", "variation": "V", "reroll": "R"}
+
+
+def _no_action_route(button: Button | str) -> UnsupportedByRelayError:
+    """midjourney-proxy answers /submit/action 404: say so, and what to call instead."""
+    if isinstance(button, str) and not button.startswith("MJ::"):
+        wanted = button.strip()
+        label = {"🔄": "R"}.get(wanted, wanted.upper())
+    else:
+        pressed = button if isinstance(button, Button) else Button(custom_id=str(button))
+        letter = _CHANGE_LABEL.get(pressed.kind, "")
+        label = letter + (str(pressed.index) if pressed.index and letter != "R" else "")
+    if label == "R" or (len(label) == 2 and label[0] in "UV" and label[1] in "1234"):
+        how = f"use change(task, {label!r}) instead"
+    else:
+        how = "it can only upscale, vary or reroll, with change(task, 'U1'..'U4', 'V1'..'V4', 'R')"
+    return UnsupportedByRelayError(
+        f"/submit/action: midjourney-proxy has no /submit/action route (nothing was sent); {how}",
+        route="POST /submit/action",
+        dialects=ROUTES["POST /submit/action"],
+        path="/submit/action",
+    )
 
 
 async def _ready(value: Any) -> Any:

@@ -7,7 +7,8 @@
 - :func:`task_unknown`: the single "this task id does not exist" rule (fetch, image-seed,
   actions), and :func:`read_fetch` for the "empty answer" forms of it.
 - :func:`outcome_unknown`: when a submit's answer leaves it open whether a job exists.
-- :func:`retry_read` / :func:`retry_submit`: what may be sent again.
+- :func:`retry_read` / :func:`retry_submit`: what may be sent again; :func:`store_lag` for
+  a change refused while midjourney-proxy's store lags behind a parent that succeeded.
 - :func:`change_key`: the single "the task changed" rule; :func:`merge_rows` for the
   duplicate rows new-api answers after a modal.
 - :func:`task_path`: ids as one safe path segment.
@@ -33,6 +34,8 @@ from .errors import (
     HTTPStatusError,
     InvalidInputError,
     MalformedResponseError,
+    ModelUnavailableError,
+    NoAvailableAccountError,
     QueueFullError,
     QuickMJError,
     RateLimitError,
@@ -61,8 +64,10 @@ __all__ = (
     "retry_read",
     "retry_submit",
     "status_error",
+    "store_lag",
     "task_path",
     "task_unknown",
+    "with_mode_hint",
 )
 
 
@@ -108,7 +113,7 @@ _CODE_ERRORS: dict[int, type[SubmitRejectedError]] = {
     24: BannedPromptError,
 }
 _CODE_NAMES = {
-    3: "related task or account not found",
+    3: "not found",
     4: "invalid request",
     5: "relay error",
     9: "relay system error",
@@ -124,6 +129,18 @@ _QUEUE_FULL_MARKERS = (
     "queue is full",
     "queue full",
 )
+# "No free Midjourney account": OSS-Java TaskServiceImpl and TrueAI TaskService answer code 3
+# 无可用的账号实例 when no account instance is alive (TrueAI's admin routes use 9); OSS-Java
+# answers 3 账号不可用: <id> when the account that ran the parent is gone. new-api's
+# English for it (its channel auto-ban log) is "No available account instance".
+_NO_ACCOUNT_MARKERS = (
+    "无可用的账号实例",
+    "账号不可用",
+    "no available account",
+)
+# Code 3/4 answers to /submit/change whose parent the caller saw SUCCESS: midjourney-proxy
+# saves tasks asynchronously (novicezk#252), so they may be its store lagging.
+_STORE_LAG_MARKERS = ("关联任务不存在", "关联任务状态错误", "task_status_not_success")
 # How relays say "this task id does not exist": new-api's own errors (with and without
 # the trailing space it sends), and the proxies' 关联任务不存在或已失效 ("does not exist").
 _UNKNOWN_TASK_MARKERS = ("task_no_found", "task_not_found", "不存在")
@@ -152,11 +169,14 @@ def rejection(
     """The typed error for a relay rejection code."""
     text = description.lower()
     cls = _CODE_ERRORS.get(code, SubmitRejectedError)
-    if any(m in text for m in _QUEUE_FULL_MARKERS):
+    what = _CODE_NAMES.get(code, "rejected")
+    if any(m in text for m in _NO_ACCOUNT_MARKERS):
+        # Code 3 is two things: this one created nothing and passes (retry later).
+        cls, what = NoAvailableAccountError, "no free relay account, retry later"
+    elif any(m in text for m in _QUEUE_FULL_MARKERS):
         cls = QueueFullError
     elif code == 4 and any(m in text for m in _UNKNOWN_TASK_MARKERS):
         cls = RelatedTaskNotFoundError  # new-api says 4 where the proxies say 3
-    what = _CODE_NAMES.get(code, "rejected")
     detail = f": {description.strip()}" if description.strip() else ""
     if cls is BannedPromptError and properties and properties.get("bannedWord"):
         detail += f" (banned word: {properties['bannedWord']!r})"
@@ -180,7 +200,7 @@ def task_unknown(exc: BaseException) -> bool:
     proxies: code 3 ``关联任务不存在或已失效``. Not: code 3 "no usable account" or
     image-seed's HTTP 200 code 3 "no seed found".
     """
-    if not isinstance(exc, SubmitRejectedError):
+    if not isinstance(exc, SubmitRejectedError) or isinstance(exc, NoAvailableAccountError):
         return False
     text = exc.description.lower()
     if any(m in text for m in _UNKNOWN_TASK_MARKERS):
@@ -275,7 +295,7 @@ def status_error(
     if _openai_code(data) == "model_not_found":
         # new-api's distributor found no channel for the route's model: refused before
         # anything was forwarded upstream, so nothing was created.
-        return _not_served(path, common, web_page=False)
+        return _model_unavailable(path, _openai_message(data) or body[:200], common)
     if status >= 500:
         return ServerError(f"{path}: relay error HTTP {status}: {body[:200]}", **common)
     if status < 400:
@@ -305,10 +325,77 @@ def _auth_error(
             f"{path}: the image host refused access (HTTP {status}); the link may have expired",
             **common,
         )
-    message = _openai_message(data) or body[:200] or "no detail"
+    message = _mask_key_hint(_relay_message(data) or body[:200] or "no detail")
+    common["body"] = _mask_key_hint(common.get("body", ""))
+    reason = _auth_reason(message)
     return AuthenticationError(
-        f"{path}: authentication failed (HTTP {status}): {message}; "
-        "check the API key and the auth_scheme",
+        f"{path}: authentication failed (HTTP {status}): {message}; {_AUTH_HINTS[reason]}",
+        reason=reason,
+        **common,
+    )
+
+
+# What a relay's 401/403 text says is wrong with the key (new-api model/token.go
+# ValidateUserToken and its i18n token.* / distributor.* messages, TrueAI's
+# SimpleAuthMiddleware), first match wins; None: it did not say.
+_AUTH_REASONS: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("exhausted", ("额度已用尽", "quota is exhausted", "tokenstatusexhausted")),
+    ("expired", ("已过期", "has expired")),
+    ("disabled", ("状态不可用", "status is unavailable", "账号已禁用", "账号不可用")),
+    ("model_forbidden", ("无权访问模型", "no access to model")),
+    ("invalid", ("无效的令牌", "invalid token", "未提供令牌", "token not provided")),
+)
+_AUTH_HINTS: dict[str | None, str] = {
+    "exhausted": "the key is valid but its quota is used up: top it up on the relay",
+    "expired": "the key has expired: renew it (or make a new one) on the relay",
+    "disabled": "the key (or its account) is disabled: enable it on the relay",
+    "model_forbidden": "the key may not use this action's model: allow it on the relay",
+    "invalid": "check the API key and the auth_scheme",
+    None: "check the API key and the auth_scheme",
+}
+# new-api quotes a key as [sk-abc***xyz] in its "exhausted" message: not the key, but
+# no part of it is repeated either.
+_KEY_HINT = re.compile(r"sk-[A-Za-z0-9]{1,12}\*{3}[A-Za-z0-9]{1,12}")
+
+
+def _auth_reason(message: str) -> str | None:
+    text = message.lower()
+    for reason, markers in _AUTH_REASONS:
+        if any(m in text for m in markers):
+            return reason
+    return None
+
+
+def _mask_key_hint(text: str) -> str:
+    return _KEY_HINT.sub("sk-***", text)
+
+
+def _relay_message(data: Any) -> str | None:
+    """new-api's ``{"error": {"message"}}``, or a ``{"success": false, "message"}`` body."""
+    found = _openai_message(data)
+    if found is None and isinstance(data, dict) and isinstance(data.get("message"), str):
+        found = data["message"]
+    return found
+
+
+# new-api's distributor names the model and the group: "当前分组 default 下对于模型
+# mj_custom_zoom 无可用渠道" (older), "分组 default 下模型 mj_x 无可用渠道（distributor）",
+# "No available channel for model mj_x under group default (distributor)".
+_MODEL_NAMED = re.compile(r"(?:模型\s*|\bmodel\s+)([A-Za-z0-9_.:/-]+)", re.IGNORECASE)
+_GROUP_NAMED = re.compile(r"(?:分组\s*|\bgroup\s+)([A-Za-z0-9_.:/()-]+)", re.IGNORECASE)
+
+
+def _model_unavailable(path: str, message: str, common: dict[str, Any]) -> ModelUnavailableError:
+    model = _MODEL_NAMED.search(message)
+    group = _GROUP_NAMED.search(message)
+    name = model.group(1) if model else None
+    what = f"model {name}" if name else "the model of this action"
+    return ModelUnavailableError(
+        f"{path}: the relay has no channel for {what} in your key's group (HTTP "
+        f"{common.get('status', 503)} model_not_found): {message.strip()}; nothing was "
+        "created; ask the relay's operator to enable it",
+        model=name,
+        group=group.group(1) if group else None,
         **common,
     )
 
@@ -535,6 +622,40 @@ def retry_submit(exc: QuickMJError, *, backpressure: bool) -> bool:
     if isinstance(exc, ConnectError):
         return True
     return backpressure and isinstance(exc, (RateLimitError, QueueFullError))
+
+
+def store_lag(exc: QuickMJError) -> bool:
+    """Could ``exc``, answered to ``/submit/change`` for a parent seen SUCCESS, be the store lag?
+
+    midjourney-proxy saves task updates on a background executor (``DiscordInstanceImpl``
+    ``asyncSaveAndNotify``) and ``SubmitController.change`` reads its store: right after
+    the parent succeeded it can answer code 3 关联任务不存在或已失效 or code 4 关联任务状态错误
+    (novicezk#252); new-api relays those, or says ``task_status_not_success`` itself. Such
+    an answer created nothing, so the change may be sent once more after a pause.
+    """
+    if not isinstance(exc, SubmitRejectedError) or isinstance(exc, NoAvailableAccountError):
+        return False
+    text = exc.description.lower()
+    return exc.code in (3, 4) and any(m in text for m in _STORE_LAG_MARKERS)
+
+
+def with_mode_hint(exc: UnsupportedByRelayError, prefix: str) -> UnsupportedByRelayError:
+    """A "route not served" error for a request under a speed-mode prefix, saying so.
+
+    A server without ``/mj-fast``-style routes (self-hosted midjourney-proxy) answers
+    every prefixed path 404: the prefix, not the route, is then what it lacks.
+    """
+    return UnsupportedByRelayError(
+        f"{exc}; the request went to {prefix}{exc.path}: this relay may serve no speed-mode "
+        "prefix (midjourney-proxy serves none): try mode=None",
+        route=exc.route,
+        dialects=exc.dialects,
+        status=exc.status,
+        body=exc.body,
+        path=exc.path,
+        headers=exc.headers,
+        request_id=exc.request_id,
+    )
 
 
 # ---- tasks: ids, changes, duplicate rows ----

@@ -28,8 +28,10 @@ from ._protocol import (
     retry_read,
     retry_submit,
     status_error,
+    store_lag,
     task_path,
     task_unknown,
+    with_mode_hint,
 )
 from ._retry import retrying
 from .errors import (
@@ -38,13 +40,21 @@ from .errors import (
     NotFoundError,
     QuickMJError,
     SubmitOutcomeUnknownError,
+    SubmitRejectedError,
     TaskNotFoundError,
     TransportError,
+    UnsupportedByRelayError,
 )
 
 __all__ = ("Relay",)
 
 logger = logging.getLogger("quickmj")
+
+#: Seconds before a change refused by a lagging store (``store_lag``) is sent again.
+#: midjourney-proxy saves on a background executor, normally within milliseconds; its
+#: users saw the same call pass when simply repeated (novicezk#252).
+STORE_LAG_PAUSE = 1.5
+_CHANGE_ROUTES = frozenset({"/submit/change", "/submit/simple-change"})
 
 #: Dialects whose fetch can answer a stale row after a modal (new-api keeps two rows).
 _STALE_FETCH: frozenset[str] = frozenset({"quickrouter", "auto"})
@@ -89,22 +99,44 @@ class Relay:
         )
 
     def _interpret(self, answer: Answer, path: str, *, creates: bool = False) -> Any:
-        return read_answer(answer, path, self.http.key, dialect=self.dialect, creates=creates)
+        try:
+            return read_answer(answer, path, self.http.key, dialect=self.dialect, creates=creates)
+        except UnsupportedByRelayError as exc:
+            if self.http.prefix == "/mj":
+                raise
+            raise with_mode_hint(exc, self.http.prefix) from None
 
     # ---- submits ----
 
-    async def submit(self, route: str, request: SubmitRequest) -> SubmitResult:
+    async def submit(
+        self, route: str, request: SubmitRequest, *, parent_succeeded: bool = False
+    ) -> SubmitResult:
         """``POST <route>`` (``/submit/imagine``, ``/insight-face/swap``, ...).
 
         Re-sent only when nothing can have been created (a failed connect; with
-        ``RetryPolicy.retry_submits``, a 429 or queue-full answer too).
+        ``RetryPolicy.retry_submits``, a 429 or queue-full answer too). A change whose
+        parent the caller saw SUCCESS (``parent_succeeded``) is sent once more after
+        ``STORE_LAG_PAUSE`` when midjourney-proxy's store lags behind (``store_lag``).
         """
         body = unstructure(request)
         policy = self.retry
+        lag_retry = parent_succeeded and route in _CHANGE_ROUTES
 
-        async def once() -> SubmitResult:
+        async def send() -> SubmitResult:
             answer = await self.http.exchange("POST", route, body=body)
             return read_submit(self._interpret(answer, route, creates=True), route)
+
+        async def once() -> SubmitResult:
+            nonlocal lag_retry
+            try:
+                return await send()
+            except SubmitRejectedError as exc:
+                if not (lag_retry and store_lag(exc)):
+                    raise
+                lag_retry = False  # once: a second such answer is the relay's word
+                logger.info("POST %s: %s; the parent succeeded: sending again", route, exc)
+            await self.http.sleep(STORE_LAG_PAUSE)
+            return await send()
 
         try:
             result = await retrying(

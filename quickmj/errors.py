@@ -15,15 +15,17 @@ all; the branches let callers react at the right level::
     │   └── SubmitOutcomeUnknownError            a submit may or may not have created a job
     ├── APIError                             the relay answered with an error
     │   ├── HTTPStatusError                      by HTTP status
-    │   │   ├── AuthenticationError (401/403)
+    │   │   ├── AuthenticationError (401/403, .reason)
     │   │   ├── NotFoundError (404)
     │   │   │   └── UnsupportedByRelayError          the relay does not serve this route
+    │   │   ├── ModelUnavailableError (.model)       new-api has no channel for the model
     │   │   ├── RateLimitError (429, .retry_after)
     │   │   └── ServerError (5xx)
     │   └── SubmitRejectedError                  by relay code (.code, .description, .properties)
     │       ├── ValidationError (4)
     │       ├── RelatedTaskNotFoundError (3)
     │       ├── QueueFullError (23; 9 "queue full")
+    │       │   └── NoAvailableAccountError (3)      the relay has no free (Discord) account
     │       └── BannedPromptError (24, .banned_word)
     ├── MalformedResponseError (ValueError)  non-JSON, HTML or wrong-shape body
     ├── DownloadError                        an image could not be saved
@@ -66,6 +68,8 @@ __all__ = (
     "InvalidInputError",
     "JournalError",
     "MalformedResponseError",
+    "ModelUnavailableError",
+    "NoAvailableAccountError",
     "NotFoundError",
     "QueueFullError",
     "QuickMJError",
@@ -231,7 +235,32 @@ class HTTPStatusError(APIError):
 
 
 class AuthenticationError(HTTPStatusError):
-    """HTTP 401/403: the key is missing, wrong, disabled or lacks permission."""
+    """HTTP 401/403: the key is missing, wrong, disabled or lacks permission.
+
+    The message keeps the relay's own words, and ``reason`` says what they mean when the
+    relay said which (new-api, TrueAI): ``"invalid"`` (unknown key), ``"expired"``,
+    ``"exhausted"`` (a valid key whose quota is used up: top it up), ``"disabled"``,
+    ``"model_forbidden"`` (the key may not use this action's model), or None.
+
+    Attributes:
+        reason: what the relay said is wrong with the key, or None when it did not say.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int,
+        body: str = "",
+        path: str = "",
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+        reason: str | None = None,
+    ) -> None:
+        self.reason = reason
+        super().__init__(
+            message, status=status, body=body, path=path, headers=headers, request_id=request_id
+        )
 
 
 class NotFoundError(HTTPStatusError):
@@ -260,6 +289,41 @@ class UnsupportedByRelayError(NotFoundError):
     ) -> None:
         self.route = route
         self.dialects: tuple[str, ...] = tuple(dialects)
+        super().__init__(
+            message, status=status, body=body, path=path, headers=headers, request_id=request_id
+        )
+
+
+class ModelUnavailableError(HTTPStatusError):
+    """new-api has no channel for the model of this action in the key's group (HTTP 503,
+    ``model_not_found``): the request was refused before it reached a Midjourney server, so
+    nothing was created (for a submit too, although a 503 usually leaves that open).
+
+    new-api prices and routes every action as a model (``mj_imagine``, ``mj_upscale``,
+    ``mj_custom_zoom``, ...). The route exists, so this is not an UnsupportedByRelayError,
+    and no retry helps until the relay's operator enables a channel for the model (new-api
+    also disables a channel by itself after it answered "no available account"), so it is
+    not a ServerError either. Catch it (or :class:`APIError`) to skip the action.
+
+    Attributes:
+        model: the model the relay named (``"mj_custom_zoom"``), or None.
+        group: the key's group the relay named (``"default"``), or None.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        model: str | None = None,
+        group: str | None = None,
+        status: int = 503,
+        body: str = "",
+        path: str = "",
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        self.model = model
+        self.group = group
         super().__init__(
             message, status=status, body=body, path=path, headers=headers, request_id=request_id
         )
@@ -324,11 +388,25 @@ class ValidationError(SubmitRejectedError):
 
 
 class RelatedTaskNotFoundError(SubmitRejectedError):
-    """Code 3: the parent task (or a usable account) was not found."""
+    """Code 3 ``关联任务不存在或已失效``: the relay does not know the parent task.
+
+    (Code 3 "no available account" is :class:`NoAvailableAccountError` instead.)
+    """
 
 
 class QueueFullError(SubmitRejectedError):
     """Code 23 (or 9 with a queue-full message): nothing was created; retry later."""
+
+
+class NoAvailableAccountError(QueueFullError):
+    """Code 3 ``无可用的账号实例`` ("no available account instance"): the relay has no free
+    Midjourney (Discord) account right now. Nothing was created; retry later.
+
+    A QueueFullError because it means the same to a caller: the relay is out of capacity,
+    so adaptive admission, ``RetryPolicy.retry_submits`` and the batch treat it as queue
+    full (the prompt stays pending). It concerns the relay's own accounts, not your keys
+    (compare ``NoUsableAccountError``). The relay's words are in ``description``.
+    """
 
 
 class BannedPromptError(SubmitRejectedError):

@@ -24,6 +24,8 @@ from quickmj import (
     InvalidInputError,
     JournalError,
     MalformedResponseError,
+    ModelUnavailableError,
+    NoAvailableAccountError,
     NotFoundError,
     QueueFullError,
     QuickMJError,
@@ -68,12 +70,14 @@ TREE: list[tuple[type, type | None, tuple[type, ...]]] = [
     (AuthenticationError, HTTPStatusError, ()),
     (NotFoundError, HTTPStatusError, ()),
     (UnsupportedByRelayError, NotFoundError, ()),
+    (ModelUnavailableError, HTTPStatusError, ()),
     (RateLimitError, HTTPStatusError, ()),
     (ServerError, HTTPStatusError, ()),
     (SubmitRejectedError, APIError, ()),
     (ValidationError, SubmitRejectedError, ()),
     (RelatedTaskNotFoundError, SubmitRejectedError, ()),
     (QueueFullError, SubmitRejectedError, ()),
+    (NoAvailableAccountError, QueueFullError, ()),
     (BannedPromptError, SubmitRejectedError, ()),
     (MalformedResponseError, QuickMJError, (ValueError,)),
     (DownloadError, QuickMJError, ()),
@@ -250,7 +254,7 @@ def test_excerpt() -> None:
     ("code", "description", "error"),
     [
         (3, "关联任务不存在或已失效", RelatedTaskNotFoundError),
-        (3, "无可用的账号实例", RelatedTaskNotFoundError),
+        (3, "无可用的账号实例", NoAvailableAccountError),
         (4, "prompt不能为空", ValidationError),
         (4, "task_no_found ", RelatedTaskNotFoundError),
         (4, "task_not_found", RelatedTaskNotFoundError),
@@ -309,7 +313,7 @@ def test_task_unknown_rule(error: QuickMJError, unknown: bool) -> None:
         ({"code": 23, "description": "队列已满，请稍后尝试", "result": None}, QueueFullError, "23"),
         ({"code": 9, "description": "提交失败，队列已满，请稍后重试"}, QueueFullError, "code 9"),
         ({"code": 4, "description": "base64格式错误"}, ValidationError, "base64格式错误"),
-        ({"code": 3, "description": "无可用的账号实例"}, RelatedTaskNotFoundError, "code 3"),
+        ({"code": 3, "description": "无可用的账号实例"}, NoAvailableAccountError, "code 3"),
         ({"code": 9, "description": "system error"}, SubmitRejectedError, "system error"),
         (
             {"success": False, "code": -1, "message": "并发数已达上限", "timestamp": "t"},
@@ -385,9 +389,14 @@ async def test_success_codes_are_not_errors(
 ) -> None:
     """1, 22 (queued) and 21 (modal needed) give a job handle. ``queued`` is None where
     new-api may have hidden a 22 inside its 1 (quickrouter, auto)."""
-    script = Script({"POST /mj/submit/action": {"json": body}})
+    # midjourney-proxy has no /submit/action: its answers are read on /submit/change.
+    route = "change" if dialect == "midjourney-proxy" else "action"
+    script = Script({f"POST /mj/submit/{route}": {"json": body}})
     async with script.client(dialect=dialect) as mj:
-        job = await mj.action("9", "MJ::CustomZoom::h")
+        if route == "change":
+            job = await mj.change("9", "U1")
+        else:
+            job = await mj.action("9", "MJ::CustomZoom::h")
         if needs_modal:
             with pytest.raises(TaskNeedsModalError, match="modal"):
                 await job.wait()
@@ -398,7 +407,7 @@ async def test_success_codes_are_not_errors(
         job.queue_position,
         job.needs_modal,
     )
-    assert ["POST /mj/submit/action"] == script.calls  # a modal job is not polled
+    assert [f"POST /mj/submit/{route}"] == script.calls  # a modal job is not polled
 
 
 async def test_related_task_404_on_action() -> None:
