@@ -45,7 +45,7 @@ from ._config import (
     resolve_mode,
 )
 from ._converter import structure_task
-from ._files import download_url, safe_stem
+from ._files import save_task_media
 from ._http import Http
 from ._images import ImageInput
 from ._jobs import (
@@ -76,7 +76,6 @@ from ._transport import AsyncTransport
 from .errors import (
     ClientClosedError,
     ConfigurationError,
-    DownloadError,
     InvalidInputError,
     QuickMJError,
     TaskNotFoundError,
@@ -1036,6 +1035,13 @@ class AsyncClient:
         of ``image_urls``), never from the URL. The file appears only when complete (atomic
         rename).
 
+        A 200 answer that is no image or video (an HTML page, whatever its Content-Type;
+        an empty body) is never saved. When the link is refused or gone (HTTP 403/404/410:
+        signed Discord links expire) or serves no image, a Task passed in is read again
+        once and its link tried if it changed. A loopback link to the relay's image route
+        (new-api without ServerAddress: ``http://localhost:3000/mj/image/{id}``) is read
+        through ``base_url``.
+
         Args:
             task: the task (a Task is used as it is; an id or handle is fetched first).
             dest: the directory to save into.
@@ -1047,26 +1053,21 @@ class AsyncClient:
             The path of the saved file.
 
         Raises:
+            ImageExpiredError: the link is refused or gone and the relay has no fresher one.
+            NotAnImageError: the link answers something that is no image (nothing saved).
             DownloadError: the task has no image yet, or it could not be fetched.
             InvalidInputError: ``index`` is out of range.
             StorageError: the disk refused the write.
         """
-        resolved = task if isinstance(task, Task) else await self.fetch(task)
-        if index is None:
-            # A video job's image is its thumbnail: the video is what was asked for.
-            url = resolved.video_url or resolved.image_url
-            stem = safe_stem(filename or resolved.id)
-        else:
-            if not 1 <= index <= len(resolved.image_urls):
-                raise InvalidInputError(
-                    f"task {resolved.id} has {len(resolved.image_urls)} image_urls; "
-                    f"index {index} is out of range"
-                )
-            url = resolved.image_urls[index - 1].url
-            stem = safe_stem(filename or f"{resolved.id}-{index}")
-        if not url:
-            raise DownloadError(f"task {resolved.id} has no image yet (status {resolved.status})")
-        return await download_url(self._relay, url, dest, stem)
+        if isinstance(task, Task):
+            # A Task may be old (its signed link expired): a dead link re-reads it once.
+            return await save_task_media(
+                self._relay, task, dest, index=index, filename=filename, reread=self.fetch
+            )
+        resolved = await self.fetch(task)
+        return await save_task_media(
+            self._relay, resolved, dest, index=index, filename=filename, reread=None
+        )
 
     # ---- waiting (through the shared poller) ----
 

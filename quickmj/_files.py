@@ -9,19 +9,37 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import mimetypes
+import logging
 import os
 import re
 import tempfile
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ._blocking import off_loop
 from ._http import MAX_DOWNLOAD_BYTES
+from ._models import Task
 from ._relay import Relay
-from .errors import InvalidInputError, QuickMJError, StorageError
+from .errors import (
+    ClientClosedError,
+    DownloadError,
+    ImageExpiredError,
+    InvalidInputError,
+    NotAnImageError,
+    QuickMJError,
+    StorageError,
+)
 
-__all__ = ("PART_SUFFIX", "download_url", "safe_stem", "storage_error")
+__all__ = (
+    "PART_SUFFIX",
+    "download_url",
+    "media_of",
+    "safe_stem",
+    "save_task_media",
+    "storage_error",
+)
+
+logger = logging.getLogger("quickmj")
 
 PART_SUFFIX = ".part"
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
@@ -31,8 +49,12 @@ _EXTENSIONS = {
     "image/webp": ".webp",
     "image/gif": ".gif",
     "video/mp4": ".mp4",
+    "video/quicktime": ".mov",
+    "video/webm": ".webm",
+    "image/avif": ".avif",
+    "image/heic": ".heic",
+    "image/heif": ".heif",
 }
-_KNOWN_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".mp4"})
 _DISK_ERRNOS = frozenset(
     {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, getattr(errno, "EDQUOT", errno.ENOSPC)}
 )
@@ -71,16 +93,14 @@ def storage_error(exc: OSError, path: str | os.PathLike[str]) -> StorageError | 
     )
 
 
-def _extension(content_type: str, url: str) -> str:
+def _extension(content_type: str, sniffed: str) -> str:
+    """The extension the label names when it agrees with the bytes on image or video,
+    else that of the bytes (a storage that serves application/octet-stream, a thumbnail
+    labelled video/mp4); never from the URL."""
     mime = content_type.split(";", 1)[0].strip().lower()
-    if mime in _EXTENSIONS:
+    if mime in _EXTENSIONS and mime.split("/")[0] == sniffed.split("/")[0]:
         return _EXTENSIONS[mime]
-    # The URL's suffix is used only if it is a known image suffix, never as a path.
-    suffix = os.path.splitext(urlsplit(url).path)[1].lower()
-    if suffix in _KNOWN_SUFFIXES:
-        return suffix
-    guessed = mimetypes.guess_extension(mime) if mime.startswith("image/") else None
-    return guessed or ".bin"
+    return _EXTENSIONS.get(sniffed, ".bin")
 
 
 async def download_url(
@@ -102,10 +122,12 @@ async def download_url(
         raise storage_error(exc, directory) or _cannot(exc, directory) from None
     try:
         with os.fdopen(fd, "wb") as fh:
-            content_type = await relay.download(url, fh, max_bytes)
+            # The relay checks size and leading bytes before this returns: a web page or
+            # an empty answer raises here, and the temp file is removed below.
+            content_type, sniffed = await relay.download(url, fh, max_bytes)
             fh.flush()
             os.fsync(fh.fileno())
-        final = directory / f"{stem}{_extension(content_type, url)}"
+        final = directory / f"{stem}{_extension(content_type, sniffed)}"
         os.chmod(tmp_name, _FILE_MODE)
         os.replace(tmp_name, final)
     except BaseException as exc:
@@ -123,3 +145,85 @@ def _cannot(exc: OSError, path: Path) -> StorageError:
     return StorageError(
         f"cannot write into {str(path)!r}: {exc.strerror or exc}", path=str(path), errno=exc.errno
     )
+
+
+# ---- a task's image, with one re-read of the task when its link is dead ----
+
+#: A link that is dead (refused, gone) or serves no image: worth one re-read of the task.
+_STALE = (ImageExpiredError, NotAnImageError)
+
+
+def media_of(task: Task, index: int | None, filename: str | None) -> tuple[str, str]:
+    """The URL to save for ``task`` and the file's stem (see ``AsyncClient.download``)."""
+    if index is None:
+        # A video job's image is its thumbnail: the video is what was asked for.
+        url = task.video_url or task.image_url
+        stem = safe_stem(filename or task.id)
+    else:
+        if not 1 <= index <= len(task.image_urls):
+            raise InvalidInputError(
+                f"task {task.id} has {len(task.image_urls)} image_urls; "
+                f"index {index} is out of range"
+            )
+        url = task.image_urls[index - 1].url
+        stem = safe_stem(filename or f"{task.id}-{index}")
+    if not url:
+        raise DownloadError(f"task {task.id} has no image yet (status {task.status})")
+    return url, stem
+
+
+async def save_task_media(
+    relay: Relay,
+    task: Task,
+    dest: str | os.PathLike[str],
+    *,
+    index: int | None,
+    filename: str | None,
+    reread: Callable[[str], Awaitable[Task]] | None,
+) -> Path:
+    """Save ``task``'s image (or video) into ``dest``.
+
+    A link the host refuses or that serves no image gets one more chance: ``reread`` (the
+    client's fetch; None when ``task`` was read just now) reads the task again, and its
+    link is tried if it changed (Discord signs links with ``ex=/is=/hm=`` that expire, a
+    relay re-signs them). Otherwise the error says the relay has no fresher link.
+    """
+    url, stem = media_of(task, index, filename)
+    try:
+        return await download_url(relay, url, dest, stem)
+    except _STALE as exc:
+        if reread is None or not task.id:
+            why = "the task was read just now, so the relay has no fresher link"
+            raise _explained(exc, task.id, why) from exc
+        failed = exc
+    logger.info(
+        "download of task %s failed (%s): reading the task again for a fresher link",
+        task.id,
+        type(failed).__name__,
+    )
+    try:
+        fresh = await reread(task.id)
+    except ClientClosedError:
+        raise
+    except QuickMJError as exc:
+        said = " ".join(str(exc).split())  # its own error is the cause; a line here
+        why = f"reading the task again failed ({type(exc).__name__}: {said[:200]})"
+        raise _explained(failed, task.id, why) from exc
+    try:
+        fresh_url, _ = media_of(fresh, index, filename)
+    except (DownloadError, InvalidInputError):
+        raise _explained(failed, task.id, "the task read again has no such link") from failed
+    if fresh_url == url:
+        raise _explained(failed, task.id, "the relay has no fresher link") from failed
+    try:
+        return await download_url(relay, fresh_url, dest, stem)
+    except _STALE as exc:
+        raise _explained(exc, task.id, "the task read again gave a link that failed too") from exc
+
+
+def _explained(exc: ImageExpiredError | NotAnImageError, task_id: str, why: str) -> DownloadError:
+    """``exc`` again, naming the task and what the re-read found."""
+    message = f"task {task_id}: {exc}; {why}" if task_id else f"{exc}; {why}"
+    if isinstance(exc, ImageExpiredError):
+        return ImageExpiredError(message, url=exc.url, status=exc.status, task_id=task_id)
+    return NotAnImageError(message, url=exc.url, got=exc.got, task_id=task_id)

@@ -23,6 +23,7 @@ from urllib.parse import quote, urljoin, urlsplit
 import anyio
 
 from ._config import AuthScheme, Secret, Timeouts, auth_header_name, auth_header_value
+from ._images import SNIFF_BYTES
 from ._otel import answered, request_span, span_name, tracer
 from ._transport import AsyncTransport, Headers, Request, Response, read_all, read_body
 from ._version import __version__
@@ -41,6 +42,7 @@ __all__ = (
     "Answer",
     "ClosedInFlight",
     "ErrorReader",
+    "Fetched",
     "Http",
     "check_download_url",
     "display_url",
@@ -68,6 +70,19 @@ class Answer:
         self.status = status
         self.headers = headers
         self.body = body
+
+
+class Fetched:
+    """What a download brought: its Content-Type, size, first bytes and where it came
+    from (the last URL after redirects, as errors show it)."""
+
+    __slots__ = ("content_type", "head", "size", "where")
+
+    def __init__(self, content_type: str, head: bytes, size: int, where: str) -> None:
+        self.content_type = content_type
+        self.head = head
+        self.size = size
+        self.where = where
 
 
 class ClosedInFlight(ClientClosedError):
@@ -262,14 +277,18 @@ class Http:
 
     # ---- downloads ----
 
-    async def download(self, url: str, fh: IO[bytes], max_bytes: int, on_error: ErrorReader) -> str:
-        """Stream ``url`` into ``fh`` (one attempt); returns the Content-Type.
+    async def download(
+        self, url: str, fh: IO[bytes], max_bytes: int, on_error: ErrorReader
+    ) -> Fetched:
+        """Stream ``url`` into ``fh`` (one attempt); returns what came (type, size, head).
 
         Redirects are followed by hand so the key goes only to the relay's own origin:
         a CDN, or a redirect to one, never sees it. An error status is read (briefly) and
         turned into an exception by ``on_error(answer, url, key_was_sent)``.
         """
         where = self._shown(url)
+        head = bytearray()
+        size = 0
         with (
             self._traced("GET", "GET", url) as span,
             self.abortable(),
@@ -282,6 +301,9 @@ class Http:
             try:
                 async for chunk in read_body(response, max_bytes, self._shown(current)):
                     fh.write(chunk)
+                    size += len(chunk)
+                    if len(head) < SNIFF_BYTES:  # kept to tell an image from a web page
+                        head += chunk[: SNIFF_BYTES - len(head)]
             except MalformedResponseError as exc:
                 raise DownloadError(
                     f"image larger than {max_bytes} bytes: {self._shown(current)}"
@@ -289,13 +311,22 @@ class Http:
             finally:
                 with anyio.CancelScope(shield=True):
                     await response.aclose()
-        return response.headers.get("Content-Type", "")
+        content_type = self.key.redact(response.headers.get("Content-Type", ""))[:100]
+        return Fetched(content_type, bytes(head), size, self._shown(current))
+
+    def is_relay_origin(self, url: str) -> bool:
+        """Is ``url`` on the relay's own origin (scheme, host, port): the only place the key
+        is ever sent?"""
+        try:
+            return _origin(url) == self._origin
+        except ValueError:
+            return False
 
     async def _open_download(self, url: str, on_error: ErrorReader) -> tuple[Response, str]:
         current = url
         for _ in range(_MAX_REDIRECTS + 1):
             current = check_download_url(current)
-            auth = _origin(current) == self._origin
+            auth = self.is_relay_origin(current)
             request = Request(
                 "GET",
                 current,

@@ -12,7 +12,15 @@ from typing import Union
 from ._blocking import off_loop
 from .errors import InvalidInputError
 
-__all__ = ("ImageInput", "to_data_url", "to_wire_images")
+__all__ = (
+    "SNIFF_BYTES",
+    "ImageInput",
+    "media_type",
+    "sniff_mime",
+    "to_data_url",
+    "to_wire_images",
+    "what_came",
+)
 
 #: What the SDK accepts wherever an image is expected.
 ImageInput = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
@@ -30,14 +38,70 @@ _MAGIC: tuple[tuple[bytes, str], ...] = (
 )
 
 
-def sniff_mime(data: bytes) -> str:
-    """The image type from its first bytes (PNG, JPEG, GIF, WebP)."""
+def _image_mime(data: bytes) -> str | None:
     for magic, mime in _MAGIC:
         if data.startswith(magic):
             return mime
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
         return "image/webp"
-    raise InvalidInputError("not a PNG, JPEG, GIF or WebP image (unrecognised leading bytes)")
+    return None
+
+
+def sniff_mime(data: bytes) -> str:
+    """The image type from its first bytes (PNG, JPEG, GIF, WebP)."""
+    mime = _image_mime(data)
+    if mime is None:
+        raise InvalidInputError("not a PNG, JPEG, GIF or WebP image (unrecognised leading bytes)")
+    return mime
+
+
+#: ISO base media ``ftyp`` brands that are still images, not videos.
+_STILL_BRANDS = {
+    b"avif": "image/avif",
+    b"avis": "image/avif",
+    b"heic": "image/heic",
+    b"heix": "image/heic",
+    b"mif1": "image/heif",
+}
+#: Bytes enough to tell a media file from a web page (HTML can start with whitespace).
+SNIFF_BYTES = 512
+
+
+def media_type(head: bytes) -> str | None:
+    """The type of a downloaded file from its first bytes, or None if it is no image/video.
+
+    Images as the relays serve them (PNG, JPEG, GIF, WebP; AVIF/HEIC from re-hosting
+    storage) and the videos of video jobs (MP4/MOV ``ftyp``, WebM). The Content-Type is
+    not consulted: a gateway labels its HTML error page ``image/png`` as easily.
+    """
+    mime = _image_mime(head)
+    if mime is not None:
+        return mime
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand in _STILL_BRANDS:
+            return _STILL_BRANDS[brand]
+        return "video/quicktime" if brand == b"qt  " else "video/mp4"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "video/webm"
+    return None
+
+
+def what_came(head: bytes, size: int, content_type: str) -> str:
+    """Words for a download that is not media: "an HTML page", "an empty answer", ..."""
+    if size == 0:
+        return "an empty answer"
+    text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
+    label = content_type.split(";", 1)[0].strip() or "no Content-Type"
+    if text.startswith((b"<!doctype html", b"<head", b"<body")) or b"<html" in text:
+        kind = "an HTML page"
+    elif text.startswith((b"<?xml", b"<error")):
+        kind = "an XML document"
+    elif text.startswith((b"{", b"[")):
+        kind = "a JSON text"
+    else:
+        kind = "data that is no image or video"
+    return f"{kind} ({size} bytes, labelled {label})"
 
 
 def _from_bytes(data: bytes) -> str:

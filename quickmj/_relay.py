@@ -8,13 +8,18 @@ answer that leaves it open whether a job exists becomes SubmitOutcomeUnknownErro
 from __future__ import annotations
 
 import contextlib
+import ipaddress
+import json
 import logging
+import re
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
+from urllib.parse import urlsplit
 
-from ._config import Dialect, RetryPolicy
+from ._config import Dialect, RetryPolicy, Secret
 from ._converter import structure_task, unstructure
-from ._http import Answer, ClosedInFlight, Http
+from ._http import Answer, ClosedInFlight, Http, display_url
+from ._images import media_type, what_came
 from ._models import ListByIdsRequest, SubmitRequest, SubmitResult, Task, TaskStatus, UploadRequest
 from ._protocol import (
     merge_rows,
@@ -36,7 +41,9 @@ from ._protocol import (
 from ._retry import retrying
 from .errors import (
     DownloadError,
+    ImageExpiredError,
     MalformedResponseError,
+    NotAnImageError,
     NotFoundError,
     QuickMJError,
     SubmitOutcomeUnknownError,
@@ -67,6 +74,7 @@ class Relay:
         self.http = http
         self.retry = retry
         self.dialect = dialect
+        self._loopback_logged = False  # the loopback-link rewrite is logged once
 
     def __repr__(self) -> str:
         return f"<Relay {self.http.base_url} dialect={self.dialect}>"
@@ -236,23 +244,70 @@ class Relay:
 
     # ---- downloads ----
 
-    async def download(self, url: str, fh: IO[bytes], max_bytes: int) -> str:
-        """Stream ``url`` into ``fh`` (retried from the start); returns the Content-Type."""
+    async def download(self, url: str, fh: IO[bytes], max_bytes: int) -> tuple[str, str]:
+        """Stream ``url`` into ``fh`` (retried from the start).
+
+        Returns the Content-Type and the media type the file's first bytes show. A link
+        that is refused or gone (HTTP 403/404/410) is ImageExpiredError; a 200 answer that
+        is no image or video (a web page, whatever its label; nothing at all) is
+        NotAnImageError. Neither is retried here: ``AsyncClient.download`` re-reads the
+        task for a fresher link instead.
+        """
+        target = self._through_relay(url)
 
         def on_error(answer: Answer, where: str, key_sent: bool) -> Exception:
+            if answer.status in _GONE or (answer.status == 401 and not key_sent):
+                return _gone(answer, where, self.http.key)
             error = status_error(answer, where, self.http.key, from_relay=key_sent)
             if isinstance(error, NotFoundError):  # not a missing route: a missing file
                 return DownloadError(f"{where}: the image is not there (HTTP {answer.status})")
             return error
 
-        async def once() -> str:
+        async def once() -> tuple[str, str]:
             fh.seek(0)
             fh.truncate()
-            return await self.http.download(url, fh, max_bytes, on_error)
+            got = await self.http.download(target, fh, max_bytes, on_error)
+            mime = media_type(got.head) if got.size else None
+            if mime is None:
+                what = what_came(got.head, got.size, got.content_type)
+                raise NotAnImageError(
+                    f"{got.where}: expected an image, got {what}", url=got.where, got=what
+                )
+            return got.content_type, mime
 
         return await retrying(
             once, policy=self.retry, may_retry=retry_read, sleep=self.http.sleep, what="download"
         )
+
+    def _through_relay(self, url: str) -> str:
+        """A loopback link to the relay's image route, read through the relay's origin.
+
+        new-api without a ServerAddress writes ``http://localhost:3000/mj/image/{id}``
+        (QuantumNous/new-api#144); that route is its own (no key needed), so the same path
+        under ``base_url`` is the image. Other links are left as they are.
+        """
+        try:
+            parts = urlsplit(url.strip())
+            host = parts.hostname or ""
+        except (AttributeError, ValueError):
+            return url  # check_download_url refuses it in its own words
+        if (
+            parts.scheme not in ("http", "https")
+            or not _loopback(host)
+            or not _IMAGE_ROUTE.fullmatch(parts.path)
+            or self.http.is_relay_origin(url)
+        ):
+            return url
+        rewritten = self.http.base_url + parts.path + (f"?{parts.query}" if parts.query else "")
+        if not self._loopback_logged:
+            self._loopback_logged = True
+            logger.info(
+                "image link %s points at a loopback host (a new-api relay without a "
+                "ServerAddress?): reading it through %s instead",
+                display_url(url),
+                display_url(rewritten),
+            )
+        return rewritten
 
 
 @contextlib.contextmanager
@@ -273,6 +328,56 @@ def _check_id(task: Task, task_id: str, path: str) -> None:
             f"{path}: asked for task {task_id!r}, the answer is task {task.id[:40]!r}",
             path=path,
         )
+
+
+#: What an image host answers for a link that is refused or gone (an expired signature,
+#: a deleted attachment); new-api's /mj/image/{id} forwards the CDN's status as it is.
+_GONE = frozenset({403, 404, 410})
+#: The relay's own image route (new-api: ``/mj/image/:id`` and ``/:mode/mj/image/:id``).
+_IMAGE_ROUTE = re.compile(r"(?:/[^/]+)?/mj/image/[^/]+/?")
+
+
+def _loopback(host: str) -> bool:
+    """localhost (and ``*.localhost``), 127.0.0.0/8, ::1, or the unspecified 0.0.0.0/::."""
+    host = host.lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+def _gone(answer: Answer, where: str, key: Secret) -> ImageExpiredError:
+    """A refused (401/403) or missing (404/410) image: the host's words kept, briefly."""
+    status = answer.status
+    said = _said(key.redact(answer.body.decode("utf-8", "replace")))
+    detail = f"HTTP {status}: {said}" if said else f"HTTP {status}"
+    if status in (401, 403):
+        text = f"the image host refused the link ({detail}); it has probably expired"
+    else:
+        text = f"the image is not there any more ({detail})"
+    return ImageExpiredError(f"{where}: {text}", url=where, status=status)
+
+
+def _said(body: str) -> str:
+    """What an error body says in one short line: a JSON ``error``/``message``, plain
+    text; nothing for a web page."""
+    text = body.strip()
+    if not text or text.startswith("<"):
+        return ""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        data = None
+    if isinstance(data, dict):
+        found = data.get("error") or data.get("message") or data.get("description")
+        if isinstance(found, dict):
+            found = found.get("message")
+        text = found if isinstance(found, str) else ""
+    line = " ".join(text.split())
+    return line[:160] + ("..." if len(line) > 160 else "")
 
 
 def _reason(exc: QuickMJError, route: str) -> str:

@@ -29,6 +29,8 @@ all; the branches let callers react at the right level::
     │       └── BannedPromptError (24, .banned_word)
     ├── MalformedResponseError (ValueError)  non-JSON, HTML or wrong-shape body
     ├── DownloadError                        an image could not be saved
+    │   ├── ImageExpiredError                    the image host refuses the link (403/404/410)
+    │   ├── NotAnImageError                      a 200 answer that is no image (HTML, empty)
     │   └── UnsafeURLError (ValueError)          a URL the SDK refuses to follow
     ├── StorageError (OSError)               the disk is full or read-only
     ├── BatchError                           the batch job cannot go on
@@ -65,11 +67,13 @@ __all__ = (
     "ConnectError",
     "DownloadError",
     "HTTPStatusError",
+    "ImageExpiredError",
     "InvalidInputError",
     "JournalError",
     "MalformedResponseError",
     "ModelUnavailableError",
     "NoAvailableAccountError",
+    "NotAnImageError",
     "NotFoundError",
     "QueueFullError",
     "QuickMJError",
@@ -439,6 +443,46 @@ class MalformedResponseError(QuickMJError, ValueError):
 
 class DownloadError(QuickMJError):
     """An image could not be downloaded or saved."""
+
+
+class ImageExpiredError(DownloadError):
+    """The image host refuses the task's link (HTTP 403, 404 or 410), and re-reading the
+    task gave no link that works.
+
+    Discord's CDN links carry ``ex=/is=/hm=`` signatures and expire; new-api's
+    ``/mj/image/{id}`` forwards the CDN's refusal. Not an AuthenticationError: the image
+    route takes no key. ``download()`` re-reads the task once for a fresher link before it
+    raises this.
+
+    Attributes:
+        url: the link, without its query string (the signature).
+        status: the HTTP status the host answered.
+        task_id: the task whose image it is ("" when unknown).
+    """
+
+    def __init__(self, message: str, *, url: str = "", status: int = 0, task_id: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.task_id = task_id
+
+
+class NotAnImageError(DownloadError):
+    """A download answered 200 with something that is no image or video: a web page (a
+    gateway's or Cloudflare's, whatever its Content-Type says), JSON, or nothing at all.
+    Nothing is saved; ``download()`` re-reads the task once for a fresher link first.
+
+    Attributes:
+        url: the link, without its query string.
+        got: what came back, in words ("an HTML page (5120 bytes, labelled image/png)").
+        task_id: the task whose image it is ("" when unknown).
+    """
+
+    def __init__(self, message: str, *, url: str = "", got: str = "", task_id: str = "") -> None:
+        super().__init__(message)
+        self.url = url
+        self.got = got
+        self.task_id = task_id
 
 
 class UnsafeURLError(DownloadError, ValueError):

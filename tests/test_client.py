@@ -30,7 +30,7 @@ from quickmj import (
     ClientClosedError,
     ConfigurationError,
     DownloadError,
-    HTTPStatusError,
+    ImageExpiredError,
     InvalidInputError,
     MalformedResponseError,
     PollPolicy,
@@ -1118,7 +1118,7 @@ async def test_failed_download_leaves_no_file(serve: Serve, tmp_path: Path) -> N
         with pytest.raises(TransportError):
             await mj.download(Task(id="cut", image_url=f"{relay}/img/b.png?cut=1"), tmp_path)
         with pytest.raises(DownloadError, match="not there"):  # a missing file, not a route
-            await mj.download(Task(id="gone", image_url=f"{relay}/img/b.png?status=404"), tmp_path)
+            await download_url(mj._relay, f"{relay}/img/b.png?status=404", tmp_path, "gone")
         with pytest.raises(DownloadError, match="larger"):
             await download_url(mj._relay, f"{relay}/img/c.png", tmp_path, "big", max_bytes=8)
     assert [] == files(tmp_path)
@@ -1154,17 +1154,19 @@ async def test_download_retries_a_cut_transfer_from_scratch(serve: Serve, tmp_pa
 
 
 async def test_refused_image_is_not_blamed_on_the_key(serve: Serve, tmp_path: Path) -> None:
-    """403 from another host (an expired signed link) is not an AuthenticationError;
-    403 from the relay itself, which did get the key, is."""
+    """403 from another host (an expired signed link) is not an AuthenticationError, nor
+    is a 403 from the relay's origin (new-api's keyless /mj/image/{id} forwards the CDN's
+    403); a 401 from the relay itself, which did get the key, is."""
     relay = await serve(image_app([]), "127.0.0.1")
     cdn = await serve(image_app([]), "localhost")
     async with client(base_url=relay) as mj:
-        with pytest.raises(HTTPStatusError, match="expired") as cdn_err:
-            await mj.download(Task(id="c", image_url=f"{cdn}/img/c.png?status=403"), tmp_path)
+        for url in (f"{cdn}/img/c.png?status=403", f"{relay}/img/r.png?status=403"):
+            with pytest.raises(ImageExpiredError, match="expired") as refused:
+                await download_url(mj._relay, url, tmp_path, "x")
+            assert not isinstance(refused.value, AuthenticationError)
+            assert 403 == refused.value.status
         with pytest.raises(AuthenticationError):
-            await mj.download(Task(id="r", image_url=f"{relay}/img/r.png?status=403"), tmp_path)
-    assert not isinstance(cdn_err.value, AuthenticationError)
-    assert 403 == cdn_err.value.status
+            await download_url(mj._relay, f"{relay}/img/r.png?status=401", tmp_path, "x")
     assert [] == files(tmp_path)
 
 
