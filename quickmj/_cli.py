@@ -209,12 +209,38 @@ def _parser() -> argparse.ArgumentParser:
         "simulate",
         help="serve the relay simulator for your own tests",
         formatter_class=_Help,
-        epilog="example:\n  quickmj simulate --port 8080 --dialect trueai",
+        epilog=(
+            "examples:\n  quickmj simulate --port 8080 --dialect trueai\n"
+            "  quickmj simulate --preset realistic      # 15 s refresh lag, ~50 s jobs\n"
+            "  quickmj simulate --refresh-interval 15 --job-seconds 30"
+        ),
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument(
         "--dialect", choices=_DIALECTS[1:], default="quickrouter", help="which relay to imitate"
+    )
+    p.add_argument(
+        "--preset",
+        choices=["fast", "realistic"],
+        default="fast",
+        help="fast: jobs finish in a quarter second; realistic: production timings",
+    )
+    p.add_argument(
+        "--refresh-interval",
+        type=_seconds,
+        default=argparse.SUPPRESS,  # the preset's
+        metavar="S",
+        help="quickrouter: seconds between the relay's refreshes of its copies (real: 15; "
+        "default: the preset's)",
+    )
+    p.add_argument(
+        "--job-seconds",
+        type=_seconds,
+        default=argparse.SUPPRESS,  # the preset's
+        metavar="S",
+        help="seconds a job takes from submit to done, a tenth of it waiting (default: the "
+        "preset's)",
     )
     p = sub.add_parser(
         "completion",
@@ -224,6 +250,32 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("shell", choices=["bash", "zsh", "fish"])
     return parser
+
+
+def _seconds(text: str) -> float:
+    """An argparse type: a finite, non-negative number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"seconds must be finite and not negative: {text!r}")
+    return value
+
+
+def _simulator_config(args: argparse.Namespace) -> Any:
+    """``quickmj simulate``'s SimulatorConfig: the preset, then the timing options."""
+    from .testing import SimulatorConfig
+
+    overrides: dict[str, Any] = {"dialect": args.dialect}
+    refresh = getattr(args, "refresh_interval", None)
+    job = getattr(args, "job_seconds", None)
+    if refresh is not None:
+        overrides["refresh_interval"] = refresh
+    if job is not None:
+        overrides["queue_seconds"] = job / 10
+        overrides["run_seconds"] = job - job / 10
+    return SimulatorConfig.preset(args.preset, **overrides)
 
 
 def _keys_option(p: argparse.ArgumentParser) -> None:
@@ -419,9 +471,9 @@ async def _accounts(args: argparse.Namespace) -> AsyncIterator[Any]:
 
 async def _run(args: argparse.Namespace, out: _Output) -> int:
     if args.command == "simulate":
-        from .testing import SimulatorConfig, run_server
+        from .testing import run_server
 
-        await run_server(args.host, args.port, SimulatorConfig(dialect=args.dialect))
+        await run_server(args.host, args.port, _simulator_config(args))
         return EXIT_OK
     if args.command == "batch":
         return await _batch(args, out)

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from ._sim import (
         DIALECTS,
         MODE_PREFIXES,
+        PRESETS,
         ROUTE_GROUPS,
         CreatedJob,
         Fault,
@@ -44,6 +45,7 @@ _SOURCES = {
         (
             "DIALECTS",
             "MODE_PREFIXES",
+            "PRESETS",
             "ROUTE_GROUPS",
             "Fault",
             "FaultConfig",
@@ -63,6 +65,7 @@ _SOURCES = {
 __all__ = (
     "DIALECTS",
     "MODE_PREFIXES",
+    "PRESETS",
     "ROUTE_GROUPS",
     "CreatedJob",
     "Fault",

@@ -27,7 +27,7 @@ Importing this package does not import pytest.
 from __future__ import annotations
 
 from ._app import MODE_PREFIXES, Simulator
-from ._config import DIALECTS, ROUTE_GROUPS, FaultConfig, SimulatorConfig
+from ._config import DIALECTS, PRESETS, ROUTE_GROUPS, FaultConfig, SimulatorConfig
 from ._engine import CreatedJob
 from ._faults import Fault, FaultEvent
 from ._server import RunningSimulator, run_server, simulate
@@ -36,6 +36,7 @@ from ._state import SimTask
 __all__ = (
     "DIALECTS",
     "MODE_PREFIXES",
+    "PRESETS",
     "ROUTE_GROUPS",
     "CreatedJob",
     "Fault",

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from aiohttp import web
 
@@ -30,6 +30,9 @@ __all__ = ("MODE_PREFIXES", "Simulator")
 
 _MAX_BODY = 64 * 1024 * 1024
 _NOT_FOUND = Reply(404, b"404: Not Found", "text/plain; charset=utf-8")
+#: Discord's CDN for a signed attachment link past its expiry.
+_EXPIRED = Reply(404, b"This content is no longer available.", "text/plain; charset=utf-8")
+_REVOKE_REASONS = ("disabled", "expired", "exhausted")
 
 
 async def _never(call: Call) -> Reply:  # the CDN route is answered by Simulator._media
@@ -77,6 +80,7 @@ class Simulator:
         self.counters: collections.Counter[str] = collections.Counter()
         """Requests received per route, e.g. ``counters["POST /submit/imagine"]``."""
         self.faults: FaultInjector = FaultInjector(cfg.faults, self.engine.fault_rng)
+        self.engine.faults = self.faults
         self.dialect.truncate = self.faults.truncate
         if hasattr(self.dialect, "media_reply"):
             # the quickrouter dialect serves its /mj/image/{id} route from the CDN
@@ -178,6 +182,56 @@ class Simulator:
             ValueError: ``seconds`` is negative (the clock only moves forward).
         """
         self.clock.advance(seconds)
+
+    def revoke_key(self, key: str, reason: str = "disabled") -> None:
+        """Refuse ``key`` from now on, as the server refuses an unusable key.
+
+        quickrouter answers every route, task reads included, 401 with new-api's words
+        (``该令牌状态不可用``, ``该令牌已过期``, ``该令牌额度已用尽 …``); trueai 401
+        ``账号已禁用`` or 403 ``账号不可用`` (an exhausted key: its submits are refused for
+        the draw limit); midjourney-proxy 401. Jobs already created keep running.
+
+        Args:
+            key: one of the configured keys.
+            reason: ``"disabled"``, ``"expired"`` or ``"exhausted"``.
+
+        Raises:
+            ValueError: an unknown key or reason.
+        """
+        if reason not in _REVOKE_REASONS:
+            raise ValueError(f"reason must be one of {_REVOKE_REASONS}, got {reason!r}")
+        if key not in self.engine.accounts:
+            raise ValueError("revoke_key: not a key this simulator knows")
+        self.engine.revoked[key] = reason
+
+    def restore_key(self, key: str) -> None:
+        """Accept ``key`` again (undoes :meth:`revoke_key` and the ``*_keys`` settings).
+
+        Args:
+            key: one of the configured keys.
+
+        Raises:
+            ValueError: an unknown key.
+        """
+        if key not in self.engine.accounts:
+            raise ValueError("restore_key: not a key this simulator knows")
+        self.engine.revoked.pop(key, None)
+        self.engine.accounts[key].quota = self.config.quotas.get(key)
+
+    @property
+    def channel_disabled(self) -> bool:
+        """quickrouter: whether new-api disabled its MJ channel (``channel_auto_ban``).
+
+        Set it to False to re-enable the channel (as an admin would), or True to
+        disable it without a code 3. Always False on the other dialects.
+        """
+        return bool(getattr(self.dialect, "channel_disabled", False))
+
+    @channel_disabled.setter
+    def channel_disabled(self, value: bool) -> None:
+        if not hasattr(self.dialect, "channel_disabled"):
+            raise ValueError("only the quickrouter dialect has a channel to disable")
+        self.dialect.channel_disabled = value  # pyright: ignore[reportAttributeAccessIssue]
 
     def submit_imagine(
         self,
@@ -308,7 +362,8 @@ class Simulator:
         if fault is Fault.DROP and route.group == "submit":
             return abort(request)  # before the job exists
         if route is _CDN:
-            return await self._finish(request, self._media(params["name"]), fault)
+            reply = self._media(params["name"], request.path, request.query)
+            return await self._finish(request, reply, fault)
         key = None
         if route.auth:
             key, refused = self.dialect.authenticate(request)
@@ -335,16 +390,24 @@ class Simulator:
     # ---- the simulated CDN ----
 
     def _media_url(self, url: str) -> Reply:
-        path = urlsplit(url).path
-        match = _CDN.pattern.match(path)
-        return self._media(match.group("name")) if match else _NOT_FOUND
+        parts = urlsplit(url)
+        match = _CDN.pattern.match(parts.path)
+        if match is None:
+            return _NOT_FOUND
+        query = dict(parse_qsl(parts.query))
+        return self._media(match.group("name"), parts.path, query)
 
-    def _media(self, name: str) -> Reply:
+    def _media(self, name: str, path: str = "", query: Mapping[str, str] | None = None) -> Reply:
         """A file of a job: ``sim_<id>.png`` (final), ``_<n>`` parts, ``_progress_<pct>``."""
         m = Media.NAME.match(name)
         task = self.engine.tasks.get(m.group("id")) if m else None
         if m is None or task is None:
             return _NOT_FOUND
+        signed = self.config.link_lifetime is not None and m.group("pct") is None
+        if signed and not self.media.link_valid(path, query or {}):
+            # cdn.discordapp.com past the link's ``ex`` (or with a forged ``hm``).
+            self.engine.record("GET /attachments", Fault.LINK_EXPIRED)
+            return _EXPIRED
         size = self.config.image_size
         colours = _png.colours_for(task.image_key)
         if m.group("pct") is not None:

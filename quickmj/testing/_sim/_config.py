@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 
-__all__ = ("DIALECTS", "ROUTE_GROUPS", "FaultConfig", "SimulatorConfig")
+__all__ = ("DIALECTS", "PRESETS", "ROUTE_GROUPS", "FaultConfig", "SimulatorConfig")
 
 DIALECTS: tuple[str, ...] = ("quickrouter", "midjourney-proxy", "trueai")
 """The server families the simulator imitates (``SimulatorConfig.dialect``)."""
@@ -107,6 +107,20 @@ class FaultConfig:
     """quickrouter submits: ``empty_response_body`` (code 5), nothing created."""
     truncate_list_rate: float = attrs.field(default=0.0, validator=_rate)
     """list answers only a prefix of the matching tasks."""
+    no_account_rate: float = attrs.field(default=0.0, validator=_rate)
+    """Submits answered code 3 ``无可用的账号实例`` (no free Discord account: nothing was
+    created; novicezk ``TaskServiceImpl``, TrueAI ``TaskService.cs``). On quickrouter the
+    upstream's answer passes through, and with ``channel_auto_ban`` new-api then disables
+    its MJ channel."""
+    hang_rate: float = attrs.field(default=0.0, validator=_rate)
+    """Jobs that hang: they stop progressing part-way (IN_PROGRESS) and the server fails
+    them after ``SimulatorConfig.task_timeout`` (novicezk ``TaskTimeoutSchedule``: ``任务超时``;
+    TrueAI ``DiscordService``: ``执行超时 N 分钟``). Decided per job, not per request; prompts
+    with one of ``SimulatorConfig.hang_words`` always hang."""
+    relay_stall_rate: float = attrs.field(default=0.0, validator=_rate)
+    """quickrouter: jobs whose copy in the relay stops refreshing for good (the upstream
+    finishes, the relay never learns it; QuantumNous/new-api#1673). Decided per job;
+    prompts with one of ``SimulatorConfig.stall_words`` always stall."""
     hook_drop_rate: float = attrs.field(default=0.0, validator=_rate)
     """notifyHook deliveries silently skipped."""
     latency: float = attrs.field(default=0.0, validator=_non_negative)
@@ -125,6 +139,7 @@ class FaultConfig:
             + self.relay_request_failed_rate
             + self.relay_request_failed_after_create_rate
             + self.relay_empty_body_rate
+            + self.no_account_rate
         )
         if total > 1.0 + 1e-9:
             raise ValueError("the request fault rates add up to more than 1")
@@ -151,10 +166,19 @@ class SimulatorConfig:
     """Jobs each key may create in total; beyond it the dialect's "insufficient quota"
     answer. Keys not listed are unlimited. (midjourney-proxy has no quotas.)"""
     disabled_keys: tuple[str, ...] = attrs.field(default=(), converter=_keys)
-    """Keys that exist but are disabled (401/403 the way the dialect says so)."""
-    admin_keys: tuple[str, ...] | None = attrs.field(default=None, converter=_optional_keys)
-    """trueai: keys allowed to cancel tasks (``POST /task/{id}/cancel``). Real TrueAI lets
-    only admins cancel; None (the default) treats every key as an admin."""
+    """Keys that exist but are disabled (401/403 the way the dialect says so; quickrouter:
+    401 ``该令牌状态不可用``). :meth:`Simulator.revoke_key` disables one at run time."""
+    expired_keys: tuple[str, ...] = attrs.field(default=(), converter=_keys)
+    """Keys that exist but have expired: quickrouter 401 ``该令牌已过期`` on every route
+    (new-api ``model/token.go``), trueai 403 ``账号不可用``, midjourney-proxy 401."""
+    exhausted_keys: tuple[str, ...] = attrs.field(default=(), converter=_keys)
+    """Keys whose quota is used up: quickrouter 401 ``该令牌额度已用尽 TokenStatusExhausted[sk-…]``
+    on every route (new-api ``model/token.go``); trueai refuses their submits with
+    ``总绘图次数已达上限``; midjourney-proxy 401."""
+    admin_keys: tuple[str, ...] | None = attrs.field(default=(), converter=_optional_keys)
+    """trueai: keys allowed to cancel tasks (``POST /task/{id}/cancel``). As on a real
+    server (``TaskController.cs``), only admins may: by default no key is one, and others
+    get 400 ``演示模式，禁止操作``. None treats every key as an admin (the opt-in)."""
     queue_seconds: float = attrs.field(default=0.05, validator=_non_negative)
     """Seconds a job spends in SUBMITTED (progress ``"0%"``)."""
     run_seconds: float = attrs.field(default=0.2, validator=_non_negative)
@@ -166,6 +190,20 @@ class SimulatorConfig:
     refresh_interval: float = attrs.field(default=0.0, validator=_non_negative)
     """quickrouter: seconds between the relay's bulk refreshes of its task copies (the real
     relay uses 15). 0 means the relay's copy is always current."""
+    server_address: str | None = None
+    """quickrouter: new-api's ``ServerAddress``, the origin written into forwarded image
+    links (``{server_address}/mj/image/{id}``). None: the simulator's own URL.
+    ``"http://localhost:3000"`` (new-api's default) imitates a relay whose operator never
+    set it: links point at a port where nothing listens (QuantumNous/new-api#144)."""
+    missing_models: tuple[str, ...] = attrs.field(default=(), converter=_words)
+    """quickrouter: models without a channel in the key's group (``"mj_custom_zoom"``,
+    ``"mj_imagine"``, ...): their submits get new-api's distributor 503 ``model_not_found``
+    ``当前分组 default 下对于模型 <model> 无可用渠道``."""
+    channel_auto_ban: bool = False
+    """quickrouter: new-api disables its MJ channel when the upstream answers code 3
+    (``relay/mjproxy_handler.go``, auto-ban on). Afterwards every submit gets the
+    distributor's 503 ``model_not_found``, actions on existing tasks and image-seed
+    ``该任务所属渠道已被禁用``; task reads keep working. ``Simulator.channel_disabled``."""
     notify_enabled: bool = False
     """quickrouter: new-api's ``MjNotifyEnabled``; off means notifyHook is stripped."""
     forward_image_urls: bool = True
@@ -178,6 +216,22 @@ class SimulatorConfig:
     """trueai: ``EnableFillOfficialCdn``: SUCCESS grids carry ``imageUrls``."""
     shuffle_lists: bool = True
     """Shuffle list answers (the servers promise no order)."""
+    task_timeout: float = attrs.field(default=300.0, validator=_non_negative)
+    """Seconds after its start a hanging job is failed by the server (the account's
+    ``timeoutMinutes``/``TimeoutMinutes``, 5 minutes on both servers). midjourney-proxy
+    checks every 30 s (``任务超时``), TrueAI every 3 s (``执行超时 N 分钟``, N whole minutes)."""
+    store_lag: float = attrs.field(default=0.0, validator=_non_negative)
+    """midjourney-proxy: seconds the task store lags behind a finished job (novicezk saves
+    tasks asynchronously, ``asyncSaveAndNotify``): ``/submit/change`` and
+    ``/submit/simple-change`` on a parent that finished less than this ago answer code 4
+    ``关联任务状态错误`` (code 3 ``关联任务不存在或已失效`` if the store has no copy yet;
+    novicezk/midjourney-proxy#252) while fetch already shows SUCCESS."""
+    link_lifetime: float | None = attrs.field(default=None)
+    """Seconds a signed image link (``?ex=<hex>&is=<hex>&hm=<sig>&``, Discord's CDN)
+    stays valid; None: links never expire. Links are re-signed every half lifetime, so a
+    fresh read of the task gives a working link; an expired or forged one gets 404
+    ``This content is no longer available.`` (quickrouter: the relay's stored link expires
+    with the last refresh, as in new-api)."""
     seed: int = 0
     """Seeds every random choice: faults, list order, hashes, job failures."""
     faults: FaultConfig = FaultConfig()
@@ -187,6 +241,11 @@ class SimulatorConfig:
     (``可能包含敏感词``), quickrouter's Plus-like upstream refuses them (code 24)."""
     fail_words: tuple[str, ...] = attrs.field(default=("failword",), converter=_words)
     """A job whose prompt contains one of these ends in FAILURE."""
+    hang_words: tuple[str, ...] = attrs.field(default=("hangword",), converter=_words)
+    """A job whose prompt contains one of these hangs (see ``FaultConfig.hang_rate``)."""
+    stall_words: tuple[str, ...] = attrs.field(default=("stallword",), converter=_words)
+    """quickrouter: the relay's copy of a job whose prompt contains one of these stops
+    refreshing (see ``FaultConfig.relay_stall_rate``)."""
     failure_rate: float = attrs.field(default=0.0, validator=_rate)
     """Probability that any other job ends in FAILURE."""
     image_size: int = 64
@@ -213,8 +272,66 @@ class SimulatorConfig:
             raise ValueError("midjourney-proxy has no per-key quotas")
         if any(v < 0 for v in self.quotas.values()):
             raise ValueError("quotas must not be negative")
+        if self.link_lifetime is not None and not self.link_lifetime > 0:
+            raise ValueError("link_lifetime must be positive seconds (or None)")
+        if self.server_address is not None and not self.server_address.startswith(
+            ("http://", "https://")
+        ):
+            raise ValueError("server_address must be an http(s) origin")
 
     @property
     def api_key(self) -> str:
         """The primary key (the first of ``api_keys``)."""
         return self.api_keys[0]
+
+    @classmethod
+    def preset(cls, name: str, **overrides: Any) -> SimulatorConfig:
+        """A config from one of :data:`PRESETS`, with ``overrides`` applied on top.
+
+        ``SimulatorConfig.preset("realistic", dialect="trueai")`` gives a server that
+        behaves with production timings (``quickmj simulate --preset realistic``).
+
+        Args:
+            name: a key of :data:`PRESETS` (``"fast"`` or ``"realistic"``).
+            **overrides: SimulatorConfig fields to set as well.
+
+        Returns:
+            The new config.
+
+        Raises:
+            ValueError: ``name`` is not a preset, or an override is not a valid value.
+            TypeError: an override names no SimulatorConfig field.
+        """
+        if name not in PRESETS:
+            raise ValueError(f"unknown simulator preset {name!r}: use one of {sorted(PRESETS)}")
+        return cls(**{**PRESETS[name], **overrides})
+
+
+PRESETS: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
+    {
+        "fast": types.MappingProxyType({}),
+        "realistic": types.MappingProxyType(
+            {
+                # new-api refreshes its copies every 15 s (controller/midjourney.go).
+                "refresh_interval": 15.0,
+                # A fast-mode grid: a few seconds waiting for the bot, ~45 s drawing.
+                "queue_seconds": 5.0,
+                "run_seconds": 45.0,
+                # Both proxies' account defaults: core-size 3, queue-size 10.
+                "concurrency": 3,
+                "max_queue": 10,
+                # Discord's CDN signs attachment links for 24 hours.
+                "link_lifetime": 86_400.0,
+                # novicezk saves tasks asynchronously: a short store lag.
+                "store_lag": 0.5,
+                # image-seed waits for the bot's DM.
+                "seed_delay": 2.0,
+            }
+        ),
+    }
+)
+"""Named settings for :meth:`SimulatorConfig.preset` and ``quickmj simulate --preset``:
+``"fast"`` is the defaults (jobs finish in a quarter second, the relay is always current:
+what tests and ``quickmj batch --simulate`` use); ``"realistic"`` has production timings
+(new-api's 15 s refresh lag and its empty first status, ~50 s jobs, three jobs at a time
+per account and ten waiting, 24-hour links, the Java store's lag, a slow image-seed)."""

@@ -8,14 +8,17 @@ requests give the same ids, hashes, failures and list orders whatever the dialec
 from __future__ import annotations
 
 import hashlib
+import math
 import random
 import uuid
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ._accounts import Account, Slot
 from ._catalogue import Result
 from ._clock import Clock
 from ._config import SimulatorConfig
+from ._faults import Fault, FaultInjector
 from ._state import Phase, SimTask, Timeline
 
 __all__ = ("CreatedJob", "Engine")
@@ -60,13 +63,26 @@ class Engine:
         self.list_rng: random.Random = random.Random(master.getrandbits(64))
         self.job_rng: random.Random = random.Random(master.getrandbits(64))
         self.misc_rng: random.Random = random.Random(master.getrandbits(64))
+        hang_end, hang_reason = _server_timeout(config, clock)
         self.timeline: Timeline = Timeline(
-            config.queue_seconds, config.run_seconds, config.progress_steps
+            config.queue_seconds,
+            config.run_seconds,
+            config.progress_steps,
+            hang_end=hang_end,
+            hang_reason=hang_reason,
         )
         self.tasks: dict[str, SimTask] = {}
         self.submissions: list[CreatedJob] = []
         self.accounts: dict[str, Account] = {}
-        for key in (*config.api_keys, *config.disabled_keys):
+        #: Keys refused at authentication, and why: "disabled", "expired" or "exhausted".
+        self.revoked: dict[str, str] = {}
+        for reason, keys in (
+            ("disabled", config.disabled_keys),
+            ("expired", config.expired_keys),
+            ("exhausted", config.exhausted_keys),
+        ):
+            self.revoked.update(dict.fromkeys(keys, reason))
+        for key in (*config.api_keys, *self.revoked):
             self.accounts[key] = Account(
                 key,
                 concurrency=config.concurrency,
@@ -74,6 +90,8 @@ class Engine:
                 quota=config.quotas.get(key),
                 disabled=key in config.disabled_keys,
             )
+        #: Set by the app: where faults that strike outside the request draw are logged.
+        self.faults: FaultInjector | None = None
         self.last_id: int = 0
         self.ordinal: int = 0
         #: Called with every activated job (the hook dispatcher subscribes).
@@ -127,6 +145,11 @@ class Engine:
         )
         if not task.image_key:
             task.image_key = task.id
+        task.hang = self.chosen("hang", task.ordinal, self.config.faults.hang_rate) or bool(
+            words_in(self.config.hang_words, prompt or label)
+        )
+        if task.hang:
+            self.record(f"POST {endpoint}", Fault.HANG)
         self.ordinal += 1
         self.tasks[task.id] = task
         self.accounts[key].submitted += 1
@@ -147,6 +170,22 @@ class Engine:
     def phase(self, task: SimTask, at: float | None = None) -> Phase:
         """``task``'s status and progress step at clock time ``at`` (default: now)."""
         return self.timeline.phase(task, self.clock.now() if at is None else at)
+
+    def chosen(self, kind: str, ordinal: int, rate: float) -> bool:
+        """Whether the ``ordinal``-th job is picked for a per-job fault of ``rate``.
+
+        Derived from the seed and the creation order (not from a random stream), so
+        enabling one fault shifts no other random choice.
+        """
+        if rate <= 0:
+            return False
+        digest = hashlib.sha256(f"{self.config.seed}:{kind}:{ordinal}".encode()).digest()
+        return int.from_bytes(digest[:8], "big") < rate * 2**64
+
+    def record(self, route: str, fault: Fault) -> None:
+        """Log a fault that struck outside the per-request draw (``Simulator.fault_log``)."""
+        if self.faults is not None:
+            self.faults.record(route, fault)
 
     def fail_word(self, prompt: str) -> str | None:
         """The first of ``fail_words`` in ``prompt`` (case-insensitive), or None."""
@@ -183,3 +222,29 @@ class Engine:
     def upload_url(image: str) -> str:
         """Where a proxy would have put an uploaded reference image (Discord short link)."""
         return "https://s.mj.run/" + hashlib.sha256(image.encode()).hexdigest()[:11]
+
+
+def words_in(words: tuple[str, ...], text: str) -> str | None:
+    """The first of ``words`` in ``text`` (case-insensitive), or None."""
+    lowered = text.casefold()
+    return next((w for w in words if w.casefold() in lowered), None)
+
+
+def _server_timeout(config: SimulatorConfig, clock: Clock) -> tuple[Callable[[float], float], str]:
+    """When the server fails a hanging job that started at a time, and with what reason.
+
+    novicezk ``TaskTimeoutSchedule``: every 30 s (from start-up) a job running longer
+    than ``timeoutMinutes`` fails with ``任务超时``. TrueAI ``DiscordService``: the job's
+    own loop checks every 3 s and fails it with ``执行超时 {TimeoutMinutes} 分钟``; the
+    quickrouter dialect's upstream is that engine too.
+    """
+    limit = config.task_timeout
+    if config.dialect == "midjourney-proxy":
+
+        def tick(start: float) -> float:
+            ticks = math.floor((start + limit - clock.start) / 30.0) + 1
+            return clock.start + 30.0 * ticks
+
+        return tick, "任务超时"
+    minutes = int(limit // 60)
+    return (lambda start: start + 3.0 * (math.floor(limit / 3.0) + 1)), f"执行超时 {minutes} 分钟"

@@ -54,6 +54,30 @@ class Fault(enum.Enum):
     never recorded it, so fetch says ``task_no_found``)."""
     RELAY_EMPTY_BODY = "relay-empty_response_body"
     """quickrouter: new-api's ``empty_response_body`` (code 5); nothing was created."""
+    NO_ACCOUNT = "no-account"
+    """A submit answered code 3 ``无可用的账号实例`` (no free Discord account); nothing was
+    created (``FaultConfig.no_account_rate``)."""
+    HANG = "hang"
+    """A job was created that will hang and be failed by the server's timeout
+    (``FaultConfig.hang_rate``, ``hang_words``); logged when it is created."""
+    RELAY_STALL = "relay-stall"
+    """quickrouter: the relay recorded a job whose copy will stop refreshing
+    (``FaultConfig.relay_stall_rate``, ``stall_words``); logged when it is recorded."""
+    STORE_LAG = "store-lag"
+    """midjourney-proxy: a change was refused because the task store still had the
+    parent's old state (``SimulatorConfig.store_lag``)."""
+    LINK_EXPIRED = "link-expired"
+    """An image link past its ``ex`` (or with a wrong signature) was refused
+    (``SimulatorConfig.link_lifetime``)."""
+    TOKEN_REFUSED = "token-refused"
+    """A request with a disabled, expired, exhausted or revoked key was refused
+    (``disabled_keys``, ``expired_keys``, ``exhausted_keys``, ``Simulator.revoke_key``)."""
+    MISSING_CHANNEL = "missing-channel"
+    """quickrouter: the distributor found no channel for the submit's model (503
+    ``model_not_found``: ``missing_models``, or the channel was auto-banned)."""
+    CHANNEL_DISABLED = "channel-disabled"
+    """quickrouter: an upstream code 3 made new-api disable its MJ channel
+    (``channel_auto_ban``); logged once, when it happens."""
 
 
 @attrs.frozen
@@ -97,6 +121,8 @@ class FaultInjector:
                 (cfg.submit_5xx_after_create_rate, Fault.ERROR_5XX_AFTER_CREATE),
                 (cfg.drop_after_create_rate, Fault.DROP_AFTER_CREATE),
             ]
+            if not route.endswith("/upload-discord-images"):  # creates no job
+                choices.append((cfg.no_account_rate, Fault.NO_ACCOUNT))
         if group == "submit" and relay:
             choices += [
                 (cfg.relay_request_failed_rate, Fault.RELAY_REQUEST_FAILED),
@@ -113,6 +139,10 @@ class FaultInjector:
                 self.log.append(FaultEvent(self._requests, route, fault))
                 return fault
         return None
+
+    def record(self, route: str, fault: Fault) -> None:
+        """Log a fault a dialect applied itself (numbered as the current request)."""
+        self.log.append(FaultEvent(self._requests, route, fault))
 
     def truncate(self, route: str, group: str, matches: int) -> int | None:
         """How many of ``matches`` tasks a list answer keeps, or None to keep all."""

@@ -114,6 +114,8 @@ def save_state(sim: _Simulator, path: str | Path) -> None:
         "accounts": accounts,
         "rows": rows,
         "counters": dict(sim.counters),
+        "revoked": dict(engine.revoked),
+        "channel_disabled": bool(getattr(sim.dialect, "channel_disabled", False)),
     }
     Path(path).write_text(json.dumps(state, ensure_ascii=False), encoding="utf-8")
 
@@ -159,4 +161,7 @@ def load_state(path: str | Path, simulator_class: Callable[..., S]) -> S:
             item["requested_at"] = back(item["requested_at"])
             db.insert(RelayRow(**item))
     sim.counters.update(state["counters"])
+    engine.revoked.update(state.get("revoked", {}))
+    if state.get("channel_disabled"):
+        sim.dialect.channel_disabled = True
     return sim

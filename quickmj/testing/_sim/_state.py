@@ -9,7 +9,7 @@ each dialect renders it (and the quickrouter relay keeps its own, older copies).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any
 
 import attrs
@@ -86,6 +86,8 @@ class SimTask:
     forced_failure: str | None = None
     #: Seeds this job's hook-drop decisions.
     hook_seed: int = 0
+    #: The job hangs part-way and the server's timeout fails it (``FaultConfig.hang_rate``).
+    hang: bool = False
     #: Dialect-specific facts (e.g. a change task's copied properties).
     extra: dict[str, Any] = attrs.field(factory=dict)
     # ---- timeline (clock seconds), set by Timeline.activate ----
@@ -102,12 +104,25 @@ class SimTask:
 class Timeline:
     """The lifecycle arithmetic shared by every dialect."""
 
-    def __init__(self, queue_seconds: float, run_seconds: float, steps: tuple[int, ...]) -> None:
+    def __init__(
+        self,
+        queue_seconds: float,
+        run_seconds: float,
+        steps: tuple[int, ...],
+        *,
+        hang_end: Callable[[float], float] | None = None,
+        hang_reason: str = "任务超时",
+    ) -> None:
         self.queue_seconds = queue_seconds
         self.run_seconds = run_seconds
         self.steps = steps
         n = len(steps)
         self.step_offsets: tuple[float, ...] = tuple(run_seconds * i / n for i in range(n))
+        #: When the server's timeout fails a hanging job that started at a given time.
+        self.hang_end: Callable[[float], float] = hang_end or (lambda start: start + 300.0)
+        self.hang_reason = hang_reason
+        #: The progress step a hanging job stops at (halfway).
+        self.hang_step = n // 2
 
     def schedule(self, task: SimTask, now: float, start: float, fail_word: str | None) -> float:
         """Fix ``task``'s timeline from ``start`` (its worker slot); returns its end."""
@@ -118,6 +133,9 @@ class Timeline:
         elif fail_word is not None:
             task.fail_reason = f"[Banned prompt detected] {fail_word}"
             end = run_start
+        elif task.hang:
+            task.fail_reason = self.hang_reason
+            end = max(run_start, self.hang_end(start))
         elif task.random_failure:
             task.fail_reason = "Internal Error: the job failed (simulated failure_rate)"
             end = run_start + self.run_seconds / 2
@@ -144,6 +162,8 @@ class Timeline:
         if now < task.run_start:
             return SUBMITTED_PHASE
         step = bisect.bisect_right(self.step_offsets, now - task.run_start) - 1
+        if task.hang:
+            step = min(step, self.hang_step)
         return (IN_PROGRESS, max(step, 0))
 
     def finished_at(self, task: SimTask) -> float | None:
@@ -167,7 +187,7 @@ class Timeline:
         out: list[tuple[float, Phase]] = [(task.slot_start, SUBMITTED_PHASE)]
         for i, offset in enumerate(self.step_offsets):
             at = task.run_start + offset
-            if at < task.end:
+            if at < task.end and not (task.hang and i > self.hang_step):
                 out.append((at, (IN_PROGRESS, i)))
         out.append((task.end, FAILURE_PHASE if task.fail_reason else SUCCESS_PHASE))
         return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import re
 import types
 from collections.abc import Awaitable, Callable, Mapping
@@ -153,7 +154,11 @@ class Media:
 
     Files are named after the job (``sim_<id>.png``), under a Discord-like
     ``/attachments/<channel>/<message>/`` path, with Discord's signed ``ex``/``is``/``hm``
-    query on final images.
+    query on final images. With ``link_lifetime`` the query is a real signature: ``is``
+    is when it was issued and ``ex`` when it expires (hex Unix seconds, as Discord writes
+    them), and final images, grid parts and videos all carry one. Links are re-issued
+    every half lifetime, so whoever reads the task gets a link valid for at least half
+    of it.
     """
 
     NAME = re.compile(
@@ -171,23 +176,72 @@ class Media:
     def _dir(self, task: SimTask) -> str:
         return f"{self._base_url()}/attachments/{self.channel(task.key)}/{digits('msg:' + task.id)}"
 
-    def final(self, task: SimTask) -> str:
-        """The URL of the job's final image (with Discord-like signed query)."""
+    # ---- signed links ----
+
+    def window(self, at: float | None = None) -> int | None:
+        """Which signing period ``at`` (default: now) falls in; None when links never
+        expire. Rendered task JSON is cached per period."""
+        lifetime = self.engine.config.link_lifetime
+        if lifetime is None:
+            return None
+        clock = self.engine.clock
+        now = clock.now() if at is None else at
+        return math.floor((now - clock.start) / (lifetime / 2))
+
+    def _signature(self, path: str, ex: int, issued: int) -> str:
+        secret = f"sim-cdn:{self.engine.config.seed}:{path}:{ex:x}:{issued:x}"
+        return hashlib.sha256(secret.encode()).hexdigest()
+
+    def _signed(self, path: str, at: float | None) -> str:
+        """``base_url + path`` with a Discord-style query issued in ``at``'s period."""
+        lifetime = self.engine.config.link_lifetime
+        window = self.window(at)
+        assert lifetime is not None and window is not None
+        clock = self.engine.clock
+        issued = clock.epoch_ms(clock.start + window * lifetime / 2) // 1000
+        ex = issued + math.ceil(lifetime)
+        query = f"ex={ex:x}&is={issued:x}&hm={self._signature(path, ex, issued)}&"
+        return f"{self._base_url()}{path}?{query}"
+
+    def link_valid(self, path: str, query: Mapping[str, str]) -> bool:
+        """Whether a request for ``path`` carries a signature that is valid now."""
+        try:
+            ex, issued = int(query.get("ex", ""), 16), int(query.get("is", ""), 16)
+        except ValueError:
+            return False
+        if query.get("hm") != self._signature(path, ex, issued):
+            return False
+        clock = self.engine.clock
+        return clock.epoch_ms(clock.now()) < ex * 1000
+
+    def _file(self, task: SimTask, name: str, at: float | None) -> str:
+        path = self._dir(task).removeprefix(self._base_url()) + "/" + name
+        if self.engine.config.link_lifetime is None:
+            return self._base_url() + path
+        return self._signed(path, at)
+
+    # ---- the files of a job ----
+
+    def final(self, task: SimTask, at: float | None = None) -> str:
+        """The URL of the job's final image (with Discord-like signed query), as a read
+        at clock time ``at`` (default: now) gets it."""
+        if self.engine.config.link_lifetime is not None:
+            return self._file(task, f"sim_{task.id}.png", at)
         digest = hashlib.sha256(f"sim-cdn:{task.id}".encode()).hexdigest()
         query = f"ex={digest[:8]}&is={digest[8:16]}&hm={digest[16:]}&"
         return f"{self._dir(task)}/sim_{task.id}.png?{query}"
 
     def preview(self, task: SimTask, percent: int) -> str:
-        """The URL of the job's progress preview at ``percent``."""
+        """The URL of the job's progress preview at ``percent`` (never signed)."""
         return f"{self._dir(task)}/sim_{task.id}_progress_{percent}.png"
 
-    def part(self, task: SimTask, index: int) -> str:
+    def part(self, task: SimTask, index: int, at: float | None = None) -> str:
         """The URL of one image (``index`` 0-3) of the job's grid."""
-        return f"{self._dir(task)}/sim_{task.id}_{index}.png"
+        return self._file(task, f"sim_{task.id}_{index}.png", at)
 
-    def video(self, task: SimTask, index: int) -> str:
+    def video(self, task: SimTask, index: int, at: float | None = None) -> str:
         """The URL of one video (``index``) of a video job."""
-        return f"{self._dir(task)}/sim_{task.id}_{index}.mp4"
+        return self._file(task, f"sim_{task.id}_{index}.mp4", at)
 
 
 MODE_PREFIXES: Mapping[str, str | None] = types.MappingProxyType(

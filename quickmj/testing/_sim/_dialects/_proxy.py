@@ -26,6 +26,7 @@ __all__ = ("PLUS", "TRUEAI", "Answer", "Body", "BodyError", "Flavor", "ProxyCore
 
 NOT_FOUND = "关联任务不存在或已失效"
 BAD_STATUS = "关联任务状态错误"
+NO_ACCOUNT = "无可用的账号实例"
 
 
 @attrs.frozen
@@ -139,6 +140,8 @@ class ProxyCore:
         self.media = media
         self.flavor = flavor
         self.config = engine.config
+        #: Set by the dialect for one submit: no Discord account is free for it.
+        self.no_account = False
 
     def body(self, value: Any) -> Body:
         return Body(value, case_insensitive=self.flavor.case_insensitive)
@@ -164,6 +167,10 @@ class ProxyCore:
         return {"discordInstanceId": channel, "discordChannelId": channel}
 
     def _full(self, key: str, *, upscale: bool = False) -> Answer | None:
+        """The refusal before a job is queued: no free account, or a full queue."""
+        if self.no_account:
+            # TaskService: ChooseInstance found none (HTTP 200, nothing created).
+            return Answer(200, result(3, NO_ACCOUNT))
         account = self.engine.accounts[key]
         if upscale or not account.queue_full(self.engine.clock.now()):
             return None

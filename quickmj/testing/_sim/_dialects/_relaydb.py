@@ -45,6 +45,8 @@ class RelayRow:
     start_ms: int = 0
     #: When the relay forwarded the submit (just before the upstream acted on it).
     requested_at: float | None = None
+    #: The refresher stops updating this row halfway through the job (new-api#1673).
+    stalled: bool = False
     #: Cached JSON per snapshot key.
     cache: dict[object, tuple[bytes, bytes | None]] = attrs.field(factory=dict, repr=False)
 
@@ -70,6 +72,12 @@ class RelayDB:
     def of(self, task_id: str, key: str) -> list[RelayRow]:
         return [row for row in self.rows.get(task_id, ()) if row.key == key]
 
+    def stall_time(self, task: SimTask) -> float:
+        """When a stalled row of ``task`` stops refreshing: halfway through its run."""
+        if task.run_start is None:
+            return math.inf
+        return task.run_start + self.engine.timeline.run_seconds / 2
+
     # ---- ticks ----
 
     def _last_tick(self, now: float) -> float | None:
@@ -82,6 +90,14 @@ class RelayDB:
         if self.interval == 0:
             return at - _BEFORE
         return self._last_tick(at - self.interval * 1e-9)
+
+    def links_signed_at(self, task: SimTask, row: RelayRow, at: float) -> float:
+        """When the links a row refreshed at ``at`` were issued: a finished row is never
+        refreshed again, so its links date from the first tick that saw it finished."""
+        done = self.engine.timeline.finished_at(task)
+        if done is None or at < done:
+            return at
+        return min(at, self._tick_at_or_after(max(done, row.inserted_at)))
 
     def _tick_at_or_after(self, at: float) -> float:
         if self.interval == 0:
@@ -105,6 +121,9 @@ class RelayDB:
     ) -> float | None:
         """The clock time of the upstream state row ``k`` shows, or None if never refreshed."""
         row = rows[k]
+        if row.stalled:
+            # The refresher stops touching the row: it shows its state as of the stall.
+            now = min(now, self.stall_time(task))
         last = self._last_tick(now)
         if last is None or last < row.inserted_at:
             return None

@@ -53,11 +53,18 @@ class RelayView:
         if task is not None and at is not None and phase is not None:
             final = phase[0] in (SUCCESS, FAILURE)
             # new-api fails rows still unfinished an hour after submit.
-            timed_out = not final and self.engine.clock.epoch_ms(at) - task.submit_ms > 3_600_000
-        cache_key = (phase, timed_out)
+            # (A stalled row is one the upstream's answers no longer reach: the timeout
+            # is applied to answered rows only.)
+            timed_out = (
+                not final
+                and not row.stalled
+                and self.engine.clock.epoch_ms(at) - task.submit_ms > 3_600_000
+            )
+        signed = None if task is None or at is None else self.db.links_signed_at(task, row, at)
+        cache_key = (phase, timed_out, self.media.window(signed))
         cached = row.cache.get(cache_key)
         if cached is None:
-            dto = self._dto(task, row, phase, timed_out)
+            dto = self._dto(task, row, phase, timed_out, signed)
             encoded = go_json(dto)
             if _RAND.encode() in encoded:
                 first, rest = encoded.split(_RAND.encode(), 1)
@@ -75,12 +82,22 @@ class RelayView:
         if at is None:
             return ""
         info = taskinfo(
-            task, self.engine.timeline.phase(task, at), self.engine, self.media, previews=True
+            task,
+            self.engine.timeline.phase(task, at),
+            self.engine,
+            self.media,
+            previews=True,
+            signed_at=self.db.links_signed_at(task, rows[k], at),
         )
         return str(info["imageUrl"] or "")
 
     def _dto(
-        self, task: SimTask | None, row: RelayRow, phase: tuple[str, int] | None, timed_out: bool
+        self,
+        task: SimTask | None,
+        row: RelayRow,
+        phase: tuple[str, int] | None,
+        timed_out: bool,
+        at: float | None = None,
     ) -> dict[str, Any]:
         dto: dict[str, Any] = {
             "id": row.task_id,
@@ -106,7 +123,7 @@ class RelayView:
         }
         if task is None or phase is None:
             return dto
-        info = taskinfo(task, phase, self.engine, self.media, previews=True)
+        info = taskinfo(task, phase, self.engine, self.media, previews=True, signed_at=at)
         status = str(info["status"])
         fail = str(info["failReason"] or "")
         if timed_out:
@@ -116,7 +133,9 @@ class RelayView:
             progress = "100%"
         image = str(info["imageUrl"] or "")
         if image and self.engine.config.forward_image_urls:
-            image = f"{self.base_url()}/mj/image/{row.task_id}"
+            # system_setting.ServerAddress (new-api's default: http://localhost:3000).
+            server = self.engine.config.server_address or self.base_url()
+            image = f"{server.rstrip('/')}/mj/image/{row.task_id}"
             if status != SUCCESS:
                 image += "?rand=" + _RAND
         props = info["properties"]

@@ -96,36 +96,51 @@ def properties(task: SimTask, phase: Phase, engine: Engine, media: Media) -> dic
 
 def phase_ran(task: SimTask) -> bool:
     """Whether a failed job got as far as running (its failure came mid-run)."""
-    return task.fail_reason is not None and task.forced_failure is None and task.random_failure
+    return (
+        task.fail_reason is not None
+        and task.forced_failure is None
+        and (task.random_failure or task.hang)
+    )
 
 
 def _media_fields(
-    task: SimTask, phase: Phase, engine: Engine, media: Media, previews: bool
+    task: SimTask, phase: Phase, engine: Engine, media: Media, previews: bool, at: float | None
 ) -> tuple[str | None, list[dict[str, str]] | None, str | None, list[dict[str, str]] | None]:
-    """(imageUrl, imageUrls, videoUrl, videoUrls) for ``phase``."""
+    """(imageUrl, imageUrls, videoUrl, videoUrls) for ``phase``, links signed at ``at``."""
     percent = engine.timeline.percent(phase)
     if previews and phase[0] == IN_PROGRESS and percent > 0 and task.result is Result.GRID:
         return media.preview(task, percent), None, None, None
     if phase[0] != SUCCESS or task.result is Result.SHORTEN:
         return None, None, None, None
     if task.result is Result.VIDEO:
-        clips = [{"url": media.video(task, i), "thumbnail": media.part(task, i)} for i in range(4)]
-        return media.final(task), clips, clips[0]["url"], clips
+        clips = [
+            {"url": media.video(task, i, at), "thumbnail": media.part(task, i, at)}
+            for i in range(4)
+        ]
+        return media.final(task, at), clips, clips[0]["url"], clips
     image_urls = None
     if engine.config.fill_image_urls and task.result is Result.GRID:
         image_urls = [
-            {"url": media.part(task, i), "thumbnail": media.part(task, i)} for i in range(4)
+            {"url": media.part(task, i, at), "thumbnail": media.part(task, i, at)} for i in range(4)
         ]
-    return media.final(task), image_urls, None, None
+    return media.final(task, at), image_urls, None, None
 
 
 def taskinfo(
-    task: SimTask, phase: Phase, engine: Engine, media: Media, *, previews: bool = False
+    task: SimTask,
+    phase: Phase,
+    engine: Engine,
+    media: Media,
+    *,
+    previews: bool = False,
+    signed_at: float | None = None,
 ) -> dict[str, Any]:
     """Every TaskInfo property, in System.Text.Json's order, for ``task`` in ``phase``.
 
     ``previews``: show the progress preview in ``imageUrl`` while running (a Plus-like
     upstream does; TrueAI only with ``EnableSaveIntermediateImage``, off by default).
+    ``signed_at``: when the image links were issued (default: now; the relay's copy
+    holds the links of its last refresh).
     """
     status, _ = phase
     t = times(engine, task, phase)
@@ -135,7 +150,7 @@ def taskinfo(
     done = status in (SUCCESS, FAILURE)
     channel = media.channel(task.key)
     image_url, image_urls, video_url, video_urls = _media_fields(
-        task, phase, engine, media, previews
+        task, phase, engine, media, previews, signed_at
     )
     progress_msg = digits("progress:" + task.id)
     final_msg = digits("msg:" + task.id)

@@ -29,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 from .._catalogue import Result
+from .._faults import Fault
 from .._state import FAILURE, IN_PROGRESS, SUCCESS, Phase, SimTask
 from .._wire import jackson_json, java_map
 from ._base import Call, Dialect, Reply, Route, digits, is_image, progress_text, times
@@ -94,6 +95,10 @@ class MidjourneyProxyDialect(Dialect):
 
     def authenticate(self, request: web.Request) -> tuple[str | None, Reply | None]:
         secret = request.headers.get("mj-api-secret")
+        if secret is not None and secret in self.engine.revoked:
+            # One mj.api-secret per server: a revoked key is simply a wrong secret.
+            self.engine.record(f"{request.method} {request.path}", Fault.TOKEN_REFUSED)
+            return None, Reply(401, b"", None)
         if secret is None or secret not in self.config.api_keys:
             return None, Reply(401, b"", None)
         return secret, None
@@ -135,7 +140,9 @@ class MidjourneyProxyDialect(Dialect):
             "discordInstanceId": self.media.channel(task.key),
         }
         props.update(task.extra.get("change_props", {}))
-        ran = status in (IN_PROGRESS, SUCCESS) or (status == FAILURE and task.random_failure)
+        ran = status in (IN_PROGRESS, SUCCESS) or (
+            status == FAILURE and (task.random_failure or task.hang)
+        )
         if ran:
             props["progressMessageId"] = digits("progress:" + task.id)
             props["finalPrompt"] = self._final_prompt(task, phase)
@@ -184,7 +191,7 @@ class MidjourneyProxyDialect(Dialect):
         }
 
     def render(self, task: SimTask, phase: Phase) -> bytes:
-        key = ("midjourney-proxy", phase)
+        key = ("midjourney-proxy", phase, self.media.window())
         body = task.cache.get(key)
         if body is None:
             body = task.cache[key] = jackson_json(self.task_fields(task, phase))
@@ -200,14 +207,22 @@ class MidjourneyProxyDialect(Dialect):
 
     def _handler(self, run: Callable[[str, dict[str, Any]], Reply]) -> Any:
         async def handler(call: Call) -> Reply:
+            # No free Discord account for this submit (FaultConfig.no_account_rate).
+            self._no_account = call.fault is Fault.NO_ACCOUNT
+            self._route = call.route_key
             try:
                 body = self._bind(call)
                 assert call.key is not None
                 return run(call.key, body)
             except _BadBody:
                 return spring_error(400, call.request.path)
+            finally:
+                self._no_account = False
 
         return handler
+
+    _no_account = False
+    _route = ""
 
     # ---- submit steps ----
 
@@ -226,7 +241,13 @@ class MidjourneyProxyDialect(Dialect):
             body = submit_result(1, "提交成功", task.id, discordInstanceId=channel)
         return Reply(200, body, JSON, task=task)
 
-    def _full(self, key: str) -> Reply | None:
+    def _full(self, key: str, instance: str | None = None) -> Reply | None:
+        """The refusal before a job is queued: no free account, or a full queue."""
+        if self._no_account:
+            # TaskServiceImpl: chooseInstance() found none; a change needs its parent's
+            # account (``instance``) alive.
+            text = "无可用的账号实例" if instance is None else f"账号不可用: {instance}"
+            return self._fail(3, text)
         account = self.engine.accounts[key]
         if not account.queue_full(self.engine.clock.now()):
             return None
@@ -353,6 +374,8 @@ class MidjourneyProxyDialect(Dialect):
         parent = self.engine.tasks.get(task_id)
         if parent is None:
             return self._fail(3, NOT_FOUND)
+        if lagging := self._store_lag(parent):
+            return lagging
         if self.engine.phase(parent)[0] != SUCCESS:
             return self._fail(4, BAD_STATUS)
         if parent.action not in _CHANGE_PARENTS:
@@ -360,7 +383,7 @@ class MidjourneyProxyDialect(Dialect):
         if action != "REROLL" and index is None:
             # submitUpscale(..., int index, ...) unboxes null: a NullPointerException.
             return spring_error(500, "/mj/submit/change")
-        if full := self._full(key):
+        if full := self._full(key, self.media.channel(parent.key)):
             return full
         label = "R" if action == "REROLL" else f"{action[0]}{index}"
         parent_message = digits("msg:" + parent.id)
@@ -388,6 +411,22 @@ class MidjourneyProxyDialect(Dialect):
         if index is not None and not 1 <= index <= 4:
             task.forced_failure = f"[Invalid parameter] index {index}"
         return self._start(task)
+
+    def _store_lag(self, parent: SimTask) -> Reply | None:
+        """Code 4 for a parent that finished less than ``store_lag`` ago.
+
+        ``taskStoreService.get`` reads what the last ``asyncSaveAndNotify`` wrote (the
+        parent still running), while fetch reads the live task from the running queue
+        and already says SUCCESS (novicezk#252). The store got the task at submit, so the
+        lag never makes it unknown (code 3).
+        """
+        lag = self.config.store_lag
+        now = self.engine.clock.now()
+        done = self.engine.timeline.finished_at(parent)
+        if not lag or done is None or not done <= now < done + lag:
+            return None
+        self.engine.record(self._route, Fault.STORE_LAG)
+        return self._fail(4, BAD_STATUS)
 
     def simple_change(self, key: str, body: dict[str, Any]) -> Reply:
         content = _text(body.get("content")) or ""

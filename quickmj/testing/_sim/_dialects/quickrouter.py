@@ -47,6 +47,7 @@ from typing import Any, NoReturn
 from aiohttp import web
 
 from .._catalogue import RelayPanic, relay_action
+from .._engine import words_in
 from .._faults import Fault
 from .._state import SUCCESS, SimTask
 from .._wire import go_json, jackson_json, sorted_keys
@@ -153,8 +154,10 @@ class QuickRouterDialect(Dialect):
         self.upstream = ProxyCore(self.engine, self.media, PLUS)
         self.db = RelayDB(self.engine, self.config.refresh_interval)
         self.view = RelayView(self.engine, self.media, self.db, self.base_url)
-        self._tokens = {k.removeprefix("sk-"): k for k in self.config.api_keys}
-        self._disabled = {k.removeprefix("sk-") for k in self.config.disabled_keys}
+        known = (*self.config.api_keys, *self.engine.revoked)
+        self._tokens = {k.removeprefix("sk-"): k for k in known}
+        #: new-api disabled its MJ channel after an upstream code 3 (``channel_auto_ban``).
+        self.channel_disabled = False
 
     # ---- request ids and error shapes ----
 
@@ -214,8 +217,12 @@ class QuickRouterDialect(Dialect):
             # dashes, so the whole configured key is tried first).
             head = next((t for t in self._tokens if key.startswith(t + "-")), None)
             token, pinned = (head, True) if head else (key.split("-")[0], False)
-        if token in self._disabled or token not in self._tokens:
+        if token not in self._tokens:
             return None, self.openai_error(request, 401, "无效的令牌")
+        reason = self.engine.revoked.get(self._tokens[token])
+        if reason is not None:
+            self.engine.record(f"{request.method} {request.path}", Fault.TOKEN_REFUSED)
+            return None, self.openai_error(request, 401, _token_refusal(reason, token))
         if pinned:
             return None, self.openai_error(request, 403, "普通用户不支持指定渠道")
         return self._tokens[token], None
@@ -242,7 +249,7 @@ class QuickRouterDialect(Dialect):
     # ---- the upstream's view (hooks, task_json of a job) ----
 
     def render(self, task: SimTask, phase: tuple[str, int]) -> bytes:
-        key = ("upstream", phase)
+        key = ("upstream", phase, self.media.window())
         body = task.cache.get(key)
         if body is None:
             body = task.cache[key] = jackson_json(
@@ -341,10 +348,14 @@ class QuickRouterDialect(Dialect):
         return str(body.get("action") or ""), int(body.get("index") or 0)
 
     def _select_channel(self, request: web.Request, action: str) -> None:
+        """``CacheGetRandomSatisfiedChannel`` failing: 503 ``model_not_found``."""
         model = "swap_face" if action == "SWAP_FACE" else "mj_" + action.lower()
-        if model not in _MODELS:
-            message = f"分组 default 下模型 {model} 无可用渠道（distributor）"
-            raise _Refused(self.openai_error(request, 503, message, "model_not_found"))
+        served = model in _MODELS and model not in self.config.missing_models
+        if served and not self.channel_disabled:
+            return
+        self.engine.record(f"{request.method} {request.path}", Fault.MISSING_CHANNEL)
+        message = f"当前分组 default 下对于模型 {model} 无可用渠道"
+        raise _Refused(self.openai_error(request, 503, message, "model_not_found"))
 
     # ---- submits ----
 
@@ -406,6 +417,8 @@ class QuickRouterDialect(Dialect):
         core = self.upstream
         key = call.key
         assert key is not None
+        # The upstream has no free Discord account for this one (FaultConfig.no_account_rate).
+        core.no_account = call.fault is Fault.NO_ACCOUNT
         runs: dict[str, Callable[[], Answer]] = {
             "/submit/imagine": lambda: core.imagine(key, forwarded, None),
             "/submit/describe": lambda: core.describe(key, forwarded, None),
@@ -433,6 +446,8 @@ class QuickRouterDialect(Dialect):
                 "path": "/mj" + path,
             }
             return Answer(400, error)
+        finally:
+            core.no_account = False
 
     def _forward(
         self, call: Call, path: str, body: dict[str, Any], action: str, prompt: str
@@ -470,6 +485,10 @@ class QuickRouterDialect(Dialect):
                     "result": task_id,
                 }
             ).decode()
+        if code == 3 and self.config.channel_auto_ban and not self.channel_disabled:
+            # "无实例账号自动禁用渠道": any code 3 bans the channel (auto-ban on).
+            self.channel_disabled = True
+            self.engine.record(call.route_key, Fault.CHANNEL_DISABLED)
         if code == 21 and action not in ("INPAINT", "CUSTOM_ZOOM"):
             raw = raw.replace('"code":21', '"code":1')
         if task_id:
@@ -486,11 +505,24 @@ class QuickRouterDialect(Dialect):
                     inserted_at=now,
                     start_ms=submit_ms if path == "/insight-face/swap" else 0,
                     requested_at=requested,
+                    stalled=self._stalls(answer.task, task_id, prompt, call.route_key),
                 )
             )
         if code == 22:
             raw = raw.replace('"code":22', '"code":1')
         return Reply(answer.status, raw.encode(), SNIFFED, self._headers(request), task=answer.task)
+
+    def _stalls(self, task: SimTask | None, task_id: str, prompt: str, route: str) -> bool:
+        """Whether the relay's copy of this job will stop refreshing (logged once)."""
+        if task is None:
+            return False
+        rate = self.config.faults.relay_stall_rate
+        stalled = self.engine.chosen("stall", task.ordinal, rate) or bool(
+            words_in(self.config.stall_words, prompt)
+        )
+        if stalled and task_id not in self.db.rows:
+            self.engine.record(route, Fault.RELAY_STALL)
+        return stalled
 
     def preload(self, key: str, body: dict[str, Any]) -> SimTask:
         forwarded = dict(body)
@@ -509,6 +541,9 @@ class QuickRouterDialect(Dialect):
                 description=str(answer.payload["description"]),
                 submit_ms=self.engine.clock.epoch_ms(now),
                 inserted_at=now,
+                stalled=self._stalls(
+                    answer.task, answer.task.id, str(body.get("prompt") or ""), "preload"
+                ),
             )
         )
         return answer.task
@@ -569,6 +604,8 @@ class QuickRouterDialect(Dialect):
         request = call.request
         if self.db.first(call.params["id"], call.key or "") is None:
             return self.relay_error(request, 4, "task_no_found")
+        if self.channel_disabled:
+            return self.relay_error(request, 4, "该任务所属渠道已被禁用")
         answer = await self.upstream.image_seed(call.params["id"])
         payload = answer.payload
         body = go_json(
@@ -601,3 +638,16 @@ class QuickRouterDialect(Dialect):
 
     #: Set by the app: serve a simulated-CDN URL (status, bytes, content type).
     media_reply: Callable[[str], Reply] = staticmethod(lambda url: Reply(404, b"404: Not Found"))
+
+
+def _token_refusal(reason: str, token: str) -> str:
+    """``model.ValidateUserToken``'s error for a token that exists but is unusable.
+
+    new-api before its i18n rewrite said which (later versions answer ``无效的令牌`` for
+    all); the exhausted message shows the key's first and last three characters.
+    """
+    if reason == "expired":
+        return "该令牌已过期"
+    if reason == "exhausted":
+        return f"该令牌额度已用尽 TokenStatusExhausted[sk-{token[:3]}***{token[-3:]}]"
+    return "该令牌状态不可用"

@@ -10,8 +10,8 @@ A null action result is ASP.NET's 204 (fetch of an unknown id); unknown routes a
 empty 404 (405 for a known path with the wrong method) once authorised.
 
 Deviations, on purpose: face swap works (real TrueAI needs Replicate configured, else
-code 4 ``服务不支持``); ``POST /task/{id}/cancel`` is open to every key unless
-``admin_keys`` is set (real TrueAI: admins only); ``remix=True`` makes reroll, variation,
+code 4 ``服务不支持``); ``POST /task/{id}/cancel`` is admin-only as on a real server
+(``admin_keys``; ``admin_keys=None`` opens it to every key); ``remix=True`` makes reroll, variation,
 pan and animate modal as a remix account would (TrueAI HEAD only does so on
 ``enableRemix``); a quota of N allows exactly N jobs (TrueAI's ``count > limit`` allows
 N+1); VIDEO jobs always fill ``videoUrls``/``imageUrls`` (TrueAI: with
@@ -27,6 +27,7 @@ from typing import Any
 
 from aiohttp import web
 
+from .._faults import Fault
 from .._state import Phase, SimTask
 from .._wire import dotnet_json
 from ._base import MODE_PREFIXES, Call, Dialect, Reply, Route
@@ -90,7 +91,17 @@ class TrueAIDialect(Dialect):
             if "Authorization" in headers
             else headers.get("Mj-Api-Secret", "")
         )
-        if token in self.config.disabled_keys:
+        reason = self.engine.revoked.get(token)
+        if reason == "exhausted":
+            # TrueAI has no exhausted-token state: the user's draw limit refuses submits.
+            account = self.engine.accounts[token]
+            account.quota = min(account.quota or account.submitted, account.submitted)
+            return token, None
+        if reason is not None:
+            self.engine.record(f"{request.method} {request.path}", Fault.TOKEN_REFUSED)
+            # SimpleAuthMiddleware: a disabled user, or one outside its validity dates.
+            if reason == "expired":
+                return None, text_reply(403, "账号不可用")
             return None, text_reply(401, "账号已禁用")
         if token not in self.config.api_keys:
             return None, text_reply(401, UNAUTHORISED)
@@ -114,7 +125,7 @@ class TrueAIDialect(Dialect):
     # ---- rendering ----
 
     def render(self, task: SimTask, phase: Phase) -> bytes:
-        key = ("trueai", phase)
+        key = ("trueai", phase, self.media.window())
         body = task.cache.get(key)
         if body is None:
             body = task.cache[key] = dotnet_json(taskinfo(task, phase, self.engine, self.media))
@@ -163,6 +174,8 @@ class TrueAIDialect(Dialect):
             if error is not None:
                 return error
             assert call.key is not None
+            # No free Discord account for this submit (FaultConfig.no_account_rate).
+            self.core.no_account = call.fault is Fault.NO_ACCOUNT
             try:
                 answer = run(call.key, body, call.mode)
             except BodyError as exc:
@@ -170,6 +183,8 @@ class TrueAIDialect(Dialect):
                     f"The JSON value could not be converted to {exc.expected}."
                     f" Path: {exc.path} | LineNumber: 0 | BytePositionInLine: 1."
                 )
+            finally:
+                self.core.no_account = False
             return self._encode(answer, endpoint)
 
         return handler
