@@ -92,7 +92,8 @@ def what_came(head: bytes, size: int, content_type: str) -> str:
     if size == 0:
         return "an empty answer"
     text = head.lstrip(b"\xef\xbb\xbf \t\r\n").lower()
-    label = content_type.split(";", 1)[0].strip() or "no Content-Type"
+    mime = content_type.split(";", 1)[0].strip()
+    label = f"labelled {mime}" if mime else "without a Content-Type"
     if text.startswith((b"<!doctype html", b"<head", b"<body")) or b"<html" in text:
         kind = "an HTML page"
     elif text.startswith((b"<?xml", b"<error")):
@@ -101,7 +102,7 @@ def what_came(head: bytes, size: int, content_type: str) -> str:
         kind = "a JSON text"
     else:
         kind = "data that is no image or video"
-    return f"{kind} ({size} bytes, labelled {label})"
+    return f"{kind} ({size} bytes, {label})"
 
 
 def _from_bytes(data: bytes) -> str:

@@ -355,6 +355,7 @@ async def test_loopback_rewrite_on_a_real_socket(serve: Serve, tmp_path: Path) -
         (HTML, "image/png", "an HTML page"),
         (b"\xef\xbb\xbf\n  <html><body>Attention Required!</body></html>", "image/png", "HTML"),
         (HTML, "text/html; charset=utf-8", "an HTML page"),
+        (HTML, "", "without a Content-Type"),
         (b"", "image/png", "an empty answer"),
         (b'{"error": "midjourney_task_not_found"}', "image/png", "a JSON text"),
         (b"%PDF-1.4 junk", "application/pdf", "no image or video"),
