@@ -12,14 +12,21 @@ import contextlib
 import json
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import parse_qs, urlsplit
 
 import aiohttp
 import attrs
 import pytest
 
-from quickmj import _cli
+from quickmj import (
+    AsyncClient,
+    AuthenticationError,
+    ModelUnavailableError,
+    NoAvailableAccountError,
+    PollPolicy,
+    _cli,
+)
 from quickmj.testing import (
     PRESETS,
     Fault,
@@ -540,3 +547,87 @@ async def test_realistic_preset_shows_the_relay_lag() -> None:
         assert "IN_PROGRESS" == (await fetch(relay, s, task_id))["status"]
         relay.simulator.advance(45.0)
         assert "SUCCESS" == (await fetch(relay, s, task_id))["status"]
+
+
+# ---------------------------------------------------------------- with the SDK
+
+FAST_POLL = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.05)
+
+
+@contextlib.asynccontextmanager
+async def sdk(**config: Any) -> AsyncIterator[tuple[RunningSimulator, AsyncClient]]:
+    async with (
+        simulate(**config) as relay,
+        AsyncClient(
+            relay.api_key, base_url=relay.base_url, dialect=cast(Any, relay.dialect), poll=FAST_POLL
+        ) as mj,
+    ):
+        yield relay, mj
+
+
+def _finish_now(relay: RunningSimulator, task_id: str) -> None:
+    """Move the simulator's clock to just after the job's end."""
+    sim = relay.simulator
+    end = sim.tasks[task_id].end
+    assert end is not None
+    sim.advance(max(0.0, end - sim.clock.now()) + 0.01)
+
+
+async def test_sdk_download_survives_an_expired_link(tmp_path: Path) -> None:
+    """An old Task's signed link expired: download() reads the task again once."""
+    async with sdk(dialect="trueai", link_lifetime=60.0) as (relay, mj):
+        task = await (await mj.imagine("a heron")).wait(timeout=10)
+        relay.simulator.advance(61.0)
+        saved = await mj.download(task, tmp_path)
+        assert saved.read_bytes().startswith(PNG)
+        assert [Fault.LINK_EXPIRED] == faults(relay)
+
+
+async def test_sdk_download_reads_localhost_links_through_the_relay(tmp_path: Path) -> None:
+    """new-api#144: the task says http://localhost:3000/mj/image/{id}."""
+    async with sdk(server_address="http://localhost:3000") as (relay, mj):
+        task = await (await mj.imagine("a heron")).wait(timeout=10)
+        assert str(task.image_url).startswith("http://localhost:3000/mj/image/")
+        saved = await mj.download(task, tmp_path)
+        assert saved.read_bytes().startswith(PNG)
+        assert 1 == relay.simulator.counters["GET /image/{id}"]
+
+
+async def test_sdk_no_free_account_is_its_own_error() -> None:
+    async with sdk(dialect="midjourney-proxy", faults=FaultConfig(no_account_rate=1.0)) as (
+        relay,
+        mj,
+    ):
+        with pytest.raises(NoAvailableAccountError) as info:
+            await mj.imagine("a cat")
+        assert "无可用的账号实例" in str(info.value) and [] == relay.simulator.submissions
+
+
+async def test_sdk_missing_channel_is_model_unavailable() -> None:
+    async with sdk(missing_models=("mj_imagine",)) as (relay, mj):
+        with pytest.raises(ModelUnavailableError) as info:
+            await mj.imagine("a cat")
+        assert "mj_imagine" == info.value.model and [] == relay.simulator.submissions
+
+
+async def test_sdk_keeps_the_token_state() -> None:
+    async with sdk(api_keys=("sk-live",)) as (relay, mj):
+        task_id = relay.simulator.submit_imagine("a cat")
+        relay.simulator.revoke_key("sk-live", "expired")
+        with pytest.raises(AuthenticationError) as info:
+            await mj.fetch(task_id)
+        assert "expired" == info.value.reason and "该令牌已过期" in str(info.value)
+        assert "sk-live" not in str(info.value)
+
+
+async def test_sdk_change_rides_out_the_store_lag() -> None:
+    """midjourney-proxy's store still says IN_PROGRESS: the change is sent once more."""
+    async with sdk(dialect="midjourney-proxy", store_lag=1.5, run_seconds=100.0) as (relay, mj):
+        job = await mj.imagine("a cat")
+        _finish_now(relay, job.id)
+        grid = await mj.fetch(job.id)
+        assert grid.is_success
+        upscale = await mj.change(grid, "U1")
+        assert [Fault.STORE_LAG] == faults(relay)
+        assert 2 == relay.simulator.counters["POST /submit/change"]
+        assert upscale.id in relay.simulator.tasks
