@@ -53,6 +53,7 @@ from .errors import (
     SubmitOutcomeUnknownError,
     SubmitRejectedError,
     TaskFailedError,
+    TaskStalledError,
     TaskTimeoutError,
     UnsupportedByRelayError,
 )
@@ -148,6 +149,12 @@ class AccountSummary:
     limit: float
     #: Why the account left the rotation (None if it stayed in).
     disabled: str | None = None
+    #: Prompts owned by this account left ``incomplete`` (paid, resumable; whole journal).
+    incomplete: int = 0
+    #: The relay refused this account's key while its jobs were awaited, in the relay's
+    #: words (``"HTTP 401: 该令牌额度已用尽"``; never the key): those jobs are kept
+    #: ``incomplete`` with their ids; resume with a valid key. None: no refusal.
+    key_rejected: str | None = None
 
 
 @attrs.frozen
@@ -344,6 +351,8 @@ class _Run:
         self.breaker = _Breaker(OUTAGE_LIMIT)
         self.stop: QuickMJError | None = None
         self._finished_at: list[float] = []
+        #: Accounts whose key the relay refused while their jobs were awaited -> why.
+        self.refused: dict[str, str] = {}
 
     # ---- progress ----
 
@@ -664,16 +673,40 @@ class _Run:
             )
         except TaskTimeoutError as exc:
             last = exc.last_task.status.value if exc.last_task else None
-            return self._set(
-                row,
-                Phase.TIMED_OUT,
-                status=last,
-                reason=f"still running after {self.s.timeout:g} s: --resume waits again",
-            )
+            reason = f"still running after {self.s.timeout:g} s: --resume waits again"
+            if isinstance(exc, TaskStalledError):
+                reason = (
+                    f"stalled: unchanged for {exc.stalled_for:.0f} s (the relay may have "
+                    "lost it): --resume waits again"
+                )
+            return self._set(row, Phase.TIMED_OUT, status=last, reason=reason)
         except ClientClosedError as exc:
             raise _Stop(exc) from None
+        except AuthenticationError as exc:
+            # The key was revoked, expired or ran out while the job ran: the job is paid
+            # and may finish; keep its id for a resume with a valid key.
+            refusal = self.refused.setdefault(client.account, _refusal(exc))
+            return self._set(
+                row, Phase.INCOMPLETE, reason=f"key rejected ({refusal}): resume with a valid key"
+            )
         except QuickMJError as exc:
             return self._set(row, Phase.INCOMPLETE, reason=f"{type(exc).__name__}: {exc}")
+
+
+def _refusal(exc: AuthenticationError) -> str:
+    """``HTTP 401: <the relay's words>`` for a summary (the body was redacted already)."""
+    text = ""
+    with contextlib.suppress(ValueError, RecursionError):
+        data = json.loads(exc.body)
+        if isinstance(data, dict):
+            inner = data.get("error")
+            found = inner.get("message") if isinstance(inner, dict) else data.get("message")
+            text = found if isinstance(found, str) else ""
+    text = _REQUEST_ID.sub("", text or exc.body).strip()
+    return f"HTTP {exc.status}: {text[:100]}" if text else f"HTTP {exc.status}"
+
+
+_REQUEST_ID = re.compile(r"\s*\(request id: [^)]*\)")
 
 
 def _imagine_kwargs(options: dict[str, Any], tag: str) -> dict[str, Any]:
@@ -841,7 +874,7 @@ async def _drive(
         manifest = bdir.write_manifest(journal)
         journal.end_run()
     summary = _summary(journal, manifest, time.monotonic() - run.started)
-    return attrs.evolve(summary, accounts=_per_account(pool, journal, before))
+    return attrs.evolve(summary, accounts=_per_account(pool, journal, before, run.refused))
 
 
 async def _preflight(pool: AccountPool, journal: Journal) -> None:
@@ -869,7 +902,10 @@ async def _preflight(pool: AccountPool, journal: Journal) -> None:
 
 
 def _per_account(
-    pool: AccountPool, journal: Journal, before: dict[str, BudgetStats]
+    pool: AccountPool,
+    journal: Journal,
+    before: dict[str, BudgetStats],
+    refused: dict[str, str] | None = None,
 ) -> tuple[AccountSummary, ...]:
     """Each account's submits and refusals in this run, and its prompts' outcomes."""
     outcomes = Counter((r.account or pool.accounts[0], r.phase) for r in journal.rows())
@@ -886,6 +922,8 @@ def _per_account(
                 rate_limited=now.rate_limited - start.rate_limited,
                 limit=round(budget.limit, 1),
                 disabled=budget.disabled,
+                incomplete=outcomes[(budget.label, Phase.INCOMPLETE)],
+                key_rejected=(refused or {}).get(budget.label),
             )
         )
     return tuple(out)

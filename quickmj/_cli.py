@@ -710,7 +710,12 @@ def _account_line(a: Any) -> str:
         f"{a.failed} failed, {a.queue_full} queue-full, {a.rate_limited} rate-limited (429), "
         f"limit {a.limit:g}"
     )
-    return line + (f"; out of rotation: {a.disabled}" if a.disabled else "")
+    line += f"; out of rotation: {a.disabled}" if a.disabled else ""
+    if getattr(a, "key_rejected", None):
+        line += (
+            f"; key rejected ({a.key_rejected}): {a.incomplete} jobs kept, resume with a valid key"
+        )
+    return line
 
 
 # ---- entry point ----

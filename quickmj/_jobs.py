@@ -44,6 +44,7 @@ from .errors import (
     TaskFailedError,
     TaskNeedsModalError,
     TaskNotFoundError,
+    TaskStalledError,
     TaskTimeoutError,
     UsageError,
 )
@@ -383,9 +384,15 @@ class AsyncJob:
         Raises:
             TaskFailedError: the job ended in FAILURE or CANCEL (``.task`` has it).
             TaskTimeoutError: ``timeout`` passed first (``.last_task`` is the last state).
-            TaskNeedsModalError: the job waits for :meth:`modal` (code 21, or it sits in
-                MODAL).
+            TaskStalledError: the job stopped changing for ``PollPolicy.stall_after``
+                (a TaskTimeoutError: the relay has probably lost it).
+            TaskNeedsModalError: the job waits for :meth:`modal` (code 21, or a read
+                shows it in MODAL).
             TaskNotFoundError: the relay does not know the id.
+            AuthenticationError: the relay kept refusing the key
+                (``PollPolicy.dead_end_after`` answers in a row).
+            UnsupportedByRelayError: the relay does not serve the task routes (check
+                ``base_url``).
         """
         if self.needs_modal:
             raise TaskNeedsModalError(self.id)
@@ -397,9 +404,9 @@ class AsyncJob:
     def watch(self) -> AsyncIterator[Task]:
         """Yield the job's state on each real change, ending with its final state.
 
-        A FAILURE is yielded, not raised; a job stuck in MODAL ends the iteration (after
-        ``PollPolicy.modal_timeout``) with its MODAL state. Use it as
-        ``async for task in job.watch(): ...``.
+        A FAILURE is yielded, not raised; a job waiting in MODAL ends the iteration with
+        its MODAL state (see ``PollPolicy.modal_timeout``); a stalled job raises
+        TaskStalledError. Use it as ``async for task in job.watch(): ...``.
         """
         return watch(self._client.poller, self.id)
 
@@ -564,9 +571,11 @@ async def as_completed(
     """Yield each task as it reaches a terminal state, in completion order.
 
     Failed tasks are yielded too (check ``task.is_failed``); nothing is raised for them.
-    A task stuck in MODAL is yielded as it is once ``PollPolicy.modal_timeout`` passes.
-    Unknown ids raise TaskNotFoundError after every other task was yielded; ``timeout``
-    bounds the whole iteration (TaskTimeoutError lists what is still pending).
+    A task waiting in MODAL is yielded as it is (see ``PollPolicy.modal_timeout``).
+    Unknown ids raise TaskNotFoundError, stalled ones TaskStalledError (its ``pending``
+    lists them all), after every other task was yielded; ``timeout`` bounds the whole
+    iteration (TaskTimeoutError lists what is still pending, stalled ids included). An
+    error for every id (the key refused, the task routes not served) is raised at once.
     """
     order = list(dict.fromkeys(ids))
     if not order:
@@ -574,6 +583,7 @@ async def as_completed(
     sub = poller.subscribe(order)
     pending = set(order)
     missing: list[str] = []
+    stalled: list[TaskStalledError] = []
     deadline = anyio.current_time() + (math.inf if timeout is None else timeout)
     try:
         while pending:
@@ -585,7 +595,7 @@ async def as_completed(
                     first,
                     timeout or 0.0,
                     sub.last(first),
-                    pending=[i for i in order if i in pending],
+                    pending=[i for i in order if i in pending] + [e.task_id for e in stalled],
                 )
             if isinstance(item, Task):
                 continue
@@ -594,11 +604,32 @@ async def as_completed(
             if isinstance(final.error, TaskNotFoundError):
                 missing.append(task_id)
                 continue
+            if isinstance(final.error, TaskStalledError):
+                stalled.append(final.error)
+                continue
             yield _settle(task_id, final, modal_ok=True)
     finally:
         sub.close()
+    _raise_leftovers(missing, stalled)
+
+
+def _raise_leftovers(missing: list[str], stalled: list[TaskStalledError]) -> None:
+    """After as_completed yielded what finished: unknown ids first (they never will),
+    then stalled ones (they might, later)."""
     if missing:
-        raise TaskNotFoundError(missing)
+        error = TaskNotFoundError(missing)
+        if stalled:
+            _note(error, f"quickmj: also stalled: {', '.join(e.task_id for e in stalled)}")
+        raise error
+    if stalled:
+        first = stalled[0]
+        raise TaskStalledError(
+            first.task_id,
+            first.stalled_for,
+            first.last_task,
+            allowance=first.timeout,
+            pending=[e.task_id for e in stalled],
+        )
 
 
 async def _next_item(sub: Subscription, deadline: float) -> Any:
@@ -613,8 +644,9 @@ async def _next_item(sub: Subscription, deadline: float) -> Any:
 async def watch(poller: Poller, task_id: str) -> AsyncIterator[Task]:
     """Yield the task on each real change, ending with its final state.
 
-    A FAILURE is yielded, not raised. A task stuck in MODAL ends the iteration (after
-    ``PollPolicy.modal_timeout``) with its MODAL state.
+    A FAILURE is yielded, not raised. A task waiting in MODAL ends the iteration with
+    its MODAL state (see ``PollPolicy.modal_timeout``); a stalled task raises
+    TaskStalledError, like ``wait``.
     """
     sub = poller.subscribe([task_id], updates=True)
     last: Task | None = None

@@ -26,8 +26,15 @@ once. Then running ids every ``interval`` (``near_done_interval`` near the end),
 times live in a heap, so adding n ids one at a time costs O(n log n), not O(n^2). With
 nothing tracked the loop sleeps on an event: no idle traffic.
 
-Listeners receive updates and a final result (a terminal Task, a MODAL task that waited
-too long, or an exception) through their own small queue. User callbacks run in the
+Waits that can never succeed end instead of polling on: when ``dead_end_after`` answers
+in a row say the key is refused (401/403) or the task routes are not served (a wrong
+``base_url``), every waiter of the client fails with that error; a task whose reports
+stop changing for ``stall_after`` (``stall_after_queued`` while queued) fails its waiters
+with TaskStalledError. A relay's Retry-After pauses the loop for at most
+``max_error_backoff``.
+
+Listeners receive updates and a final result (a terminal Task, a task waiting in MODAL
+for ``modal()``, or an exception) through their own small queue. User callbacks run in the
 listener's own task, never in the loop, so a slow callback cannot stall polling.
 """
 
@@ -52,12 +59,15 @@ from ._protocol import change_key, check_task_id, how_far, progress_of
 from ._relay import Relay
 from ._rhythm import Rhythm
 from .errors import (
+    AuthenticationError,
     ClientClosedError,
     ConfigurationError,
     MalformedResponseError,
     QuickMJError,
     RateLimitError,
     TaskNotFoundError,
+    TaskStalledError,
+    UnsupportedByRelayError,
 )
 
 __all__ = ("Final", "PollPolicy", "Poller", "Subscription")
@@ -65,6 +75,9 @@ __all__ = ("Final", "PollPolicy", "Poller", "Subscription")
 logger = logging.getLogger("quickmj")
 
 _FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCEL"})
+# Not started yet; MODAL counts as queued once modal() was sent (the job queues again).
+_QUEUED_STATUSES = frozenset({"", "NOT_START", "SUBMITTED", "MODAL"})
+_TASK_ROUTES = frozenset({"POST /task/list-by-condition", "GET /task/{id}/fetch"})
 
 
 @attrs.frozen
@@ -88,9 +101,29 @@ class PollPolicy:
     #: Rounds an id may be missing from answers before one ``fetch`` confirms it.
     miss_limit: int = 3
     #: How long a task may sit in MODAL before waiters are told it needs ``modal``.
-    modal_timeout: float = 30.0
-    #: Upper bound of the backoff after failing requests.
+    #: 0 (the default): on the first read that shows it (new-api rewrites code 21 to 1,
+    #: so that read is the only sign). A task confirmed with ``modal()`` is never
+    #: reported: its MODAL rows are stale news.
+    modal_timeout: float = 0.0
+    #: Upper bound of the backoff after failing requests, and of a pause a relay asks
+    #: for with Retry-After (however long it asks for).
     max_error_backoff: float = 60.0
+    #: Consecutive answers that say the wait can never succeed (the key is refused:
+    #: 401/403; the task routes are not served: a 404 or a web page) after which every
+    #: waiter of the client fails with that error. Counted across chunks and rounds; a
+    #: request counts only if it was sent after the previous such answer arrived (a
+    #: burst of parallel chunks is one answer), and any successful read starts again.
+    #: With the default 3 and ``interval`` 2 s: about 6 s after the first such answer.
+    dead_end_after: int = 3
+    #: A task whose reports have not changed for this long while it runs (IN_PROGRESS)
+    #: fails its waiters with TaskStalledError (the relay lost it). midjourney-proxy and
+    #: TrueAI fail a running task themselves after 5 min (``timeout-minutes``); 10 min
+    #: leaves room for a raised server timeout. None: never (also for queued tasks).
+    stall_after: float | None = 600.0
+    #: The same for a task still queued (status "", NOT_START, SUBMITTED; or MODAL after
+    #: ``modal()``): a relax job can wait long. new-api fails unfinished tasks after 1 h,
+    #: TrueAI queued ones after 60 min: 75 min. None: queued tasks never stall.
+    stall_after_queued: float | None = 4500.0
     #: With push updates (notifyHook), how often pushed ids are still polled as a safety net.
     safety_net_interval: float = 30.0
     #: Learn the relay's refresh beat from identical answers and poll on it (new-api
@@ -98,8 +131,13 @@ class PollPolicy:
     adaptive: bool = True
 
     def __attrs_post_init__(self) -> None:
-        if self.batch_size < 1 or self.max_concurrent_batches < 1 or self.miss_limit < 1:
+        sizes = (self.batch_size, self.max_concurrent_batches, self.miss_limit)
+        if min(*sizes, self.dead_end_after) < 1:
             raise ConfigurationError("PollPolicy sizes must be at least 1")
+        for name in ("stall_after", "stall_after_queued"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:  # also refuses NaN
+                raise ConfigurationError(f"PollPolicy.{name} must be positive or None")
         if min(self.interval, self.first_poll, self.near_done_interval) < 0:
             raise ConfigurationError("PollPolicy intervals must be non-negative")
 
@@ -112,6 +150,16 @@ class PollPolicy:
         if percent is not None and percent >= self.near_done_percent:
             return min(self.interval, self.near_done_interval)
         return self.interval
+
+    def stall_allowance(self, status: Any, *, confirmed_modal: bool = False) -> float | None:
+        """How long a task in ``status`` may go unchanged before it counts as stalled."""
+        if self.stall_after is None or status in _FINAL_STATUSES:
+            return None
+        if status == "MODAL" and not confirmed_modal:
+            return None  # waits for the user, not the relay (see modal_timeout)
+        if status in _QUEUED_STATUSES or type(status) is not str:
+            return self.stall_after_queued
+        return self.stall_after
 
 
 class Final:
@@ -221,6 +269,7 @@ class _Entry:
         "polled_at",
         "pushed_at",
         "raw",
+        "since",
     )
 
     def __init__(self, due: float) -> None:
@@ -237,6 +286,7 @@ class _Entry:
         self.modal_since: float | None = None
         self.pushed_at: float | None = None  # last notifyHook push: poll only as a safety net
         self.confirmed_modal = False  # modal() was sent: a MODAL row is stale news
+        self.since: float | None = None  # when the relay's report last really changed
 
 
 class Poller:
@@ -262,6 +312,11 @@ class Poller:
         self._first_due = 0.0
         self._limiter: anyio.CapacityLimiter | None = None
         self._confirmed_modals: set[str] = set()
+        # Answers that say no wait can succeed (see PollPolicy.dead_end_after).
+        self._sent = 0  # requests sent so far (each gets the next number)
+        self._dead_kind: type[QuickMJError] | None = None
+        self._dead_count = 0
+        self._dead_barrier = 0  # requests up to this number were sent before the last one
         self.rhythm: Rhythm = Rhythm(policy)
         #: Called with each id's final result as it is handed out (job spans end there).
         self.on_final: Callable[[str, Final], None] | None = None
@@ -418,7 +473,8 @@ class Poller:
         self.stats["ticks"] += 1
         size = self.policy.batch_size
         for i in range(0, len(due), size):
-            chunks.start_soon(self._poll_chunk, due[i : i + size], now)
+            # Numbered as launched: chunks of one round count as one answer (_dead_end).
+            chunks.start_soon(self._poll_chunk, due[i : i + size], now, self._send_number())
 
     def _earliest(self) -> float:
         """The earliest due time of an idle entry (stale heap items are dropped)."""
@@ -444,7 +500,7 @@ class Poller:
             due.append(task_id)
         return due
 
-    async def _poll_chunk(self, ids: list[str], started: float) -> None:
+    async def _poll_chunk(self, ids: list[str], started: float, seq: int) -> None:
         # Next checks are scheduled from the round's start, not from when each answer
         # came back, so ids polled together stay together in the next round's batches.
         assert self._limiter is not None
@@ -454,8 +510,9 @@ class Poller:
                 rows = await self._relay.read_many(ids)
             except Exception as exc:  # the loop outlives any chunk's failure
                 self._release(ids)
-                self._chunk_failed(ids, exc)
+                self._chunk_failed(ids, exc, seq)
                 return
+            self._answered()
             self._release(ids)
             missing = self._apply_rows(ids, rows, started)
             for task_id in missing:
@@ -492,12 +549,50 @@ class Poller:
                 self.rhythm.saw_change(previous, started)
         return missing
 
-    def _chunk_failed(self, ids: list[str], exc: Exception) -> None:
+    def _send_number(self) -> int:
+        self._sent += 1
+        return self._sent
+
+    def _answered(self) -> None:
+        """A read succeeded: the key works and the routes are served."""
+        self._dead_kind, self._dead_count = None, 0
+
+    def _dead_end(self, exc: Exception, seq: int) -> bool:
+        """Count an answer that says no wait can succeed; True once every waiter failed.
+
+        Other errors (timeouts, 5xx) neither count nor break the streak: only a
+        successful read does. A request sent before the previous such answer arrived
+        is part of the same burst and does not count again.
+        """
+        kind = _dead_kind(exc)
+        if kind is None or seq <= self._dead_barrier:
+            return False
+        self._dead_barrier = self._sent
+        if kind is not self._dead_kind:
+            self._dead_kind, self._dead_count = kind, 0
+        self._dead_count += 1
+        limit = self.policy.dead_end_after
+        if self._dead_count == 1:
+            logger.warning("quickmj: %s (waits end if %d answers in a row say so)", exc, limit)
+        if self._dead_count < limit:
+            return False
+        error = _dead_error(exc)
+        for task_id in list(self._entries):
+            self._finish(task_id, Final(error=error))
+        return True
+
+    def _chunk_failed(self, ids: list[str], exc: Exception, seq: int) -> None:
         now = self._clock()
         if not isinstance(exc, QuickMJError):
             logger.error("quickmj: a poll request failed unexpectedly: %r", exc)
+        elif self._dead_end(exc, seq):
+            return
         retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
         if retry_after is not None:
+            # However long a hostile or broken relay asks for: at most max_error_backoff.
+            retry_after = min(max(retry_after, 0.0), self.policy.max_error_backoff)
+            if retry_after != retry_after:  # NaN
+                retry_after = self.policy.max_error_backoff
             # The relay asked everyone to slow down, not just this chunk.
             self._global_pause_until = max(self._global_pause_until, now + retry_after)
         for task_id in ids:
@@ -525,6 +620,7 @@ class Poller:
         # Confirm with a single fetch (which checks the answer is this id) first.
         self.stats["fetch_confirms"] += 1
         entry.busy = True
+        seq = self._send_number()
         try:
             task = await self._relay.fetch(task_id)
         except (TaskNotFoundError, MalformedResponseError) as exc:
@@ -536,8 +632,9 @@ class Poller:
             return
         except Exception as exc:
             entry.busy = False
-            self._chunk_failed([task_id], exc)
+            self._chunk_failed([task_id], exc, seq)
             return
+        self._answered()
         entry.busy = False
         if task_id in self._entries:
             entry.misses = 0
@@ -557,12 +654,14 @@ class Poller:
             return self._first_final(task_id, raw)
         key = change_key(raw)
         if key == entry.key and entry.modal_since is None:
-            self._schedule(task_id, entry, now)  # unchanged: nothing to parse or tell
+            self._unchanged(task_id, entry, now)  # nothing to parse or tell
             return False
-        if entry.raw is not None and _is_regression(entry.raw, raw):
-            self._schedule(task_id, entry, now)  # late or duplicated news never moves back
+        if entry.raw is not None and self._moves_back(entry, raw):
+            self._unchanged(task_id, entry, now)  # late or duplicated news never moves back
             return False
         changed = key != entry.key
+        if changed:
+            entry.since = now
         status = raw.get("status")
         final = status in _FINAL_STATUSES
         watched = changed and self._watched(entry)
@@ -584,6 +683,34 @@ class Poller:
         entry.delay = self.policy.delay_for(progress_of(raw))
         self._schedule(task_id, entry, now)
         return changed
+
+    def _moves_back(self, entry: _Entry, raw: Any) -> bool:
+        """``raw`` is older news than the entry's state (IN_PROGRESS after SUCCESS, new-api's
+        stale MODAL row after ``modal()``)? A MODAL after a queued state is news, not a
+        step back, for a task not confirmed with ``modal()``: new-api shows a remix job as
+        queued until its first refresh brings the MODAL the rewritten code 21 hid."""
+        assert entry.raw is not None
+        if (
+            raw.get("status") == "MODAL"
+            and not entry.confirmed_modal
+            and entry.raw.get("status") in _QUEUED_STATUSES
+        ):
+            return False
+        return _is_regression(entry.raw, raw)
+
+    def _unchanged(self, task_id: str, entry: _Entry, now: float) -> None:
+        """The report says what the last one said: schedule the next check, unless the
+        task has said the same for longer than its stall allowance."""
+        raw = entry.raw
+        status = raw.get("status") if raw is not None else None
+        allowance = self.policy.stall_allowance(status, confirmed_modal=entry.confirmed_modal)
+        since = entry.since
+        if allowance is None or since is None or now - since < allowance:
+            self._schedule(task_id, entry, now)
+            return
+        error = TaskStalledError(task_id, now - since, self.peek(task_id), allowance=allowance)
+        logger.warning("quickmj: %s", error)
+        self._finish(task_id, Final(error=error))
 
     @staticmethod
     def _watched(entry: _Entry) -> bool:
@@ -664,6 +791,38 @@ class Poller:
 def _is_regression(old: Mapping[str, Any], new: Mapping[str, Any]) -> bool:
     """True if ``new`` is older news than ``old`` (e.g. IN_PROGRESS after SUCCESS)."""
     return how_far(new) < how_far(old)
+
+
+def _dead_kind(exc: Exception) -> type[QuickMJError] | None:
+    """The kind of answer that says no wait of this client can succeed, or None."""
+    if isinstance(exc, AuthenticationError):
+        return AuthenticationError  # the key is refused (disabled, expired, no quota)
+    if isinstance(exc, UnsupportedByRelayError) and exc.route in _TASK_ROUTES:
+        return UnsupportedByRelayError  # an HTML 404, a web app: a wrong base_url
+    return None
+
+
+def _dead_error(exc: Exception) -> QuickMJError:
+    """What the waiters get: the relay's refusal as it came, or a route error that says
+    what the user can do about it."""
+    if not isinstance(exc, UnsupportedByRelayError):
+        assert isinstance(exc, QuickMJError)
+        return exc
+    how = "a web page" if exc.status < 300 else f"HTTP {exc.status}"
+    error = UnsupportedByRelayError(
+        f"the relay does not serve the task routes ({exc.route} answered {how}), so no "
+        "wait can end: check base_url; it must be the relay's root address, where it "
+        "serves /mj/task/...",
+        route=exc.route,
+        dialects=exc.dialects,
+        status=exc.status,
+        body=exc.body,
+        path=exc.path,
+        headers=exc.headers,
+        request_id=exc.request_id,
+    )
+    error.__cause__ = exc
+    return error
 
 
 def _as_quickmj(exc: Exception, task_id: str) -> QuickMJError:

@@ -42,6 +42,7 @@ all; the branches let callers react at the right level::
         ├── TaskNeedsModalError                  the task waits in MODAL for ``modal()``
         ├── TaskNotFoundError (LookupError)      the relay does not know the id
         └── TaskTimeoutError (TimeoutError)      waiting gave up (.task_id, .last_task)
+            └── TaskStalledError                     the task stopped changing (.stalled_for)
 
 No error message ever contains the API key: the transport redacts it from any body excerpt.
 """
@@ -89,6 +90,7 @@ __all__ = (
     "TaskFailedError",
     "TaskNeedsModalError",
     "TaskNotFoundError",
+    "TaskStalledError",
     "TaskTimeoutError",
     "TransportError",
     "UnsafeURLError",
@@ -624,3 +626,44 @@ class TaskTimeoutError(TaskError, TimeoutError):
         where = f" (last seen {last_task.status.value})" if last_task is not None else ""
         what = f"task {task_id}" if len(self.pending) == 1 else f"{len(self.pending)} tasks"
         super().__init__(f"{what} did not finish within {timeout:g} s{where}")
+
+
+class TaskStalledError(TaskTimeoutError):
+    """The task's reports stopped changing: the relay has most likely lost it.
+
+    Raised for a task that is neither finished nor waiting in MODAL when nothing about it
+    (status, progress, result) changed for ``PollPolicy.stall_after`` seconds (queued
+    tasks: ``PollPolicy.stall_after_queued``). Relays lose tasks: new-api's copy can stop
+    refreshing, midjourney-proxy tasks hang IN_PROGRESS. The task may still finish on the
+    relay: wait again later, or look it up. A ``TaskTimeoutError``, so code that handles
+    timeouts handles this too (a batch keeps such a prompt ``timed_out``, resumable).
+
+    Attributes:
+        task_id: the (first) stalled id.
+        timeout: the allowance that passed (``stall_after`` or ``stall_after_queued``).
+        stalled_for: how long the task had been unchanged, in seconds.
+        last_task: its last state.
+        pending: every stalled id (several for ``as_completed``).
+    """
+
+    def __init__(
+        self,
+        task_id: str,
+        stalled_for: float,
+        last_task: Task | None = None,
+        *,
+        allowance: float,
+        pending: Sequence[str] = (),
+    ) -> None:
+        super().__init__(task_id, allowance, last_task, pending=pending)
+        self.stalled_for = stalled_for
+        where = ""
+        if last_task is not None:
+            progress = f" {last_task.progress}" if last_task.progress else ""
+            where = f" (last seen {last_task.status.value or 'queued'}{progress})"
+        what = f"task {task_id}" if len(self.pending) == 1 else f"{len(self.pending)} tasks"
+        self.args = (
+            f"{what} stalled: unchanged for {stalled_for:.0f} s{where}; the relay has "
+            f"probably lost it (PollPolicy.stall_after {allowance:g} s). It may still "
+            "finish: wait again later or check it on the relay",
+        )

@@ -44,6 +44,7 @@ from quickmj import (
     TaskFailedError,
     TaskNeedsModalError,
     TaskNotFoundError,
+    TaskStalledError,
     TaskStatus,
     TaskTimeoutError,
     TransportError,
@@ -96,6 +97,7 @@ TREE: list[tuple[type, type | None, tuple[type, ...]]] = [
     (TaskNeedsModalError, TaskError, ()),
     (TaskNotFoundError, TaskError, (LookupError,)),
     (TaskTimeoutError, TaskError, (TimeoutError,)),
+    (TaskStalledError, TaskTimeoutError, (TimeoutError,)),
 ]
 
 

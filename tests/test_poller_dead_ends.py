@@ -1,0 +1,405 @@
+"""Waits that can never succeed end promptly, with the cause (issue 19, items 1-3, 5, 10).
+
+A revoked key, a base URL without task routes, a task the relay lost, a hostile
+Retry-After, and new-api's remix job whose MODAL only a read shows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fakes import BASE, KEY, FakeRelay, make_client
+
+from quickmj import (
+    AsyncClient,
+    AuthenticationError,
+    ConfigurationError,
+    PollPolicy,
+    RateLimitError,
+    RetryPolicy,
+    Task,
+    TaskNeedsModalError,
+    TaskStalledError,
+    TaskStatus,
+    TaskTimeoutError,
+    UnsupportedByRelayError,
+)
+from quickmj._batch import BatchItem, run_batch
+from quickmj._cli import _account_line
+from quickmj._poller import Poller
+from quickmj.testing import MockTransport, Request, Response, simulate
+
+EXHAUSTED = {
+    "error": {
+        "code": "",
+        "message": "该令牌额度已用尽 (request id: 20261206abc)",
+        "type": "new_api_error",
+    }
+}
+
+
+def policy(**kwargs: Any) -> PollPolicy:
+    base = {
+        "interval": 0.01,
+        "first_poll": 0.005,
+        "near_done_interval": 0.01,
+        "miss_limit": 2,
+        "adaptive": False,
+        "max_error_backoff": 0.04,
+    }
+    return PollPolicy(**{**base, **kwargs})
+
+
+class Relay:
+    """A MockTransport handler: ``reads`` answers the task reads (list and fetch)."""
+
+    def __init__(self, reads: Callable[[Request], Response | None]) -> None:
+        self.reads = reads
+        self.fake = FakeRelay(ticks=3)
+        self.list_requests = 0
+        self.fetch_requests = 0
+
+    def handle(self, request: Request) -> Response:
+        path = request.path.removeprefix("/mj")
+        if path == "/task/list-by-condition":
+            self.list_requests += 1
+        elif path.endswith("/fetch"):
+            self.fetch_requests += 1
+        if path.startswith("/task/"):
+            answer = self.reads(request)
+            if answer is not None:
+                return answer
+        return self.fake.handle(request)
+
+    def client(self, poll: PollPolicy, **kwargs: Any) -> AsyncClient:
+        return AsyncClient(
+            KEY, base_url=BASE, poll=poll, transport=MockTransport(self.handle), **kwargs
+        )
+
+
+def refused(_: Request) -> Response:
+    return Response(401, json=EXHAUSTED)
+
+
+# ---- 1. a revoked, expired or exhausted key ----
+
+
+async def test_a_refused_key_fails_every_waiter_after_the_grace(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """401 on every read: all waiters (several chunks) end with the relay's own words
+    after ``dead_end_after`` rounds, one WARNING is logged, and the key is in neither."""
+    relay = Relay(refused)
+    caplog.set_level(logging.WARNING, logger="quickmj")
+    async with relay.client(policy(batch_size=10)) as mj:
+        ids = [str(1730621826053000 + i) for i in range(25)]
+        results = await asyncio.gather(
+            *(mj.wait(i, timeout=30) for i in ids), return_exceptions=True
+        )
+        assert 0 == mj.poller.tracked
+    assert all(isinstance(r, AuthenticationError) for r in results)
+    error = results[0]
+    assert isinstance(error, AuthenticationError)
+    assert "该令牌额度已用尽" in str(error)
+    # Three chunks per round, three rounds: parallel chunks of a round count once.
+    assert 3 * 3 == relay.list_requests
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    assert 1 == len(warnings) and "该令牌额度已用尽" in warnings[0].getMessage()
+    assert KEY not in caplog.text and KEY not in str(error)
+
+
+async def test_one_refusal_then_success_fails_nobody() -> None:
+    """A 401 streak shorter than the grace, then a good answer: the wait succeeds, and the
+    count starts again (two more 401s later do not fail it either)."""
+    answers = iter([401, 401, None, None, 401, 401])
+
+    def flaky(_: Request) -> Response | None:
+        status = next(answers, None)
+        return Response(status, json=EXHAUSTED) if status else None
+
+    relay = Relay(flaky)
+    relay.fake.ticks = 4
+    async with relay.client(policy()) as mj:
+        task = await mj.wait("a", timeout=30)
+    assert TaskStatus.SUCCESS == task.status
+
+
+async def test_after_a_dead_end_a_new_waiter_fails_on_its_first_refusal() -> None:
+    """Once the key was found refused, a later wait does not sit through the grace again."""
+    relay = Relay(refused)
+    async with relay.client(policy()) as mj:
+        with pytest.raises(AuthenticationError):
+            await mj.wait("a", timeout=30)
+        before = relay.list_requests
+        with pytest.raises(AuthenticationError):
+            await mj.wait("b", timeout=30)
+    assert 1 == relay.list_requests - before
+
+
+async def test_the_confirming_fetch_counts_too() -> None:
+    """The list leaves the id out, then the key dies: the fetch that confirms the missing
+    id says 401 first, and it counts like a list answer."""
+
+    def reads(request: Request) -> Response | None:
+        if relay.list_requests == 1 and "list" in request.path:
+            return Response(200, json=[])
+        return Response(401, json=EXHAUSTED)
+
+    relay = Relay(reads)
+    async with relay.client(policy(miss_limit=1)) as mj:
+        with pytest.raises(AuthenticationError):
+            await mj.wait("a", timeout=30)
+    assert 1 == relay.fetch_requests and 3 == relay.list_requests
+
+
+async def test_a_batch_keeps_a_revoked_keys_jobs_and_names_the_account(tmp_path: Path) -> None:
+    """The key is revoked after the submits: rows stay incomplete with their ids, and the
+    summary names the account (never the key) with the relay's words."""
+    state = {"revoked": False}
+
+    def reads(_: Request) -> Response | None:
+        return Response(401, json=EXHAUSTED) if state["revoked"] else None
+
+    relay = Relay(reads)
+
+    def submitted(route: str, body: dict[str, Any]) -> Response | None:
+        state["revoked"] = True  # after the preflight read: the key dies mid-run
+        return None
+
+    relay.fake.submit_answer = submitted
+    async with relay.client(policy()) as mj:
+        items = [BatchItem(f"prompt {i}") for i in range(4)]
+        summary = await run_batch(mj, items, tmp_path / "out", timeout=30, download=False)
+    assert 4 == summary.incomplete and 4 == summary.resumable
+    (account,) = summary.accounts
+    assert account.key_rejected == "HTTP 401: 该令牌额度已用尽"
+    assert 4 == account.incomplete
+    line = _account_line(account)
+    assert "key rejected (HTTP 401: 该令牌额度已用尽): 4 jobs kept" in line
+    assert account.account in line and KEY not in line
+    rows = (tmp_path / "out" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    assert 4 == len(rows) and all('"task_id": "' in r for r in rows)
+
+
+# ---- 2. a base URL without task routes ----
+
+
+@pytest.mark.parametrize(
+    ("status", "page"),
+    [
+        (404, b"<html><body>Not Found</body></html>"),
+        (200, b"<!doctype html><html><div id=root></div></html>"),
+    ],
+    ids=["html-404", "web-app-page"],
+)
+async def test_a_base_url_without_task_routes_ends_waits(status: int, page: bytes) -> None:
+    """Every read is a 404 page or new-api's web app: a typed error that says so."""
+    relay = Relay(lambda _: Response(status, content=page))
+    async with relay.client(policy()) as mj:
+        with pytest.raises(UnsupportedByRelayError) as info:
+            await mj.wait("a", timeout=30)
+    text = str(info.value)
+    assert "does not serve the task routes" in text and "base_url" in text
+    assert 3 == relay.list_requests
+
+
+# ---- 3. a task that never changes again ----
+
+
+def frozen(status: str, progress: str = "") -> Callable[[Request], Response | None]:
+    def reads(request: Request) -> Response:
+        row = {"id": "s", "status": status, "progress": progress}
+        return Response(200, json=[row] if "list" in request.path else row)
+
+    return reads
+
+
+async def test_a_running_task_that_stops_changing_is_stalled() -> None:
+    """IN_PROGRESS 40% for longer than stall_after: TaskStalledError, a TaskTimeoutError
+    with the id, the last state and how long it was unchanged."""
+    relay = Relay(frozen("IN_PROGRESS", "40%"))
+    async with relay.client(policy(stall_after=0.05)) as mj:
+        with pytest.raises(TaskStalledError) as info:
+            await mj.wait("s", timeout=30)
+    error = info.value
+    assert isinstance(error, TaskTimeoutError)
+    assert "s" == error.task_id and ("s",) == error.pending
+    assert error.last_task is not None and TaskStatus.IN_PROGRESS == error.last_task.status
+    assert error.stalled_for >= 0.05 and 0.05 == error.timeout
+    assert "stalled" in str(error) and "40%" in str(error)
+
+
+async def test_queued_tasks_have_their_own_allowance() -> None:
+    """A queued task is not stalled by the running allowance; stall_after_queued=None lets
+    it wait (until the wait's own timeout), and stall_after=None turns stalls off."""
+    relay = Relay(frozen("NOT_START", "0%"))
+    for poll in (
+        policy(stall_after=0.02, stall_after_queued=None),
+        policy(stall_after=None, stall_after_queued=0.02),
+    ):
+        async with relay.client(poll) as mj:
+            with pytest.raises(TaskTimeoutError) as info:
+                await mj.wait("s", timeout=0.3)
+        assert not isinstance(info.value, TaskStalledError)
+    async with relay.client(policy(stall_after=10, stall_after_queued=0.05)) as mj:
+        with pytest.raises(TaskStalledError):
+            await mj.wait("s", timeout=30)
+
+
+async def test_progress_keeps_a_slow_task_alive() -> None:
+    """A task whose progress moves is never stalled, however long it takes in all."""
+    relay = FakeRelay(ticks=40)
+    async with make_client(relay, policy(stall_after=0.05)) as mj:
+        task = await mj.wait("slow", timeout=30)
+    assert TaskStatus.SUCCESS == task.status
+
+
+async def test_as_completed_and_watch_on_a_stalled_task() -> None:
+    """as_completed yields what finishes, then raises TaskStalledError listing the stalled
+    ids; watch raises it like wait."""
+
+    def reads(request: Request) -> Response | None:
+        if "list" not in request.path:
+            return None
+        ids = request.json()["ids"]
+        if "s" not in ids:
+            return None
+        rows = [{"id": "s", "status": "IN_PROGRESS", "progress": "10%"}]
+        for other in (i for i in ids if i != "s"):
+            n = relay.fake.reads[other] = relay.fake.reads.get(other, 0) + 1
+            rows.append({"id": other, "status": "SUCCESS" if n >= 3 else "IN_PROGRESS"})
+        return Response(200, json=rows)
+
+    relay = Relay(reads)
+    async with relay.client(policy(stall_after=0.05)) as mj:
+        done: list[str] = []
+        with pytest.raises(TaskStalledError) as info:
+            async for task in mj.as_completed(["s", "a", "b"], timeout=30):
+                done.append(task.id)
+        with pytest.raises(TaskStalledError):
+            async for _ in mj.watch("s"):
+                pass
+    assert ["a", "b"] == sorted(done)
+    assert ("s",) == info.value.pending
+
+
+def test_stall_allowance_by_status() -> None:
+    """Running states use stall_after, queued ones stall_after_queued, MODAL none (unless
+    modal() was sent: then it is queued again), finished ones none."""
+    p = PollPolicy(stall_after=600, stall_after_queued=4500)
+    assert 600 == p.stall_allowance("IN_PROGRESS")
+    assert 600 == p.stall_allowance("PAUSED")  # a status no relay documents
+    assert 4500 == p.stall_allowance("") == p.stall_allowance("NOT_START")
+    assert 4500 == p.stall_allowance("SUBMITTED") == p.stall_allowance(None)
+    assert p.stall_allowance("MODAL") is None
+    assert 4500 == p.stall_allowance("MODAL", confirmed_modal=True)
+    assert p.stall_allowance("SUCCESS") is None
+    assert PollPolicy(stall_after=None).stall_allowance("NOT_START") is None
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"stall_after": 0},
+        {"stall_after_queued": -1},
+        {"stall_after": math.nan},
+        {"dead_end_after": 0},
+    ],
+)
+def test_policy_refuses_unusable_values(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError):
+        PollPolicy(**kwargs)
+
+
+# ---- Retry-After: the poller caps it by itself ----
+
+
+@pytest.mark.parametrize("hint", [999999.0, math.inf, math.nan, -5.0, 0.0])
+def test_a_retry_after_pause_is_capped(hint: float) -> None:
+    """However long (or strange) the relay's hint: the loop pauses at most
+    max_error_backoff, and never into the past."""
+    now = 1000.0
+    poller = Poller(relay=None, policy=PollPolicy(max_error_backoff=60), clock=lambda: now)  # type: ignore[arg-type]
+    poller._chunk_failed([], RateLimitError("429", retry_after=hint), 1)
+    assert now <= poller._global_pause_until <= now + 60
+
+
+async def test_a_huge_retry_after_does_not_pause_every_wait() -> None:
+    """``429 Retry-After: 999999`` on the list: waits go on after max_error_backoff."""
+    calls = {"n": 0}
+
+    def reads(request: Request) -> Response | None:
+        calls["n"] += 1
+        if calls["n"] == 1:
+            return Response(429, headers={"Retry-After": "999999"}, json={})
+        return None
+
+    relay = Relay(reads)
+    async with relay.client(policy(), retry=RetryPolicy(max_attempts=1)) as mj:
+        task = await mj.wait("a", timeout=30)
+    assert TaskStatus.SUCCESS == task.status
+
+
+# ---- 10. remix on new-api: MODAL on the first read that shows it ----
+
+
+async def test_a_modal_task_is_reported_on_its_first_read() -> None:
+    """A task whose first read is MODAL: TaskNeedsModalError after one read (default
+    modal_timeout 0), not after a grace period."""
+    relay = FakeRelay(modal={"m"})
+    async with make_client(relay, policy(modal_timeout=PollPolicy().modal_timeout)) as mj:
+        with pytest.raises(TaskNeedsModalError) as info:
+            await mj.wait("m", timeout=30)
+    assert info.value.task is not None and TaskStatus.MODAL == info.value.task.status
+    assert 1 == len(relay.list_calls)
+
+
+async def test_modal_after_a_queued_read_is_news_not_a_step_back() -> None:
+    """new-api shows a remix job NOT_START until its first refresh brings MODAL: that MODAL
+    is reported (it used to be dropped as older news, and the wait never ended)."""
+    relay = FakeRelay(ticks=100)
+    relay.mangle = lambda ids, tasks: [
+        Task(id=t.id, status=TaskStatus.NOT_START if relay.reads[t.id] < 3 else TaskStatus.MODAL)
+        for t in tasks
+    ]
+    async with make_client(relay, policy()) as mj:
+        with pytest.raises(TaskNeedsModalError):
+            await mj.wait("r", timeout=30)
+    assert 3 == relay.reads["r"]
+
+
+async def test_a_stale_modal_row_after_modal_is_still_ignored() -> None:
+    """After modal() the queued row runs; new-api's stale MODAL row alone is old news."""
+    relay = FakeRelay(ticks=6)
+    relay.mangle = lambda ids, tasks: [
+        Task(id=t.id, status=TaskStatus.MODAL) if relay.reads[t.id] in (3, 4) else t for t in tasks
+    ]
+    async with make_client(relay, policy()) as mj:
+        mj.poller.confirm_modal("c")
+        task = await mj.wait("c", timeout=30)
+    assert TaskStatus.SUCCESS == task.status
+
+
+@pytest.mark.parametrize("refresh", [0.0, 0.3])
+async def test_remix_on_quickrouter_is_reported_at_once(refresh: float) -> None:
+    """The simulator's new-api with remix on: V1 answers code 1, the first read that shows
+    the job (after the relay's refresh) says MODAL, and modal() then finishes it."""
+    fast = PollPolicy(interval=0.05, first_poll=0.01, adaptive=False)
+    config = {"dialect": "quickrouter", "seed": 2, "remix": True, "refresh_interval": refresh}
+    async with (
+        simulate(**config) as relay,
+        AsyncClient(relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=fast) as mj,
+    ):
+        grid = await mj.imagine("a fox").wait(timeout=20)
+        job = await mj.action(grid, "V1")
+        assert not job.needs_modal  # code 21 was rewritten to 1
+        with pytest.raises(TaskNeedsModalError):
+            await job.wait(timeout=20)
+        done = await (await job.modal(prompt="a fox, blue")).wait(timeout=20)
+    assert TaskStatus.SUCCESS == done.status
