@@ -25,6 +25,8 @@ from quickmj import (
     ModelUnavailableError,
     NoAvailableAccountError,
     PollPolicy,
+    TaskFailedError,
+    TaskStalledError,
     _cli,
 )
 from quickmj.testing import (
@@ -631,3 +633,43 @@ async def test_sdk_change_rides_out_the_store_lag() -> None:
         assert [Fault.STORE_LAG] == faults(relay)
         assert 2 == relay.simulator.counters["POST /submit/change"]
         assert upscale.id in relay.simulator.tasks
+
+
+async def test_sdk_stalled_relay_copy_ends_the_wait() -> None:
+    """The relay's copy never changes again (its ?rand= link does): TaskStalledError."""
+    policy = attrs.evolve(FAST_POLL, stall_after=0.5, adaptive=False)
+    async with (
+        simulate(run_seconds=0.4) as relay,
+        AsyncClient(relay.api_key, base_url=relay.base_url, poll=policy) as mj,
+    ):
+        job = await mj.imagine("a stallword fox")
+        with pytest.raises(TaskStalledError) as info:
+            await job.wait(timeout=30)
+        assert job.id == info.value.task_id
+        assert info.value.last_task is not None and info.value.last_task.progress == "46%"
+        assert "SUCCESS" == relay.simulator.engine.phase(relay.simulator.tasks[job.id])[0]
+
+
+async def test_sdk_sees_the_server_timeout_as_a_failure() -> None:
+    async with sdk(dialect="trueai", run_seconds=100.0) as (relay, mj):
+        job = await mj.imagine("a hangword owl")
+        relay.simulator.advance(400.0)
+        with pytest.raises(TaskFailedError) as info:
+            await job.wait(timeout=10)
+        assert "执行超时 5 分钟" == info.value.fail_reason
+
+
+async def test_sdk_revoked_key_ends_the_wait() -> None:
+    """Every read answers 401 once the key is revoked: the waiter fails, it does not poll on."""
+    policy = attrs.evolve(FAST_POLL, adaptive=False)
+    async with (
+        simulate(api_keys=("sk-live",), run_seconds=100.0) as relay,
+        AsyncClient(relay.api_key, base_url=relay.base_url, poll=policy) as mj,
+    ):
+        job = await mj.imagine("a cat")
+        relay.simulator.revoke_key("sk-live", "exhausted")
+        with pytest.raises(AuthenticationError) as info:
+            await job.wait(timeout=30)
+        assert "exhausted" == info.value.reason
+        refused = faults(relay).count(Fault.TOKEN_REFUSED)
+        assert policy.dead_end_after <= refused <= policy.dead_end_after + 2
