@@ -1105,8 +1105,9 @@ class AsyncClient:
     ) -> AsyncIterator[Task]:
         """Yield each task as it reaches a terminal state, in completion order.
 
-        Failed tasks are yielded too (check ``task.is_failed``); a task stuck in MODAL is
-        yielded as it is once ``PollPolicy.modal_timeout`` passes.
+        Failed tasks are yielded too (check ``task.is_failed``); a task waiting in MODAL is
+        yielded as it is; stalled ones raise TaskStalledError after the others
+        (``PollPolicy.stall_after``).
 
         Args:
             tasks: task ids, Tasks or job handles (duplicates are waited for once).

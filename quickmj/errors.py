@@ -559,8 +559,9 @@ class TaskFailedError(TaskError):
 class TaskNeedsModalError(TaskError):
     """The task waits in MODAL: finish it with ``modal(task_id, prompt=..., mask=...)``.
 
-    Raised by waits on a task that stays in MODAL longer than ``PollPolicy.modal_timeout``
-    and by ``job.wait()`` on a job the relay answered with code 21. ``task`` is None when
+    Raised by waits on a task a read shows in MODAL (at once by default; after
+    ``PollPolicy.modal_timeout`` if set) and by ``job.wait()`` on a job the relay answered
+    with code 21 (new-api answers 1 instead: then the read tells). ``task`` is None when
     only the id is known.
     """
 

@@ -403,3 +403,36 @@ async def test_remix_on_quickrouter_is_reported_at_once(refresh: float) -> None:
             await job.wait(timeout=20)
         done = await (await job.modal(prompt="a fox, blue")).wait(timeout=20)
     assert TaskStatus.SUCCESS == done.status
+
+
+# ---- against the simulator's production faults ----
+
+
+def sim_client(relay: Any, poll: PollPolicy) -> AsyncClient:
+    return AsyncClient(relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=poll)
+
+
+async def test_a_job_the_relay_stopped_refreshing_is_stalled() -> None:
+    """new-api's copy of a job stops refreshing (new-api#1673): TaskStalledError, with the
+    id and the last state the relay showed."""
+    poll = PollPolicy(interval=0.05, first_poll=0.01, adaptive=False, stall_after=0.6)
+    config = {"dialect": "quickrouter", "seed": 4, "refresh_interval": 0.1, "run_seconds": 3.0}
+    async with simulate(**config) as relay, sim_client(relay, poll) as mj:
+        job = await mj.imagine("a stallword fox")
+        with pytest.raises(TaskStalledError) as info:
+            await job.wait(timeout=30)
+    assert job.id == info.value.task_id and info.value.last_task is not None
+
+
+@pytest.mark.parametrize("dialect", ["quickrouter", "trueai", "midjourney-proxy"])
+async def test_a_key_revoked_while_jobs_run_ends_their_waits(dialect: str) -> None:
+    """The simulator revokes the key mid-job: every wait ends with AuthenticationError."""
+    poll = PollPolicy(interval=0.05, first_poll=0.01, adaptive=False, max_error_backoff=0.2)
+    config = {"dialect": dialect, "seed": 5, "run_seconds": 60}
+    async with simulate(**config) as relay, sim_client(relay, poll) as mj:
+        jobs = [await mj.imagine(f"a fox {i}") for i in range(3)]
+        waits = [asyncio.ensure_future(j.wait(timeout=30)) for j in jobs]
+        await asyncio.sleep(0.2)
+        relay.simulator.revoke_key(relay.api_key, "disabled")
+        results = await asyncio.gather(*waits, return_exceptions=True)
+    assert all(isinstance(r, AuthenticationError) for r in results), results
