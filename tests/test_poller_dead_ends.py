@@ -436,3 +436,22 @@ async def test_a_key_revoked_while_jobs_run_ends_their_waits(dialect: str) -> No
         relay.simulator.revoke_key(relay.api_key, "disabled")
         results = await asyncio.gather(*waits, return_exceptions=True)
     assert all(isinstance(r, AuthenticationError) for r in results), results
+
+
+async def test_a_batch_records_a_stalled_job_as_timed_out(tmp_path: Path) -> None:
+    """The batch keeps a stalled job's id, ``timed_out`` with a reason that says so."""
+
+    def reads(request: Request) -> Response | None:
+        if "list" not in request.path:
+            return None
+        ids = [i for i in request.json()["ids"] if i != "quickmj-preflight"]
+        return Response(
+            200, json=[{"id": i, "status": "IN_PROGRESS", "progress": "7%"} for i in ids]
+        )
+
+    relay = Relay(reads)
+    async with relay.client(policy(stall_after=0.05)) as mj:
+        summary = await run_batch(mj, [BatchItem("a fox")], tmp_path / "out", download=False)
+    assert 1 == summary.timed_out and 1 == summary.resumable
+    (row,) = (tmp_path / "out" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
+    assert '"status": "timed_out"' in row and "stalled: unchanged for" in row
