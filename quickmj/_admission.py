@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_check
 import anyio
 import attrs
 
+from ._config import clamp_retry_after
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -352,8 +353,8 @@ class Budget(abc.ABC):
         """Seconds to pause after a refusal: Retry-After, else a growing backoff."""
         policy = self.policy
         self._strikes += 1
-        if retry_after is not None:
-            return min(max(retry_after, 0.0), policy.max_backoff)
+        if retry_after is not None:  # kept within 1 s to 60 s: never a 0-second storm
+            return min(clamp_retry_after(retry_after), policy.max_backoff)
         base = min(policy.backoff * 2.0 ** (self._strikes - 1), policy.max_backoff)
         return base * random.uniform(0.5, 1.0)
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import sys
@@ -101,6 +102,11 @@ class BatchProgress:
     unknown: int = 0
     #: Prompts finished per second over the recent past (None until two finished).
     rate: float | None = None
+    #: Seconds since the relay began refusing every submit ("queue full" or HTTP 429;
+    #: None while submits are accepted). At the run's ``timeout`` submitting stops.
+    refused_for: float | None = None
+    #: What those refusals say: ``"queue full"`` or ``"rate limited (HTTP 429)"``.
+    refusal: str | None = None
 
     @property
     def done(self) -> int:
@@ -176,6 +182,9 @@ class BatchSummary:
     unsettled: tuple[Unsettled, ...] = ()
     #: Per account: jobs submitted, outcomes, queue-full and 429 answers, learned limit.
     accounts: tuple[AccountSummary, ...] = ()
+    #: Why the run stopped sending submits before every prompt was sent (the relay
+    #: refused every submit for ``timeout`` seconds); None if it did not.
+    stopped_submitting: str | None = None
 
     @property
     def ok(self) -> bool:
@@ -351,6 +360,13 @@ class _Run:
         self.breaker = _Breaker(OUTAGE_LIMIT)
         self.stop: QuickMJError | None = None
         self._finished_at: list[float] = []
+        #: Queue full forever: when the relay began refusing every submit (the loop's
+        #: clock; None while submits are accepted), what it says, the submits waiting
+        #: for a slot meanwhile (their waits end when submitting stops), and why it did.
+        self.refusing_since: float | None = None
+        self.refusal: str | None = None
+        self._waits: set[anyio.CancelScope] = set()
+        self.halted: str | None = None
         #: Accounts whose key the relay refused while their jobs were awaited -> why.
         self.refused: dict[str, str] = {}
 
@@ -371,6 +387,8 @@ class _Run:
             unknown=p[Phase.UNKNOWN],
             elapsed=time.monotonic() - self.started,
             rate=self._rate(),
+            refused_for=self._refused_for(),
+            refusal=self.refusal if self.refusing_since is not None else None,
         )
 
     def _rate(self) -> float | None:
@@ -568,12 +586,22 @@ class _Run:
 
         The slot is taken before the journal marks the submit, so a run stopped while
         waiting for one leaves the prompt pending, never "unknown". Answers that created
-        nothing (queue full, 429, a key leaving the rotation) are sent again.
+        nothing (queue full, 429, a key leaving the rotation) are sent again, until the
+        relay has refused every submit for the run's ``timeout`` (then the prompt stays
+        pending: ``_check_halt``).
         """
         tag = _tag(self.run_id, row, pressing)
         while True:
+            # The send below is shielded and a slot is often free at once, so without this
+            # a cancelled run (the first Ctrl-C) could keep re-sending refused submits.
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            if self.halted is not None:
+                return self._not_sent(row, pressing, self.halted)
             try:
-                async with self.pool.reserve(account) as slot:
+                async with contextlib.AsyncExitStack() as stack:
+                    slot = await self._reserve(stack, account)
+                    if slot is None:
+                        continue  # the wait was ended: submitting stopped meanwhile
                     job = await self._send(row, pressing, tag, make, slot)
             except NoUsableAccountError as exc:
                 if pressing is None:
@@ -601,9 +629,10 @@ class _Run:
             # paid job's id) reaches the journal instead of leaving the row "unknown".
             with anyio.CancelScope(shield=True):
                 job = await slot.send(make(slot.client, tag))
-        except (QueueFullError, RateLimitError):
+        except (QueueFullError, RateLimitError) as exc:
             self.breaker.ok()  # the relay answered: no outage; the budget paused
             self._unmark(row, pressing)
+            self._refused(exc)
             return None
         except QuickMJError as exc:
             if account_unusable(exc) and slot.lease.budget.disabled and pressing is None:
@@ -611,7 +640,70 @@ class _Run:
                 return None
             return self._submit_failed(row, pressing, exc)
         self.breaker.ok()
+        self._accepted()
         return job
+
+    # ---- queue full forever: the run's timeout bounds the wait for a slot ----
+
+    async def _reserve(
+        self, stack: contextlib.AsyncExitStack, account: str | None
+    ) -> Reservation | None:
+        """A slot (given back when ``stack`` closes), or None when the wait was ended
+        because submitting stopped (or must stop now: refused for ``timeout``)."""
+        with anyio.CancelScope(deadline=self._halt_at()) as scope:
+            self._waits.add(scope)
+            try:
+                return await stack.enter_async_context(self.pool.reserve(account))
+            finally:
+                self._waits.discard(scope)
+        self._check_halt()
+        return None
+
+    def _halt_at(self) -> float:
+        """When submitting stops if nothing is accepted before (the loop's clock)."""
+        if self.refusing_since is None:
+            return math.inf
+        return self.refusing_since + self.s.timeout
+
+    def _refused_for(self) -> float | None:
+        since = self.refusing_since
+        return None if since is None else anyio.current_time() - since
+
+    def _refused(self, exc: QuickMJError) -> None:
+        """A submit answered queue full or 429 (nothing created)."""
+        limited = isinstance(exc, RateLimitError)
+        self.refusal = "rate limited (HTTP 429)" if limited else "queue full"
+        if self.refusing_since is None:
+            self.refusing_since = anyio.current_time()
+            for scope in self._waits:
+                scope.deadline = self._halt_at()
+        self._check_halt()
+        self._report()
+
+    def _accepted(self) -> None:
+        if self.refusing_since is not None:
+            self.refusing_since = None
+            for scope in self._waits:
+                scope.deadline = math.inf
+
+    def _check_halt(self) -> None:
+        """Stop submitting once every submit was refused for the run's ``timeout``."""
+        if self.halted is not None or anyio.current_time() < self._halt_at():
+            return
+        self.halted = (
+            f"the relay answered {self.refusal or 'queue full'} to every submit for "
+            f"{human_span(self.s.timeout)}: not sent (nothing was created); --resume sends it"
+        )
+        for scope in list(self._waits):
+            scope.cancel()
+        self._report()
+
+    def _not_sent(self, row: JournalRow, pressing: str | None, reason: str) -> Phase:
+        if pressing is None:
+            self.journal.mark_pending(row.index, reason=reason)
+            return Phase.PENDING
+        # The grid is paid and the press created nothing: a resume presses again.
+        return self._set(row, Phase.INCOMPLETE, reason=f"{pressing} not sent: {reason}")
 
     def _unmark(self, row: JournalRow, pressing: str | None) -> None:
         if pressing is None:
@@ -707,6 +799,17 @@ def _refusal(exc: AuthenticationError) -> str:
 
 
 _REQUEST_ID = re.compile(r"\s*\(request id: [^)]*\)")
+
+
+def human_span(seconds: float) -> str:
+    """``45 s``, ``2 min``, ``1 h 5 min``: a duration for people."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"{minutes} min"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h" + (f" {minutes} min" if minutes else "")
 
 
 def _imagine_kwargs(options: dict[str, Any], tag: str) -> dict[str, Any]:
@@ -874,7 +977,11 @@ async def _drive(
         manifest = bdir.write_manifest(journal)
         journal.end_run()
     summary = _summary(journal, manifest, time.monotonic() - run.started)
-    return attrs.evolve(summary, accounts=_per_account(pool, journal, before, run.refused))
+    return attrs.evolve(
+        summary,
+        accounts=_per_account(pool, journal, before, run.refused),
+        stopped_submitting=run.halted,
+    )
 
 
 async def _preflight(pool: AccountPool, journal: Journal) -> None:

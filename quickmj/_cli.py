@@ -588,7 +588,7 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
         raise _Usage("--concurrency must be at least 1")
     if (args.resubmit_unknown or args.reconcile) and not args.resume:
         raise _Usage("--resubmit-unknown and --reconcile go with --resume")
-    reporter = make_reporter(sys.stderr, plain=args.plain or args.json)
+    reporter = make_reporter(sys.stderr, plain=args.plain, as_json=args.json)
     async with _accounts(args) as mj:
         try:
             summary = await run_batch(
@@ -667,6 +667,7 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
                     "manifest": str(summary.manifest),
                     "seconds": round(summary.elapsed, 2),
                     "accounts": [_account_json(a) for a in summary.accounts],
+                    "stopped_submitting": summary.stopped_submitting,
                 }
             }
         )
@@ -681,6 +682,9 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
     )
     for a in summary.accounts:
         print(_account_line(a), file=out.stream)
+    stopped = summary.stopped_submitting
+    if stopped:
+        print(f"note: stopped submitting: {stopped}", file=out.stream)
     if summary.unknown:
         print(
             "note: 'unknown' prompts may have created jobs: settle them with 'quickmj reconcile "

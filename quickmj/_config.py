@@ -18,6 +18,8 @@ __all__ = (
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "ENV_MODE",
+    "RETRY_AFTER_CAP",
+    "RETRY_AFTER_FLOOR",
     "AuthScheme",
     "Dialect",
     "Mode",
@@ -48,6 +50,29 @@ Dialect = Literal["auto", "quickrouter", "midjourney-proxy", "trueai"]
 ``auto`` (unknown: quickmj assumes nothing beyond the common protocol)."""
 DIALECTS: tuple[Dialect, ...] = ("auto", "quickrouter", "midjourney-proxy", "trueai")
 
+#: The shortest pause a ``Retry-After`` can ask for. The header counts whole seconds
+#: (RFC 9110 §10.2.3), so an honest relay never means less than one; 0, a negative number,
+#: a date already past or NaN come from broken or hostile relays and, taken literally,
+#: re-send at thousands of requests per second.
+RETRY_AFTER_FLOOR = 1.0
+#: The longest pause a ``Retry-After`` can impose. Relay rate limits count per minute
+#: (new-api's model rate limit, TrueAI's IP limiter); a longer hint (``999999``, ``inf``,
+#: a date years ahead) is more likely broken than meant, and must not silence every wait
+#: of a client. A limit that really lasts longer answers 429 again after the pause.
+RETRY_AFTER_CAP = 60.0
+
+
+def clamp_retry_after(seconds: float) -> float:
+    """A server's ``Retry-After`` in seconds, within [RETRY_AFTER_FLOOR, RETRY_AFTER_CAP].
+
+    The one rule every consumer applies (``parse_retry_after``, ``RetryPolicy.delay``,
+    admission pauses, the poller): NaN and anything below the floor become the floor.
+    """
+    if not seconds >= RETRY_AFTER_FLOOR:  # NaN compares False: the floor too
+        return RETRY_AFTER_FLOOR
+    return min(seconds, RETRY_AFTER_CAP)
+
+
 _MODES = ("fast", "relax", "turbo")
 _SCHEMES = ("bearer", "mj-api-secret", "raw")
 #: The auth header each dialect's server reads (TrueAI also reads Authorization, but
@@ -65,9 +90,23 @@ def _positive(_: Any, attribute: attrs.Attribute[float], value: float) -> None:
         raise ConfigurationError(f"Timeouts.{attribute.name} must be positive, got {value!r}")
 
 
+def _positive_or_none(_: Any, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ConfigurationError(
+            f"Timeouts.{attribute.name} must be positive or None, got {value!r}"
+        )
+
+
 @attrs.frozen
 class Timeouts:
-    """HTTP timeouts in seconds. These bound one request, never the life of a job."""
+    """HTTP timeouts in seconds. These bound one call, never the life of a job.
+
+    ``request`` bounds one attempt; ``total`` bounds one call with all its attempts and
+    backoff sleeps: with the defaults a read (fetch, list-by-condition, image-seed, the
+    task list) that gets no answer ends with RequestTimeoutError after at most 120 s,
+    whatever ``RetryPolicy.max_attempts`` is (without it, 4 attempts against a relay
+    that drips its answer took 4 x ``request``, about 6 minutes).
+    """
 
     connect: float = attrs.field(default=10.0, validator=_positive)
     """Establishing a connection (TCP + TLS)."""
@@ -83,7 +122,18 @@ class Timeouts:
     download: float = attrs.field(default=60.0, validator=_positive)
     """Silence allowed while downloading an image (between chunks)."""
     download_total: float = attrs.field(default=600.0, validator=_positive)
-    """Deadline for one whole image download."""
+    """Deadline for one whole image download, its retries included (a large video may
+    take minutes on a slow link: ``total`` does not apply to downloads)."""
+    total: float | None = attrs.field(default=120.0, validator=_positive_or_none)
+    """Deadline for one whole call with all its retries and backoff sleeps: reads
+    (fetch, list-by-condition, image-seed, the task list) and the connect retries of a
+    submit. None: only ``RetryPolicy.max_attempts`` bounds them.
+
+    120 s lets one full ``request`` attempt (90 s: a relay waiting on its upstream)
+    plus a quick retry through, yet a wait never hangs on one read for minutes: the
+    poller reads again on its next tick. When a call hits it, RequestTimeoutError says
+    so and how many attempts ran. A submit's attempt is never cut by it (the job might
+    have been created): it only stops further connect retries."""
 
 
 @attrs.frozen
@@ -100,7 +150,8 @@ class RetryPolicy:
     backoff: float = 0.5
     """First backoff in seconds; doubled on each further attempt."""
     max_backoff: float = 30.0
-    """Upper bound of one backoff (and of an honoured Retry-After)."""
+    """Upper bound of one backoff (and of an honoured Retry-After, which is first kept
+    within 1 s to 60 s: see ``RETRY_AFTER_FLOOR`` / ``RETRY_AFTER_CAP``)."""
     jitter: float = 0.5
     """Random spread applied to each backoff (0.5 = from 50% to 150%)."""
     retry_submits: bool = False
@@ -118,14 +169,15 @@ class RetryPolicy:
         Args:
             attempt: the attempt that just failed (1 for the first).
             retry_after: the server's ``Retry-After`` in seconds, if it sent one; it wins
-                over the backoff (capped at ``max_backoff``).
+                over the backoff, kept within 1 s to 60 s (a relay answering
+                ``Retry-After: 0`` is not re-sent at once) and capped at ``max_backoff``.
 
         Returns:
             The delay in seconds: exponential backoff with ``jitter``, at most
             ``max_backoff`` (before jitter).
         """
-        if retry_after is not None and retry_after >= 0:
-            return min(retry_after, self.max_backoff)
+        if retry_after is not None:
+            return min(clamp_retry_after(retry_after), self.max_backoff)
         base = min(self.backoff * (2 ** (attempt - 1)), self.max_backoff)
         spread = 1 + random.uniform(-self.jitter, self.jitter)
         return float(max(0.0, base * spread))

@@ -4,6 +4,10 @@ Both show the same counts as the summary (queued, running, succeeded, failed, re
 and timed out / incomplete / unknown when there are any), the percentage, the rate and an
 ETA smoothed over recent completions, in at most 60 columns for the bar's text. At the
 end, ``failures(manifest)`` prints a short table of the prompts that did not succeed.
+
+When the relay refuses every submit (queue full, or 429) for a minute, both say so in a
+line of its own (``relay answers 'queue full' for every submit since 2 min``), again at
+2, 4, 8... minutes; with ``as_json`` that line is a ``{"notice": {...}}`` object.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ import time
 from pathlib import Path
 from typing import TextIO
 
-from ._batch import BatchProgress
+from ._batch import BatchProgress, human_span
 
 __all__ = ("make_reporter",)
 
 _SHOWN = 10  # failed prompts listed at the end (the manifest has all of them)
+#: Refusals shorter than this are routine backpressure: nothing is said about them.
+NOTICE_AFTER = 60.0
 
 
 def _fmt_eta(seconds: float | None) -> str:
@@ -39,7 +45,48 @@ def counts(p: BatchProgress) -> str:
         parts.append(f"inc {p.incomplete}")
     if p.unknown:
         parts.append(f"unk {p.unknown}")
+    if p.refused_for is not None and p.refused_for >= NOTICE_AFTER / 6:
+        kind = "429" if p.refusal and "429" in p.refusal else "full"
+        parts.append(f"{kind} {human_span(p.refused_for)}")
     return " · ".join(parts)
+
+
+def refusal_text(p: BatchProgress) -> str:
+    """The line saying the relay refuses every submit (for ``p.refused_for`` seconds)."""
+    return (
+        f"relay answers '{p.refusal or 'queue full'}' for every submit since "
+        f"{human_span(p.refused_for or 0.0)}; nothing was created for the waiting prompts "
+        "(they stay pending if this lasts --timeout)"
+    )
+
+
+class _Notices:
+    """Says once a minute, then at 2, 4, 8... minutes, that every submit is refused."""
+
+    def __init__(self) -> None:
+        self._next = NOTICE_AFTER
+
+    def due(self, p: BatchProgress) -> str | None:
+        """The notice to print for ``p``, or None (nothing new to say)."""
+        if p.refused_for is None:
+            self._next = NOTICE_AFTER  # accepted again: a new streak starts from scratch
+            return None
+        if p.refused_for < self._next:
+            return None
+        while self._next <= p.refused_for:
+            self._next *= 2
+        return refusal_text(p)
+
+
+def notice_json(p: BatchProgress, text: str) -> str:
+    """The refusal notice as ``--json`` prints it (one object per line)."""
+    body = {
+        "kind": "refused",
+        "refusal": p.refusal,
+        "seconds": round(p.refused_for or 0.0, 1),
+        "message": text,
+    }
+    return json.dumps({"notice": body}, ensure_ascii=False)
 
 
 def line(p: BatchProgress) -> str:
@@ -79,13 +126,19 @@ class _Failures:
 class PlainReporter(_Failures):
     """Prints a status line at most every ``every`` seconds, and the last one always."""
 
-    def __init__(self, stream: TextIO, every: float = 2.0) -> None:
+    def __init__(self, stream: TextIO, every: float = 2.0, *, as_json: bool = False) -> None:
         super().__init__(stream)
+        self.as_json = as_json
+        self.notices = _Notices()
         self.every = every
         self._last = 0.0
         self._last_line = ""
 
     def __call__(self, p: BatchProgress) -> None:
+        said = self.notices.due(p)
+        if said is not None:
+            shown = notice_json(p, said) if self.as_json else f"note: {said}"
+            print(shown, file=self.stream, flush=True)
         now = time.monotonic()
         text = line(p)
         if text == self._last_line:
@@ -116,9 +169,13 @@ class RichReporter(_Failures):  # pragma: no cover - needs a terminal
             transient=False,
         )
         self._task: object = None
+        self._notices = _Notices()
         self._progress.start()
 
     def __call__(self, p: BatchProgress) -> None:
+        said = self._notices.due(p)
+        if said is not None:
+            self._progress.console.print(f"note: {said}")
         rate = f"{p.rate * 60:.1f}/min" if p.rate else ""
         if self._task is None:
             self._task = self._progress.add_task(
@@ -137,11 +194,14 @@ class RichReporter(_Failures):  # pragma: no cover - needs a terminal
 
 
 def make_reporter(
-    stream: TextIO | None = None, *, plain: bool = False
+    stream: TextIO | None = None, *, plain: bool = False, as_json: bool = False
 ) -> PlainReporter | RichReporter:
-    """Rich bar when ``stream`` is a terminal and rich is installed; plain lines otherwise."""
+    """Rich bar when ``stream`` is a terminal and rich is installed; plain lines otherwise.
+
+    ``as_json``: plain lines, and the refusal notice as a JSON object (``--json``).
+    """
     out: TextIO = stream if stream is not None else sys.stderr
-    if not plain and out.isatty():
+    if not plain and not as_json and out.isatty():
         try:
             import rich.progress  # noqa: F401
         except ImportError:
@@ -151,4 +211,4 @@ def make_reporter(
             )
         else:
             return RichReporter(out)
-    return PlainReporter(out)
+    return PlainReporter(out, as_json=as_json)

@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
 
-from ._config import Secret
+from ._config import Secret, clamp_retry_after
 from ._converter import as_id, loads, structure, structure_task
 from ._http import Answer, display_url, segment
 from ._models import FailureBody, SubmitResult, Task
@@ -470,7 +470,12 @@ def _openai_message(data: Any) -> str | None:
 
 
 def parse_retry_after(value: str | None) -> float | None:
-    """``Retry-After`` as seconds: either a number or an HTTP date."""
+    """``Retry-After`` as seconds (a number or an HTTP date), within 1 s to 60 s.
+
+    None when absent or unreadable (the caller's own backoff applies). Every value read
+    is clamped by ``clamp_retry_after`` (0, negative, NaN and past dates: 1 s; ``inf``,
+    ``999999`` and far dates: 60 s), so ``RateLimitError.retry_after`` is always sane.
+    """
     import email.utils
     import time
 
@@ -487,7 +492,7 @@ def parse_retry_after(value: str | None) -> float | None:
         if when is None:
             return None
         seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if seconds == seconds else None  # NaN check
+    return clamp_retry_after(seconds)
 
 
 # ---- per-call answers ----

@@ -104,6 +104,7 @@ class Relay:
             may_retry=retry_read,
             sleep=self.http.sleep,
             what=f"{method} {path}",
+            total=self.http.timeouts.total,
         )
 
     def _interpret(self, answer: Answer, path: str, *, creates: bool = False) -> Any:
@@ -153,6 +154,8 @@ class Relay:
                 may_retry=lambda exc: retry_submit(exc, backpressure=policy.retry_submits),
                 sleep=self.http.sleep,
                 what=f"POST {route}",
+                total=self.http.timeouts.total,
+                creates=True,
             )
         except ClosedInFlight as exc:
             raise self._unknown(
@@ -276,7 +279,12 @@ class Relay:
             return got.content_type, mime
 
         return await retrying(
-            once, policy=self.retry, may_retry=retry_read, sleep=self.http.sleep, what="download"
+            once,
+            policy=self.retry,
+            may_retry=retry_read,
+            sleep=self.http.sleep,
+            what="download",
+            total=self.http.timeouts.download_total,  # a download's own bound, retries included
         )
 
     def _through_relay(self, url: str) -> str:

@@ -411,10 +411,21 @@ async def test_bare_404_is_a_route_the_relay_does_not_serve(
 
 @pytest.mark.parametrize(
     ("header", "expected"),
-    [("7", 7.0), ("0.5", 0.5), ("-3", 0.0), (None, None), ("soon", None), ("", None)],
+    [
+        ("7", 7.0),
+        ("0.5", 1.0),
+        ("-3", 1.0),
+        ("0", 1.0),
+        ("999999", 60.0),
+        ("inf", 60.0),
+        (None, None),
+        ("soon", None),
+        ("", None),
+    ],
 )
 async def test_rate_limit_retry_after_seconds(header: str | None, expected: float | None) -> None:
-    """429 keeps the Retry-After hint in seconds (None when absent or unreadable)."""
+    """429 keeps the Retry-After hint in seconds, within 1 s to 60 s (None when absent or
+    unreadable)."""
     headers = {"Retry-After": header} if header is not None else {}
     script = Script({FETCH: {"status": 429, "headers": headers}})
     async with script.client(retry=ONCE) as mj:
@@ -426,20 +437,21 @@ async def test_rate_limit_retry_after_seconds(header: str | None, expected: floa
 
 async def test_rate_limit_retry_after_http_date() -> None:
     """Retry-After as an HTTP date becomes the seconds until then."""
-    when = email.utils.formatdate(time.time() + 120, usegmt=True)
+    when = email.utils.formatdate(time.time() + 50, usegmt=True)
     script = Script({FETCH: {"status": 429, "headers": {"Retry-After": when}}})
     async with script.client(retry=ONCE) as mj:
         with pytest.raises(RateLimitError) as info:
             await mj.fetch("1")
     assert info.value.retry_after is not None
-    assert 115 <= info.value.retry_after <= 120
+    assert 45 <= info.value.retry_after <= 50
 
 
 def test_parse_retry_after() -> None:
-    """Seconds, past dates (0) and junk."""
+    """Seconds, past dates (the 1 s floor), far dates (the 60 s cap), NaN and junk."""
     assert 12.0 == parse_retry_after(" 12 ")
-    assert 0.0 == parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT")
-    assert parse_retry_after("nan") is None
+    assert 1.0 == parse_retry_after("Wed, 21 Oct 2015 07:28:00 GMT")
+    assert 60.0 == parse_retry_after("Fri, 31 Dec 9999 23:59:59 GMT")
+    assert 1.0 == parse_retry_after("nan")
     assert parse_retry_after("Mon, 99 Foo 2015") is None
 
 
