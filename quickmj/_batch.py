@@ -691,19 +691,20 @@ class _Run:
         if self.halted is not None or anyio.current_time() < self._halt_at():
             return
         self.halted = (
-            f"the relay answered {self.refusal or 'queue full'} to every submit for "
-            f"{human_span(self.s.timeout)}: not sent (nothing was created); --resume sends it"
+            f"the relay answered '{self.refusal or 'queue full'}' to every submit for "
+            f"{human_span(self.s.timeout)}"
         )
         for scope in list(self._waits):
             scope.cancel()
         self._report()
 
-    def _not_sent(self, row: JournalRow, pressing: str | None, reason: str) -> Phase:
+    def _not_sent(self, row: JournalRow, pressing: str | None, why: str) -> Phase:
+        reason = f"not sent: {why}; nothing was created (--resume sends it)"
         if pressing is None:
             self.journal.mark_pending(row.index, reason=reason)
             return Phase.PENDING
         # The grid is paid and the press created nothing: a resume presses again.
-        return self._set(row, Phase.INCOMPLETE, reason=f"{pressing} not sent: {reason}")
+        return self._set(row, Phase.INCOMPLETE, reason=f"{pressing} {reason}")
 
     def _unmark(self, row: JournalRow, pressing: str | None) -> None:
         if pressing is None:

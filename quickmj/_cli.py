@@ -331,7 +331,14 @@ def _batch_parser(cmd: Callable[[str, str, str], argparse.ArgumentParser]) -> No
         metavar="TEMPLATE",
         help="image file names: {line:05d}, {slug}, {task}, {label}",
     )
-    p.add_argument("--timeout", type=float, default=3600.0, metavar="S", help="per-job wait limit")
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=3600.0,
+        metavar="S",
+        help="per-job wait limit; also how long the relay may refuse every submit "
+        "(queue full, 429) before the rest is left pending",
+    )
     p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
 
 
@@ -684,7 +691,11 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
         print(_account_line(a), file=out.stream)
     stopped = summary.stopped_submitting
     if stopped:
-        print(f"note: stopped submitting: {stopped}", file=out.stream)
+        print(
+            f"note: stopped submitting: {stopped}; the {summary.pending} pending prompt(s) "
+            "created nothing",
+            file=out.stream,
+        )
     if summary.unknown:
         print(
             "note: 'unknown' prompts may have created jobs: settle them with 'quickmj reconcile "

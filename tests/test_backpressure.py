@@ -318,7 +318,7 @@ async def test_the_cli_says_why_it_stopped_submitting(serve: Serve, tmp_path: Pa
     out, _ = await asyncio.wait_for(proc.communicate(), 60)
     text = out.decode()
     assert 1 == proc.returncode
-    assert "stopped submitting: the relay answered queue full to every submit" in text
+    assert "stopped submitting: the relay answered 'queue full' to every submit" in text
     assert "2 pending" in text and "--resume" in text
     assert arrivals
 
