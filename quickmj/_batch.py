@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import os
 import re
@@ -34,6 +35,7 @@ import attrs
 from ._accounts import AccountPool, Reservation
 from ._admission import BudgetStats, NoUsableAccountError, account_unusable
 from ._client import AsyncClient
+from ._converter import structure_task
 from ._jobs import AsyncJob, Submission
 from ._journal import Journal, JournalRow, Phase
 from ._models import Task
@@ -44,6 +46,7 @@ from .errors import (
     ClientClosedError,
     ConnectError,
     InvalidInputError,
+    MalformedResponseError,
     QueueFullError,
     QuickMJError,
     RateLimitError,
@@ -69,6 +72,8 @@ __all__ = (
     "reconcile",
     "run_batch",
 )
+
+logger = logging.getLogger("quickmj")
 
 _UPSCALE_LABELS = ("U1", "U2", "U3", "U4")
 _IMAGINE_OPTIONS = frozenset({"bot_type", "images", "state", "notify_hook"})
@@ -136,6 +141,12 @@ class Unsettled:
     prompt: str
     tag: str | None
     sent_at: float | None
+    #: Why it was not settled, in one line (``"2 listed tasks match (ids ...): not
+    #: adopted; check them by hand"``).
+    reason: str = "no listed task carries its tag"
+    #: Listed tasks that carry the row's tag (ambiguous matches, or ones whose prompt or
+    #: submit time differ): look at them on the relay's dashboard.
+    matches: tuple[str, ...] = ()
 
 
 @attrs.frozen
@@ -1106,15 +1117,73 @@ async def reconcile(
     return attrs.evolve(summary, unsettled=tuple(unsettled))
 
 
+#: Seconds the relay's clock may be off from this machine's, either way (a listed task's
+#: ``submitTime`` against the journal's send time).
+CLOCK_SKEW = 120.0
+#: Seconds a relay may take to stamp a job after our submit reached it (a gateway
+#: forwarding it upstream).
+ACCEPT_DELAY = 60.0
+#: Malformed listing entries logged one line each; more are counted in one last line.
+_SKIP_LOG_LIMIT = 5
+#: What relays add to a prompt (protocol §3.2/§4.6): uploaded images' URLs before it,
+#: TrueAI's ``--seed N`` after it, speed flags they normalise.
+_RELAY_ADDED = re.compile(
+    r"(?:^|\s)(?:<?https?://\S+>?|--seed\s+\d+|--(?:fast|relax|turbo))(?=\s|$)"
+)
+
+
 async def _settle(pool: AccountPool, journal: Journal) -> list[Unsettled]:
-    """Adopt unknown rows whose tag an account's task list shows; the rest stay unsettled."""
+    """Adopt unknown rows whose own job an account's task list shows (tag, prompt and
+    submit time match, and only one task does); the rest stay unsettled, with why."""
     if not any(r.phase is Phase.UNKNOWN for r in journal.rows()):
         return []
-    listing: list[tuple[Task, str]] = []
+    # One entry per task id: TrueAI lists every user's tasks to every key of a pool.
+    listing: dict[str, tuple[Task, str]] = {}
+    listed = False
+    skipped = [0]
     for client in pool.clients:
         with contextlib.suppress(UnsupportedByRelayError):  # QuickRouter cannot list tasks
-            listing += [(task, client.account) for task in await client.recent_tasks()]
-    return _adopt(journal, listing)
+            tasks = await _listing(client, skipped)
+            listed = listed or tasks is not None
+            for task in tasks or ():
+                listing.setdefault(task.id, (task, client.account))
+    if skipped[0] > _SKIP_LOG_LIMIT:
+        logger.warning("reconcile: %d malformed listed tasks skipped in all", skipped[0])
+    span = max(_attempt_span(c) for c in pool.clients)
+    return _adopt(journal, list(listing.values()), span, listed=listed)
+
+
+async def _listing(client: AsyncClient, skipped: list[int]) -> list[Task] | None:
+    """The account's listed tasks; a malformed entry (another user's, say) is skipped
+    and logged, never the end of reconcile. None: the list itself is unreadable."""
+    try:
+        entries = await client._relay.task_list()
+    except MalformedResponseError as exc:
+        logger.warning(
+            "reconcile: account %s: the task list is unreadable: %s", client.account, exc
+        )
+        return None
+    tasks: list[Task] = []
+    for n, entry in enumerate(entries):
+        try:
+            tasks.append(structure_task(entry))
+        except (MalformedResponseError, ValueError, TypeError, RecursionError) as exc:
+            skipped[0] += 1
+            if skipped[0] <= _SKIP_LOG_LIMIT:
+                logger.warning(
+                    "reconcile: account %s: listed task #%d skipped (malformed): %s",
+                    client.account,
+                    n + 1,
+                    exc,
+                )
+    return tasks
+
+
+def _attempt_span(client: AsyncClient) -> float:
+    """The longest a submit can take from its journaled send time to reaching the relay:
+    connect retries (bounded by ``Timeouts.total``), then one whole attempt."""
+    timeouts = client.timeouts
+    return (timeouts.total if timeouts.total is not None else 600.0) + timeouts.request
 
 
 def _labels(journal: Journal) -> tuple[str, ...]:
@@ -1122,22 +1191,89 @@ def _labels(journal: Journal) -> tuple[str, ...]:
     return tuple(sorted(labels))
 
 
-def _adopt(journal: Journal, listing: Sequence[tuple[Task, str]]) -> list[Unsettled]:
-    by_tag: dict[str, tuple[Task, str]] = {}
+def _adopt(
+    journal: Journal, listing: Sequence[tuple[Task, str]], span: float, *, listed: bool = True
+) -> list[Unsettled]:
+    """Give each unknown row the one listed task that is its own job; ``span``: the
+    longest a submit takes to reach the relay."""
+    by_tag: dict[str, list[tuple[Task, str]]] = {}
     for task, account in listing:
-        for word in (task.state or "").split():
+        for word in set((task.state or "").split()):
             if word.startswith("qmj:"):
-                by_tag.setdefault(word, (task, account))
+                by_tag.setdefault(word, []).append((task, account))
     unsettled: list[Unsettled] = []
     for row in journal.rows():
         if row.phase is not Phase.UNKNOWN:
             continue
-        found = by_tag.get(row.tag or "")
-        if found is None:
-            unsettled.append(Unsettled(row.index, row.prompt, row.tag, row.sent_at))
-        elif row.pressing:
-            journal.set_upscale(row.index, row.pressing, found[0].id)
-            journal.set_phase(row.index, Phase.RUNNING, reason=None)
+        tagged = by_tag.get(row.tag or "", []) if row.tag else []
+        own = [(task, account) for task, account in tagged if _is_own(row, task, span)]
+        if len(own) == 1:
+            _take(journal, row, *own[0])
         else:
-            journal.set_task(row.index, found[0].id, account=found[1])
+            unsettled.append(_unsettled(row, tagged, own, listed))
     return unsettled
+
+
+def _is_own(row: JournalRow, task: Task, span: float) -> bool:
+    """Whether a listed task carrying the row's tag is the row's own job: anyone may copy
+    a tag, so its submit time must fall in the row's send window and its prompt (as
+    relays change prompts) must be the row's (a press: a child of the row's grid)."""
+    if task.submit_time is None or row.sent_at is None:
+        return False
+    at = task.submit_time / 1000
+    if not row.sent_at - CLOCK_SKEW <= at <= row.sent_at + span + ACCEPT_DELAY + CLOCK_SKEW:
+        return False
+    grid = row.task_id
+    if row.pressing and grid and (task.parent_id == grid or grid in (task.description or "")):
+        return True
+    return _same_prompt(row.prompt, task)
+
+
+def _prompt_words(text: str) -> str:
+    return " ".join(_RELAY_ADDED.sub(" ", text).split())
+
+
+def _same_prompt(prompt: str, task: Task) -> bool:
+    """The user's prompt is the listed one, or contained in it word for word, once
+    whitespace and what relays add (image URLs, ``--seed N``, speed flags) are set aside."""
+    own = _prompt_words(prompt)
+    if not own:
+        return False
+    for text in (task.prompt, task.prompt_en, task.properties.get("finalPrompt")):
+        if isinstance(text, str) and f" {own} " in f" {_prompt_words(text)} ":
+            return True
+    return False
+
+
+def _take(journal: Journal, row: JournalRow, task: Task, account: str) -> None:
+    logger.info("reconcile: line %d adopts its job %s", row.index + 1, task.id)
+    if row.pressing:
+        journal.set_upscale(row.index, row.pressing, task.id)
+        journal.set_phase(row.index, Phase.RUNNING, reason=None)
+    else:
+        journal.set_task(row.index, task.id, account=account)
+
+
+def _unsettled(
+    row: JournalRow,
+    tagged: Sequence[tuple[Task, str]],
+    own: Sequence[tuple[Task, str]],
+    listed: bool,
+) -> Unsettled:
+    """A row left alone, with the reason (and the ids to look at by hand)."""
+    ids = tuple(task.id for task, _ in (own or tagged))
+    shown = ", ".join(ids)
+    if not listed:
+        reason = "the relay does not list tasks: look it up by its tag on the relay's dashboard"
+    elif own:
+        reason = f"{len(ids)} listed tasks match (ids {shown}): not adopted; check them by hand"
+    elif tagged:
+        reason = (
+            f"{len(ids)} listed task(s) carry its tag but another prompt or submit time "
+            f"(ids {shown}): not adopted (another user's copy?)"
+        )
+    else:
+        reason = "no listed task carries its tag"
+    if ids:
+        logger.warning("reconcile: line %d: %s", row.index + 1, reason)
+    return Unsettled(row.index, row.prompt, row.tag, row.sent_at, reason=reason, matches=ids)

@@ -643,12 +643,15 @@ def _print_unsettled(unsettled: Sequence[Any], out: _Output) -> None:
                         "prompt": u.prompt,
                         "tag": u.tag,
                         "sent_at": u.sent_at,
+                        "reason": u.reason,
+                        "matches": list(u.matches),
                     }
                 }
             )
         else:
             print(
-                f"unsettled: line {u.index + 1} (state tag {u.tag}): {u.prompt[:60]}",
+                f"unsettled: line {u.index + 1} (state tag {u.tag}): {u.prompt[:60]}"
+                f"\n  {u.reason}",
                 file=out.stream,
             )
 
