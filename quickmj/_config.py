@@ -188,16 +188,25 @@ class Secret:
 
     The raw value leaves this object only through :meth:`get`, called where a request's
     auth header is rendered. :meth:`redact` removes the key from text that came back from
-    a server (echoed in an error body, a header, a status line), including its
-    JSON-escaped forms (``\\u0073\\u006b...``).
+    a server (echoed in an error body, a header, a status line) in every JSON spelling:
+    each character as itself, as ``\\uXXXX`` in either case (a surrogate pair beyond the
+    BMP) or as its short escape (``\\/``, PHP's default for ``/``; ``\\"``, ``\\\\``,
+    ``\\n``...), mixed freely.
     """
 
-    __slots__ = ("_escaped", "_probe", "_value")
+    __slots__ = ("_escaped", "_fragment", "_probe", "_shorts", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
         self._escaped: re.Pattern[str] | None = None
         self._probe: re.Pattern[bytes] | None = None
+        # The key's characters JSON has a short escape for, and its longest stretch
+        # without them: a spelling that uses short escapes but no \uXXXX still holds that
+        # stretch as it is, which a plain search finds at memory speed.
+        shorts = "".join(sorted({_SHORT_ESCAPES[c][1] for c in value if c in _SHORT_ESCAPES}))
+        self._shorts = re.compile(rb"\\[" + re.escape(shorts).encode() + rb"]") if shorts else None
+        stretches = re.split("[" + re.escape("".join(_SHORT_ESCAPES)) + "]", value)
+        self._fragment = max(stretches, key=len).encode("utf-8", "surrogatepass")
 
     def get(self) -> str:
         """The key itself: only for building the auth header."""
@@ -207,37 +216,28 @@ class Secret:
         return len(self._value) >= 4
 
     def _escaped_pattern(self) -> re.Pattern[str]:
-        # Each character of the key either as itself or as any \uXXXX escape of it (JSON
-        # lets a server escape any character, in either case): one regex finds them all.
+        # Each character of the key in any of its JSON spellings: one regex finds them all.
         if self._escaped is None:
-            parts = [f"(?:{re.escape(c)}|\\\\u(?i:{ord(c):04x}))" for c in self._value]
-            self._escaped = re.compile("".join(parts))
+            self._escaped = re.compile("".join(map(_spellings, self._value)))
         return self._escaped
 
     def _bytes(self) -> bytes:
-        return self._value.encode()
+        return self._value.encode("utf-8", "surrogatepass")
 
     def _escape_probe(self) -> re.Pattern[bytes]:
-        # A cheap first look for a JSON escape of one of the key's own characters: relays
-        # escape non-ASCII text and <>&'+ (Go, .NET), never letters, digits or dashes, so
-        # this rarely matches an honest answer and the full search rarely runs.
+        # A cheap first look for a \uXXXX escape of one of the key's own characters:
+        # relays escape non-ASCII text and <>&'+ (Go, .NET), never letters, digits or
+        # dashes, so this rarely matches an honest answer and the full search rarely runs.
         if self._probe is None:
-            if self._value.isascii():
-                codes = sorted({f"{ord(c):04x}" for c in self._value})
-                cases = {v for c in codes for v in (c, c.upper(), c.lower())}
-                self._probe = re.compile(rb"\\u(?:" + "|".join(sorted(cases)).encode() + rb")")
-            else:
-                self._probe = re.compile(rb"\\u")
+            codes = sorted({f"{unit:04x}" for c in self._value for unit in _utf16(c)})
+            self._probe = re.compile(rb"\\u(?i:" + "|".join(codes).encode() + rb")")
         return self._probe
 
     def redact(self, text: str) -> str:
         """``text`` with every occurrence of the key (plain or JSON-escaped) as ``***``."""
-        if not self._long_enough():
+        if not self._long_enough() or (self._value not in text and "\\" not in text):
             return text
-        text = text.replace(self._value, "***")
-        if "\\" in text:
-            text = self._escaped_pattern().sub("***", text)
-        return text
+        return self._redact_spans(text)
 
     def redact_bytes(self, data: bytes) -> bytes:
         """The same for a raw answer, before anything is parsed out of it.
@@ -246,23 +246,45 @@ class Secret:
         """
         if not self._long_enough():
             return data
-        secret = self._bytes()
-        if secret in data:
-            data = data.replace(secret, b"***")
-        if self._has_escape(data):
-            text = data.decode("utf-8", "replace")
-            if self._escaped_pattern().search(text):
-                data = self._escaped_pattern().sub("***", text).encode()
-        return data
+        if self._bytes() not in data and not self._has_escape(data):
+            return data
+        text = data.decode("utf-8", "surrogateescape")  # undecodable bytes kept as they were
+        clean = self._redact_spans(text)
+        return data if clean is text else clean.encode("utf-8", "surrogateescape")
+
+    def _redact_spans(self, text: str) -> str:
+        """Every match as ``***``, widened to whole JSON escapes (a match may start or end
+        inside one, ``\\nabc`` for the key ``nabc``) and keeping the unescaped quotes it
+        crosses, so a JSON body stays JSON whatever the key holds."""
+        pattern, pieces, kept, at = self._escaped_pattern(), [], 0, 0
+        while (found := pattern.search(text, at)) is not None:
+            start = max(_escape_end(text, found.start()), kept)
+            end = _escape_end(text, found.end())
+            if start >= end:  # the match lies inside one escape: look again one further
+                at = found.start() + 1
+                continue
+            pieces += [text[kept:start], _blank(text[start:end])]
+            kept = at = end
+        return text if not pieces else "".join(pieces) + text[kept:]
 
     def _has_escape(self, data: bytes) -> bool:
         """``data`` may hold a JSON escape of one of the key's characters."""
-        if not self._value.isascii():
-            return b"\\u" in data
-        # An ASCII character's escape is ``\u00XX``: finding where those start skips the
-        # escapes of non-ASCII text (how Python and .NET write Chinese) without the regex.
-        start = _first_ascii_escape(data)
-        return start >= 0 and self._escape_probe().search(data, start) is not None
+        if self._value.isascii():
+            # An ASCII character's \uXXXX is ``\u00XX``: finding where those start skips
+            # the escapes of non-ASCII text (how Python and .NET write Chinese).
+            start = _first_ascii_escape(data)
+            if start >= 0 and self._escape_probe().search(data, start) is not None:
+                return True
+        elif b"\\u" in data and self._escape_probe().search(data) is not None:
+            return True
+        # A short escape (``\/`` in every URL PHP writes) counts only next to the rest of
+        # the key, so honest PHP answers do not pay for a key holding a '/'.
+        return (
+            self._shorts is not None
+            and b"\\" in data
+            and self._fragment in data
+            and self._shorts.search(data) is not None
+        )
 
     def __repr__(self) -> str:
         return "Secret('***')"
@@ -271,6 +293,67 @@ class Secret:
 
     def __reduce__(self) -> str | tuple[Any, ...]:
         raise TypeError("the API key cannot be pickled")
+
+
+# JSON's two-character escapes (RFC 8259 section 7), by the character they stand for.
+_SHORT_ESCAPES = {
+    '"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+    "\t": "\\t",
+}  # fmt: skip
+
+
+def _utf16(c: str) -> tuple[int, ...]:
+    """The UTF-16 code units JSON's ``\\uXXXX`` escapes of ``c`` spell."""
+    code = ord(c)
+    if code <= 0xFFFF:
+        return (code,)
+    code -= 0x10000
+    return (0xD800 + (code >> 10), 0xDC00 + (code & 0x3FF))
+
+
+def _spellings(c: str) -> str:
+    """A regex for one character as JSON may write it: itself, ``\\uXXXX`` (hex digits in
+    any case), or its short escape."""
+    escaped = "".join(f"\\\\u(?i:{unit:04x})" for unit in _utf16(c))
+    forms = [re.escape(c), escaped]
+    if c in _SHORT_ESCAPES:
+        forms.append(re.escape(_SHORT_ESCAPES[c]))
+    return "(?:" + "|".join(forms) + ")"
+
+
+def _escape_end(text: str, at: int) -> int:
+    """``at``, or where the JSON escape ``at`` falls strictly inside ends."""
+    back = text.rfind("\\", max(0, at - 5), at)
+    if back < 0:
+        return at
+    first = back
+    while first > 0 and text[first - 1] == "\\":
+        first -= 1
+    if (back - first) % 2:  # this backslash is the second half of an escaped backslash
+        return at
+    size = 6 if text.startswith("u", back + 1) else 2
+    return back + size if at < back + size else at
+
+
+def _blank(span: str) -> str:
+    """``***`` for each run of ``span`` between its unescaped quotes, the quotes kept: a
+    match that crosses a string's end leaves the JSON around it intact."""
+    if '"' not in span:
+        return "***"
+    pieces: list[str] = []
+    at = 0
+    while at < len(span):
+        if span[at] == '"':
+            pieces.append('"')
+            at += 1
+            continue
+        if not pieces or pieces[-1] == '"':
+            pieces.append("***")
+        if span[at] != "\\":
+            at += 1
+        else:
+            at += 6 if span.startswith("u", at + 1) else 2
+    return "".join(pieces)
 
 
 _ASCII_ESCAPE = re.compile(rb"\\u00")
