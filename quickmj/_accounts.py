@@ -37,7 +37,7 @@ from ._admission import (
     fingerprint,
 )
 from ._client import AsyncClient
-from ._config import Mode, Secret, resolve_mode
+from ._config import Mode, Secret, check_api_key, resolve_mode
 from ._jobs import AsyncJob, ProgressCallback, Submission, TaskRef, task_id_of
 from ._models import Task
 from .errors import ConfigurationError, InvalidInputError, TaskNotFoundError, UsageError
@@ -48,7 +48,7 @@ _MODES = ("fast", "relax", "turbo")
 
 
 def _secret(value: str | Secret) -> Secret:
-    return value if isinstance(value, Secret) else Secret(value)
+    return value if isinstance(value, Secret) else Secret(check_api_key(value))
 
 
 @attrs.frozen(repr=False, eq=False)

@@ -379,7 +379,29 @@ def resolve_api_key(api_key: str | None) -> Secret:
         raise ConfigurationError(
             f"no API key: pass api_key=... or set the {ENV_API_KEY} environment variable"
         )
-    return Secret(key.strip())
+    return Secret(check_api_key(key.strip()))
+
+
+def check_api_key(key: str) -> str:
+    """``key`` if it can travel in a header; else a ConfigurationError that says what is
+    wrong and where, never the key itself.
+
+    A lone surrogate (``"sk-\\ud800"``, from a bad decode or a JSON ``\\ud800``) cannot be
+    encoded at all, and a control character (a pasted newline) would split the header.
+    """
+    for at, char in enumerate(key):
+        code = ord(char)
+        if 0xD800 <= code <= 0xDFFF:
+            what = f"a lone surrogate (U+{code:04X})"
+        elif code < 0x20 or 0x7F <= code <= 0x9F:
+            what = f"a control character (U+{code:04X})"
+        else:
+            continue
+        raise ConfigurationError(
+            f"the API key is not valid text: character {at + 1} of {len(key)} is {what}; "
+            "copy the key again from the relay's console"
+        )
+    return key
 
 
 def resolve_base_url(base_url: str | None) -> str:

@@ -192,3 +192,54 @@ def assert_no_spelling_in(out: Path) -> None:
             except ValueError:
                 continue
             assert not any(KEY in s for s in decoded_strings(row)), path.name
+
+
+BAD_KEYS = {
+    "lone surrogate": "sk-\ud800distinctive42",
+    "undecodable byte (env)": "sk-\udcffdistinctive42",
+    "newline inside": "sk-distinc\ntive42",
+    "header injection": "sk-distinctive42\r\nX-Evil: 1",
+    "NUL": "sk-distinctive42\x00",
+    "DEL": "sk-distinc\x7ftive42",
+}
+
+
+@pytest.mark.parametrize("key", list(BAD_KEYS.values()), ids=list(BAD_KEYS))
+async def test_a_key_that_is_not_valid_text_is_a_configuration_error(key: str) -> None:
+    """A key with a lone surrogate or a control character: ConfigurationError from
+    AsyncClient(...), Client(...) and an Account, saying what and where, not the key."""
+    from quickmj import AsyncClient, Client, ConfigurationError
+    from quickmj._accounts import Account
+
+    made: list[Any] = []
+    for build in (
+        lambda: AsyncClient(key, base_url="http://relay.test"),
+        lambda: Client(key, base_url="http://relay.test"),
+        lambda: Account(key),
+    ):
+        with pytest.raises(ConfigurationError, match="the API key is not valid text") as info:
+            made.append(build())
+        said = str(info.value) + repr(info.value)
+        assert "distinc" not in said and "tive42" not in said
+        assert info.value.__cause__ is None and info.value.__context__ is None
+    assert not made
+
+
+def test_the_cli_names_a_bad_key_in_the_environment(tmp_path: Path) -> None:
+    """QUICKMJ_API_KEY holding bytes that are not UTF-8 (decoded with surrogateescape) or a
+    newline: a one-line error, a non-zero exit, no traceback, no key."""
+    import os
+    import subprocess
+    import sys
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("QUICKMJ_")}
+    for key in ("sk-\udcffdistinctive42", "sk-distinc\ntive42"):
+        done = subprocess.run(
+            [sys.executable, "-m", "quickmj", "fetch", "1"], cwd=tmp_path, capture_output=True,
+            env={**clean, "QUICKMJ_API_KEY": key, "QUICKMJ_BASE_URL": "http://127.0.0.1:9"},
+            timeout=120,
+        )  # fmt: skip
+        err = done.stderr.decode("utf-8", "replace")
+        assert 0 != done.returncode
+        assert "the API key is not valid text" in err and "Traceback" not in err, err
+        assert b"distinc" not in done.stderr + done.stdout
