@@ -17,6 +17,7 @@ relay unreachable) or a full disk stops the whole run early with one typed error
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import math
@@ -24,6 +25,7 @@ import os
 import re
 import sys
 import time
+import unicodedata
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path, PurePath
@@ -36,10 +38,11 @@ from ._accounts import AccountPool, Reservation
 from ._admission import BudgetStats, NoUsableAccountError, account_unusable
 from ._client import AsyncClient
 from ._converter import structure_task
+from ._files import STEM_BYTES, cap_utf8, safe_stem, storage_error
 from ._jobs import AsyncJob, Submission
 from ._journal import Journal, JournalRow, Phase
 from ._models import Task
-from ._outdir import BatchDir
+from ._outdir import IMAGES, STAGING, BatchDir
 from ._protocol import outcome_unknown
 from .errors import (
     AuthenticationError,
@@ -380,6 +383,8 @@ class _Run:
         self.halted: str | None = None
         #: Accounts whose key the relay refused while their jobs were awaited -> why.
         self.refused: dict[str, str] = {}
+        #: The run's file names (made at the first download: it lists images/).
+        self.names: _Names | None = None
 
     # ---- progress ----
 
@@ -563,13 +568,14 @@ class _Run:
         files: list[str] = []
         try:
             if self.s.download:
-                for label, task in finals:
-                    stem = _file_stem(self.s.name, row, task, label)
-                    path = await client.download(task, self.bdir.images, filename=stem)
-                    files.append(PurePath(path).relative_to(self.bdir.path).as_posix())
+                await self._save(row, client, finals, files)
             seed = await client.image_seed(grid) if self.s.seed else None
         except (StorageError, ClientClosedError) as exc:
             raise _Stop(exc) from None
+        except _NameTaken as exc:
+            return self._set(
+                row, Phase.INCOMPLETE, status=grid.status.value, reason=str(exc), files=files
+            )
         except QuickMJError as exc:
             # Paid and finished, but not saved: a resume downloads it again.
             return self._set(
@@ -582,6 +588,32 @@ class _Run:
         return self._set(
             row, Phase.SUCCEEDED, status=grid.status.value, files=files, seed=seed, reason=None
         )
+
+    async def _save(
+        self,
+        row: JournalRow,
+        client: AsyncClient,
+        finals: list[tuple[str | None, Task]],
+        files: list[str],
+    ) -> None:
+        """Download the row's images under names chosen (and journaled) first; each file
+        is downloaded aside (``images/.incoming``) and then linked into place, never over
+        another prompt's file."""
+        if self.names is None:
+            self.names = _Names(self.journal, self.bdir.images, self.s.name)
+        names, own = self.names.plan(row, finals)
+        if names != row.names:
+            self.journal.set_names(row.index, names)
+        for label, task in finals:
+            key = label or "grid"
+            staged = await client.download(task, self.bdir.images / STAGING, filename=names[key])
+            try:
+                final = _place(Path(staged), self.bdir.images, own=key in own)
+            except _NameTaken:
+                # Someone else's file took the name meanwhile: a resume picks a new one.
+                self.journal.set_names(row.index, {k: v for k, v in names.items() if k != key})
+                raise
+            files.append(final.relative_to(self.bdir.path).as_posix())
 
     # ---- one submit ----
 
@@ -842,16 +874,37 @@ def _tag(run_id: str, row: JournalRow, pressing: str | None) -> str:
     return f"qmj:{run_id}:{row.index}" + (f":{pressing}" if pressing else "")
 
 
-_SLUG = re.compile(r"[^a-z0-9]+")
+#: A slug's longest UTF-8 form (a file name may have 255 bytes; room is left for the
+#: template's other fields and a ``-2`` suffix).
+SLUG_BYTES = 80
+_DASHES = re.compile(r"-{2,}")
 
 
-def _file_stem(template: str, row: JournalRow, task: Task, label: str | None) -> str:
+def _slug(prompt: str, *, ascii_only: bool = False) -> str:
+    """The prompt as a file name part: NFKC, lowercased, letters and digits of any script
+    (with their combining marks) and ``_`` kept, anything else a ``-``; at most
+    ``SLUG_BYTES`` of UTF-8. ``ascii_only`` (a file system that refuses other names)
+    drops accents and other scripts. ``prompt`` if nothing is left."""
+    text = unicodedata.normalize("NFKC", prompt).lower()
+    if ascii_only:
+        text = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    kept = "".join(c if _slug_char(c) else "-" for c in text)
+    slug = _DASHES.sub("-", kept).strip("-_")
+    return cap_utf8(slug, SLUG_BYTES).strip("-_") or "prompt"
+
+
+def _slug_char(c: str) -> bool:
+    return c.isalnum() or c == "_" or unicodedata.category(c) in ("Mn", "Mc")
+
+
+def _file_stem(
+    template: str, row: JournalRow, task: Task, label: str | None, *, ascii_only: bool = False
+) -> str:
     """A file name from ``--name`` (``{line:05d}-{slug}``, ``{task}``, ``{label}``...)."""
-    slug = _SLUG.sub("-", row.prompt.lower()).strip("-")[:40] or "prompt"
     fields = {
         "line": row.index + 1,
         "index": row.index,
-        "slug": slug,
+        "slug": _slug(row.prompt, ascii_only=ascii_only),
         "task": task.id,
         "label": label or "grid",
     }
@@ -862,6 +915,107 @@ def _file_stem(template: str, row: JournalRow, task: Task, label: str | None) ->
     if label and "{label" not in template and "{task" not in template:
         stem = f"{stem}-{label}"  # several files per prompt must not overwrite each other
     return stem
+
+
+def _name_key(stem: str) -> str:
+    """Names a case-insensitive or normalising file system (macOS, Windows) confuses."""
+    return unicodedata.normalize("NFC", stem).casefold()
+
+
+class _NameTaken(Exception):
+    """The chosen name was taken by a file that is not this prompt's (kept as it is)."""
+
+
+class _Names:
+    """File stems for a run's images: unique within the batch and against the files
+    already in ``images/``, chosen before the download and journaled, so a resume uses
+    the same names and no prompt's file ever replaces another's."""
+
+    def __init__(self, journal: Journal, images: Path, template: str) -> None:
+        self.template = template
+        self.ascii_only = "{slug" in template and not _unicode_names_ok(images)
+        self.taken: set[str] = set()
+        for r in journal.rows():
+            self.taken.update(_name_key(stem) for stem in r.names.values())
+            self.taken.update(_name_key(PurePath(f).stem) for f in r.files)
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(images):
+                if not entry.name.startswith("."):
+                    self.taken.add(_name_key(PurePath(entry.name).stem))
+
+    def plan(
+        self, row: JournalRow, finals: Sequence[tuple[str | None, Task]]
+    ) -> tuple[dict[str, str], frozenset[str]]:
+        """The row's stems ("grid", "U1".. -> stem) and the keys named by an earlier run
+        (their files, if present, are this row's own: a re-download may replace them)."""
+        names = dict(row.names)
+        for label, task in finals:
+            key = label or "grid"
+            if key not in names:
+                stem = _file_stem(self.template, row, task, label, ascii_only=self.ascii_only)
+                names[key] = self._unique(safe_stem(stem))
+        return names, frozenset(row.names)
+
+    def _unique(self, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3``... : the first name nobody holds."""
+        stem, n = base, 1
+        while _name_key(stem) in self.taken:
+            n += 1
+            suffix = f"-{n}"
+            stem = cap_utf8(base, STEM_BYTES - len(suffix)).rstrip("._") + suffix
+        self.taken.add(_name_key(stem))
+        return stem
+
+
+def _unicode_names_ok(images: Path) -> bool:
+    """Does the file system take a name with accents and CJK? (Some refuse them.)"""
+    probe = images / ".qmj-probe-\u00e9\u732b"
+    try:
+        images.mkdir(parents=True, exist_ok=True)
+        probe.touch()
+        probe.unlink()
+    except UnicodeError:
+        return False
+    except OSError as exc:
+        return exc.errno not in (errno.EILSEQ, errno.EINVAL)
+    return True
+
+
+def _place(staged: Path, images: Path, *, own: bool) -> Path:
+    """Move a downloaded file into ``images/`` without replacing another's file: a hard
+    link fails if the name exists (replaced only when it is this row's own file from an
+    earlier run); where links are unsupported, a check under the run's lock."""
+    final = images / staged.name
+    try:
+        try:
+            os.link(staged, final)
+        except FileExistsError:
+            if not own:
+                raise _NameTaken(
+                    f"{PurePath(IMAGES, final.name).as_posix()} already exists and is not "
+                    "this prompt's: it was kept; --resume saves this image under a new name"
+                ) from None
+            os.replace(staged, final)
+            return final
+        except OSError as exc:
+            if storage_error(exc, final) is not None or not _no_links(exc):
+                raise
+            if final.exists() and not own:
+                raise _NameTaken(f"{final.name} already exists and is not this prompt's") from None
+            os.replace(staged, final)
+            return final
+        os.unlink(staged)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            staged.unlink()
+        raise storage_error(exc, final) or StorageError(
+            f"cannot save {str(final)!r}: {exc.strerror or exc}", path=str(final), errno=exc.errno
+        ) from None
+    return final
+
+
+def _no_links(exc: OSError) -> bool:
+    return exc.errno in (errno.EPERM, errno.EXDEV, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP)
 
 
 def check_name_template(template: str) -> str:

@@ -13,6 +13,7 @@ import logging
 import os
 import re
 import tempfile
+import unicodedata
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -32,6 +33,8 @@ from .errors import (
 
 __all__ = (
     "PART_SUFFIX",
+    "STEM_BYTES",
+    "cap_utf8",
     "download_url",
     "media_of",
     "safe_stem",
@@ -42,7 +45,7 @@ __all__ = (
 logger = logging.getLogger("quickmj")
 
 PART_SUFFIX = ".part"
-_UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
+_UNSAFE_RUN = re.compile("\0+")
 _EXTENSIONS = {
     "image/png": ".png",
     "image/jpeg": ".jpg",
@@ -70,14 +73,35 @@ def _current_umask() -> int:
 _FILE_MODE = 0o666 & ~_current_umask()
 
 
+#: A stem's longest UTF-8 form: with the temp file's ``.<stem>.XXXXXXXX.part`` it stays
+#: well within the usual 255-byte limit on a file name.
+STEM_BYTES = 120
+
+
 def safe_stem(name: str) -> str:
     """A file name stem that cannot leave the target directory or hide itself.
 
-    Separators, ``..`` and anything outside ``[A-Za-z0-9_.-]`` become ``_``; leading dots
-    are removed; an empty result becomes ``task``.
+    Letters and digits of any script (with their combining marks), ``_``, ``.`` and ``-``
+    are kept; separators and anything else become ``_``; leading and trailing dots are
+    removed; at most 120 bytes of UTF-8; an empty result becomes ``task``. Applying it
+    twice changes nothing.
     """
-    stem = _UNSAFE.sub("_", name).strip("._")[:120]
+    # A run of unsafe characters becomes one "_" (the old ASCII rule's names stay).
+    kept = "".join(c if _name_char(c) else "\0" for c in name)
+    stem = _UNSAFE_RUN.sub("_", kept).strip("._")
+    stem = cap_utf8(stem, STEM_BYTES).strip("._")
     return stem or "task"
+
+
+def _name_char(c: str) -> bool:
+    if c.isascii():
+        return c.isalnum() or c in "_.-"
+    return c.isalnum() or unicodedata.category(c) in ("Mn", "Mc")
+
+
+def cap_utf8(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    return text.encode("utf-8", "surrogatepass")[:limit].decode("utf-8", "ignore")
 
 
 def storage_error(exc: OSError, path: str | os.PathLike[str]) -> StorageError | None:

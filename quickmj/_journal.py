@@ -77,6 +77,9 @@ class JournalRow:
     tag: str | None = None
     sent_at: float | None = None
     account: str | None = None
+    #: The file stems chosen for this prompt's images ("grid", "U1".. -> stem), recorded
+    #: before any download so a resume saves under the same names.
+    names: dict[str, str] = attrs.field(factory=dict)
 
 
 _SCHEMA = """
@@ -97,12 +100,13 @@ CREATE TABLE IF NOT EXISTS rows (
     tag TEXT,
     sent_at REAL,
     account TEXT,
-    updated REAL NOT NULL
+    updated REAL NOT NULL,
+    names TEXT NOT NULL DEFAULT '{}'
 );
 """
 _COLUMNS = (
     "idx, prompt, options, phase, task_id, upscales, pressing, files, seed, status, reason,"
-    " code, tag, sent_at, account"
+    " code, tag, sent_at, account, names"
 )
 
 
@@ -141,6 +145,7 @@ class Journal:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
                 self._db.executescript(_SCHEMA)
+                _add_missing_columns(self._db)
             except BaseException:
                 self._db.close()
                 raise
@@ -246,7 +251,7 @@ class Journal:
     def rows(self) -> list[JournalRow]:
         with _guard("read", self.path):
             cur = self._db.execute(f"SELECT {_COLUMNS} FROM rows ORDER BY idx")
-            return [_row(r) for r in cur]
+            return [_row(r, self.path) for r in cur]
 
     def row(self, index: int) -> JournalRow:
         with _guard("read", self.path):
@@ -254,7 +259,7 @@ class Journal:
             found = cur.fetchone()
         if found is None:
             raise JournalError(f"the batch journal has no row {index}")
-        return _row(found)
+        return _row(found, self.path)
 
     # ---- writing (each call one committed change) ----
 
@@ -283,6 +288,10 @@ class Journal:
             fields["files"] = json.dumps(list(fields["files"]))
         self._update(index, phase=phase, **fields)
 
+    def set_names(self, index: int, names: dict[str, str]) -> None:
+        """Record the file stems chosen for the prompt's images (before downloading)."""
+        self._update(index, names=json.dumps(names, sort_keys=True, ensure_ascii=False))
+
     def _update(self, index: int, **fields: Any) -> None:
         names = ", ".join(f"{k} = ?" for k in fields)
         values = [_text(v) if isinstance(v, str) else v for v in fields.values()]
@@ -292,29 +301,110 @@ class Journal:
             )
 
 
+def _add_missing_columns(db: sqlite3.Connection) -> None:
+    """Journals written by an older quickmj lack the newer columns: add them."""
+    have = {str(r[1]) for r in db.execute("PRAGMA table_info(rows)")}
+    if "names" not in have:
+        db.execute("ALTER TABLE rows ADD COLUMN names TEXT NOT NULL DEFAULT '{}'")
+
+
 def _text(value: str) -> str:
     # SQLite stores UTF-8: text that is not valid Unicode must be repaired, not crash.
     return repair_text(value)
 
 
-def _row(r: Any) -> JournalRow:
+def _row(r: Any, path: Path) -> JournalRow:
+    """A stored row, every column checked: a hand-edited or damaged value is a
+    JournalError naming the file, the row and the column, never a bare ValueError."""
+    index = r[0]
+    check = _Checker(path, index, r)
     return JournalRow(
-        index=r[0],
-        prompt=r[1],
-        options=json.loads(r[2]),
-        phase=Phase(r[3]),
-        task_id=r[4],
-        upscales=json.loads(r[5]),
-        pressing=r[6],
-        files=tuple(json.loads(r[7])),
-        seed=r[8],
-        status=r[9],
-        reason=r[10],
-        code=r[11],
-        tag=r[12],
-        sent_at=r[13],
-        account=r[14],
+        index=index,
+        prompt=check.text(1, "prompt", optional=False),
+        options=check.json(2, "options", dict, "a JSON object"),
+        phase=check.phase(3),
+        task_id=check.text(4, "task_id"),
+        upscales=check.json(5, "upscales", dict, 'a JSON object such as {"U1": "<task id>"}'),
+        pressing=check.text(6, "pressing"),
+        files=tuple(
+            check.json(7, "files", list, 'a JSON list of file names such as ["images/x.png"]')
+        ),
+        seed=check.text(8, "seed"),
+        status=check.text(9, "status"),
+        reason=check.text(10, "reason"),
+        code=check.number(11, "code", int),
+        tag=check.text(12, "tag"),
+        sent_at=check.number(13, "sent_at", float),
+        account=check.text(14, "account"),
+        names=check.json(15, "names", dict, 'a JSON object such as {"grid": "<file stem>"}'),
     )
+
+
+class _Checker:
+    """Decodes one row's columns; a bad one raises a JournalError that says what to do."""
+
+    def __init__(self, path: Path, index: Any, raw: Any) -> None:
+        self.path, self.index, self.raw = path, index, raw
+
+    def bad(self, column: str, value: Any, expected: str) -> JournalError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 80 else f"{shown[:77]}..."
+        task = self.raw[4] if isinstance(self.raw[4], str) else None
+        fix = (
+            f"set it back with sqlite3 (UPDATE rows SET {column} = ... WHERE idx = {self.index})"
+            " or restore the journal from a backup"
+        )
+        if column == "phase" and task:
+            fix += (
+                f"; this prompt's job {task} is paid: phase 'incomplete' makes --resume "
+                "follow it again"
+            )
+        return JournalError(
+            f"the batch journal {str(self.path)!r} has a bad value in row {self.index} "
+            f"(prompt {self.index + 1 if isinstance(self.index, int) else '?'} of the input), "
+            f"column {column!r}: {shown} is not {expected}; {fix}, then run again "
+            "with --resume"
+        )
+
+    def text(self, at: int, column: str, *, optional: bool = True) -> Any:
+        value = self.raw[at]
+        if isinstance(value, str) or (value is None and optional):
+            return value
+        raise self.bad(column, value, "text" + (" or NULL" if optional else ""))
+
+    def number(self, at: int, column: str, kind: type) -> Any:
+        value = self.raw[at]
+        if value is None or (isinstance(value, (int, float)) and not isinstance(value, bool)):
+            if kind is int and isinstance(value, float):
+                raise self.bad(column, value, "a whole number or NULL")
+            return value
+        raise self.bad(column, value, "a number or NULL")
+
+    def json(self, at: int, column: str, kind: type, expected: str) -> Any:
+        value = self.raw[at]
+        try:
+            decoded = json.loads(value) if isinstance(value, (str, bytes)) else None
+        except (ValueError, RecursionError):
+            decoded = None
+        items: list[Any] = []
+        if isinstance(decoded, dict):
+            items = list(decoded.values())
+        elif isinstance(decoded, list):
+            items = decoded
+        shape_ok = isinstance(decoded, kind) and all(isinstance(v, str) for v in items)
+        if column == "options":  # imagine options may hold any JSON value
+            shape_ok = isinstance(decoded, dict)
+        if not shape_ok:
+            raise self.bad(column, value, expected)
+        return decoded
+
+    def phase(self, at: int) -> Phase:
+        value = self.raw[at]
+        try:
+            return Phase(value)
+        except ValueError:
+            names = ", ".join(p.value for p in Phase)
+            raise self.bad("phase", value, f"a phase ({names})") from None
 
 
 def manifest_lines(rows: Iterable[JournalRow]) -> Iterator[str]:

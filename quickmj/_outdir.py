@@ -30,6 +30,8 @@ JOURNAL_NAME = ".quickmj-journal.sqlite"
 MANIFEST_NAME = "manifest.jsonl"
 LOCK_NAME = ".quickmj-lock"
 IMAGES = "images"
+#: Where a batch's downloads land (inside ``images/``) before they are linked into place.
+STAGING = ".incoming"
 
 # Directories held by runs of this process (flock already refuses them; this gives the
 # clearer message without touching the file).
@@ -186,7 +188,10 @@ class BatchDir:
         """Remove partial downloads a killed run left behind; returns how many."""
         removed = 0
         if self.images.is_dir():
-            for part in self.images.glob(f".*{PART_SUFFIX}"):
+            # Downloads a killed run left aside (complete or not) are fetched again.
+            staged = self.images / STAGING
+            leftovers = list(staged.iterdir()) if staged.is_dir() else []
+            for part in [*self.images.glob(f".*{PART_SUFFIX}"), *leftovers]:
                 with contextlib.suppress(OSError):
                     part.unlink()
                     removed += 1
