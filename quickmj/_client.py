@@ -877,7 +877,7 @@ class AsyncClient:
         port: int = 0,
         *,
         public_url: str | None = None,
-        verify: bool | None = None,
+        verify: bool = True,
     ) -> AsyncIterator[WebhookReceiver]:
         """Serve a notifyHook receiver while the block runs; submits carry its URL.
 
@@ -888,9 +888,9 @@ class AsyncClient:
             host: the address to listen on (``"0.0.0.0"`` to accept hooks from elsewhere).
             port: the port to listen on; 0 picks a free one.
             public_url: the address the relay can reach (default: the bound address).
-            verify: True checks every pushed final state with one read before believing
-                it, False none; None (default) checks a SUCCESS whose image is on another
-                host than the relay.
+            verify: True (default) checks every pushed final state with one read of the
+                relay before a waiter is woken; False believes pushes as they come (unsafe
+                when others can see the hook URL: TrueAI lists it to every user).
 
         Yields:
             The serving WebhookReceiver (``url``, ``stats``).

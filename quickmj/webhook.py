@@ -19,11 +19,15 @@ again once pushes stop.
 Hooks are untrusted input: the URL carries a random secret token (compared in constant
 time; a wrong one gets 404 and nothing is processed); bodies are read whole up to a cap
 within a deadline; malformed JSON or a wrong shape gets 400 with nothing changed; unknown
-ids are ignored; duplicated or out-of-order hooks never move a task backwards; and in
-``verify`` mode a pushed final state is checked with one read of the relay before any
-waiter believes it (by default for a SUCCESS whose image lives on a host other than the
-relay's). The standalone server closes idle and slow connections (a deadline for the
-headers and one for the body) and serves at most ``max_connections`` at once.
+ids are ignored; duplicated or out-of-order hooks never move a task backwards; and a
+pushed final state (SUCCESS, FAILURE or CANCEL) is checked with one read of the relay
+before any waiter is woken: the hook URL is no secret from everyone (TrueAI shows it, in
+``properties.notifyHook``, to every user who lists or fetches tasks), so a push alone
+never ends a wait. That read is the cost of hooks: one per final push (progress pushes
+cost nothing), batched with other due ids. ``verify=False`` believes pushes as they come
+(unsafe wherever others can see the hook URL). The standalone server closes idle and
+slow connections (a deadline for the headers and one for the body) and serves at most
+``max_connections`` at once.
 """
 
 from __future__ import annotations
@@ -35,12 +39,11 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 import anyio
 
 from ._converter import loads, structure
-from ._models import Task, TaskStatus
+from ._models import Task
 from .errors import InvalidInputError, MalformedResponseError
 
 if TYPE_CHECKING:
@@ -66,9 +69,11 @@ class WebhookReceiver:
     Args:
         feed: ``AsyncClient.poller.feed``.
         public_url: the address the relay can reach; by default the bound address.
-        relay_url: the relay's base URL (pushed images from other hosts are verified).
-        verify: True checks every pushed final state with the relay, False none; None
-            (default) checks a SUCCESS whose image is not on the relay's host.
+        relay_url: the relay's base URL (kept for compatibility; not needed any more).
+        verify: True (default) checks every pushed final state (SUCCESS, FAILURE,
+            CANCEL) with one read of the relay before a waiter is woken; False believes
+            pushes as they come: unsafe when others can see the hook URL (TrueAI lists it
+            to every user), since anyone could then end your waits with a forged FAILURE.
         token: the secret part of the hook URL (random by default).
         max_body: the largest body accepted.
         header_timeout: seconds a request may take to send its headers.
@@ -85,7 +90,7 @@ class WebhookReceiver:
         *,
         public_url: str | None = None,
         relay_url: str | None = None,
-        verify: bool | None = None,
+        verify: bool = True,
         token: str | None = None,
         max_body: int = MAX_HOOK_BYTES,
         header_timeout: float = 10.0,
@@ -97,8 +102,7 @@ class WebhookReceiver:
         self._feed = feed
         self._token = token or secrets.token_urlsafe(24)
         self._public_url = public_url.rstrip("/") if public_url else None
-        self._relay_host = (urlsplit(relay_url).hostname or "").lower() if relay_url else ""
-        self._verify = verify
+        self._verify = verify is not False  # None (the former default) checks too
         self.max_body = max_body
         self.header_timeout = header_timeout
         self.body_timeout = body_timeout
@@ -167,12 +171,9 @@ class WebhookReceiver:
         return 200
 
     def _needs_check(self, task: Task) -> bool:
-        if self._verify is not None:
-            return self._verify
-        if task.status is not TaskStatus.SUCCESS or not task.image_url:
-            return False
-        host = (urlsplit(task.image_url).hostname or "").lower()
-        return host != self._relay_host
+        # Anyone who saw the hook URL can post to it: a final state is news only once
+        # the relay confirms it (a progress push changes nothing that matters).
+        return self._verify and task.status.is_terminal
 
     # ---- inside your own aiohttp application ----
 

@@ -114,9 +114,7 @@ async def test_spoofing_run_counts_strangers_adopted(tmp_path: Path) -> None:
     unknown_rows(tmp_path, *prompts)
     async with trueai() as relay, client(relay, USER) as mj, client(relay, STRANGER) as other:
         own = [(await mj.imagine(p, state=f"qmj:run1:{i}")).id for i, p in enumerate(prompts)]
-        spoofs = {
-            (await other.imagine(f"stolen {i}", state=f"qmj:run1:{i}")).id for i in range(5)
-        }
+        spoofs = {(await other.imagine(f"stolen {i}", state=f"qmj:run1:{i}")).id for i in range(5)}
         summary = await reconcile(mj, tmp_path, download=False)
     adopted = [row(tmp_path, i).task_id for i in range(5)]
     assert own == adopted and not spoofs & set(adopted) and summary.ok
@@ -183,9 +181,7 @@ async def test_a_press_is_matched_as_a_child_of_its_grid(tmp_path: Path) -> None
         submit_time=stamp,
         parent_id="1730621826053455",
     )
-    stranger = Task(
-        id="1730621826054000", state="qmj:run1:0:U1", submit_time=stamp, parent_id="99"
-    )
+    stranger = Task(id="1730621826054000", state="qmj:run1:0:U1", submit_time=stamp, parent_id="99")
     assert [] == _adopt(journal, [(stranger, "a"), (mine, "a")], 210.0)
     assert {"U1": "1730621826053999"} == journal.row(0).upscales
     journal.close()

@@ -7,7 +7,7 @@ import io
 import json
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -70,10 +70,13 @@ async def test_push_resolves_waiter_and_submits_carry_the_url() -> None:
             waiter = asyncio.ensure_future(job.wait())
             await asyncio.sleep(0.05)
             assert 200 == await post(rx.url, hook(job.id, "IN_PROGRESS", "50%"))
+            reads = relay.reads.get(job.id, 0)
+            relay.ticks = 1  # the relay has finished: the check agrees with the push
             assert 200 == await post(rx.url, hook(job.id, "SUCCESS", "100%"))
             task = await asyncio.wait_for(waiter, 2)
             assert TaskStatus.SUCCESS == task.status
-            assert 2 == rx.stats["accepted"]
+            assert (1, 1) == (rx.stats["accepted"], rx.stats["verified"])
+            assert reads + 1 == relay.reads[job.id]  # one read for the final push
         await mj.imagine("after the block")
     assert "notifyHook" not in relay.submits[-1]
 
@@ -144,7 +147,7 @@ async def test_duplicate_and_reordered_hooks_never_move_backwards() -> None:
     """Late IN_PROGRESS after SUCCESS, and duplicates, are ignored."""
     relay = FakeRelay(ticks=10_000)
     seen: list[tuple[str, str | None]] = []
-    async with make_client(relay, POLICY) as mj, mj.webhook_receiver() as rx:
+    async with make_client(relay, POLICY) as mj, mj.webhook_receiver(verify=False) as rx:
         waiter = asyncio.ensure_future(
             mj.wait("t4", on_progress=lambda t: seen.append((t.status.value, t.progress)))
         )
@@ -186,38 +189,72 @@ async def test_pushed_ids_are_polled_only_as_safety_net_until_pushes_stop() -> N
     assert relay.reads["t5"] > reads_at_push
 
 
-async def test_a_pushed_success_from_another_host_is_verified() -> None:
-    """By default a pushed SUCCESS whose image lives on another host than the relay is
-    checked with one read before any waiter believes it; one on the relay's own host is
-    believed at once."""
+async def test_every_pushed_final_state_is_verified() -> None:
+    """By default a pushed SUCCESS (whatever host its image is on), FAILURE or CANCEL is
+    checked with one read of the relay before any waiter believes it: here the relay
+    says IN_PROGRESS, so none of the forged pushes ends a wait. A progress push costs
+    no read."""
     relay = FakeRelay(ticks=10_000)
     slow = PollPolicy(interval=30, first_poll=30, safety_net_interval=30, adaptive=False)
+    forged = {
+        "v1": hook("v1", "SUCCESS", "100%", imageUrl="https://evil.example/x.png"),
+        "v2": hook("v2", "SUCCESS", "100%", imageUrl=f"{BASE}/img/v2.png"),
+        "v3": hook("v3", "FAILURE", failReason="forged"),
+        "v4": hook("v4", "CANCEL"),
+    }
     async with make_client(relay, slow) as mj, mj.webhook_receiver() as rx:
-        forged = asyncio.ensure_future(mj.wait("v1", timeout=5))
+        waits = [asyncio.ensure_future(mj.wait(i, timeout=5)) for i in [*forged, "v5"]]
         await asyncio.sleep(0.02)
-        evil = hook("v1", "SUCCESS", "100%", imageUrl="https://evil.example/x.png")
-        assert 200 == await post(rx.url, evil)
+        for body in forged.values():
+            assert 200 == await post(rx.url, body)
+        assert 200 == await post(rx.url, hook("v5", "IN_PROGRESS", "40%"))
         await asyncio.sleep(0.1)
-        assert 1 == relay.reads.get("v1")  # polled at once, despite the 30 s interval
-        assert not forged.done()  # the relay says IN_PROGRESS: the push was not believed
-        assert 1 == rx.stats["verified"]
-        ours = asyncio.ensure_future(mj.wait("v2", timeout=5))
-        await asyncio.sleep(0.02)
-        assert 200 == await post(
-            rx.url, hook("v2", "SUCCESS", "100%", imageUrl=f"{BASE}/img/v2.png")
-        )
-        task = await asyncio.wait_for(ours, 2)
-        assert "v2" not in relay.reads
-        forged.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await forged
+        # Polled at once, despite the 30 s interval: one read per final push.
+        assert dict.fromkeys(forged, 1) == relay.reads
+        assert not any(w.done() for w in waits)
+        assert (4, 1) == (rx.stats["verified"], rx.stats["accepted"])
+        for w in waits:
+            w.cancel()
+        await asyncio.gather(*waits, return_exceptions=True)
+
+
+async def test_a_forged_failure_does_not_end_a_wait_whose_job_succeeds() -> None:
+    """Someone who read the hook URL (TrueAI lists it to every user) pushes FAILURE for a
+    running job: the waiter is not told; the job then succeeds and the waiter gets
+    SUCCESS. On the old main it ended with TaskFailedError."""
+    relay = FakeRelay(ticks=10_000)
+    async with make_client(relay, POLICY) as mj, mj.webhook_receiver() as rx:
+        job = await mj.imagine("a fox")
+        waiter = asyncio.ensure_future(job.wait(timeout=5))
+        await asyncio.sleep(0.05)
+        reads = relay.reads.get(job.id, 0)
+        forged = hook(job.id, "FAILURE", failReason="Banned prompt detected")
+        assert 200 == await post(rx.url, forged)
+        await asyncio.sleep(0.1)
+        assert not waiter.done() and relay.reads[job.id] > reads
+        relay.ticks = 1  # the relay finishes the job
+        assert 200 == await post(rx.url, hook(job.id, "SUCCESS", "100%"))
+        task = await asyncio.wait_for(waiter, 3)
     assert TaskStatus.SUCCESS == task.status
+    assert 2 == rx.stats["verified"]
+
+
+async def test_verify_false_believes_pushes() -> None:
+    """The documented opt-out: a pushed final state is believed without a read."""
+    relay = FakeRelay(ticks=10_000)
+    slow = PollPolicy(interval=30, first_poll=30, safety_net_interval=30, adaptive=False)
+    async with make_client(relay, slow) as mj, mj.webhook_receiver(verify=False) as rx:
+        waiter = asyncio.ensure_future(mj.wait("o1", timeout=5))
+        await asyncio.sleep(0.02)
+        assert 200 == await post(rx.url, hook("o1", "SUCCESS", "100%"))
+        task = await asyncio.wait_for(waiter, 2)
+    assert TaskStatus.SUCCESS == task.status and "o1" not in relay.reads
 
 
 def test_sync_entry_point() -> None:
     """Client.webhook_receiver works as a blocking context manager."""
     relay = FakeRelay(ticks=10_000)
-    with make_sync(relay, POLICY) as mj, mj.webhook_receiver() as rx:
+    with make_sync(relay, POLICY) as mj, mj.webhook_receiver(verify=False) as rx:
         assert rx.url.startswith("http://127.0.0.1:")
         pusher = threading.Thread(
             target=lambda: asyncio.run(_push_later(rx.url, hook("t6", "SUCCESS", "100%")))
@@ -260,6 +297,32 @@ async def test_end_to_end_with_simulator_hooks() -> None:
     assert rx.stats["accepted"] >= 10
 
 
+async def test_verifying_costs_one_read_per_final_push_with_simulator_hooks() -> None:
+    """The default (every pushed final state verified) against the simulator's hooks:
+    every wait ends by its push plus one read of the relay, at most one read request
+    per job (reads of ids due together share a list-by-condition)."""
+    from quickmj import AsyncClient
+    from quickmj.testing import SimulatorConfig, simulate
+
+    policy = PollPolicy(interval=30, first_poll=30, safety_net_interval=30)
+    config = SimulatorConfig(dialect="trueai", queue_seconds=0.05, run_seconds=0.3)
+    async with (
+        simulate(config) as relay,
+        AsyncClient(relay.api_key, base_url=relay.base_url, dialect="trueai", poll=policy) as mj,
+        mj.webhook_receiver() as rx,
+    ):
+        waits = []
+        for i in range(10):
+            job = await mj.imagine(f"hooked {i}")
+            waits.append(asyncio.ensure_future(job.wait()))
+        tasks = await asyncio.wait_for(asyncio.gather(*waits), 10)
+        counters = relay.simulator.counters
+        reads = sum(n for k, n in counters.items() if "list-by-condition" in k or "fetch" in k)
+    assert all(t.status is TaskStatus.SUCCESS for t in tasks)
+    assert 10 == rx.stats["verified"]
+    assert 1 <= reads <= 10, dict(counters)
+
+
 # ---- the receiver on its own: its server, deadlines, limits ----
 
 
@@ -277,18 +340,21 @@ def test_receiver_configuration() -> None:
 @pytest.mark.parametrize(
     ("verify", "body", "expected"),
     [
-        (None, hook("1", "SUCCESS") | {"imageUrl": "https://cdn.example/1.png"}, True),
-        (None, hook("1", "SUCCESS") | {"imageUrl": "http://relay.test/mj/image/1"}, False),
-        (None, hook("1", "SUCCESS"), False),
-        (None, hook("1", "FAILURE"), False),
-        (None, hook("1", "IN_PROGRESS") | {"imageUrl": "https://cdn.example/1.png"}, False),
-        (True, hook("1", "IN_PROGRESS"), True),
+        (True, hook("1", "SUCCESS") | {"imageUrl": "https://cdn.example/1.png"}, True),
+        (True, hook("1", "SUCCESS") | {"imageUrl": "http://relay.test/mj/image/1"}, True),
+        (True, hook("1", "SUCCESS"), True),
+        (True, hook("1", "FAILURE"), True),
+        (True, hook("1", "CANCEL"), True),
+        (cast(bool, None), hook("1", "FAILURE"), True),  # the former default checks too
+        (True, hook("1", "IN_PROGRESS") | {"imageUrl": "https://cdn.example/1.png"}, False),
+        (True, hook("1", "MODAL"), False),
         (False, hook("1", "SUCCESS") | {"imageUrl": "https://cdn.example/1.png"}, False),
+        (False, hook("1", "FAILURE"), False),
     ],
 )
-def test_what_is_verified(verify: bool | None, body: dict[str, Any], expected: bool) -> None:
-    """verify=None checks a SUCCESS with an image on another host than the relay; True
-    checks everything, False nothing. The feed is told which."""
+def test_what_is_verified(verify: bool, body: dict[str, Any], expected: bool) -> None:
+    """By default (True) every pushed final state is checked, progress is not; False
+    checks nothing. The feed is told which."""
     feed = Feed()
     rx = WebhookReceiver(
         feed, public_url="http://me.test", relay_url=BASE, verify=verify, token="t"
