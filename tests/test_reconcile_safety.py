@@ -10,6 +10,7 @@ and logged, never the end of reconcile.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import time
 from pathlib import Path
@@ -92,6 +93,10 @@ async def test_several_matching_tasks_are_not_adopted_and_are_named(
     _print_unsettled(summary.unsettled, _Output(False, shown))
     assert f"line 1 (state tag {TAG})" in shown.getvalue()
     assert own.id in shown.getvalue() and "check them by hand" in shown.getvalue()
+    as_json = io.StringIO()
+    _print_unsettled(summary.unsettled, _Output(True, as_json))
+    line = json.loads(as_json.getvalue())["unsettled"]
+    assert (left.reason, sorted(left.matches)) == (line["reason"], sorted(line["matches"]))
 
 
 async def test_a_copy_outside_the_send_window_is_not_adopted(tmp_path: Path) -> None:

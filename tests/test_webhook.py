@@ -297,6 +297,25 @@ async def test_end_to_end_with_simulator_hooks() -> None:
     assert rx.stats["accepted"] >= 10
 
 
+async def test_trueai_shows_a_users_hook_url_to_every_user() -> None:
+    """Why a push alone is never believed: as on a real TrueAI (TaskController.List and
+    ListByCondition do not filter by user), another key reads the hook URL, secret token
+    included, from the task list and from list-by-condition."""
+    from quickmj import AsyncClient
+    from quickmj.testing import simulate
+
+    async with (
+        simulate(dialect="trueai", api_keys=("user", "other")) as relay,
+        AsyncClient("user", base_url=relay.base_url, dialect="trueai") as mj,
+        AsyncClient("other", base_url=relay.base_url, dialect="trueai") as other,
+    ):
+        url = "http://127.0.0.1:9/quickmj-hook/secret-token"  # nobody listens there
+        job = await mj.imagine("a fox", notify_hook=url)
+        listed = {t.id: t for t in await other.recent_tasks()}
+        (by_id,) = await other.fetch_many([job.id])
+    assert url == listed[job.id].properties["notifyHook"] == by_id.properties["notifyHook"]
+
+
 async def test_verifying_costs_one_read_per_final_push_with_simulator_hooks() -> None:
     """The default (every pushed final state verified) against the simulator's hooks:
     every wait ends by its push plus one read of the relay, at most one read request

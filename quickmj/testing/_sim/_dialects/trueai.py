@@ -8,6 +8,9 @@ Sources (HEAD ``ed32197``): ``src/Midjourney.API/SimpleAuthMiddleware.cs`` and
 (``InvalidModelStateResponseFactory``: ``{"success":false,"code":-1,...}`` with HTTP 200).
 A null action result is ASP.NET's 204 (fetch of an unknown id); unknown routes are an
 empty 404 (405 for a known path with the wrong method) once authorised.
+As on a real server, every key sees every user's tasks (``TaskController.cs``: ``List``
+takes the newest 100 of all users, ``ListByCondition`` and ``Fetch`` filter by id only),
+``properties.notifyHook`` with a hook URL's secret included: not a leak of the simulator.
 
 Deviations, on purpose: face swap works (real TrueAI needs Replicate configured, else
 code 4 ``服务不支持``); ``POST /task/{id}/cancel`` is admin-only as on a real server
