@@ -398,6 +398,9 @@ class Poller:
             return False
         now = self._clock()
         if verify and task.status.is_terminal:
+            # No push follows a real final one: if the read still shows the job running
+            # (a gateway's lagging copy, or a forged push), normal polling takes over.
+            entry.pushed_at = None
             self._reschedule(task.id, entry, now)
             return True
         raw = task.raw or unstructure(task)

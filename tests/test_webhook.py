@@ -239,6 +239,24 @@ async def test_a_forged_failure_does_not_end_a_wait_whose_job_succeeds() -> None
     assert 2 == rx.stats["verified"]
 
 
+async def test_a_final_push_ahead_of_the_relays_copy_ends_by_normal_polling() -> None:
+    """A gateway that serves reads from its own copy may still say IN_PROGRESS when the
+    final push arrives: the check does not believe the push, and normal polling (not
+    the 30 s safety net that progress pushes set) finds the end."""
+    relay = FakeRelay(ticks=10_000)
+    policy = PollPolicy(interval=0.02, first_poll=0.01, safety_net_interval=30, adaptive=False)
+    async with make_client(relay, policy) as mj, mj.webhook_receiver() as rx:
+        waiter = asyncio.ensure_future(mj.wait("lag", timeout=20))
+        await asyncio.sleep(0.05)
+        assert 200 == await post(rx.url, hook("lag", "IN_PROGRESS", "60%"))
+        assert 200 == await post(rx.url, hook("lag", "SUCCESS", "100%"))
+        await asyncio.sleep(0.05)
+        assert not waiter.done()  # the relay's copy still says IN_PROGRESS
+        relay.ticks = 1  # the copy catches up
+        task = await asyncio.wait_for(waiter, 3)  # long before the 30 s safety net
+    assert TaskStatus.SUCCESS == task.status
+
+
 async def test_verify_false_believes_pushes() -> None:
     """The documented opt-out: a pushed final state is believed without a read."""
     relay = FakeRelay(ticks=10_000)
