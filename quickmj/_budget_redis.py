@@ -26,7 +26,9 @@ import time
 import uuid
 from collections.abc import Awaitable
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
+
+import anyio
 
 from ._admission import AdmissionPolicy, Budget, Lease, _capacity
 from .errors import ConfigurationError, ConnectError
@@ -34,6 +36,7 @@ from .errors import ConfigurationError, ConnectError
 __all__ = ("RedisBudget", "RedisBudgets")
 
 logger = logging.getLogger("quickmj")
+T = TypeVar("T")
 
 _NOW = "local t = redis.call('TIME') local now = t[1] * 1000 + math.floor(t[2] / 1000)\n"
 _READ = """
@@ -91,12 +94,26 @@ redis.call('ZREM', KEYS[2], ARGV[1])
 return tostring(limit)
 """
 )
-# ARGV: lease ttl (ms), tokens...
+# ARGV: lease ttl (ms), initial limit, tokens... -> {restored tokens, tokens left out}
+# A lease missing here was lost by Redis (restarted empty, flushed) or expired while its
+# holder was late: it is put back while the limit has room, so that a Redis that forgot
+# every lease does not let the other workers take the same slots again.
 _RENEW = (
     _NOW
+    + _READ
     + """
-for i = 2, #ARGV do redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[1]), ARGV[i]) end
-return 1
+local restored, missing = {}, {}
+for i = 3, #ARGV do
+  if redis.call('ZSCORE', KEYS[2], ARGV[i]) then
+    redis.call('ZADD', KEYS[2], 'XX', now + tonumber(ARGV[1]), ARGV[i])
+  elseif redis.call('ZCARD', KEYS[2]) < math.floor(limit) then
+    redis.call('ZADD', KEYS[2], now + tonumber(ARGV[1]), ARGV[i])
+    restored[#restored + 1] = ARGV[i]
+  else
+    missing[#missing + 1] = ARGV[i]
+  end
+end
+return {restored, missing}
 """
 )
 
@@ -112,7 +129,14 @@ class RedisBudgets:
             crashed worker's slots come back after this long).
         poll: seconds between two tries for a slot while the budget is full (other
             workers' releases are not announced).
-        client: a ``redis.asyncio.Redis`` to use (not closed by :meth:`aclose`).
+        timeout: seconds one Redis operation may take. A client made here gets it as its
+            socket and connect timeouts; every operation (on any client) is also bounded
+            by it, so a stalled Redis (stopped, or a network that drops packets) gives a
+            :class:`~quickmj.ConnectError` instead of freezing the batch, and
+            :meth:`aclose` returns within a few of these.
+        client: a ``redis.asyncio.Redis`` to use (not closed by :meth:`aclose`). Its own
+            timeouts are left as they are (redis-py before 6 has none by default); the
+            bound above applies to it too.
 
     Raises:
         ConfigurationError: the ``redis`` package is missing (``pip install 'quickmj[redis]'``).
@@ -126,6 +150,7 @@ class RedisBudgets:
         prefix: str = "quickmj:budget",
         lease_ttl: float = 60.0,
         poll: float = 0.25,
+        timeout: float = 5.0,
         client: Any = None,
     ) -> None:
         try:
@@ -134,8 +159,8 @@ class RedisBudgets:
             raise ConfigurationError(
                 "shared budgets need the redis package: pip install 'quickmj[redis]'"
             ) from None
-        if lease_ttl <= 0 or poll <= 0:
-            raise ConfigurationError("lease_ttl and poll must be positive")
+        if lease_ttl <= 0 or poll <= 0 or timeout <= 0:
+            raise ConfigurationError("lease_ttl, poll and timeout must be positive")
         self.policy: AdmissionPolicy = policy or AdmissionPolicy()
         """How the shared limits are learned."""
         self.prefix: str = prefix
@@ -144,8 +169,14 @@ class RedisBudgets:
         """Seconds a slot outlives its holder's last renewal."""
         self.poll: float = poll
         """Seconds between two tries for a slot while a budget is full."""
+        self.timeout: float = timeout
+        """Seconds one Redis operation may take before the store counts as unreachable."""
         self._owned = client is None
-        self.redis: Any = aioredis.Redis.from_url(url) if client is None else client
+        self.redis: Any = (
+            aioredis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+            if client is None
+            else client
+        )
         """The ``redis.asyncio.Redis`` client."""
         self.scripts: dict[str, Any] = {
             name: self.redis.register_script(text)
@@ -183,11 +214,24 @@ class RedisBudgets:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Give back every slot still held and close the connection (if made here)."""
-        for budget in self._budgets:
-            await budget.aclose()
+        """Give back every slot still held and close the connection (if made here).
+
+        Against a stalled Redis this returns after about ``timeout`` seconds (twice that
+        at most): the slots not given back come back when their leases expire.
+        """
+        await asyncio.gather(*(budget.aclose() for budget in self._budgets))
         if self._owned:
-            await self.redis.aclose()
+            with anyio.move_on_after(self.timeout):
+                await self.redis.aclose()
+
+    async def call(self, work: Awaitable[T]) -> T:
+        """``work`` (one Redis operation), bounded by :attr:`timeout`.
+
+        Raises:
+            TimeoutError: Redis did not answer in time (a stopped server, dropped packets).
+        """
+        with anyio.fail_after(self.timeout):
+            return await work
 
 
 class RedisBudget(Budget):
@@ -219,12 +263,16 @@ class RedisBudget(Budget):
         policy, ttl_ms = self.policy, int(self.store.lease_ttl * 1000)
         token = uuid.uuid4().hex
         try:
-            taken, epoch, limit, wait_ms = await self.store.scripts["acquire"](
-                keys=self.keys, args=[token, policy.initial_limit, ttl_ms]
+            taken, epoch, limit, wait_ms = await self.store.call(
+                self.store.scripts["acquire"](
+                    keys=self.keys, args=[token, policy.initial_limit, ttl_ms]
+                )
             )
-        except Exception as exc:  # redis.RedisError, OSError: nothing was sent
+        except Exception as exc:  # redis.RedisError, OSError, a stall: nothing was sent
+            if isinstance(exc, TimeoutError):  # a stalled Redis may yet run the script
+                self._spawn(self._remove(token))
             raise ConnectError(
-                f"the shared budget store is unreachable ({type(exc).__name__}: {exc}); "
+                f"the shared budget store is unreachable ({_why(exc, self.store.timeout)}); "
                 "nothing was submitted"
             ) from None
         self._limit = float(limit)
@@ -275,15 +323,16 @@ class RedisBudget(Budget):
         self._leases.discard(lease)
 
     async def _update(self, script: str, args: list[Any]) -> None:
-        self._limit = float(await self.store.scripts[script](keys=self.keys, args=args))
+        answer = await self.store.call(self.store.scripts[script](keys=self.keys, args=args))
+        self._limit = float(answer)
         self.notify()
 
     async def _remove(self, token: str) -> None:
-        await self.store.redis.zrem(self.keys[1], token)
+        await self.store.call(self.store.redis.zrem(self.keys[1], token))
         self.notify()
 
     def _spawn(self, work: Awaitable[None]) -> None:
-        task = asyncio.ensure_future(_logged(work, self.label))
+        task = asyncio.ensure_future(_logged(work, self.label, self.store.timeout))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -296,11 +345,35 @@ class RedisBudget(Budget):
         ttl = self.store.lease_ttl
         while self._leases:
             await asyncio.sleep(ttl / 3)
-            tokens = [lease.token or "" for lease in self._leases]
-            await _logged(
-                self.store.scripts["renew"](keys=self.keys, args=[int(ttl * 1000), *tokens]),
-                self.label,
-            )
+            await _logged(self.renew(), self.label, self.store.timeout)
+
+    async def renew(self) -> int:
+        """Extend the leases held here once; put back those Redis lost (a restart without
+        persistence, a flush) while the shared limit has room.
+
+        Returns:
+            How many leases held here are not counted in Redis (no room to put them
+            back): the shared count is short by that much until they end.
+        """
+        tokens = [lease.token or "" for lease in self._leases]
+        if not tokens:
+            return 0
+        args = [int(self.store.lease_ttl * 1000), self.policy.initial_limit, *tokens]
+        restored, missing = await self.store.call(
+            self.store.scripts["renew"](keys=self.keys, args=args)
+        )
+        held = {lease.token for lease in self._leases}
+        for token in restored:  # released while the renewal was on its way: not ours now
+            if (name := token.decode() if isinstance(token, bytes) else token) not in held:
+                self._spawn(self._remove(name))
+        if restored or missing:
+            logger.warning(
+                "shared budget of %s: Redis had lost %d of the %d leases held here "
+                "(restarted or flushed?); %d put back, %d left out for want of room",
+                self.label, len(restored) + len(missing), len(tokens), len(restored),
+                len(missing),
+            )  # fmt: skip
+        return len(missing)
 
     async def aclose(self) -> None:
         """Give every lease held here back and wait for pending updates."""
@@ -314,9 +387,16 @@ class RedisBudget(Budget):
             await asyncio.gather(*self._tasks, return_exceptions=True)
 
 
-async def _logged(work: Awaitable[Any], label: str) -> None:
+async def _logged(work: Awaitable[Any], label: str, timeout: float) -> None:
     """Run a Redis update; a failure is logged (the lease's expiry repairs the count)."""
     try:
         await work
     except Exception as exc:
-        logger.warning("shared budget of %s: a Redis update failed: %s", label, exc)
+        logger.warning("shared budget of %s: a Redis update failed: %s", label, _why(exc, timeout))
+
+
+def _why(exc: BaseException, timeout: float) -> str:
+    """What went wrong with Redis, in a few words."""
+    if isinstance(exc, TimeoutError) and not str(exc):  # anyio's deadline
+        return f"no answer within {timeout:g} s: is Redis stopped or the network down?"
+    return f"{type(exc).__name__}: {exc}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -196,3 +197,135 @@ async def test_an_unreachable_store_sends_nothing() -> None:
         with pytest.raises(ConnectError, match="shared budget store is unreachable"):
             await mj.imagine("a cat")
     assert [] == relay.simulator.submissions
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of this test's own (it gets stopped): its URL and its process."""
+    assert SERVER is not None
+    port = _free_port()
+    args = [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir",
+            str(tmp_path)]  # fmt: skip
+    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("redis-server did not start") from None
+                time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        proc.send_signal(signal.SIGCONT)
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.mark.parametrize("users_client", [False, True], ids=["client made here", "user's client"])
+async def test_a_stalled_redis_is_an_error_not_a_freeze(
+    own_redis: tuple[str, subprocess.Popen[bytes]], users_client: bool
+) -> None:
+    """A stopped Redis (SIGSTOP: the socket stays open, nothing answers) makes take() a
+    ConnectError after ``timeout`` and aclose() return, with redis-py's own timeouts or
+    none (a user's client; redis-py before 6 has none); once Redis runs again the same
+    connection pool answers the next take() rightly (no stale reply)."""
+    url, proc = own_redis
+    client = redis.asyncio.Redis.from_url(url) if users_client else None
+    store = RedisBudgets(url, client=client, timeout=0.3, policy=AdmissionPolicy(initial_limit=4))
+    budget = _budget(store)
+    held = await budget.take()
+    assert held is not None
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        with pytest.raises(ConnectError, match=r"no answer within 0\.3 s"):
+            await budget.take()
+        with pytest.raises(ConnectError, match="shared budget store"):
+            await budget.take()  # each operation bounded, not only the first
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    second = await budget.take()  # 1 held + at most 2 the stalled Redis ran late, of 4
+    assert second is not None and held is not second
+    assert True is await store.redis.ping()
+    leases = {t.decode() for t in await store.redis.zrange(budget.keys[1], 0, -1)}
+    assert {held.token, second.token} <= leases and len(leases) <= 4
+    proc.send_signal(signal.SIGSTOP)
+    try:
+        await store.aclose()  # returns: the leases come back when they expire
+    finally:
+        proc.send_signal(signal.SIGCONT)
+    if client is not None:
+        await client.aclose()
+
+
+async def test_a_stalled_redis_stops_a_batch(
+    own_redis: tuple[str, subprocess.Popen[bytes]], tmp_path: Path
+) -> None:
+    """A batch whose shared store stops answering ends with ConnectError (the batch's
+    stop for a store that is down) and sends nothing more."""
+    url, proc = own_redis
+    config = SimulatorConfig(dialect="midjourney-proxy")
+    async with simulate(config) as relay, RedisBudgets(url, timeout=0.3) as store, AsyncClient(
+        relay.api_key, base_url=relay.base_url, dialect="midjourney-proxy", admission=store,
+        poll=FAST,
+    ) as mj:  # fmt: skip
+        proc.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(ConnectError, match="shared budget store"):
+                await run_batch(mj, [BatchItem("a cat")], tmp_path, download=False)
+        finally:
+            proc.send_signal(signal.SIGCONT)
+    assert [] == relay.simulator.submissions
+
+
+async def test_leases_lost_by_a_redis_restart_are_put_back(budgets: Any) -> None:
+    """Redis restarted empty (FLUSHALL): the holder's next renewal puts its leases back,
+    so another worker cannot take the same slots again (3 of 3 in all, not 6)."""
+    policy = AdmissionPolicy(initial_limit=3)
+    holder, other = _budget(budgets(policy=policy)), _budget(budgets(policy=policy))
+    leases = [await holder.take() for _ in range(3)]
+    assert all(leases)
+    await holder.store.redis.flushall()
+    assert 0 == await holder.renew()
+    taken = [await other.take() for _ in range(3)]
+    assert [None, None, None] == taken
+    assert 3 == await holder.store.redis.zcard(holder.keys[1])
+    for lease in leases:
+        assert lease is not None
+        holder.release(lease)
+
+
+async def test_only_room_is_restored(budgets: Any) -> None:
+    """If others took the slots before the renewal, only what the limit still allows is
+    put back, and the renewal says how many are left out."""
+    policy = AdmissionPolicy(initial_limit=3)
+    holder, other = _budget(budgets(policy=policy)), _budget(budgets(policy=policy))
+    mine = [await holder.take() for _ in range(2)]
+    await holder.store.redis.flushall()
+    theirs = [await other.take() for _ in range(2)]
+    assert all(mine) and all(theirs)
+    assert 1 == await holder.renew()
+    assert 3 == await holder.store.redis.zcard(holder.keys[1])
+    for budget, lease in [(holder, mine[0]), (holder, mine[1]), (other, theirs[0]),
+                          (other, theirs[1])]:  # fmt: skip
+        assert lease is not None
+        budget.release(lease)
+
+
+async def test_a_lease_released_during_its_renewal_is_not_kept(budgets: Any) -> None:
+    """A release whose removal reaches Redis before a renewal that still listed the lease:
+    the renewal's put-back is undone, the slot is free again."""
+    policy = AdmissionPolicy(initial_limit=1)
+    holder = _budget(budgets(policy=policy))
+    lease = await holder.take()
+    assert lease is not None
+    token = lease.token or ""
+    await holder.store.redis.zrem(holder.keys[1], token)  # the release's removal, first
+    renewal = asyncio.ensure_future(holder.renew())
+    await asyncio.sleep(0)  # the renewal has listed the lease and is on its way
+    holder._drop(lease)  # ...and the release lands in between
+    assert 0 == await renewal
+    await asyncio.gather(*holder._tasks)
+    assert 0 == await holder.store.redis.zcard(holder.keys[1])
