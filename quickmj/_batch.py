@@ -385,6 +385,10 @@ class _Run:
         self.refused: dict[str, str] = {}
         #: The run's file names (made at the first download: it lists images/).
         self.names: _Names | None = None
+        #: Paid jobs whose task id the full disk kept out of the journal: (row, the
+        #: button pressed or None for the grid, task id). Named in the final error.
+        self.unjournaled: list[tuple[JournalRow, str | None, str]] = []
+        self._scope: anyio.CancelScope | None = None
 
     # ---- progress ----
 
@@ -436,10 +440,12 @@ class _Run:
                 self.phases[r.phase] += 1
         self._report()
         async with anyio.create_task_group() as tg:
+            self._scope = tg.cancel_scope
+            self.journal.on_full = self._disk_full
             for r in todo:
                 tg.start_soon(self._one, r, tg.cancel_scope)
         if self.stop is not None:
-            raise self.stop  # one typed error, never an ExceptionGroup
+            raise self._final(self.stop)  # one typed error, never an ExceptionGroup
 
     def _wants(self, row: JournalRow) -> bool:
         if row.phase is Phase.UNKNOWN:
@@ -449,14 +455,26 @@ class _Run:
     async def _one(self, row: JournalRow, scope: anyio.CancelScope) -> None:
         async with self.slots or contextlib.nullcontext():
             try:
-                await self._advance(row)
+                try:
+                    await self._advance(row)
+                except (_Stop, StorageError):
+                    raise
+                except Exception as exc:  # one prompt's trouble stays with that prompt
+                    self._unexpected(row, exc)
             except _Stop as stop:
-                if self.stop is None:
-                    self.stop = stop.error
+                self._stopping(stop.error)
                 scope.cancel()
-            except Exception as exc:  # one prompt's trouble stays with that prompt
-                self._unexpected(row, exc)
+            except StorageError as exc:  # the disk refused a journal write
+                self._stopping(exc)
+                scope.cancel()
             self._report()
+
+    def _stopping(self, error: QuickMJError) -> None:
+        if isinstance(error, StorageError):
+            # Room for the ids of submits still on the wire (the journal's reserve).
+            self.journal.release_reserve()
+        if self.stop is None:
+            self.stop = error
 
     def _unexpected(self, row: JournalRow, exc: Exception) -> None:
         current = self.journal.row(row.index)
@@ -485,7 +503,10 @@ class _Run:
             )
             if isinstance(job, Phase):
                 return job
-            self.journal.set_task(row.index, job.id, account=job.account)
+            try:
+                self.journal.set_task(row.index, job.id, account=job.account)
+            except StorageError as exc:
+                raise _Stop(self._not_journaled(row, None, job.id, exc)) from None
             row = self.journal.row(row.index)
         client = self._owner(row)
         if client is None:
@@ -551,7 +572,10 @@ class _Run:
                 if isinstance(job, Phase):
                     return job
                 up_id = job.id
-                self.journal.set_upscale(row.index, label, up_id)
+                try:
+                    self.journal.set_upscale(row.index, label, up_id)
+                except StorageError as exc:
+                    raise _Stop(self._not_journaled(row, label, up_id, exc)) from None
             up = await self._follow(row, client, up_id)
             if isinstance(up, Phase):
                 return up
@@ -615,6 +639,47 @@ class _Run:
                 raise
             files.append(final.relative_to(self.bdir.path).as_posix())
 
+    # ---- a full disk ----
+
+    def _disk_full(self) -> None:
+        """The journal used its reserve: stop (submits on the wire still get recorded)."""
+        self._stopping(_full(self.journal))
+        if self._scope is not None:
+            self._scope.cancel()
+
+    def _not_journaled(
+        self, row: JournalRow, label: str | None, task_id: str, exc: StorageError
+    ) -> StorageError:
+        """A paid job's id the journal could not take: kept here and logged at once."""
+        self.unjournaled.append((row, label, task_id))
+        logger.error(
+            "task %s (row %d%s) is paid but could not be journaled: %s",
+            task_id,
+            row.index,
+            f" {label}" if label else "",
+            exc,
+        )
+        return exc
+
+    def _final(self, error: QuickMJError) -> QuickMJError:
+        """The run's error; on a full disk it names the paid jobs the journal lacks."""
+        if not isinstance(error, StorageError) or not self.unjournaled:
+            return error
+        parts = [
+            f"row {row.index} (prompt {_short(row.prompt)!r}{f', {label}' if label else ''}): "
+            f"task {task_id}: not journaled, a resume will not know it: "
+            f"run 'quickmj wait {task_id}'"
+            for row, label, task_id in self.unjournaled
+        ]
+        n = len(parts)
+        return StorageError(
+            f"{error}; {n} paid job{'s' if n != 1 else ''} could not be journaled: "
+            + "; ".join(parts),
+            path=error.path,
+            errno=error.errno,
+            unjournaled=tuple(task_id for _, _, task_id in self.unjournaled),
+        )
+
     # ---- one submit ----
 
     async def _submit(
@@ -664,7 +729,12 @@ class _Run:
         slot: Reservation,
     ) -> AsyncJob | Phase | None:
         """One submit with a reserved slot: the job, the prompt's end, or None (again)."""
+        if self.stop is not None:  # stopping (a full disk): send nothing more
+            return self._not_sent(row, pressing, "the run stopped")
         self.journal.mark_submitting(row.index, tag, pressing=pressing)
+        if self.journal.out_of_room:  # that write took the journal's reserve
+            self._unmark(row, pressing)
+            raise _Stop(self.stop or _full(self.journal))
         job: AsyncJob | None = None
         try:
             # The client runs a sent submit to its answer; wait for it even when the
@@ -827,6 +897,19 @@ class _Run:
             )
         except QuickMJError as exc:
             return self._set(row, Phase.INCOMPLETE, reason=f"{type(exc).__name__}: {exc}")
+
+
+def _full(journal: Journal) -> StorageError:
+    return StorageError(
+        f"cannot write {str(journal.path.parent)!r}: no space left on the device "
+        "(the run stopped once the journal needed its reserved room)",
+        path=str(journal.path),
+        errno=errno.ENOSPC,
+    )
+
+
+def _short(prompt: str) -> str:
+    return prompt if len(prompt) <= 40 else f"{prompt[:39]}…"
 
 
 def _refusal(exc: AuthenticationError) -> str:
@@ -1131,23 +1214,48 @@ async def _drive(
 ) -> BatchSummary:
     """Run the journal's open prompts; the manifest and a closed journal in every case."""
     bdir.clean_parts()
+    journal.reserve(_reserve_bytes(settings, len(journal.rows())))
     run = _Run(pool, journal, bdir, settings, journal.begin_run(), on_progress)
     before = {b.label: attrs.evolve(b.stats) for b in pool.budgets}
     try:
         if any(r.task_id is None and r.phase is Phase.PENDING for r in journal.rows()):
             await _preflight(pool, journal)
         await run.run(journal.rows())
-    finally:
-        # Even when stopped or interrupted: the manifest shows where every prompt stands
-        # (plain blocking calls: a cancellation cannot cut them).
-        manifest = bdir.write_manifest(journal)
-        journal.end_run()
+    except BaseException:
+        # Stopped or interrupted: the journal is closed and the manifest shows where
+        # every prompt stands (plain blocking calls: a cancellation cannot cut them);
+        # neither hides the run's own error (a full disk may refuse them too).
+        _wind_down(bdir, journal)
+        raise
+    journal.end_run()
+    manifest = bdir.write_manifest(journal)
     summary = _summary(journal, manifest, time.monotonic() - run.started)
     return attrs.evolve(
         summary,
         accounts=_per_account(pool, journal, before, run.refused),
         stopped_submitting=run.halted,
     )
+
+
+#: Room kept for the journal on a full disk: its closing writes, plus one write (a WAL
+#: frame or two) per submit that may be on the wire when the disk fills up.
+_RESERVE_BASE = 64 * 1024
+_RESERVE_PER_SUBMIT = 8 * 1024
+
+
+def _reserve_bytes(settings: _Settings, rows: int) -> int:
+    in_flight = min(rows, settings.concurrency or 32, 256)
+    return _RESERVE_BASE + _RESERVE_PER_SUBMIT * in_flight
+
+
+def _wind_down(bdir: BatchDir, journal: Journal) -> None:
+    """End a stopped run's journal and rewrite its manifest, as far as the disk allows."""
+    with contextlib.suppress(StorageError):
+        journal.end_run()  # else close() marks it, with the reserve given back
+    try:
+        bdir.write_manifest(journal)
+    except StorageError as exc:
+        logger.warning("%s: manifest.jsonl is not up to date (--resume rewrites it)", exc)
 
 
 async def _preflight(pool: AccountPool, journal: Journal) -> None:

@@ -797,9 +797,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         text = _error_line(exc)
         if args.command == "batch" and isinstance(exc, StorageError):
-            text += "; paid jobs are kept: make room, then run again with --resume"
+            text += _storage_hint(exc)
         _report_error(args, text, type(exc).__name__)
         return _exit_code(exc)
+
+
+def _storage_hint(exc: BaseException) -> str:
+    """What a batch stopped by the disk should do next (never a promise it cannot keep)."""
+    if getattr(exc, "unjournaled", ()):
+        # The message names those rows and ids: a resume marks them 'unknown'.
+        return (
+            "; the other paid jobs are in the journal: make room, then run again with "
+            "--resume (the rows above will be 'unknown': settle them by their task ids)"
+        )
+    return "; paid jobs are kept: make room, then run again with --resume"
 
 
 def _report_error(args: argparse.Namespace, text: str, kind: str) -> None:

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import enum
+import errno
 import json
+import logging
+import os
 import sqlite3
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +34,12 @@ import attrs
 from ._converter import repair_text
 from .errors import JournalError, StorageError
 
-__all__ = ("Journal", "JournalRow", "Phase")
+__all__ = ("RESERVE_SUFFIX", "Journal", "JournalRow", "Phase")
+
+logger = logging.getLogger("quickmj")
+
+#: The file next to the journal that holds its reserved room (see ``Journal.reserve``).
+RESERVE_SUFFIX = "-reserve"
 
 _SCHEMA_VERSION = "2"
 
@@ -133,6 +141,12 @@ class Journal:
     def __init__(self, path: str | Path, *, create: bool) -> None:
         self.path = Path(path)
         self._began = False  # this object began a run
+        self._reserve = Path(f"{self.path}{RESERVE_SUFFIX}")
+        self._reserved = False
+        #: The disk filled up and the reserved room was given back to the journal.
+        self.out_of_room = False
+        #: Called (once) when that happens: the run must stop using the disk.
+        self.on_full: Callable[[], None] | None = None
         # A killed run's news sits in the -wal file; without it the main file may lack
         # task ids (see check_complete). Noted before SQLite opens (and creates) it.
         wal = Path(f"{self.path}-wal")
@@ -156,11 +170,12 @@ class Journal:
 
         Unless the journal came without the -wal file its open run needs (copied without
         it): then the "open" mark stays, so every later resume refuses it too."""
-        with contextlib.suppress(sqlite3.Error):
+        with contextlib.suppress(sqlite3.Error, StorageError):
             whole = self._began or self._wal_found
             if whole and self._meta_raw("run_state") == "open":
-                self._set_meta("run_state", "closed")
+                self._write(lambda: self._set_meta("run_state", "closed"), "end")
         self._db.close()
+        self.release_reserve()
 
     def __enter__(self) -> Journal:
         return self
@@ -196,9 +211,67 @@ class Journal:
 
     def end_run(self) -> None:
         """Checkpoint everything into the main file and mark the run closed."""
+        self._write(lambda: self._set_meta("run_state", "closed"), "end")
         with _guard("end", self.path):
-            self._set_meta("run_state", "closed")
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    # ---- room on a full disk ----
+
+    def reserve(self, nbytes: int) -> None:
+        """Hold ``nbytes`` of the disk for the journal (a file next to it, allocated now).
+
+        Every journal write needs new blocks (SQLite appends to its ``-wal`` file). When
+        the disk is full, the first write it refuses gives this room back and is tried
+        again (``on_full`` is called: the run stops), so the task ids of submits already
+        on the wire, and the run's closing marks, still reach the journal.
+
+        Raises:
+            StorageError: there is not that much room (nothing was submitted yet).
+        """
+        try:
+            fd = os.open(self._reserve, os.O_WRONLY | os.O_CREAT, 0o600)
+            try:
+                _allocate(fd, nbytes)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                self._reserve.unlink()
+            reason = "no space left on the device" if exc.errno == errno.ENOSPC else exc.strerror
+            raise StorageError(
+                f"cannot keep {nbytes // 1024} KiB free for the batch journal in "
+                f"{str(self.path.parent)!r} ({reason}): nothing was submitted by this run",
+                path=str(self._reserve),
+                errno=exc.errno,
+            ) from None
+        self._reserved = True
+
+    def release_reserve(self) -> bool:
+        """Give the reserved room back to the disk; True if there was any."""
+        had = self._reserved or self._reserve.exists()
+        self._reserved = False
+        with contextlib.suppress(OSError):
+            self._reserve.unlink()
+        return had
+
+    def _write(self, do: Callable[[], object], what: str = "write") -> None:
+        """One committed change; on a full disk, once more with the reserved room."""
+        try:
+            with _guard(what, self.path):
+                do()
+            return
+        except StorageError:
+            if not self.release_reserve():
+                raise
+        self.out_of_room = True
+        logger.warning(
+            "the disk holding %s is full: its reserved room goes to the journal", self.path
+        )
+        if self.on_full is not None:
+            self.on_full()
+        with _guard(what, self.path):
+            do()
 
     def _meta(self, key: str) -> str | None:
         with _guard("read", self.path):
@@ -295,10 +368,30 @@ class Journal:
     def _update(self, index: int, **fields: Any) -> None:
         names = ", ".join(f"{k} = ?" for k in fields)
         values = [_text(v) if isinstance(v, str) else v for v in fields.values()]
-        with _guard("write", self.path):
-            self._db.execute(
+        self._write(
+            lambda: self._db.execute(
                 f"UPDATE rows SET {names}, updated = ? WHERE idx = ?", (*values, time.time(), index)
             )
+        )
+
+
+def _allocate(fd: int, nbytes: int) -> None:
+    """Make the file ``nbytes`` long with every block really allocated."""
+    if os.fstat(fd).st_size >= nbytes:
+        return  # a killed run's reserve, still in place
+    try:
+        os.posix_fallocate(fd, 0, nbytes)
+        return
+    except AttributeError:  # pragma: no cover - macOS and Windows have no posix_fallocate
+        pass
+    except OSError as exc:
+        if exc.errno not in (errno.EOPNOTSUPP, errno.ENOTSUP, errno.EINVAL, errno.ENOSYS):
+            raise
+    # Written out, in random bytes: a compressing file system must store them whole.
+    os.lseek(fd, 0, os.SEEK_SET)
+    left = nbytes
+    while left > 0:
+        left -= os.write(fd, os.urandom(min(left, 1 << 16)))
 
 
 def _add_missing_columns(db: sqlite3.Connection) -> None:

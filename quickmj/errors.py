@@ -494,14 +494,24 @@ class UnsafeURLError(DownloadError, ValueError):
 class StorageError(QuickMJError, OSError):
     """The disk refused a write: out of space, read-only, or no permission.
 
-    ``path`` is the file or directory concerned. Nothing paid for is lost: a batch keeps
-    such prompts resumable (download them with ``--resume`` once there is room).
+    ``path`` is the file or directory concerned. A batch keeps such prompts resumable
+    (download them with ``--resume`` once there is room). ``unjournaled`` holds the task
+    ids of paid jobs a batch could not even record (the message names their rows): a
+    resume will not know them, so wait on them by id (``quickmj wait ID``).
     """
 
-    def __init__(self, message: str, *, path: str = "", errno: int | None = None) -> None:
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str = "",
+        errno: int | None = None,
+        unjournaled: tuple[str, ...] = (),
+    ) -> None:
         super().__init__(message)
         self.path = path
         self.errno = errno
+        self.unjournaled = unjournaled
 
     def __str__(self) -> str:
         return str(self.args[0]) if self.args else ""

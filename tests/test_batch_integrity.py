@@ -3,17 +3,22 @@ download, task ids kept on a full disk, and hand-edited journals named precisely
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import shutil
 import sqlite3
-from collections.abc import AsyncIterator
+import subprocess
+import sys
+from collections import Counter
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from quickmj import AsyncClient, JournalError, PollPolicy, StorageError
+from quickmj import AsyncClient, JournalError, PollPolicy, StorageError, _journal
 from quickmj._batch import BatchItem, _slug, run_batch
 from quickmj._files import safe_stem
 from quickmj._journal import Journal, Phase
@@ -224,3 +229,147 @@ def test_a_torn_last_write_is_tolerated(tmp_path: Path) -> None:
         rows = torn.rows()
     assert "1730000000000001" == rows[0].task_id
     assert rows[1].phase in (Phase.PENDING, Phase.RUNNING)
+
+
+# ---- a full disk never loses a paid job's id ----
+
+
+class _DiskFills:
+    """The disk fills up as the first task id is journaled: that write (and, with
+    ``failures=2``, its retry on the reserved room too) is refused with ENOSPC."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, failures: int) -> None:
+        self.failures = failures
+        self.left = 0
+        self.fired = False
+        self.refused = 0
+        real_set_task = Journal.set_task
+        real_guard = _journal._guard
+
+        def set_task(journal: Journal, index: int, task_id: str, **kwargs: Any) -> None:
+            if not self.fired:
+                self.fired, self.left = True, self.failures
+            real_set_task(journal, index, task_id, **kwargs)
+
+        @contextlib.contextmanager
+        def guard(what: str, path: Path) -> Iterator[None]:
+            if self.left and what == "write":
+                self.left -= 1
+                self.refused += 1
+                raise StorageError(f"cannot write {str(path)!r}: no space left on the device")
+            with real_guard(what, path):
+                yield
+
+        monkeypatch.setattr(Journal, "set_task", set_task)
+        monkeypatch.setattr(_journal, "_guard", guard)
+
+
+def _created(relay: Any) -> Counter[str]:
+    return Counter(s.prompt for s in relay.simulator.submissions if s.endpoint == "/submit/imagine")
+
+
+async def test_the_reserve_takes_the_ids_of_submits_on_the_wire(
+    relay: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first refused journal write gets the reserved room: the run stops, every job
+    the relay accepted has its id in the journal, and the resume finishes them all."""
+    items = [BatchItem(f"a cat {i}") for i in range(12)]
+    disk = _DiskFills(monkeypatch, failures=1)
+    async with client(relay) as mj:
+        with pytest.raises(StorageError) as caught:
+            await run_batch(mj, items, tmp_path, concurrency=6)
+        assert 1 == disk.refused and () == caught.value.unjournaled
+        assert not (tmp_path / f"{JOURNAL_NAME}-reserve").exists()  # given back at the end
+        created = _created(relay)
+        with Journal(tmp_path / JOURNAL_NAME, create=False) as journal:
+            ids = {r.prompt: r.task_id for r in journal.rows()}
+        assert created and all(ids[prompt] for prompt in created)
+        monkeypatch.undo()
+        summary = await run_batch(mj, items, tmp_path, resume=True)
+    assert summary.ok and {1} == set(_created(relay).values()) and 12 == len(_created(relay))
+
+
+async def test_ids_the_disk_refused_are_named_in_the_error(
+    relay: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Even the reserve's room refused: the id is kept in memory and the error names the
+    row, the prompt, the task id and what to run; never 'paid jobs are kept'."""
+    items = [BatchItem(f"a dog {i}") for i in range(4)]
+    _DiskFills(monkeypatch, failures=2)
+    async with client(relay) as mj:
+        with pytest.raises(StorageError) as caught:
+            await run_batch(mj, items, tmp_path, concurrency=1)
+    (task_id,) = caught.value.unjournaled
+    text = str(caught.value)
+    assert "1 paid job could not be journaled: row 0 (prompt 'a dog 0'): " in text
+    assert f"task {task_id}: not journaled" in text and f"quickmj wait {task_id}" in text
+    assert task_id in relay.simulator.engine.tasks
+    assert "paid jobs are kept" not in _cli_hint(caught.value)
+    assert "paid jobs are kept" in _cli_hint(StorageError("disk full"))
+
+
+def _cli_hint(exc: StorageError) -> str:
+    from quickmj._cli import _storage_hint
+
+    return _storage_hint(exc)
+
+
+def test_the_cli_prints_ids_it_could_not_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from quickmj._cli import main
+
+    (tmp_path / "p.txt").write_text("a cat\na dog\n", "utf-8")
+    _DiskFills(monkeypatch, failures=2)
+    for name in [k for k in os.environ if k.startswith("QUICKMJ_")]:
+        monkeypatch.delenv(name)
+    code = main(["batch", str(tmp_path / "p.txt"), "--simulate", "--out", str(tmp_path / "o"),
+                 "--plain", "--concurrency", "1"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert 1 == code
+    (line,) = [x for x in err.splitlines() if x.startswith("error:")]
+    assert "could not be journaled: row 0 (prompt 'a cat')" in line and "quickmj wait " in line
+    assert "paid jobs are kept" not in line and "--resume" in line
+
+
+def test_no_room_for_the_reserve_submits_nothing(tmp_path: Path) -> None:
+    """Where the journal's room cannot be set aside, the run stops before any submit."""
+    journal = Journal(tmp_path / JOURNAL_NAME, create=True)
+    with pytest.raises(StorageError) as caught:
+        journal.reserve(1 << 62)
+    journal.close()
+    assert "cannot keep" in str(caught.value) and "nothing was submitted" in str(caught.value)
+    assert not (tmp_path / f"{JOURNAL_NAME}-reserve").exists()
+
+
+def _can_mount_privately() -> bool:
+    """A private mount namespace (``unshare -rm``) where this user may mount a tmpfs."""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return False
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null"],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0
+
+
+@pytest.mark.skipif(not _can_mount_privately(), reason="needs unshare -rm and tmpfs (Linux)")
+def test_a_tiny_real_disk_loses_no_task_id(tmp_path: Path) -> None:
+    """A 300 KiB tmpfs fills up with 16 submits in flight: after the resume (with room)
+    every prompt succeeded, none is 'unknown', no job was created twice."""
+    script = Path(__file__).parent / "fixtures" / "tiny_disk_batch.py"
+    done = subprocess.run(
+        ["unshare", "-rm", sys.executable, str(script), str(tmp_path), "300k", "60", "16"],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert 0 == done.returncode, done.stderr
+    report = json.loads(done.stdout)
+    assert report["first"].startswith("StorageError: ") and "no space left" in report["first"]
+    assert 0 == report["lost"] and 0 == report["duplicates"]
+    assert {"succeeded": 60} == report["statuses"] and 60 == report["images"]
