@@ -55,13 +55,14 @@ import attrs
 
 from ._converter import structure_task, unstructure
 from ._models import Task, TaskStatus
-from ._protocol import change_key, check_task_id, how_far, progress_of
+from ._protocol import change_key, check_task_id, how_far, progress_of, route_of
 from ._relay import Relay
 from ._rhythm import Rhythm
 from .errors import (
     AuthenticationError,
     ClientClosedError,
     ConfigurationError,
+    HTTPStatusError,
     MalformedResponseError,
     QuickMJError,
     RateLimitError,
@@ -802,6 +803,12 @@ def _dead_kind(exc: Exception) -> type[QuickMJError] | None:
         return AuthenticationError  # the key is refused (disabled, expired, no quota)
     if isinstance(exc, UnsupportedByRelayError) and exc.route in _TASK_ROUTES:
         return UnsupportedByRelayError  # an HTML 404, a web app: a wrong base_url
+    if (
+        isinstance(exc, HTTPStatusError)
+        and 300 <= exc.status < 400
+        and route_of(exc.path) in _TASK_ROUTES
+    ):
+        return HTTPStatusError  # a redirect (never followed): http for https, a login page
     return None
 
 

@@ -296,6 +296,10 @@ def status_error(
         # new-api's distributor found no channel for the route's model: refused before
         # anything was forwarded upstream, so nothing was created.
         return _model_unavailable(path, _openai_message(data) or body[:200], common)
+    if status in (405, 501) and relay_error(data, common) is None:
+        # "No such method here": a web server or app that is not the relay (no relay route
+        # answers these), so the route is not served, as with a bare 404.
+        return _not_served(path, common)
     if status >= 500:
         return ServerError(f"{path}: relay error HTTP {status}: {body[:200]}", **common)
     if status < 400:

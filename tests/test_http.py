@@ -288,7 +288,8 @@ async def test_unusable_ids_fail_before_sending(task_id: str) -> None:
         (404, "404 page not found", UnsupportedByRelayError),
         (404, "", UnsupportedByRelayError),
         (400, "Bad Request", HTTPStatusError),
-        (405, "", HTTPStatusError),
+        (405, "", UnsupportedByRelayError),  # no such method here: not the relay
+        (501, "<html>Unsupported method</html>", UnsupportedByRelayError),
         (301, "", HTTPStatusError),
         (307, "moved", HTTPStatusError),
         (500, '{"success": false, "code": -1, "message": "操作失败"}', ServerError),

@@ -20,6 +20,7 @@ from quickmj import (
     AsyncClient,
     AuthenticationError,
     ConfigurationError,
+    HTTPStatusError,
     PollPolicy,
     RateLimitError,
     RetryPolicy,
@@ -206,6 +207,33 @@ async def test_a_base_url_without_task_routes_ends_waits(status: int, page: byte
             await mj.wait("a", timeout=30)
     text = str(info.value)
     assert "does not serve the task routes" in text and "base_url" in text
+    assert 3 == relay.list_requests
+
+
+def plain_web_server(request: Request) -> Response:
+    """What ``python -m http.server`` answers: 501 to a POST, a 404 page to a GET."""
+    if request.method == "POST":
+        return Response(501, content=b"<html><body>Unsupported method ('POST')</body></html>")
+    return Response(404, content=b"<html><body>File not found</body></html>")
+
+
+async def test_a_plain_web_server_at_base_url_ends_waits() -> None:
+    """405/501 without a relay body mean "no such route" as a bare 404 does."""
+    relay = Relay(plain_web_server)
+    async with relay.client(policy()) as mj:
+        with pytest.raises(UnsupportedByRelayError) as info:
+            await mj.wait("a", timeout=30)
+    assert "check base_url" in str(info.value)
+    assert 501 == info.value.status
+
+
+async def test_a_base_url_that_redirects_every_read_ends_waits() -> None:
+    """http:// for an https:// relay, or a login page: redirects are never followed."""
+    relay = Relay(lambda _: Response(301, headers={"Location": "https://relay.test/mj/"}))
+    async with relay.client(policy()) as mj:
+        with pytest.raises(HTTPStatusError) as info:
+            await mj.wait("a", timeout=30)
+    assert "redirect" in str(info.value) and "check base_url" in str(info.value)
     assert 3 == relay.list_requests
 
 
