@@ -634,9 +634,15 @@ class TaskTimeoutError(TaskError, TimeoutError):
         self.timeout = timeout
         self.last_task = last_task
         self.pending: tuple[str, ...] = tuple(pending) or (task_id,)
-        where = f" (last seen {last_task.status.value})" if last_task is not None else ""
-        what = f"task {task_id}" if len(self.pending) == 1 else f"{len(self.pending)} tasks"
-        super().__init__(f"{what} did not finish within {timeout:g} s{where}")
+        super().__init__(self._message())
+
+    def _what(self) -> str:
+        return f"task {self.task_id}" if len(self.pending) == 1 else f"{len(self.pending)} tasks"
+
+    def _message(self) -> str:
+        last = self.last_task
+        where = f" (last seen {last.status.value})" if last is not None else ""
+        return f"{self._what()} did not finish within {self.timeout:g} s{where}"
 
 
 class TaskStalledError(TaskTimeoutError):
@@ -666,15 +672,16 @@ class TaskStalledError(TaskTimeoutError):
         allowance: float,
         pending: Sequence[str] = (),
     ) -> None:
-        super().__init__(task_id, allowance, last_task, pending=pending)
         self.stalled_for = stalled_for
-        where = ""
-        if last_task is not None:
-            progress = f" {last_task.progress}" if last_task.progress else ""
-            where = f" (last seen {last_task.status.value or 'queued'}{progress})"
-        what = f"task {task_id}" if len(self.pending) == 1 else f"{len(self.pending)} tasks"
-        self.args = (
-            f"{what} stalled: unchanged for {stalled_for:.0f} s{where}; the relay has "
-            f"probably lost it (PollPolicy.stall_after {allowance:g} s). It may still "
-            "finish: wait again later or check it on the relay",
+        super().__init__(task_id, allowance, last_task, pending=pending)
+
+    def _message(self) -> str:
+        last, where = self.last_task, ""
+        if last is not None:
+            progress = f" {last.progress}" if last.progress else ""
+            where = f" (last seen {last.status.value or 'queued'}{progress})"
+        return (
+            f"{self._what()} stalled: unchanged for {self.stalled_for:.0f} s{where}; the relay "
+            f"has probably lost it (PollPolicy.stall_after {self.timeout:g} s). It may still "
+            "finish: wait again later or check it on the relay"
         )

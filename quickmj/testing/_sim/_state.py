@@ -122,7 +122,7 @@ class Timeline:
         self.hang_end: Callable[[float], float] = hang_end or (lambda start: start + 300.0)
         self.hang_reason = hang_reason
         #: The progress step a hanging job stops at (halfway).
-        self.hang_step = n // 2
+        self.hang_step: int = n // 2
 
     def schedule(self, task: SimTask, now: float, start: float, fail_word: str | None) -> float:
         """Fix ``task``'s timeline from ``start`` (its worker slot); returns its end."""
