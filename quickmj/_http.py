@@ -30,6 +30,7 @@ from ._version import __version__
 from .errors import (
     ClientClosedError,
     DownloadError,
+    InvalidInputError,
     MalformedResponseError,
     RequestTimeoutError,
     TransportError,
@@ -237,7 +238,7 @@ class Http:
         Raises ConnectError (nothing was sent), RequestTimeoutError, TransportError,
         MalformedResponseError (answer over the cap) or ClientClosedError.
         """
-        content = None if body is None else json.dumps(body, ensure_ascii=False).encode()
+        content = None if body is None else _json_bytes(body)
         headers = self._headers(auth=True, json_body=content is not None)
         # API answers are JSON: ask for it (gateways may otherwise pick an HTML page).
         headers["Accept"] = "application/json"
@@ -448,3 +449,30 @@ def check_download_url(url: str) -> str:
         return quote(url.strip(), safe=_URL_SAFE)
     except UnicodeEncodeError:
         raise UnsafeURLError("refusing to download a URL that is not valid Unicode") from None
+
+
+def _json_bytes(body: Any) -> bytes:
+    """A request body as UTF-8 JSON. A string holding a lone surrogate (``"\\ud800"`` from
+    a bad decode) cannot be encoded: an InvalidInputError naming the field, raised before
+    anything is sent (never a bare UnicodeEncodeError)."""
+    text = json.dumps(body, ensure_ascii=False)
+    try:
+        return text.encode()
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        raise InvalidInputError(
+            f"{_surrogate_field(body) or 'a field'} is not valid text: it holds a lone "
+            f"surrogate (U+{code:04X}); nothing was sent"
+        ) from None
+
+
+def _surrogate_field(value: Any, name: str | None = None) -> str | None:
+    """The name of the (first) field of ``value`` whose text holds a lone surrogate."""
+    if isinstance(value, str):
+        return name if any(0xD800 <= ord(c) <= 0xDFFF for c in value) else None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(
+        value, list) else ()  # fmt: skip
+    for key, item in items:
+        if (found := _surrogate_field(item, name or str(key))) is not None:
+            return found
+    return None

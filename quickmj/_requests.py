@@ -55,6 +55,12 @@ _CHANGE_ACTIONS = {"U": "UPSCALE", "V": "VARIATION"}
 def prompt_text(prompt: str, what: str = "prompt") -> str:
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInputError(f"{what} must not be empty")
+    for at, char in enumerate("" if prompt.isascii() else prompt):
+        if 0xD800 <= ord(char) <= 0xDFFF:  # UTF-8 cannot carry it: the request would fail
+            raise InvalidInputError(
+                f"{what} is not valid text: character {at + 1} is a lone surrogate "
+                f"(U+{ord(char):04X}), from a bad decode or a JSON '\\u{ord(char):04x}'"
+            )
     return prompt.strip()
 
 

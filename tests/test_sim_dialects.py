@@ -1107,3 +1107,45 @@ async def test_hook_drops_disabled_hooks_and_cleanup(serve: Serve) -> None:
         assert 1 == sim.hooks.pending
     assert 0 == sim.hooks.pending  # cancelled when the server stopped
     assert 1 == len(received)  # only the last job's SUBMITTED
+
+
+@pytest.mark.parametrize("dialect", DIALECTS)
+async def test_a_lone_surrogate_prompt_poisons_nobody(dialect: str) -> None:
+    """A prompt holding a lone surrogate escape (raw HTTP: the SDK refuses to send one) is
+    answered as the real server would, and every client's list, list-by-condition and
+    fetch stay answered: Jackson (midjourney-proxy) keeps it in a Java string and writes
+    it back as ``\\uD800``; new-api (quickrouter) reads it as U+FFFD (Go's
+    ``json.Unmarshal``); TrueAI's copy here escapes it as .NET writes non-ASCII."""
+    async with served(dialect=dialect, api_keys=("sk-one-1234", "sk-two-5678")) as (relay, s):
+        headers = {**relay.headers, "Content-Type": "application/json"}
+        raw = b'{"prompt": "a \\ud800 cat"}'
+        r = await send(s, "POST", relay.url("/submit/imagine"), headers=headers, raw=raw)
+        assert 200 == r.status and 1 == r.json["code"], r.body
+        task_id = str(r.json["result"])
+        other = relay.simulator.dialect.auth_headers("sk-two-5678")
+        for who in (relay.headers, other):
+            for method, path, body in (
+                ("GET", "/task/list", None),
+                ("POST", "/task/list-by-condition", {"ids": [task_id]}),
+                ("GET", f"/task/{task_id}/fetch", None),
+            ):
+                r = await send(s, method, relay.url(path), body, headers=who)
+                assert r.status < 500, (method, path, r.status, r.body[:200])
+        answer = await fetch(relay, s, task_id)
+    assert 200 == answer.status
+    if dialect == "quickrouter":
+        assert "a \ufffd cat" == answer.json["prompt"]
+    else:
+        assert b"a \\uD800 cat" in answer.body
+
+
+def test_jackson_escapes_surrogates_as_java_does() -> None:
+    """Jackson's UTF8JsonGenerator escapes every UTF-16 surrogate (upper-case hex): a
+    character beyond the BMP as its pair, a lone one as itself; Go coerces to U+FFFD."""
+    from quickmj.testing._sim._wire import go_json, go_unmarshal, jackson_json
+
+    written = jackson_json({"p": "\U0001f600 \udc00 中"})
+    assert b'{"p":"\\uD83D\\uDE00 \\uDC00 \xe4\xb8\xad"}' == written
+    assert {"p": "\U0001f600 \udc00"} == json.loads(jackson_json({"p": "\U0001f600 \udc00"}))
+    assert '{"p":"a \ufffd"}'.encode() == go_json({"p": "a \ud800"})
+    assert {"p": "\ufffd \U0001f600"} == go_unmarshal(b'{"p": "\\udbff \\ud83d\\ude00"}')

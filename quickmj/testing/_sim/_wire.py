@@ -20,6 +20,7 @@ from typing import Any
 __all__ = (
     "dotnet_json",
     "go_json",
+    "go_unmarshal",
     "jackson_json",
     "java_hash_order",
     "java_map",
@@ -36,18 +37,54 @@ _GO_ESCAPES = (
 
 
 def go_json(value: Any) -> bytes:
-    """Go ``json.Marshal``: compact, UTF-8, HTML-safe."""
+    """Go ``json.Marshal``: compact, UTF-8, HTML-safe; text that is not valid Unicode (a
+    lone surrogate) is coerced to U+FFFD, as Go does with invalid UTF-8."""
     text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
     # These characters can only occur inside string literals, so a global replace is safe.
     for raw, escaped in _GO_ESCAPES:
         if raw in text:
             text = text.replace(raw, escaped)
-    return text.encode()
+    return (text if text.isascii() else _SURROGATE.sub("\ufffd", text)).encode()
+
+
+def go_unmarshal(raw: bytes) -> Any:
+    """Go ``json.Unmarshal`` into strings: a lone surrogate escape (``\\ud800``) becomes
+    U+FFFD (``encoding/json``'s ``unquote``), so no such text is ever stored."""
+    return _replace_lone_surrogates(json.loads(raw))
+
+
+def _replace_lone_surrogates(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, dict):
+        return {_replace_lone_surrogates(k): _replace_lone_surrogates(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace_lone_surrogates(v) for v in value]
+    return value
+
+
+# Jackson's UTF8JsonGenerator writes every UTF-16 surrogate as a \uXXXX escape in upper-case
+# hex (``_outputMultiByteChar``: "outside of BMP; add an escape"): a character beyond the
+# BMP as its escaped pair, and a lone surrogate (Java strings may hold one: its parser
+# reads ``"\\ud800"`` as it is) as itself, escaped.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+_JACKSON_ESCAPED = re.compile("[\ud800-\udfff\U00010000-\U0010ffff]")
+
+
+def _jackson_escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    if code <= 0xFFFF:
+        return f"\\u{code:04X}"
+    code -= 0x10000
+    return f"\\u{0xD800 + (code >> 10):04X}\\u{0xDC00 + (code & 0x3FF):04X}"
 
 
 def jackson_json(value: Any) -> bytes:
-    """Jackson's ``ObjectMapper.writeValueAsString``: compact, UTF-8."""
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":")).encode()
+    """Jackson's ``ObjectMapper.writeValueAsString``: compact, UTF-8, surrogates escaped."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    if not text.isascii():
+        text = _JACKSON_ESCAPED.sub(_jackson_escape, text)
+    return text.encode()
 
 
 # After json.dumps(ensure_ascii=True): fix hex case, escape what .NET escapes in addition.

@@ -38,7 +38,6 @@ Deviations, on purpose:
 
 from __future__ import annotations
 
-import json
 import string
 import time
 from collections.abc import Callable
@@ -50,7 +49,7 @@ from .._catalogue import RelayPanic, relay_action
 from .._engine import words_in
 from .._faults import Fault
 from .._state import SUCCESS, SimTask
-from .._wire import go_json, jackson_json, sorted_keys
+from .._wire import go_json, go_unmarshal, jackson_json, sorted_keys
 from ._base import MODE_PREFIXES, Call, Dialect, Reply, Route
 from ._proxy import PLUS, Answer, BodyError, ProxyCore
 from ._relaydb import RelayDB, RelayRow
@@ -290,7 +289,7 @@ class QuickRouterDialect(Dialect):
         if not raw.strip():
             self._distributor_refuses(request, "无效的midjourney请求，unexpected end of JSON input")
         try:
-            value = json.loads(raw)
+            value = go_unmarshal(raw)  # a lone surrogate escape reads as U+FFFD
         except (ValueError, RecursionError):
             char = raw.strip()[:1].decode(errors="replace")
             self._distributor_refuses(
