@@ -819,20 +819,11 @@ def _dead_error(exc: Exception) -> QuickMJError:
         assert isinstance(exc, QuickMJError)
         return exc
     how = "a web page" if exc.status < 300 else f"HTTP {exc.status}"
-    error = UnsupportedByRelayError(
+    return exc.reworded(
         f"the relay does not serve the task routes ({exc.route} answered {how}), so no "
         "wait can end: check base_url; it must be the relay's root address, where it "
-        "serves /mj/task/...",
-        route=exc.route,
-        dialects=exc.dialects,
-        status=exc.status,
-        body=exc.body,
-        path=exc.path,
-        headers=exc.headers,
-        request_id=exc.request_id,
+        "serves /mj/task/..."
     )
-    error.__cause__ = exc
-    return error
 
 
 def _as_quickmj(exc: Exception, task_id: str) -> QuickMJError:

@@ -654,16 +654,9 @@ def with_mode_hint(exc: UnsupportedByRelayError, prefix: str) -> UnsupportedByRe
     A server without ``/mj-fast``-style routes (self-hosted midjourney-proxy) answers
     every prefixed path 404: the prefix, not the route, is then what it lacks.
     """
-    return UnsupportedByRelayError(
+    return exc.reworded(
         f"{exc}; the request went to {prefix}{exc.path}: this relay may serve no speed-mode "
-        "prefix (midjourney-proxy serves none): try mode=None",
-        route=exc.route,
-        dialects=exc.dialects,
-        status=exc.status,
-        body=exc.body,
-        path=exc.path,
-        headers=exc.headers,
-        request_id=exc.request_id,
+        "prefix (midjourney-proxy serves none): try mode=None"
     )
 
 

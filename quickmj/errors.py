@@ -299,6 +299,21 @@ class UnsupportedByRelayError(NotFoundError):
             message, status=status, body=body, path=path, headers=headers, request_id=request_id
         )
 
+    def reworded(self, message: str) -> UnsupportedByRelayError:
+        """The same answer (route, status, body, ...) told with ``message``; it chains this one."""
+        error = UnsupportedByRelayError(
+            message,
+            route=self.route,
+            dialects=self.dialects,
+            status=self.status,
+            body=self.body,
+            path=self.path,
+            headers=self.headers,
+            request_id=self.request_id,
+        )
+        error.__cause__ = self
+        return error
+
 
 class ModelUnavailableError(HTTPStatusError):
     """new-api has no channel for the model of this action in the key's group (HTTP 503,
