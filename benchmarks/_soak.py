@@ -77,6 +77,7 @@ from quickmj._batch import (
     BatchItem,
     BatchProgress,
     BatchSummary,
+    _slug,
     parse_upscale,
     reconcile,
     run_batch,
@@ -91,6 +92,7 @@ __all__ = (
     "SOAK_POLL",
     "SOAK_RETRY",
     "SoakReport",
+    "colliding_prompts",
     "soak",
     "soak_kills",
     "soak_prompts",
@@ -249,6 +251,68 @@ def soak_prompts(n: int, banned_every: int = 50) -> list[BatchItem]:
     return items
 
 
+#: Prompts whose slugs collide (case, punctuation, full-width forms) in three groups, one
+#: of them CJK; the marks after them keep the prompts themselves distinct.
+_COLLIDING = (
+    "A watercolor fox",
+    "a watercolor fox!",
+    "a WATERCOLOR fox?",
+    "一只水彩狐狸",
+    "一只水彩狐狸！",
+    "Ünïcode fox",
+    "ünïcode FOX",
+)
+_MARKS = "!?.,;:~*"
+
+
+def colliding_prompts(n: int, banned_every: int = 50) -> list[BatchItem]:
+    """``n`` distinct prompts in few slug groups (``--name {slug}`` must still give each
+    prompt its own files); every ``banned_every``-th carries a banned word (0: none)."""
+    items = []
+    for i in range(n):
+        j, marks = i // len(_COLLIDING), ""
+        while True:
+            j, digit = divmod(j, len(_MARKS))
+            marks += _MARKS[digit]
+            if not j:
+                break
+        banned = banned_every and i % banned_every == banned_every - 1
+        word = f" {_BANNED}" if banned else ""
+        items.append(BatchItem(f"{_COLLIDING[i % len(_COLLIDING)]} {marks}{word} --v 6.1"))
+    return items
+
+
+class _HtmlImages:
+    """Image hosts that sometimes answer 200 with no image: a Cloudflare-style HTML page,
+    HTML labelled ``image/png``, or an empty ``image/png`` (seeded, per image request)."""
+
+    PAGE = (
+        b"<!DOCTYPE html><html><head><title>Just a moment...</title></head>"
+        b"<body>Checking your browser before accessing cdn.discordapp.com.</body></html>"
+    )
+
+    def __init__(self, rate: float, seed: int) -> None:
+        self.rate = rate
+        self.random = random.Random(seed)
+        self.answered = 0
+
+    @web.middleware
+    async def middleware(
+        self,
+        request: web.Request,
+        handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        if self.rate and _kind(request) == "download" and self.random.random() < self.rate:
+            self.answered += 1
+            kind = self.random.randrange(3)
+            if kind == 0:
+                return web.Response(status=200, body=self.PAGE, content_type="text/html")
+            return web.Response(
+                status=200, body=self.PAGE if kind == 1 else b"", content_type="image/png"
+            )
+        return await handler(request)
+
+
 # ---- the relay, with a record of every submit ----
 
 
@@ -373,10 +437,14 @@ class _DeadClients(logging.Filter):
 
 
 @contextlib.asynccontextmanager
-async def _serve(config: SimulatorConfig) -> AsyncIterator[tuple[Simulator, str, _Recorder]]:
+async def _serve(
+    config: SimulatorConfig, html: _HtmlImages | None = None
+) -> AsyncIterator[tuple[Simulator, str, _Recorder]]:
     """Serve a recorded simulator on 127.0.0.1 (a free port) for the block."""
     sim = Simulator(config)
     recorder = _Recorder(sim)
+    if html is not None:
+        sim.app.middlewares.append(html.middleware)
     quiet = _DeadClients()
     server_log = logging.getLogger("aiohttp.server")
     server_log.addFilter(quiet)
@@ -431,8 +499,17 @@ async def soak(
     settle: bool = False,
     quota: int | None = None,
     on_progress: Callable[[BatchProgress], Any] | None = None,
+    name: str | None = None,
+    colliding: bool = False,
+    html_image_rate: float = 0.0,
 ) -> SoakReport:
     """Run ``prompts`` prompts through ``run_batch`` in this process; check the invariants.
+
+    ``name`` is the file name template (``"{slug}"``); ``colliding`` gives the prompts few
+    slugs (:func:`colliding_prompts`); ``html_image_rate`` makes that share of image
+    answers a 200 that is no image (HTML, HTML labelled ``image/png``, empty). Then rows
+    left ``incomplete`` are resumed (up to 3 times), and every saved file is checked:
+    one name per file, none replaced, each the image of its own row's job.
 
     ``out`` is the batch directory (a temporary one if None). The relay runs ``workers``
     jobs at once (default: half of ``concurrency``) and lets ``max_queue`` wait (default:
@@ -471,8 +548,13 @@ async def soak(
                 settle=settle,
                 quota=quota,
                 on_progress=on_progress,
+                name=name,
+                colliding=colliding,
+                html_image_rate=html_image_rate,
             )
-    items = soak_prompts(prompts, banned_every)
+    items = (colliding_prompts if colliding else soak_prompts)(prompts, banned_every)
+    html = _HtmlImages(html_image_rate, seed) if html_image_rate else None
+    log: list[str] = []
     stops_allowed = 5 + prompts // 500 if max_outage_stops is None else max_outage_stops
     config = SimulatorConfig(
         dialect=dialect,
@@ -497,7 +579,7 @@ async def soak(
     peak: int | None = None
     started = time.perf_counter()
     try:
-        async with _serve(config) as (sim, base_url, recorder):
+        async with _serve(config, html) as (sim, base_url, recorder):
             async with AsyncClient(
                 config.api_key,
                 base_url=base_url,
@@ -519,6 +601,7 @@ async def soak(
                                 resume=outage_stops > 0,
                                 timeout=max(60.0, time_limit / 2),
                                 on_progress=on_progress,
+                                name=name,
                             )
                         except RelayUnreachableError as exc:
                             outage_stops += 1
@@ -538,8 +621,15 @@ async def soak(
                             summary = await reconcile(mj, out, timeout=time_limit / 2)
                         except Exception as exc:
                             problems.append(f"reconcile raised {type(exc).__name__}: {exc!r}")
+                    again = {"name": name, "upscale": upscale, "concurrency": concurrency}
+                    summary = await _resume_downloads(mj, items, Path(out), summary, again, log)
                 if scope.cancelled_caught:
                     problems.append(f"run_batch did not finish within {time_limit:g} s")
+                if html is not None:
+                    html.rate = 0.0  # the check below reads the real images
+                    log.append(f"image answers that were no image: {html.answered}")
+                if name is not None:
+                    log.append(await _check_names(mj, sim, Path(out), items, upscale, problems))
             wall = time.perf_counter() - started
             await asyncio.sleep(0)  # let the closed session's callbacks run
             peak = tracemalloc.get_traced_memory()[1] if tracing else None
@@ -563,6 +653,7 @@ async def soak(
         if got != want or summary.total != len(items):
             problems.append(f"BatchSummary {got} disagrees with the manifest {want}")
     return counts.report(
+        log=log,
         mode="in-process",
         dialect=dialect,
         prompts=len(items),
@@ -571,6 +662,70 @@ async def soak(
         peak_traced=peak,
         peak_rss=_peak_rss(resource_children=False),
         problems=problems,
+    )
+
+
+async def _resume_downloads(
+    mj: AsyncClient,
+    items: list[BatchItem],
+    out: Path,
+    summary: BatchSummary | None,
+    settings: dict[str, Any],
+    log: list[str],
+) -> BatchSummary | None:
+    """Resume (as a user would) while downloads left rows ``incomplete``, up to 3 times."""
+    for _ in range(3):
+        if summary is None or not summary.incomplete:
+            break
+        log.append(f"resuming {summary.incomplete} incomplete rows")
+        summary = await run_batch(mj, items, out, resume=True, timeout=60.0, **settings)
+    return summary
+
+
+async def _check_names(
+    mj: AsyncClient,
+    sim: Simulator,
+    out: Path,
+    items: list[BatchItem],
+    upscale: Sequence[str],
+    problems: list[str],
+) -> str:
+    """Every file its own name, nothing replaced, each the image of its own row's job;
+    no paid image left unsaved. Returns a one-line account."""
+    rows = [json.loads(line) for line in (out / "manifest.jsonl").read_text().splitlines()]
+    files = [f for row in rows for f in row.get("files") or []]
+    images = out / "images"
+    on_disk = sorted(f"images/{p.name}" for p in images.iterdir() if not p.name.startswith("."))
+    if len(set(files)) != len(files):
+        problems.append(f"names: {len(files) - len(set(files))} files named by two rows")
+    if sorted(files) != on_disk:
+        problems.append(f"names: {len(files)} files in the manifest, {len(on_disk)} on disk")
+    labels = parse_upscale(list(upscale))
+    wrong = lost = 0
+    limit = asyncio.Semaphore(16)
+
+    async def same(name: str, task_id: str, scratch: Path) -> bool:
+        async with limit:
+            fresh = await mj.download(task_id, scratch / task_id)
+        return fresh.read_bytes() == (out / name).read_bytes()
+
+    with tempfile.TemporaryDirectory(prefix="quickmj-soak-names-") as tmp:
+        checks = []
+        for row in rows:
+            ups = row["upscale_task_ids"]
+            finals = [ups.get(x) for x in labels] if labels else [row["task_id"]]
+            if row["status"] == "succeeded":
+                checks += [same(f, t, Path(tmp)) for f, t in zip(row["files"], finals, strict=True)]
+            elif row["task_id"] and all(t and sim.task_status(t) == "SUCCESS" for t in finals):
+                lost += 1  # paid and finished, yet not saved after the resumes
+                problems.append(f"names: row {row['index']} {row['status']}: image not saved")
+        wrong = sum(not ok for ok in await asyncio.gather(*checks))
+    if wrong:
+        problems.append(f"names: {wrong} files hold another job's image")
+    slugs = len({_slug(i.prompt) for i in items})
+    return (
+        f"names: {len(items)} prompts in {slugs} slugs, {len(files)} files, "
+        f"{len(set(files))} distinct names, {len(on_disk)} on disk, {wrong} wrong, {lost} lost"
     )
 
 

@@ -97,6 +97,21 @@ def _parser() -> argparse.ArgumentParser:
         "--time-limit", type=float, default=1800.0, metavar="S", help="default: 1800"
     )
     parser.add_argument("--quiet", action="store_true", help="no progress or round lines")
+    parser.add_argument(
+        "--name", default=None, help="in-process: the file name template, e.g. {slug}"
+    )
+    parser.add_argument(
+        "--colliding",
+        action="store_true",
+        help="in-process: prompts whose slugs collide (case, punctuation, CJK, accents)",
+    )
+    parser.add_argument(
+        "--html-images",
+        type=float,
+        default=0.0,
+        metavar="RATE",
+        help="in-process: share of image answers that are a 200 with no image (default 0)",
+    )
     return parser
 
 
@@ -125,6 +140,9 @@ async def _run(args: argparse.Namespace) -> SoakReport:
         trace_memory=not args.no_tracemalloc,
         time_limit=args.time_limit,
         on_progress=None if args.quiet else _Ticker(),
+        name=args.name,
+        colliding=args.colliding,
+        html_image_rate=args.html_images,
     )
 
 
