@@ -373,3 +373,17 @@ def test_a_tiny_real_disk_loses_no_task_id(tmp_path: Path) -> None:
     assert report["first"].startswith("StorageError: ") and "no space left" in report["first"]
     assert 0 == report["lost"] and 0 == report["duplicates"]
     assert {"succeeded": 60} == report["statuses"] and 60 == report["images"]
+
+
+def test_a_journal_from_before_names_gains_the_column(tmp_path: Path) -> None:
+    """A journal written by an older quickmj (no ``names`` column) opens and resumes."""
+    path = tmp_path / JOURNAL_NAME
+    with Journal(path, create=True) as journal:
+        journal.load_prompts([("a cat", {})])
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE rows DROP COLUMN names")
+    db.close()
+    with Journal(path, create=False) as journal:
+        assert {} == journal.row(0).names
+        journal.set_names(0, {"grid": "a-cat"})
+        assert {"grid": "a-cat"} == journal.row(0).names
