@@ -130,14 +130,14 @@ _QUEUE_FULL_MARKERS = (
     "queue full",
 )
 # "No free Midjourney account": OSS-Java TaskServiceImpl and TrueAI TaskService answer code 3
-# 无可用的账号实例 when no account instance is alive (TrueAI's admin routes use 9); OSS-Java
-# answers 3 账号不可用: <id> when the account that ran the parent is gone. new-api's
-# English for it (its channel auto-ban log) is "No available account instance".
-_NO_ACCOUNT_MARKERS = (
-    "无可用的账号实例",
-    "账号不可用",
-    "no available account",
-)
+# 无可用的账号实例 when no account instance is alive (TrueAI's admin routes use 9); new-api's
+# English for it (its channel auto-ban log) is "No available account instance". Only with
+# those codes: TrueAI's code 4 with the same words means "no account can do this" (video),
+# which waiting does not cure, and a code 5 carrying them is new-api's upstream failure
+# (the job may exist). OSS-Java's 3 账号不可用: <id> says the account that ran the *parent*
+# is gone: that parent cannot be acted on any more (RelatedTaskNotFoundError).
+_NO_ACCOUNT_MARKERS = ("无可用的账号实例", "no available account")
+_NO_ACCOUNT_CODES = frozenset({3, 9})
 # Code 3/4 answers to /submit/change whose parent the caller saw SUCCESS: midjourney-proxy
 # saves tasks asynchronously (novicezk#252), so they may be its store lagging.
 _STORE_LAG_MARKERS = ("关联任务不存在", "关联任务状态错误", "task_status_not_success")
@@ -170,7 +170,7 @@ def rejection(
     text = description.lower()
     cls = _CODE_ERRORS.get(code, SubmitRejectedError)
     what = _CODE_NAMES.get(code, "rejected")
-    if any(m in text for m in _NO_ACCOUNT_MARKERS):
+    if code in _NO_ACCOUNT_CODES and any(m in text for m in _NO_ACCOUNT_MARKERS):
         # Code 3 is two things: this one created nothing and passes (retry later).
         cls, what = NoAvailableAccountError, "no free relay account, retry later"
     elif any(m in text for m in _QUEUE_FULL_MARKERS):
@@ -630,6 +630,8 @@ def retry_submit(exc: QuickMJError, *, backpressure: bool) -> bool:
     """
     if isinstance(exc, ConnectError):
         return True
+    if outcome_unknown(exc):
+        return False  # whatever its words, a job may exist: never sent again
     return backpressure and isinstance(exc, (RateLimitError, QueueFullError))
 
 

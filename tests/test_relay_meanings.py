@@ -37,7 +37,7 @@ from quickmj._admission import account_unusable
 from quickmj._batch import BatchItem, run_batch
 from quickmj._protocol import outcome_unknown, rejection, retry_submit, store_lag, task_unknown
 from quickmj._relay import STORE_LAG_PAUSE
-from quickmj.testing import MockTransport, Response
+from quickmj.testing import MockTransport, Request, Response
 
 IMAGINE = "POST /mj/submit/imagine"
 CHANGE = "POST /mj/submit/change"
@@ -52,7 +52,6 @@ ACCEPTED = {"code": 1, "description": "提交成功", "result": "173062182605345
     ("code", "text"),
     [
         (3, "无可用的账号实例"),  # novicezk TaskServiceImpl, TrueAI TaskService.cs
-        (3, "账号不可用: 1118138338562560102"),  # novicezk: the parent's account is gone
         (9, "无可用的账号实例"),  # TrueAI's admin routes answer it with FAILURE
         (3, "No available account instance"),  # new-api's English words for it
     ],
@@ -68,6 +67,43 @@ def test_no_account_is_its_own_error(code: int, text: str) -> None:
     assert not outcome_unknown(err)  # the relay answered: nothing was created
     assert retry_submit(err, backpressure=True) and not retry_submit(err, backpressure=False)
     assert account_unusable(err) is None  # the relay's accounts, not the key
+
+
+@pytest.mark.parametrize(
+    ("code", "text", "error"),
+    [
+        # novicezk: the account that ran the parent is gone; waiting does not bring it back.
+        (3, "账号不可用: 1118138338562560102", RelatedTaskNotFoundError),
+        # TrueAI: no account can do this at all (video): not a queue to wait in.
+        (4, "无可用的账号实例", ValidationError),
+        # new-api's upstream call failed: whatever the words, the job may exist.
+        (5, "do_request_failed: No available account instance", SubmitRejectedError),
+    ],
+)
+def test_only_a_free_account_shortage_is_retried(
+    code: int, text: str, error: type[SubmitRejectedError]
+) -> None:
+    """The words alone do not make "no free account": the code must say "retry later"."""
+    err = rejection(code, text, path="/submit/change")
+    assert type(err) is error
+    assert not retry_submit(err, backpressure=True)
+
+
+async def test_a_code_5_no_account_answer_is_never_sent_again() -> None:
+    """new-api's code 5 may follow a job created upstream: an unknown outcome, one send."""
+    sent: list[Request] = []
+
+    def handle(request: Request) -> Response:
+        sent.append(request)
+        return Response(
+            200, json={"code": 5, "description": "do_request_failed: No available account"}
+        )
+
+    retry = RetryPolicy(retry_submits=True, backoff=0.0)
+    async with AsyncClient(KEY, base_url=BASE, transport=MockTransport(handle), retry=retry) as mj:
+        with pytest.raises(SubmitOutcomeUnknownError):
+            await mj.imagine("a cat")
+    assert 1 == len(sent)
 
 
 def test_related_task_not_found_stays_what_it_was() -> None:
