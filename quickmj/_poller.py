@@ -55,7 +55,16 @@ import attrs
 
 from ._converter import structure_task, unstructure
 from ._models import Task, TaskStatus
-from ._protocol import change_key, check_task_id, how_far, progress_of, route_of
+from ._protocol import (
+    QUEUED_STATUSES,
+    TERMINAL_STATUSES,
+    change_key,
+    check_task_id,
+    how_far,
+    not_started,
+    progress_of,
+    route_of,
+)
 from ._relay import Relay
 from ._rhythm import Rhythm
 from .errors import (
@@ -75,9 +84,8 @@ __all__ = ("Final", "PollPolicy", "Poller", "Subscription")
 
 logger = logging.getLogger("quickmj")
 
-_FINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCEL"})
-# Not started yet; MODAL counts as queued once modal() was sent (the job queues again).
-_QUEUED_STATUSES = frozenset({"", "NOT_START", "SUBMITTED", "MODAL"})
+# MODAL after a queued read is news (see _moves_back): new-api hides a remix's code 21.
+_BEFORE_MODAL = QUEUED_STATUSES | {"MODAL"}
 _TASK_ROUTES = frozenset({"POST /task/list-by-condition", "GET /task/{id}/fetch"})
 
 
@@ -114,8 +122,12 @@ class PollPolicy:
     #: waiter of the client fails with that error. Counted across chunks and rounds; a
     #: request counts only if it was sent after the previous such answer arrived (a
     #: burst of parallel chunks is one answer), and any successful read starts again.
-    #: With the default 3 and ``interval`` 2 s: about 6 s after the first such answer.
     dead_end_after: int = 3
+    #: ...and for at least this many seconds since the first of them: a gateway that
+    #: answers a few challenge pages (a WAF's 403) or 404s while a relay restarts does
+    #: not end every wait. With the defaults waits end about 14 s after the first such
+    #: answer (the backoff between failed reads is 2, 4, 8 s).
+    dead_end_grace: float = 10.0
     #: A task whose reports have not changed for this long while it runs (IN_PROGRESS)
     #: fails its waiters with TaskStalledError (the relay lost it). midjourney-proxy and
     #: TrueAI fail a running task themselves after 5 min (``timeout-minutes``); 10 min
@@ -139,7 +151,7 @@ class PollPolicy:
             value = getattr(self, name)
             if value is not None and not value > 0:  # also refuses NaN
                 raise ConfigurationError(f"PollPolicy.{name} must be positive or None")
-        if min(self.interval, self.first_poll, self.near_done_interval) < 0:
+        if min(self.interval, self.first_poll, self.near_done_interval, self.dead_end_grace) < 0:
             raise ConfigurationError("PollPolicy intervals must be non-negative")
 
     def due_after(self, task: Task | None) -> float:
@@ -152,15 +164,22 @@ class PollPolicy:
             return min(self.interval, self.near_done_interval)
         return self.interval
 
-    def stall_allowance(self, status: Any, *, confirmed_modal: bool = False) -> float | None:
-        """How long a task in ``status`` may go unchanged before it counts as stalled."""
-        if self.stall_after is None or status in _FINAL_STATUSES:
+    def stall_allowance(
+        self, raw: Mapping[str, Any], *, confirmed_modal: bool = False
+    ) -> float | None:
+        """How long a task reported as ``raw`` may go unchanged before it counts as stalled.
+
+        ``stall_after_queued`` while it has not started (see ``_protocol.not_started``,
+        IN_PROGRESS at 0 % included) or sits in MODAL after ``modal()``, ``stall_after``
+        once it runs, None when it is finished or waits for the user in MODAL.
+        """
+        status = raw.get("status")
+        if self.stall_after is None or status in TERMINAL_STATUSES:
             return None
-        if status == "MODAL" and not confirmed_modal:
-            return None  # waits for the user, not the relay (see modal_timeout)
-        if status in _QUEUED_STATUSES or type(status) is not str:
-            return self.stall_after_queued
-        return self.stall_after
+        if status == "MODAL":
+            # Waits for the user (see modal_timeout), or queues again after modal().
+            return self.stall_after_queued if confirmed_modal else None
+        return self.stall_after_queued if not_started(raw) else self.stall_after
 
 
 class Final:
@@ -317,6 +336,7 @@ class Poller:
         self._sent = 0  # requests sent so far (each gets the next number)
         self._dead_kind: type[QuickMJError] | None = None
         self._dead_count = 0
+        self._dead_since = 0.0  # when the first answer of the current streak came
         self._dead_barrier = 0  # requests up to this number were sent before the last one
         self.rhythm: Rhythm = Rhythm(policy)
         #: Called with each id's final result as it is handed out (job spans end there).
@@ -572,13 +592,21 @@ class Poller:
         if kind is None or seq <= self._dead_barrier:
             return False
         self._dead_barrier = self._sent
+        now, policy = self._clock(), self.policy
         if kind is not self._dead_kind:
-            self._dead_kind, self._dead_count = kind, 0
+            self._dead_kind, self._dead_count, self._dead_since = kind, 0, now
         self._dead_count += 1
-        limit = self.policy.dead_end_after
         if self._dead_count == 1:
-            logger.warning("quickmj: %s (waits end if %d answers in a row say so)", exc, limit)
-        if self._dead_count < limit:
+            logger.warning(
+                "quickmj: %s (waits end if %d answers in a row over %g s say so)",
+                exc,
+                policy.dead_end_after,
+                policy.dead_end_grace,
+            )
+        if (
+            self._dead_count < policy.dead_end_after
+            or now - self._dead_since < policy.dead_end_grace
+        ):
             return False
         error = _dead_error(exc)
         for task_id in list(self._entries):
@@ -654,7 +682,7 @@ class Poller:
         waiter that times out gets its last state structured then, see ``peek``).
         """
         first = entry.raw is None and task is None
-        if first and raw.get("status") in _FINAL_STATUSES and not self._watched(entry):
+        if first and raw.get("status") in TERMINAL_STATUSES and not self._watched(entry):
             return self._first_final(task_id, raw)
         key = change_key(raw)
         if key == entry.key and entry.modal_since is None:
@@ -667,7 +695,7 @@ class Poller:
         if changed:
             entry.since = now
         status = raw.get("status")
-        final = status in _FINAL_STATUSES
+        final = status in TERMINAL_STATUSES
         watched = changed and self._watched(entry)
         if task is None and not changed:
             task = entry.last  # the same state (a MODAL that waits): listeners saw it already
@@ -697,7 +725,7 @@ class Poller:
         if (
             raw.get("status") == "MODAL"
             and not entry.confirmed_modal
-            and entry.raw.get("status") in _QUEUED_STATUSES
+            and entry.raw.get("status") in _BEFORE_MODAL
         ):
             return False
         return _is_regression(entry.raw, raw)
@@ -705,9 +733,8 @@ class Poller:
     def _unchanged(self, task_id: str, entry: _Entry, now: float) -> None:
         """The report says what the last one said: schedule the next check, unless the
         task has said the same for longer than its stall allowance."""
-        raw = entry.raw
-        status = raw.get("status") if raw is not None else None
-        allowance = self.policy.stall_allowance(status, confirmed_modal=entry.confirmed_modal)
+        raw = entry.raw if entry.raw is not None else {}
+        allowance = self.policy.stall_allowance(raw, confirmed_modal=entry.confirmed_modal)
         since = entry.since
         if allowance is None or since is None or now - since < allowance:
             self._schedule(task_id, entry, now)

@@ -50,9 +50,12 @@ from .errors import (
 
 __all__ = (
     "EMPTY",
+    "QUEUED_STATUSES",
     "ROUTES",
+    "TERMINAL_STATUSES",
     "change_key",
     "merge_rows",
+    "not_started",
     "outcome_unknown",
     "read_answer",
     "read_fetch",
@@ -722,7 +725,20 @@ def change_key(raw: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 _STAGE = {"MODAL": 0, "": 1, "NOT_START": 1, "SUBMITTED": 2, "IN_PROGRESS": 3}
-_TERMINAL = frozenset({"SUCCESS", "FAILURE", "CANCEL"})
+#: Raw statuses after which a task never changes again.
+TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCEL"})
+#: Raw statuses of a job that has not started (new-api's "" before its first refresh).
+QUEUED_STATUSES = frozenset({"", "NOT_START", "SUBMITTED"})
+
+
+def not_started(raw: Mapping[str, Any]) -> bool:
+    """The job waits to start: a queued status, or IN_PROGRESS at 0 % (midjourney-proxy
+    sets IN_PROGRESS on Midjourney's "(Waiting to start)", so a relax job sitting in
+    Midjourney's own queue reads that way), or no status string at all."""
+    status = raw.get("status")
+    if type(status) is not str or status in QUEUED_STATUSES:
+        return True
+    return status == "IN_PROGRESS" and progress_of(raw) == 0
 
 
 def progress_of(raw: Mapping[str, Any]) -> int:
@@ -739,7 +755,7 @@ def how_far(raw: Mapping[str, Any]) -> tuple[int, int]:
     status = raw.get("status")
     if type(status) is not str:
         status = ""  # null, or a shape no relay sends ({}, []): not a status
-    stage = 4 if status in _TERMINAL else _STAGE.get(status, 2)
+    stage = 4 if status in TERMINAL_STATUSES else _STAGE.get(status, 2)
     return (stage, progress_of(raw))
 
 

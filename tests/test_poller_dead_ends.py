@@ -53,6 +53,7 @@ def policy(**kwargs: Any) -> PollPolicy:
         "miss_limit": 2,
         "adaptive": False,
         "max_error_backoff": 0.04,
+        "dead_end_grace": 0.0,
     }
     return PollPolicy(**{**base, **kwargs})
 
@@ -129,6 +130,28 @@ async def test_one_refusal_then_success_fails_nobody() -> None:
     async with relay.client(policy()) as mj:
         task = await mj.wait("a", timeout=30)
     assert TaskStatus.SUCCESS == task.status
+
+
+async def test_a_burst_of_refusals_shorter_than_the_grace_fails_nobody() -> None:
+    """Five 403 challenge pages in a row (a WAF in front of the relay), then answers:
+    more than dead_end_after, but within dead_end_grace, so every wait goes on."""
+    challenge = Response(403, content=b"<!DOCTYPE html><title>Just a moment...</title>")
+    refusals = iter([challenge] * 5)
+    relay = Relay(lambda _: next(refusals, None))
+    async with relay.client(policy(dead_end_grace=30.0)) as mj:
+        job = await mj.imagine("a fox")
+        task = await job.wait(timeout=30)
+    assert task.is_success
+    assert relay.list_requests > 5
+
+
+async def test_refusals_must_also_last_the_grace() -> None:
+    """dead_end_after answers are not enough on their own: the streak must last."""
+    relay = Relay(refused)
+    async with relay.client(policy(dead_end_grace=0.3)) as mj:
+        with pytest.raises(AuthenticationError):
+            await mj.wait("a", timeout=30)
+    assert relay.list_requests > 3  # the interval is 0.01 s: many more than three
 
 
 async def test_after_a_dead_end_a_new_waiter_fails_on_its_first_refusal() -> None:
@@ -321,14 +344,20 @@ def test_stall_allowance_by_status() -> None:
     """Running states use stall_after, queued ones stall_after_queued, MODAL none (unless
     modal() was sent: then it is queued again), finished ones none."""
     p = PollPolicy(stall_after=600, stall_after_queued=4500)
-    assert 600 == p.stall_allowance("IN_PROGRESS")
-    assert 600 == p.stall_allowance("PAUSED")  # a status no relay documents
-    assert 4500 == p.stall_allowance("") == p.stall_allowance("NOT_START")
-    assert 4500 == p.stall_allowance("SUBMITTED") == p.stall_allowance(None)
-    assert p.stall_allowance("MODAL") is None
-    assert 4500 == p.stall_allowance("MODAL", confirmed_modal=True)
-    assert p.stall_allowance("SUCCESS") is None
-    assert PollPolicy(stall_after=None).stall_allowance("NOT_START") is None
+
+    def allowance(status: Any, progress: str = "", **kwargs: Any) -> float | None:
+        return p.stall_allowance({"status": status, "progress": progress}, **kwargs)
+
+    assert 600 == allowance("IN_PROGRESS", "12%")
+    assert 600 == allowance("PAUSED")  # a status no relay documents
+    assert 4500 == allowance("") == allowance("NOT_START")
+    assert 4500 == allowance("SUBMITTED") == allowance(None)
+    # midjourney-proxy: IN_PROGRESS on "(Waiting to start)": a relax job in MJ's queue.
+    assert 4500 == allowance("IN_PROGRESS", "0%") == allowance("IN_PROGRESS")
+    assert allowance("MODAL") is None
+    assert 4500 == allowance("MODAL", confirmed_modal=True)
+    assert allowance("SUCCESS") is None
+    assert PollPolicy(stall_after=None).stall_allowance({"status": "NOT_START"}) is None
 
 
 @pytest.mark.parametrize(

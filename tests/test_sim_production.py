@@ -553,7 +553,9 @@ async def test_realistic_preset_shows_the_relay_lag() -> None:
 
 # ---------------------------------------------------------------- with the SDK
 
-FAST_POLL = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.05)
+FAST_POLL = PollPolicy(
+    interval=0.05, first_poll=0.02, near_done_interval=0.05, dead_end_grace=0.0
+)
 
 
 @contextlib.asynccontextmanager
