@@ -354,7 +354,7 @@ class Budget(abc.ABC):
         policy = self.policy
         self._strikes += 1
         if retry_after is not None:  # kept within 1 s to 60 s: never a 0-second storm
-            return min(clamp_retry_after(retry_after), policy.max_backoff)
+            return clamp_retry_after(retry_after, policy.max_backoff)
         base = min(policy.backoff * 2.0 ** (self._strikes - 1), policy.max_backoff)
         return base * random.uniform(0.5, 1.0)
 

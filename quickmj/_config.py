@@ -62,15 +62,17 @@ RETRY_AFTER_FLOOR = 1.0
 RETRY_AFTER_CAP = 60.0
 
 
-def clamp_retry_after(seconds: float) -> float:
-    """A server's ``Retry-After`` in seconds, within [RETRY_AFTER_FLOOR, RETRY_AFTER_CAP].
+def clamp_retry_after(seconds: float, cap: float = RETRY_AFTER_CAP) -> float:
+    """A server's ``Retry-After`` in seconds, within [RETRY_AFTER_FLOOR, ``cap``].
 
     The one rule every consumer applies (``parse_retry_after``, ``RetryPolicy.delay``,
-    admission pauses, the poller): NaN and anything below the floor become the floor.
+    admission pauses, the poller, each with its own ``cap``: ``max_backoff``...): NaN and
+    anything below the floor become the floor. The floor wins over a ``cap`` set below
+    it, so no setting brings back a storm of requests on ``Retry-After: 0``.
     """
     if not seconds >= RETRY_AFTER_FLOOR:  # NaN compares False: the floor too
         return RETRY_AFTER_FLOOR
-    return min(seconds, RETRY_AFTER_CAP)
+    return max(min(seconds, cap, RETRY_AFTER_CAP), RETRY_AFTER_FLOOR)
 
 
 _MODES = ("fast", "relax", "turbo")
@@ -170,14 +172,15 @@ class RetryPolicy:
             attempt: the attempt that just failed (1 for the first).
             retry_after: the server's ``Retry-After`` in seconds, if it sent one; it wins
                 over the backoff, kept within 1 s to 60 s (a relay answering
-                ``Retry-After: 0`` is not re-sent at once) and capped at ``max_backoff``.
+                ``Retry-After: 0`` is not re-sent at once) and capped at ``max_backoff`` (never
+                below the 1 s floor).
 
         Returns:
             The delay in seconds: exponential backoff with ``jitter``, at most
             ``max_backoff`` (before jitter).
         """
         if retry_after is not None:
-            return min(clamp_retry_after(retry_after), self.max_backoff)
+            return clamp_retry_after(retry_after, self.max_backoff)
         base = min(self.backoff * (2 ** (attempt - 1)), self.max_backoff)
         spread = 1 + random.uniform(-self.jitter, self.jitter)
         return float(max(0.0, base * spread))

@@ -53,6 +53,7 @@ from typing import Any
 import anyio
 import attrs
 
+from ._config import clamp_retry_after
 from ._converter import structure_task, unstructure
 from ._models import Task, TaskStatus
 from ._protocol import (
@@ -621,10 +622,8 @@ class Poller:
             return
         retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
         if retry_after is not None:
-            # However long a hostile or broken relay asks for: at most max_error_backoff.
-            retry_after = min(max(retry_after, 0.0), self.policy.max_error_backoff)
-            if retry_after != retry_after:  # NaN
-                retry_after = self.policy.max_error_backoff
+            # However long (or short) a hostile or broken relay asks for: the one rule.
+            retry_after = clamp_retry_after(retry_after, self.policy.max_error_backoff)
             # The relay asked everyone to slow down, not just this chunk.
             self._global_pause_until = max(self._global_pause_until, now + retry_after)
         for task_id in ids:

@@ -93,6 +93,14 @@ def test_every_consumer_applies_the_same_rule(hint: float) -> None:
     assert expected == budget._pause_for(hint)
 
 
+def test_no_setting_undoes_the_floor() -> None:
+    """A max_backoff under a second caps the backoff, not the Retry-After floor."""
+    assert RETRY_AFTER_FLOOR == RetryPolicy(max_backoff=0.1).delay(1, 0.0)
+    budget = LocalBudget("acct", AdmissionPolicy(max_backoff=0.1))
+    assert RETRY_AFTER_FLOOR == budget._pause_for(0.0)
+    assert 5.0 == clamp_retry_after(20.0, 5.0)
+
+
 async def test_a_429_with_retry_after_zero_pauses_the_account_a_second() -> None:
     budget = LocalBudget("acct", AdmissionPolicy())
     lease = await budget.take()
