@@ -621,8 +621,11 @@ async def soak(
                             summary = await reconcile(mj, out, timeout=time_limit / 2)
                         except Exception as exc:
                             problems.append(f"reconcile raised {type(exc).__name__}: {exc!r}")
-                    again = {"name": name, "upscale": upscale, "concurrency": concurrency}
-                    summary = await _resume_downloads(mj, items, Path(out), summary, again, log)
+                    if html is not None:  # downloads the image hosts refused: resume
+                        again = {"name": name, "upscale": upscale, "concurrency": concurrency}
+                        summary = await _resume_downloads(
+                            mj, items, Path(out), summary, again, log, problems
+                        )
                 if scope.cancelled_caught:
                     problems.append(f"run_batch did not finish within {time_limit:g} s")
                 if html is not None:
@@ -672,13 +675,20 @@ async def _resume_downloads(
     summary: BatchSummary | None,
     settings: dict[str, Any],
     log: list[str],
+    problems: list[str],
 ) -> BatchSummary | None:
     """Resume (as a user would) while downloads left rows ``incomplete``, up to 3 times."""
     for _ in range(3):
         if summary is None or not summary.incomplete:
             break
         log.append(f"resuming {summary.incomplete} incomplete rows")
-        summary = await run_batch(mj, items, out, resume=True, timeout=60.0, **settings)
+        try:
+            summary = await run_batch(mj, items, out, resume=True, timeout=60.0, **settings)
+        except RelayUnreachableError as exc:  # the outage breaker: resume again
+            log.append(f"an outage stopped a resume: {exc}"[:200])
+        except Exception as exc:
+            problems.append(f"a resume raised {type(exc).__name__}: {exc!r}")
+            break
     return summary
 
 
