@@ -42,6 +42,8 @@ logger = logging.getLogger("quickmj")
 RESERVE_SUFFIX = "-reserve"
 
 _SCHEMA_VERSION = "2"
+#: Pages (4 KiB) the -wal file holds before SQLite copies them into the main file.
+_WAL_PAGES = 32
 
 
 class Phase(str, enum.Enum):
@@ -158,6 +160,10 @@ class Journal:
             try:
                 self._db.execute("PRAGMA journal_mode=WAL")
                 self._db.execute("PRAGMA synchronous=NORMAL")
+                # A bounded -wal file (SQLite's default lets it grow to ~4 MB): once it
+                # has its size, writes reuse its blocks, and the journal needs little
+                # room on a disk that fills up.
+                self._db.execute(f"PRAGMA wal_autocheckpoint={_WAL_PAGES}")
                 self._db.executescript(_SCHEMA)
                 _add_missing_columns(self._db)
             except BaseException:

@@ -387,3 +387,17 @@ def test_a_journal_from_before_names_gains_the_column(tmp_path: Path) -> None:
         assert {} == journal.row(0).names
         journal.set_names(0, {"grid": "a-cat"})
         assert {"grid": "a-cat"} == journal.row(0).names
+
+
+def test_the_journal_needs_little_room(tmp_path: Path) -> None:
+    """The -wal file stays small (SQLite's default lets it grow to about 4 MB before it
+    is copied into the main file): on a disk that fills up the journal asks for little."""
+    with Journal(tmp_path / JOURNAL_NAME, create=True) as journal:
+        journal.load_prompts([(f"a cat {i}", {}) for i in range(500)])
+        journal.begin_run()
+        for i in range(500):
+            journal.mark_submitting(i, f"qmj:run:{i}")
+            journal.set_task(i, str(1730000000000000 + i))
+            journal.set_phase(i, Phase.SUCCEEDED, files=[f"images/a-cat-{i}.png"])
+        wal = (tmp_path / f"{JOURNAL_NAME}-wal").stat().st_size
+    assert wal < 256 * 1024
