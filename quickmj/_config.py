@@ -135,7 +135,8 @@ class Timeouts:
     plus a quick retry through, yet a wait never hangs on one read for minutes: the
     poller reads again on its next tick. When a call hits it, RequestTimeoutError says
     so and how many attempts ran. A submit's attempt is never cut by it (the job might
-    have been created): it only stops further connect retries."""
+    have been created): it only stops further connect retries. It never cuts a call
+    short of one whole attempt: ``Timeouts(request=300)`` still waits 300 s once."""
 
 
 @attrs.frozen

@@ -16,7 +16,7 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any
 from urllib.parse import urlsplit
 
-from ._config import Dialect, RetryPolicy, Secret
+from ._config import Dialect, RetryPolicy, Secret, Timeouts
 from ._converter import structure_task, unstructure
 from ._http import Answer, ClosedInFlight, Http, display_url
 from ._images import media_type, what_came
@@ -104,7 +104,7 @@ class Relay:
             may_retry=retry_read,
             sleep=self.http.sleep,
             what=f"{method} {path}",
-            total=self.http.timeouts.total,
+            total=_call_total(self.http.timeouts, deadline),
         )
 
     def _interpret(self, answer: Answer, path: str, *, creates: bool = False) -> Any:
@@ -154,7 +154,7 @@ class Relay:
                 may_retry=lambda exc: retry_submit(exc, backpressure=policy.retry_submits),
                 sleep=self.http.sleep,
                 what=f"POST {route}",
-                total=self.http.timeouts.total,
+                total=self.http.timeouts.total,  # never cuts the attempt (creates=True)
                 creates=True,
             )
         except ClosedInFlight as exc:
@@ -316,6 +316,15 @@ class Relay:
                 display_url(rewritten),
             )
         return rewritten
+
+
+def _call_total(timeouts: Timeouts, attempt: float | None = None) -> float | None:
+    """``Timeouts.total`` for a call whose attempts may each take ``attempt`` (default
+    ``request``) seconds: never less than one whole attempt, so a ``request`` raised above
+    ``total`` still gets its full time once."""
+    if timeouts.total is None:
+        return None
+    return max(timeouts.total, attempt or timeouts.request)
 
 
 @contextlib.contextmanager

@@ -372,6 +372,23 @@ async def test_a_read_ends_at_the_total_with_every_retry_counted() -> None:
     assert f"({len(calls)} attempts" in text
 
 
+async def test_the_total_never_cuts_a_call_short_of_one_attempt() -> None:
+    """A request deadline raised above the total still gets its full time once."""
+    calls: list[str] = []
+
+    async def handle(request: Request) -> Response:
+        calls.append(request.path)
+        await asyncio.sleep(0.4)  # longer than total, within request
+        return Response(200, json={"id": "1", "status": "SUCCESS"})
+
+    timeouts = Timeouts(request=2.0, total=0.2)
+    async with AsyncClient(
+        unique_key(), base_url=BASE, transport=MockTransport(handle), timeouts=timeouts
+    ) as mj:
+        task = await mj.fetch("1")
+    assert task.is_success and 1 == len(calls)
+
+
 async def test_without_a_total_only_the_attempts_bound_a_read() -> None:
     calls: list[str] = []
 
