@@ -118,11 +118,13 @@ def storage_error(exc: OSError, path: str | os.PathLike[str]) -> StorageError | 
 
 
 def _extension(content_type: str, sniffed: str) -> str:
-    """The extension the label names when it agrees with the bytes on image or video,
-    else that of the bytes (a storage that serves application/octet-stream, a thumbnail
-    labelled video/mp4); never from the URL."""
+    """The extension of the bytes for an image (its magic bytes are exact: PNG bytes
+    labelled image/jpeg are a .png); for a video the label's when it names a video too
+    (an ``ftyp`` box tells MP4 from MOV less surely than the server does), else that of
+    the bytes (a storage that serves application/octet-stream, a thumbnail labelled
+    video/mp4); never from the URL."""
     mime = content_type.split(";", 1)[0].strip().lower()
-    if mime in _EXTENSIONS and mime.split("/")[0] == sniffed.split("/")[0]:
+    if sniffed.startswith("video/") and mime.startswith("video/") and mime in _EXTENSIONS:
         return _EXTENSIONS[mime]
     return _EXTENSIONS.get(sniffed, ".bin")
 

@@ -404,7 +404,8 @@ async def test_a_web_page_then_a_fresh_link(tmp_path: Path) -> None:
         (WEBM, "video/webm", "m.webm"),
         (PNG, "application/octet-stream", "m.png"),  # storage without a real label
         (PNG, "", "m.png"),
-        (WEBP, "image/png", "m.png"),  # an image labelled as another image: the label
+        (WEBP, "image/png", "m.webp"),  # an image labelled as another image: the bytes
+        (PNG, "image/jpeg", "m.png"),
         (PNG, "video/mp4", "m.png"),  # a thumbnail labelled as the video: the bytes
     ],
 )
