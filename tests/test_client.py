@@ -1038,7 +1038,7 @@ async def test_download_streams_to_a_file_named_after_the_task(
             Task(id="1732", image_url=f"{relay}/img/c.png"), tmp_path, filename="../my cat"
         )
     assert tmp_path / "1730.png" == png
-    assert tmp_path / "sub" / "1731.jpg" == jpg
+    assert tmp_path / "sub" / "1731.png" == jpg  # PNG bytes labelled image/jpeg: the bytes
     assert tmp_path / "my_cat.png" == named
     assert PNG == png.read_bytes() == jpg.read_bytes()
     assert [] == leftovers(tmp_path) == leftovers(tmp_path / "sub")
@@ -1056,7 +1056,7 @@ async def test_download_by_id_fetches_the_task_first(serve: Serve, tmp_path: Pat
         first = await mj.download("999", tmp_path, index=1, filename="one")
     assert tmp_path / "999.png" == path
     assert tmp_path / "999-2.png" == second
-    assert tmp_path / "one.jpg" == first
+    assert tmp_path / "one.png" == first  # labelled image/jpeg, PNG bytes
     assert PNG == path.read_bytes()
 
 
