@@ -304,6 +304,7 @@ class Relay:
             or not _loopback(host)
             or not _IMAGE_ROUTE.fullmatch(parts.path)
             or self.http.is_relay_origin(url)
+            or parts.username is not None  # refused by check_download_url, not rewritten
         ):
             return url
         rewritten = self.http.base_url + parts.path + (f"?{parts.query}" if parts.query else "")
@@ -312,8 +313,8 @@ class Relay:
             logger.info(
                 "image link %s points at a loopback host (a new-api relay without a "
                 "ServerAddress?): reading it through %s instead",
-                display_url(url),
-                display_url(rewritten),
+                self.http.key.redact(display_url(url)),
+                self.http.key.redact(display_url(rewritten)),
             )
         return rewritten
 

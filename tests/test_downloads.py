@@ -37,6 +37,7 @@ from quickmj import (
     Task,
     TaskNotFoundError,
     TaskStatus,
+    UnsafeURLError,
 )
 from quickmj._batch import BatchItem, run_batch
 from quickmj._files import download_url
@@ -326,6 +327,17 @@ async def test_the_key_never_goes_to_a_foreign_origin(tmp_path: Path) -> None:
         await mj.download(Task(id="x", image_url="http://localhost:3000/img/2003.png"), tmp_path)
     auth = [r.headers.get("Authorization") for r in hosts.seen]
     assert [f"Bearer {KEY}", None] == auth
+
+
+async def test_a_loopback_link_with_credentials_is_refused_not_rewritten(tmp_path: Path) -> None:
+    """user:pass@ in a link is refused as everywhere else, never dropped by the rewrite."""
+    hosts = Hosts()
+    async with hosts.client() as mj:
+        with pytest.raises(UnsafeURLError):
+            await mj.download(
+                Task(id="2004", image_url="http://u:p@localhost:3000/mj/image/2004"), tmp_path
+            )
+    assert [] == hosts.seen
 
 
 async def test_loopback_rewrite_on_a_real_socket(serve: Serve, tmp_path: Path) -> None:
