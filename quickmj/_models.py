@@ -228,7 +228,8 @@ def items_of(value: Any) -> tuple[Any, ...]:
     return value.resolve() if type(value) is Deferred else value
 
 
-_NO_JSON: Mapping[str, Any] = MappingProxyType({})
+# A plain dict (never mutated: `raw` hands out read-only views) so a Task pickles.
+_NO_JSON: Mapping[str, Any] = {}
 
 
 @attrs.frozen(repr=False)

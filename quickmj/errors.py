@@ -115,7 +115,21 @@ def excerpt(body: str | bytes | None, limit: int = BODY_EXCERPT_LIMIT) -> str:
 
 
 class QuickMJError(Exception):
-    """Base class of every error raised by quickmj."""
+    """Base class of every error raised by quickmj.
+
+    Every quickmj error pickles (a worker process can hand one back): it is rebuilt from
+    its message and attributes, not by calling ``__init__`` again with its message alone.
+    """
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (type(self), self.args), self.__dict__)
+
+
+def _rebuild(cls: type[QuickMJError], args: tuple[Any, ...]) -> QuickMJError:
+    """An error of ``cls`` with ``args``, its attributes set afterwards by pickle."""
+    error = cls.__new__(cls)
+    error.args = args
+    return error
 
 
 class ConfigurationError(QuickMJError, ValueError):

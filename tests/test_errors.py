@@ -430,3 +430,35 @@ async def test_related_task_404_on_action() -> None:
         with pytest.raises(RelatedTaskNotFoundError) as info:
             await mj.action("9", "MJ::JOB::upsample::1::h")
     assert (404, 3) == (info.value.status, info.value.code)
+
+
+def _pickle_samples() -> list[QuickMJError]:
+    task = Task(id="1", status=TaskStatus.IN_PROGRESS, progress="40%")
+    http = {"status": 401, "body": "无效的令牌", "path": "/task/1/fetch", "request_id": "r1"}
+    return [
+        AuthenticationError("refused", reason="exhausted", **http),
+        rejection(3, "无可用的账号实例", path="/submit/imagine"),
+        rejection(24, "banned", {"bannedWord": "x"}, path="/submit/imagine"),
+        ModelUnavailableError("no channel", model="mj_x", group="default", status=503),
+        UnsupportedByRelayError("gone", route="GET /task/list", dialects=("trueai",)),
+        RateLimitError("slow", retry_after=2.0, status=429),
+        SubmitOutcomeUnknownError("lost", method="POST", path="/submit/imagine", state="s"),
+        TaskTimeoutError("1", 30.0, task, pending=["1", "2"]),
+        TaskStalledError("1", 700.0, task, allowance=600.0),
+        TaskNotFoundError(["1", "2"]),
+        TaskFailedError(Task(id="1", status=TaskStatus.FAILURE, fail_reason="banned")),
+        ImageExpiredError("expired", url="https://cdn.test/a.png", status=403, task_id="1"),
+        StorageError("disk full", path="/tmp/x", errno=errno.ENOSPC),
+        ButtonNotFoundError("U9", "1", ["U1", "U2"]),
+    ]
+
+
+@pytest.mark.parametrize("error", _pickle_samples(), ids=lambda e: type(e).__name__)
+def test_every_error_pickles_with_its_attributes(error: QuickMJError) -> None:
+    """A worker process can hand any quickmj error back: type, message and fields."""
+    import pickle
+
+    back = pickle.loads(pickle.dumps(error))
+    assert type(back) is type(error)
+    assert str(back) == str(error) and back.args == error.args
+    assert vars(back) == vars(error)
