@@ -43,7 +43,7 @@ from ._jobs import AsyncJob, Submission
 from ._journal import Journal, JournalRow, Phase
 from ._models import Task
 from ._outdir import IMAGES, STAGING, BatchDir
-from ._protocol import outcome_unknown
+from ._protocol import outcome_unknown, relay_words
 from .errors import (
     AuthenticationError,
     ClientClosedError,
@@ -914,18 +914,8 @@ def _short(prompt: str) -> str:
 
 def _refusal(exc: AuthenticationError) -> str:
     """``HTTP 401: <the relay's words>`` for a summary (the body was redacted already)."""
-    text = ""
-    with contextlib.suppress(ValueError, RecursionError):
-        data = json.loads(exc.body)
-        if isinstance(data, dict):
-            inner = data.get("error")
-            found = inner.get("message") if isinstance(inner, dict) else data.get("message")
-            text = found if isinstance(found, str) else ""
-    text = _REQUEST_ID.sub("", text or exc.body).strip()
+    text = relay_words(exc.body)
     return f"HTTP {exc.status}: {text[:100]}" if text else f"HTTP {exc.status}"
-
-
-_REQUEST_ID = re.compile(r"\s*\(request id: [^)]*\)")
 
 
 def human_span(seconds: float) -> str:

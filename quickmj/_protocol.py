@@ -18,6 +18,7 @@ Nothing here does I/O: ``_relay.py`` sends requests and applies these rules.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, Final
@@ -64,6 +65,7 @@ __all__ = (
     "read_task_list",
     "read_upload",
     "rejection",
+    "relay_words",
     "retry_read",
     "retry_submit",
     "status_error",
@@ -375,6 +377,18 @@ def _auth_reason(message: str) -> str | None:
 
 def _mask_key_hint(text: str) -> str:
     return _KEY_HINT.sub("sk-***", text)
+
+
+_REQUEST_ID_NOTE = re.compile(r"\s*\(request id: [^)]*\)")
+
+
+def relay_words(body: str) -> str:
+    """What the relay said in an error ``body`` (its JSON message, else the text), without
+    new-api's ``(request id: ...)`` note: for one-line summaries."""
+    data: Any = None
+    with contextlib.suppress(ValueError, RecursionError):
+        data = loads(body.encode())
+    return _REQUEST_ID_NOTE.sub("", _relay_message(data) or body).strip()
 
 
 def _relay_message(data: Any) -> str | None:

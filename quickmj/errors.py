@@ -122,7 +122,10 @@ class QuickMJError(Exception):
     """
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.args), self.__dict__)
+        state = dict(self.__dict__)
+        if isinstance(self, OSError):
+            state["errno"] = self.errno  # an OSError slot, not in __dict__
+        return (_rebuild, (type(self), self.args), state)
 
 
 def _rebuild(cls: type[QuickMJError], args: tuple[Any, ...]) -> QuickMJError:

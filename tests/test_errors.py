@@ -462,3 +462,4 @@ def test_every_error_pickles_with_its_attributes(error: QuickMJError) -> None:
     assert type(back) is type(error)
     assert str(back) == str(error) and back.args == error.args
     assert vars(back) == vars(error)
+    assert getattr(back, "errno", None) == getattr(error, "errno", None)

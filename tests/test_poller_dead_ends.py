@@ -109,8 +109,9 @@ async def test_a_refused_key_fails_every_waiter_after_the_grace(
     error = results[0]
     assert isinstance(error, AuthenticationError)
     assert "该令牌额度已用尽" in str(error)
-    # Three chunks per round, three rounds: parallel chunks of a round count once.
-    assert 3 * 3 == relay.list_requests
+    # Three chunks per round: parallel chunks of a round count once (three chunks of
+    # one round never end it), and it ends within three rounds.
+    assert 3 < relay.list_requests <= 3 * 3
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert 1 == len(warnings) and "该令牌额度已用尽" in warnings[0].getMessage()
     assert KEY not in caplog.text and KEY not in str(error)
