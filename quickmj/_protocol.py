@@ -273,9 +273,7 @@ def _excerpt(body: bytes, key: Secret) -> str:
     return key.redact(excerpt(body[: 4 * BODY_EXCERPT_LIMIT]))
 
 
-def status_error(
-    answer: Answer, path: str, key: Secret, *, data: Any = EMPTY, from_relay: bool = True
-) -> QuickMJError:
+def status_error(answer: Answer, path: str, key: Secret, *, data: Any = EMPTY) -> QuickMJError:
     """The error an HTTP status >= 300 means (with the relay's body, if it sent one)."""
     status, headers = answer.status, answer.headers
     body = _excerpt(answer.body, key)
@@ -316,7 +314,7 @@ def status_error(
             **common,
         )
     if status in (401, 403):
-        return _auth_error(path, status, data, body, common, from_relay)
+        return _auth_error(path, status, data, body, common)
     found = relay_error(data, common)
     if found is not None:
         return found
@@ -326,14 +324,11 @@ def status_error(
 
 
 def _auth_error(
-    path: str, status: int, data: Any, body: str, common: dict[str, Any], from_relay: bool
+    path: str, status: int, data: Any, body: str, common: dict[str, Any]
 ) -> QuickMJError:
-    if not from_relay:
-        # No key went there (a CDN): not an AuthenticationError but an expired link.
-        return HTTPStatusError(
-            f"{path}: the image host refused access (HTTP {status}); the link may have expired",
-            **common,
-        )
+    # Only the relay's own answers come here: an image host's 401/403 (no key went there,
+    # or new-api's keyless image route passing on the CDN's) is Relay.download's
+    # ImageExpiredError.
     message = _mask_key_hint(_relay_message(data) or body[:200] or "no detail")
     common["body"] = _mask_key_hint(common.get("body", ""))
     reason = _auth_reason(message)

@@ -61,7 +61,7 @@ logger = logging.getLogger("quickmj")
 #: midjourney-proxy saves on a background executor, normally within milliseconds; its
 #: users saw the same call pass when simply repeated (novicezk#252).
 STORE_LAG_PAUSE = 1.5
-_CHANGE_ROUTES = frozenset({"/submit/change", "/submit/simple-change"})
+_CHANGE_ROUTES = frozenset({"/submit/change"})  # simple_change() takes no parent Task
 
 #: Dialects whose fetch can answer a stale row after a modal (new-api keeps two rows).
 _STALE_FETCH: frozenset[str] = frozenset({"quickrouter", "auto"})
@@ -261,7 +261,7 @@ class Relay:
         def on_error(answer: Answer, where: str, key_sent: bool) -> Exception:
             if answer.status in _GONE or (answer.status == 401 and not key_sent):
                 return _gone(answer, where, self.http.key)
-            error = status_error(answer, where, self.http.key, from_relay=key_sent)
+            error = status_error(answer, where, self.http.key)
             if isinstance(error, NotFoundError):  # not a missing route: a missing file
                 return DownloadError(f"{where}: the image is not there (HTTP {answer.status})")
             return error
