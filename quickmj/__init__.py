@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         BatchProgress,
         BatchSummary,
         read_prompts,
+        reconcile,
         run_batch,
     )
     from ._budget_redis import RedisBudgets
@@ -98,6 +99,7 @@ _SOURCES: dict[str, str] = {
             "BatchProgress",
             "BatchSummary",
             "read_prompts",
+            "reconcile",
             "run_batch",
         ),
         "_batch",
@@ -250,6 +252,7 @@ __all__ = (
     "__version__",
     "read_keys",
     "read_prompts",
+    "reconcile",
     "run_batch",
 )
 

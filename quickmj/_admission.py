@@ -136,7 +136,7 @@ class NoUsableAccountError(QuickMJError):
 
 @attrs.frozen
 class AdmissionPolicy:
-    """How a budget learns an account's limit (see the module docstring).
+    """How a budget learns an account's limit (the guide: "Throughput and accounts").
 
     Args:
         initial_limit: jobs allowed before anything is learned (an account runs ~3).

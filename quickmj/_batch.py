@@ -1114,7 +1114,7 @@ async def run_batch(
     reconcile: bool = False,
     on_progress: Callable[[BatchProgress], Any] | None = None,
 ) -> BatchSummary:
-    """Run (or resume) a batch into directory ``out``; see the module docstring.
+    """Run (or resume) a batch into directory ``out`` (the guide: "Batch jobs").
 
     Every step is journaled before it happens, so a resumed run re-submits nothing that
     may have been paid for. Submits wait for a slot of their account's learned budget;
