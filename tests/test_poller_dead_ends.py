@@ -485,7 +485,9 @@ async def test_a_job_the_relay_stopped_refreshing_is_stalled() -> None:
 @pytest.mark.parametrize("dialect", ["quickrouter", "trueai", "midjourney-proxy"])
 async def test_a_key_revoked_while_jobs_run_ends_their_waits(dialect: str) -> None:
     """The simulator revokes the key mid-job: every wait ends with AuthenticationError."""
-    poll = PollPolicy(interval=0.05, first_poll=0.01, adaptive=False, max_error_backoff=0.2)
+    poll = PollPolicy(
+        interval=0.05, first_poll=0.01, adaptive=False, max_error_backoff=0.2, dead_end_grace=0.5
+    )
     config = {"dialect": dialect, "seed": 5, "run_seconds": 60}
     async with simulate(**config) as relay, sim_client(relay, poll) as mj:
         jobs = [await mj.imagine(f"a fox {i}") for i in range(3)]
