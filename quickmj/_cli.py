@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
-from typing import Any, TextIO, cast
+from pathlib import Path
+from typing import Any, NoReturn, TextIO, cast
 
 from ._version import __version__
 
@@ -40,8 +42,25 @@ exit codes: 0 done, 1 failed, 2 usage, 3 relay unreachable, 130 interrupted
 """
 
 
-class _Help(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults in every --help, and examples kept as written."""
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Examples kept as written. Defaults are written into each option's help by hand:
+    argparse's automatic ``(default: ...)`` repeated them and showed ``None``."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one JSON object on stderr with --json."""
+
+    json_errors = False
+
+    def error(self, message: str) -> NoReturn:
+        if not self.json_errors:
+            super().error(message)
+        body = {"type": "UsageError", "message": f"{self.prog}: {message}"}
+        self.exit(EXIT_USAGE, json.dumps({"error": body}, ensure_ascii=False) + "\n")
+
+
+class _JsonParser(_Parser):
+    json_errors = True
 
 
 def _common(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -93,12 +112,17 @@ def _job_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--wait", action="store_true", help="wait until the job finishes")
     p.add_argument("--download", metavar="DIR", help="save the result into DIR (implies --wait)")
     p.add_argument(
-        "--timeout", type=float, default=1800.0, metavar="S", help="wait limit in seconds"
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="wait limit in seconds (default: 1800)",
     )
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
+    kind = _JsonParser if json_errors else _Parser
+    parser = kind(
         prog="quickmj",
         description="Midjourney through QuickRouter and midjourney-proxy relays.",
         epilog=_EPILOG,
@@ -106,7 +130,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"quickmj {__version__}")
     _common(parser, top=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        parser_class=kind,
+    )
 
     def cmd(name: str, help_text: str, example: str) -> argparse.ArgumentParser:
         p = sub.add_parser(
@@ -191,7 +220,11 @@ def _parser() -> argparse.ArgumentParser:
     p = cmd("wait", "wait for tasks to finish", "quickmj wait 1730621826053455 --timeout 600")
     p.add_argument("ids", nargs="+", metavar="ID")
     p.add_argument(
-        "--timeout", type=float, default=1800.0, metavar="S", help="wait limit in seconds"
+        "--timeout",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="wait limit in seconds (default: 1800)",
     )
     p = cmd("seed", "print a finished task's seed", "quickmj seed 1730621826053455")
     p.add_argument("id", metavar="ID")
@@ -215,16 +248,23 @@ def _parser() -> argparse.ArgumentParser:
             "  quickmj simulate --refresh-interval 15 --job-seconds 30"
         ),
     )
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
     p.add_argument(
-        "--dialect", choices=_DIALECTS[1:], default="quickrouter", help="which relay to imitate"
+        "--host",
+        default="127.0.0.1",
+        help="the address to listen on (default: 127.0.0.1, this machine only)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="the port to listen on (default: 8080)")
+    p.add_argument(
+        "--dialect",
+        choices=_DIALECTS[1:],
+        default="quickrouter",
+        help="which relay to imitate (default: quickrouter)",
     )
     p.add_argument(
         "--preset",
         choices=["fast", "realistic"],
         default="fast",
-        help="fast: jobs finish in a quarter second; realistic: production timings",
+        help="fast: jobs finish in a quarter second; realistic: production timings (default: fast)",
     )
     p.add_argument(
         "--refresh-interval",
@@ -329,7 +369,7 @@ def _batch_parser(cmd: Callable[[str, str, str], argparse.ArgumentParser]) -> No
         "--name",
         default="{task}",
         metavar="TEMPLATE",
-        help="image file names: {line:05d}, {slug}, {task}, {label}",
+        help="image file names: {line:05d}, {slug}, {task}, {label} (default: {task})",
     )
     p.add_argument(
         "--timeout",
@@ -337,7 +377,7 @@ def _batch_parser(cmd: Callable[[str, str, str], argparse.ArgumentParser]) -> No
         default=3600.0,
         metavar="S",
         help="per-job wait limit; also how long the relay may refuse every submit "
-        "(queue full, 429) before the rest is left pending",
+        "(queue full, 429) before the rest is left pending (default: 3600)",
     )
     p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
 
@@ -491,10 +531,25 @@ async def _run(args: argparse.Namespace, out: _Output) -> int:
         return code
 
 
+def _announce(job: Any, args: argparse.Namespace, out: _Output) -> None:
+    """Say a paid job's id on stderr the moment it exists (stdout stays the result)."""
+    args.running = [job.id]  # named by the Ctrl-C message (see main)
+    if out.as_json:
+        body = {"id": job.id, "wait": f"quickmj wait {job.id}"}
+        _say(json.dumps({"submitted": body}, ensure_ascii=False))
+    else:
+        _say(f"submitted: task {job.id} (quickmj wait {job.id})")
+
+
+def _say(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
 async def _submit_and_report(
     job_or_sub: Any, mj: Any, args: argparse.Namespace, out: _Output
 ) -> int:
     job = await job_or_sub
+    _announce(job, args, out)
     if not (getattr(args, "wait", False) or getattr(args, "download", None)):
         out.job(job)
         return EXIT_OK
@@ -544,6 +599,9 @@ async def _cmd_video(mj: Any, args: argparse.Namespace, out: _Output) -> int:
 
 
 async def _cmd_cancel(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    # TrueAI answers success to a cancel of any id, known or not: ask about it first so
+    # a mistyped id is an error (TaskNotFoundError), not a silent "cancelled".
+    await mj.fetch(args.id)
     await mj.cancel(args.id)
     out.value("cancelled", args.id)
     return EXIT_OK
@@ -557,9 +615,12 @@ async def _cmd_fetch(mj: Any, args: argparse.Namespace, out: _Output) -> int:
 
 async def _cmd_wait(mj: Any, args: argparse.Namespace, out: _Output) -> int:
     failed = 0
+    args.running = list(args.ids)
     async for task in mj.as_completed(args.ids, timeout=args.timeout):
         out.task(task)
         failed += task.is_failed
+        with contextlib.suppress(ValueError):
+            args.running.remove(task.id)
     return EXIT_FAILED if failed else EXIT_OK
 
 
@@ -595,6 +656,10 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
         raise _Usage("--concurrency must be at least 1")
     if (args.resubmit_unknown or args.reconcile) and not args.resume:
         raise _Usage("--resubmit-unknown and --reconcile go with --resume")
+    if not args.resume:
+        done = _finished_before(args.out, items)
+        if done is not None:
+            return _print_finished(args.out, done, out)
     reporter = make_reporter(sys.stderr, plain=args.plain, as_json=args.json)
     async with _accounts(args) as mj:
         try:
@@ -619,11 +684,74 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK if summary.ok else EXIT_FAILED
 
 
+def _finished_before(out_dir: str, items: Sequence[Any]) -> list[Any] | None:
+    """The journal's rows when ``out_dir`` holds this very batch (the same prompts and
+    options, compared with the journal's record of them), else None.
+
+    Raises _Usage when it is this batch but not finished (that needs --resume). Any other
+    state (no journal, another batch, a damaged or locked one) is left to run_batch, which
+    explains it."""
+    from ._journal import Journal
+    from ._outdir import JOURNAL_NAME, BatchDir
+    from .errors import QuickMJError
+
+    if not (Path(out_dir) / JOURNAL_NAME).is_file():
+        return None
+    pairs = [(i.prompt, dict(i.options)) for i in items]
+    try:
+        # The lock first: a journal is read only when no run is writing it.
+        with BatchDir(out_dir) as bdir, Journal(bdir.journal_path, create=False) as journal:
+            if not journal.holds_input() or not journal.same_input(pairs):
+                return None
+            rows = journal.rows()
+    except (QuickMJError, OSError):
+        return None
+    open_rows = sum(not r.phase.is_final for r in rows)
+    if open_rows:
+        raise _Usage(
+            f"{out_dir!r} holds this batch, not finished ({open_rows} of {len(rows)} prompts "
+            "open): continue it with --resume"
+        )
+    return rows
+
+
+def _print_finished(out_dir: str, rows: Sequence[Any], out: _Output) -> int:
+    """A re-run of a finished batch: its outcome, and nothing sent (exit as it ended)."""
+    from ._outdir import MANIFEST_NAME
+
+    counts = {k: sum(r.phase.value == k for r in rows) for k in _OUTCOMES}
+    if out.as_json:
+        body = {"total": len(rows), **counts, "timed_out": 0, "incomplete": 0, "pending": 0}
+        out.json(
+            {
+                "summary": {
+                    **body,
+                    "manifest": str(Path(out_dir) / MANIFEST_NAME),
+                    "seconds": 0.0,
+                    "accounts": [],
+                    "stopped_submitting": None,
+                    "nothing_sent": True,
+                }
+            }
+        )
+    else:
+        rest = "".join(f", {n} {k}" for k, n in counts.items() if n and k != "succeeded")
+        print(
+            f"{out_dir} already holds this batch, complete: {counts['succeeded']}/{len(rows)} "
+            f"succeeded{rest}; nothing sent",
+            file=out.stream,
+        )
+    return EXIT_OK if counts["succeeded"] == len(rows) else EXIT_FAILED
+
+
+_OUTCOMES = ("succeeded", "failed", "rejected", "unknown")
+
+
 async def _reconcile(args: argparse.Namespace, out: _Output) -> int:
     from ._batch import reconcile
     from ._progress import make_reporter
 
-    reporter = make_reporter(sys.stderr, plain=args.plain or args.json)
+    reporter = make_reporter(sys.stderr, plain=args.plain, as_json=args.json)
     async with _accounts(args) as mj:
         try:
             summary = await reconcile(mj, args.out, download=not args.no_download)
@@ -650,8 +778,7 @@ def _print_unsettled(unsettled: Sequence[Any], out: _Output) -> None:
             )
         else:
             print(
-                f"unsettled: line {u.index + 1} (state tag {u.tag}): {u.prompt[:60]}"
-                f"\n  {u.reason}",
+                f"unsettled: line {u.index + 1} (state tag {u.tag}): {u.prompt[:60]}\n  {u.reason}",
                 file=out.stream,
             )
 
@@ -682,7 +809,7 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
             }
         )
         return
-    parts = [f"{summary.succeeded}/{summary.total} succeeded"]
+    parts = [f"prompts: {summary.succeeded}/{summary.total} succeeded"]
     parts += [
         f"{getattr(summary, k)} {k.replace('_', ' ')}" for k in fields[2:] if getattr(summary, k)
     ]
@@ -711,7 +838,7 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
             file=out.stream,
         )
     failures = getattr(reporter, "failures", None)
-    if callable(failures):
+    if callable(failures) and not out.as_json:  # with --json the manifest says it
         failures(summary.manifest)
 
 
@@ -723,10 +850,12 @@ def _account_json(a: Any) -> dict[str, Any]:
 
 def _account_line(a: Any) -> str:
     """One account's share of a batch (named by its key's fingerprint, never the key)."""
+    # Jobs (grids and upscales, this run) and prompts (whole batch) are counted apart:
+    # a prompt with two upscales is three jobs.
     line = (
-        f"  account {a.account}: {a.submitted} submitted, {a.succeeded} succeeded, "
-        f"{a.failed} failed, {a.queue_full} queue-full, {a.rate_limited} rate-limited (429), "
-        f"limit {a.limit:g}"
+        f"  account {a.account}: {a.submitted} jobs sent; its prompts: {a.succeeded} "
+        f"succeeded, {a.failed} failed; {a.queue_full} queue-full, {a.rate_limited} "
+        f"rate-limited (429) answers; limit {a.limit:g}"
     )
     line += f"; out of rotation: {a.disabled}" if a.disabled else ""
     if getattr(a, "key_rejected", None):
@@ -744,9 +873,10 @@ class _Usage(Exception):
 
 
 def _exit_code(exc: BaseException) -> int:
-    from .errors import InvalidInputError, RelayUnreachableError, UsageError
+    from .errors import ConnectError, InvalidInputError, RelayUnreachableError, UsageError
 
-    if isinstance(exc, RelayUnreachableError):
+    # ConnectError: no connection was made (the request never reached the relay).
+    if isinstance(exc, (RelayUnreachableError, ConnectError)):
         return EXIT_OUTAGE
     if isinstance(exc, (_Usage, UsageError, InvalidInputError)):
         return EXIT_USAGE
@@ -762,6 +892,8 @@ def _error_line(exc: BaseException) -> str:
         text = "no API key: pass --api-key or set QUICKMJ_API_KEY (or try --simulate)"
     if isinstance(exc, TaskFailedError):
         text = f"task {exc.task.id} failed: {exc.fail_reason or 'no reason given'}"
+    if "演示模式" in text:  # TrueAI's "demo mode, forbidden" (TaskController.cs)
+        text += " (this TrueAI relay lets only its admin keys cancel tasks)"
     return text
 
 
@@ -776,7 +908,26 @@ def _configure_logging(debug: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``quickmj`` console script; returns the exit code."""
-    args = _parser().parse_args(argv)
+    try:
+        return _main(sys.argv[1:] if argv is None else list(argv))
+    except BrokenPipeError:
+        # The reader went away (``quickmj completion bash | head -1``): stop quietly, and
+        # point the streams at /dev/null so the flush at exit does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(OSError, ValueError):
+                os.dup2(devnull, stream.fileno())
+        return EXIT_FAILED
+
+
+def _wants_json(argv: Sequence[str]) -> bool:
+    """``--json`` among the options (before a ``--``), for errors found while parsing."""
+    words = list(argv)
+    return "--json" in words[: words.index("--")] if "--" in words else "--json" in words
+
+
+def _main(argv: list[str]) -> int:
+    args = _parser(json_errors=_wants_json(argv)).parse_args(argv)
     out = _Output(bool(getattr(args, "json", False)), sys.stdout)
     if args.command == "completion":
         from ._completion import script
@@ -787,9 +938,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return asyncio.run(_run(args, out))
     except KeyboardInterrupt:
-        hint = " (resume with --resume)" if args.command == "batch" else ""
-        _report_error(args, f"interrupted{hint}", "KeyboardInterrupt")
+        _interrupted(args)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        raise
     except Exception as exc:
         if getattr(args, "debug", False):
             traceback.print_exc()
@@ -797,13 +949,34 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         text = _error_line(exc)
         if args.command == "batch" and isinstance(exc, StorageError):
-            text += _storage_hint(exc)
+            text += _storage_hint(exc, args.out)
         _report_error(args, text, type(exc).__name__)
         return _exit_code(exc)
 
 
-def _storage_hint(exc: BaseException) -> str:
+def _interrupted(args: argparse.Namespace) -> None:
+    """Ctrl-C: say which paid jobs are still running and how to pick them up."""
+    running: list[str] = list(getattr(args, "running", None) or ())
+    if args.command == "batch":
+        text = "interrupted (resume with --resume)"
+    elif running:
+        which = ", ".join(running)
+        text = (
+            f"interrupted; task {which} may still be running on the relay: "
+            f"pick it up with 'quickmj wait {' '.join(running)}'"
+        )
+    else:
+        text = "interrupted"
+    _report_error(args, text, "KeyboardInterrupt", running=running)
+
+
+def _storage_hint(exc: BaseException, out: str | None = None) -> str:
     """What a batch stopped by the disk should do next (never a promise it cannot keep)."""
+    from ._outdir import JOURNAL_NAME
+
+    if out is not None and not (Path(out) / JOURNAL_NAME).exists():
+        # No journal: the run stopped before its first submit (--out is unusable).
+        return "; nothing was submitted: fix --out (or choose another) and run again"
     if getattr(exc, "unjournaled", ()):
         # The message names those rows and ids: a resume marks them 'unknown'.
         return (
@@ -813,11 +986,13 @@ def _storage_hint(exc: BaseException) -> str:
     return "; paid jobs are kept: make room, then run again with --resume"
 
 
-def _report_error(args: argparse.Namespace, text: str, kind: str) -> None:
+def _report_error(
+    args: argparse.Namespace, text: str, kind: str, *, running: Sequence[str] = ()
+) -> None:
     if getattr(args, "json", False):
-        print(
-            json.dumps({"error": {"type": kind, "message": text}}, ensure_ascii=False),
-            file=sys.stderr,
-        )
+        body: dict[str, Any] = {"type": kind, "message": text}
+        if running:
+            body["running"] = list(running)
+        print(json.dumps({"error": body}, ensure_ascii=False), file=sys.stderr)
     else:
         print(f"error: {text}" if kind != "KeyboardInterrupt" else text, file=sys.stderr)

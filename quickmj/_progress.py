@@ -7,7 +7,9 @@ end, ``failures(manifest)`` prints a short table of the prompts that did not suc
 
 When the relay refuses every submit (queue full, or 429) for a minute, both say so in a
 line of its own (``relay answers 'queue full' for every submit since 2 min``), again at
-2, 4, 8... minutes; with ``as_json`` that line is a ``{"notice": {...}}`` object.
+2, 4, 8... minutes; with ``as_json`` that line is a ``{"notice": {...}}`` object, and
+the progress lines are ``{"progress": {...}}`` objects (nothing else reaches stderr).
+The rate and ETA appear after ``RATE_AFTER`` seconds (before that they are noise).
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ from ._batch import BatchProgress, human_span
 __all__ = ("make_reporter",)
 
 _SHOWN = 10  # failed prompts listed at the end (the manifest has all of them)
+#: No rate (nor ETA) before this many seconds: two prompts done in 0.3 s would otherwise
+#: read as ``400000/min``.
+RATE_AFTER = 5.0
 #: Refusals shorter than this are routine backpressure: nothing is said about them.
 NOTICE_AFTER = 60.0
 
@@ -89,13 +94,43 @@ def notice_json(p: BatchProgress, text: str) -> str:
     return json.dumps({"notice": body}, ensure_ascii=False)
 
 
+def rate_text(p: BatchProgress) -> str | None:
+    """``12/min`` (whole prompts), or None while too little time has passed to tell."""
+    if not p.rate or p.elapsed < RATE_AFTER:
+        return None
+    per_minute = p.rate * 60
+    return f"{per_minute:.0f}/min" if per_minute >= 1 else f"{per_minute:.1f}/min"
+
+
+def _eta(p: BatchProgress) -> str:
+    return _fmt_eta(p.eta if rate_text(p) else None)
+
+
 def line(p: BatchProgress) -> str:
     percent = 100 * p.done // p.total if p.total else 100
-    rate = f"{p.rate * 60:.1f}/min" if p.rate else "-/min"
     return (
         f"{p.done}/{p.total} ({percent}%)  {counts(p).replace(' · ', '  ')}  "
-        f"{rate}  eta {_fmt_eta(p.eta)}"
+        f"{rate_text(p) or '-/min'}  eta {_eta(p)}"
     )
+
+
+def progress_json(p: BatchProgress) -> str:
+    """A progress line as ``--json`` prints it on stderr (one object per line)."""
+    body = {
+        "done": p.done,
+        "total": p.total,
+        "queued": p.queued,
+        "running": p.running,
+        "succeeded": p.succeeded,
+        "failed": p.failed,
+        "rejected": p.rejected,
+        "timed_out": p.timed_out,
+        "incomplete": p.incomplete,
+        "unknown": p.unknown,
+        "per_minute": round(p.rate * 60, 1) if rate_text(p) and p.rate else None,
+        "eta_seconds": round(p.eta) if rate_text(p) and p.eta is not None else None,
+    }
+    return json.dumps({"progress": body}, ensure_ascii=False)
 
 
 class _Failures:
@@ -133,20 +168,29 @@ class PlainReporter(_Failures):
         self.every = every
         self._last = 0.0
         self._last_line = ""
+        self._closed = False
 
     def __call__(self, p: BatchProgress) -> None:
         said = self.notices.due(p)
         if said is not None:
-            shown = notice_json(p, said) if self.as_json else f"note: {said}"
-            print(shown, file=self.stream, flush=True)
+            self._print(notice_json(p, said) if self.as_json else f"note: {said}")
         now = time.monotonic()
         text = line(p)
         if text == self._last_line:
             return
         if now - self._last >= self.every or p.done == p.total:
-            print(text, file=self.stream, flush=True)
+            self._print(progress_json(p) if self.as_json else text)
             self._last = now
         self._last_line = text
+
+    def _print(self, text: str) -> None:
+        # A closed stderr (``2>&1 | head``) must not stop a batch that is paying for jobs.
+        if self._closed:
+            return
+        try:
+            print(text, file=self.stream, flush=True)
+        except BrokenPipeError:
+            self._closed = True
 
     def close(self) -> None:
         pass
@@ -176,17 +220,17 @@ class RichReporter(_Failures):  # pragma: no cover - needs a terminal
         said = self._notices.due(p)
         if said is not None:
             self._progress.console.print(f"note: {said}")
-        rate = f"{p.rate * 60:.1f}/min" if p.rate else ""
+        rate = rate_text(p) or ""
         if self._task is None:
             self._task = self._progress.add_task(
-                "batch", total=p.total, counts=counts(p), rate=rate, eta=_fmt_eta(p.eta)
+                "batch", total=p.total, counts=counts(p), rate=rate, eta=_eta(p)
             )
         self._progress.update(
             self._task,  # type: ignore[arg-type]
             completed=p.done,
             counts=counts(p),
             rate=rate,
-            eta=_fmt_eta(p.eta),
+            eta=_eta(p),
         )
 
     def close(self) -> None:

@@ -185,6 +185,12 @@ def rejection(
     detail = f": {description.strip()}" if description.strip() else ""
     if cls is BannedPromptError and properties and properties.get("bannedWord"):
         detail += f" (banned word: {properties['bannedWord']!r})"
+    if cls is QueueFullError:
+        # Nothing was created: the fix is to send fewer at once, which quickmj can do.
+        detail += (
+            "; nothing was created: AsyncClient(admission='adaptive') or an AccountPool "
+            "queues submits until the account has room"
+        )
     return cls(
         f"{path}: {what} (code {code}){detail}",
         code=code,
