@@ -25,7 +25,16 @@ import anyio
 from ._config import AuthScheme, Secret, Timeouts, auth_header_name, auth_header_value
 from ._images import SNIFF_BYTES
 from ._otel import answered, request_span, span_name, tracer
-from ._transport import AsyncTransport, Headers, Request, Response, read_all, read_body
+from ._transport import (
+    Answer,
+    AsyncTransport,
+    Headers,
+    Request,
+    Response,
+    read_all,
+    read_body,
+)
+from ._urls import display_url
 from ._version import __version__
 from .errors import (
     ClientClosedError,
@@ -40,14 +49,11 @@ from .errors import (
 __all__ = (
     "MAX_DOWNLOAD_BYTES",
     "MAX_JSON_BYTES",
-    "Answer",
     "ClosedInFlight",
     "ErrorReader",
     "Fetched",
     "Http",
     "check_download_url",
-    "display_url",
-    "segment",
 )
 
 logger = logging.getLogger("quickmj")
@@ -60,17 +66,6 @@ _MAX_REDIRECTS = 5
 #: How long aclose() waits for the exchanges it ended to unwind (normally one loop turn).
 _CLOSE_GRACE = 2.0
 _URL_SAFE = ":/?#[]@!$&'()*+,;=%~"
-
-
-class Answer:
-    """A completed exchange: status, headers and the (capped, redacted) body."""
-
-    __slots__ = ("body", "headers", "status")
-
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
-        self.status = status
-        self.headers = headers
-        self.body = body
 
 
 class Fetched:
@@ -92,18 +87,6 @@ class ClosedInFlight(ClientClosedError):
 
 #: Turns an error answer to a download into the exception to raise (the relay's rules).
 ErrorReader = Callable[["Answer", str, bool], Exception]
-
-
-def segment(value: str) -> str:
-    """``value`` as one encoded path segment: it can never reach another route.
-
-    ``.`` and ``..`` are sent as ``%2E`` runs so no URL normaliser removes them; text that
-    is not valid Unicode (a lone surrogate) raises UnicodeEncodeError for the caller to
-    turn into its own typed error.
-    """
-    if value in (".", ".."):
-        return "%2E" * len(value)
-    return quote(value, safe="")
 
 
 class _Life:
@@ -417,15 +400,6 @@ def _origin(url: str) -> tuple[str, str, int | None]:
     parts = urlsplit(url)
     port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
     return (parts.scheme.lower(), (parts.hostname or "").lower(), port)
-
-
-def display_url(url: str) -> str:
-    """A URL without its query string (Discord signs URLs there; logs need not carry it)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<invalid URL>"
-    return f"{parts.scheme}://{parts.netloc}{parts.path}"[:300]
 
 
 def check_download_url(url: str) -> str:

@@ -25,8 +25,9 @@ from typing import Any, Final
 
 from ._config import Secret, clamp_retry_after
 from ._converter import as_id, loads, structure, structure_task
-from ._http import Answer, display_url, segment
 from ._models import FailureBody, SubmitResult, Task
+from ._transport import Answer
+from ._urls import display_url, segment
 from .errors import (
     BODY_EXCERPT_LIMIT,
     AuthenticationError,

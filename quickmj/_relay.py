@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from ._config import Dialect, RetryPolicy, Secret, Timeouts
 from ._converter import structure_task, unstructure
-from ._http import Answer, ClosedInFlight, Http, display_url
+from ._http import ClosedInFlight, Http
 from ._images import media_type, what_came
 from ._models import ListByIdsRequest, SubmitRequest, SubmitResult, Task, TaskStatus, UploadRequest
 from ._protocol import (
@@ -39,6 +39,8 @@ from ._protocol import (
     with_mode_hint,
 )
 from ._retry import retrying
+from ._transport import Answer
+from ._urls import display_url
 from .errors import (
     DownloadError,
     ImageExpiredError,

@@ -25,6 +25,7 @@ from .errors import MalformedResponseError
 
 __all__ = (
     "SENSITIVE_HEADERS",
+    "Answer",
     "AsyncTransport",
     "Headers",
     "Request",
@@ -322,3 +323,14 @@ class _Inflater:
 async def read_all(response: Response, limit: int, what: str) -> bytes:
     """The whole decoded body (see :func:`read_body`)."""
     return b"".join([chunk async for chunk in read_body(response, limit, what)])
+
+
+class Answer:
+    """A completed exchange: status, headers and the (capped, redacted) body."""
+
+    __slots__ = ("body", "headers", "status")
+
+    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+        self.status = status
+        self.headers = headers
+        self.body = body

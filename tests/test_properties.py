@@ -19,7 +19,6 @@ from quickmj import (
 )
 from quickmj._config import Secret
 from quickmj._converter import loads, structure, to_camel
-from quickmj._http import Answer
 from quickmj._protocol import (
     change_key,
     check_task_id,
@@ -35,6 +34,7 @@ from quickmj._protocol import (
     read_upload,
     task_unknown,
 )
+from quickmj._transport import Answer
 
 json_values = st.recursive(
     st.none()
