@@ -260,7 +260,9 @@ __all__ = (
 def __getattr__(name: str) -> Any:
     module = _SOURCES.get(name)
     if module is None:
-        raise AttributeError(f"module 'quickmj' has no attribute {name!r}")
+        from ._removed import missing  # only on this error path: nothing to load otherwise
+
+        raise missing("quickmj", name)
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     if module != "errors" and isinstance(value, type) and value.__module__.startswith("quickmj."):
         # Report public classes where users import them from (as httpx does).
