@@ -18,10 +18,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+import ssl as ssl_module
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import attrs
 
@@ -37,14 +38,54 @@ from ._admission import (
     fingerprint,
 )
 from ._client import AsyncClient
-from ._config import Mode, Secret, check_api_key, resolve_mode
+from ._config import (
+    AuthScheme,
+    Dialect,
+    Mode,
+    RetryPolicy,
+    Secret,
+    Timeouts,
+    check_api_key,
+    resolve_mode,
+)
+from ._images import ImageInput
 from ._jobs import AsyncJob, ProgressCallback, Submission, TaskRef, task_id_of
-from ._models import Task
+from ._models import BlendDimensions, BotType, Button, Task
+from ._poller import PollPolicy
+from ._transport import AsyncTransport
 from .errors import ConfigurationError, InvalidInputError, TaskNotFoundError, UsageError
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+; only checkers read it
+
+    from ._aiohttp import BaseConnector, ClientSession, TraceConfig
 
 __all__ = ("Account", "AccountPool", "Reservation", "read_keys")
 
 _MODES = ("fast", "relax", "turbo")
+
+
+class ClientOptions(TypedDict, total=False):
+    """The :class:`~quickmj.AsyncClient` keyword arguments an :class:`AccountPool` passes
+    to every account's client (typed, so a misspelt option is a type error, not a
+    silently ignored one; at run time AsyncClient refuses it too)."""
+
+    dialect: Dialect | None
+    auth_scheme: AuthScheme | None
+    timeouts: Timeouts | None
+    retry: RetryPolicy | None
+    poll: PollPolicy | None
+    max_connections: int
+    list_chunk_size: int
+    transport: AsyncTransport | None
+    proxy: str | None
+    trust_env: bool
+    ssl: ssl_module.SSLContext | bool | None
+    headers: Mapping[str, str] | None
+    user_agent: str | None
+    session: ClientSession | None
+    connector: BaseConnector | None
+    trace_configs: Sequence[TraceConfig]
 
 
 def _secret(value: str | Secret) -> Secret:
@@ -192,7 +233,7 @@ class AccountPool:
         admission: AdmissionSetting = "adaptive",
         base_url: str | None = None,
         mode: Mode | None = None,
-        **client_options: Any,
+        **client_options: Unpack[ClientOptions],
     ) -> None:
         factory = budget_factory(admission)
         if factory is None:
@@ -377,49 +418,169 @@ class AccountPool:
 
         return Submission(send, what, phase=phase)
 
-    def imagine(self, prompt: str, **options: Any) -> Submission:
+    def imagine(
+        self,
+        prompt: str,
+        *,
+        images: Sequence[ImageInput] | ImageInput = (),
+        bot_type: BotType | str | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.imagine` on an account with a free slot."""
-        return self._route("POST /submit/imagine", lambda c: c.imagine(prompt, **options))
+        return self._route(
+            "POST /submit/imagine",
+            lambda c: c.imagine(
+                prompt, images=images, bot_type=bot_type, notify_hook=notify_hook, state=state
+            ),
+        )
 
-    def blend(self, images: Sequence[Any], **options: Any) -> Submission:
+    def blend(
+        self,
+        images: Sequence[ImageInput],
+        *,
+        dimensions: BlendDimensions | str | None = None,
+        bot_type: BotType | str | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.blend` on an account with a free slot."""
-        return self._route("POST /submit/blend", lambda c: c.blend(images, **options))
+        return self._route(
+            "POST /submit/blend",
+            lambda c: c.blend(
+                images,
+                dimensions=dimensions,
+                bot_type=bot_type,
+                notify_hook=notify_hook,
+                state=state,
+            ),
+        )
 
-    def describe(self, image: Any, **options: Any) -> Submission:
+    def describe(
+        self,
+        image: ImageInput,
+        *,
+        bot_type: BotType | str | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.describe` on an account with a free slot."""
-        return self._route("POST /submit/describe", lambda c: c.describe(image, **options))
+        return self._route(
+            "POST /submit/describe",
+            lambda c: c.describe(image, bot_type=bot_type, notify_hook=notify_hook, state=state),
+        )
 
-    def shorten(self, prompt: str, **options: Any) -> Submission:
+    def shorten(
+        self,
+        prompt: str,
+        *,
+        bot_type: BotType | str | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.shorten` on an account with a free slot."""
-        return self._route("POST /submit/shorten", lambda c: c.shorten(prompt, **options))
+        return self._route(
+            "POST /submit/shorten",
+            lambda c: c.shorten(prompt, bot_type=bot_type, notify_hook=notify_hook, state=state),
+        )
 
-    def video(self, prompt: str, **options: Any) -> Submission:
+    def video(
+        self,
+        prompt: str,
+        *,
+        image: ImageInput | None = None,
+        end_image: ImageInput | None = None,
+        motion: str | None = None,
+        loop: bool | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.video` on an account with a free slot."""
-        return self._route("POST /submit/video", lambda c: c.video(prompt, **options))
+        return self._route(
+            "POST /submit/video",
+            lambda c: c.video(
+                prompt,
+                image=image,
+                end_image=end_image,
+                motion=motion,
+                loop=loop,
+                notify_hook=notify_hook,
+                state=state,
+            ),
+        )
 
-    def edits(self, prompt: str, image: Any, **options: Any) -> Submission:
+    def edits(
+        self,
+        prompt: str,
+        image: ImageInput,
+        *,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.edits` on an account with a free slot."""
-        return self._route("POST /submit/edits", lambda c: c.edits(prompt, image, **options))
+        return self._route(
+            "POST /submit/edits",
+            lambda c: c.edits(prompt, image, notify_hook=notify_hook, state=state),
+        )
 
-    def swap_face(self, source: Any, target: Any, **options: Any) -> Submission:
+    def swap_face(
+        self,
+        source: ImageInput,
+        target: ImageInput,
+        *,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.swap_face` on an account with a free slot."""
         return self._route(
-            "POST /insight-face/swap", lambda c: c.swap_face(source, target, **options)
+            "POST /insight-face/swap",
+            lambda c: c.swap_face(source, target, notify_hook=notify_hook, state=state),
         )
 
     # ---- a job's later calls: the account that owns it ----
 
-    def action(self, task: TaskRef, button: Any, **options: Any) -> Submission:
+    def action(
+        self,
+        task: TaskRef,
+        button: Button | str,
+        *,
+        choose_same_channel: bool = False,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.action` on the account that owns ``task``."""
-        return self.owner(task).action(task, button, **options)
+        return self.owner(task).action(
+            task,
+            button,
+            choose_same_channel=choose_same_channel,
+            notify_hook=notify_hook,
+            state=state,
+        )
 
-    def modal(self, task: TaskRef, **options: Any) -> Submission:
+    def modal(
+        self,
+        task: TaskRef,
+        *,
+        prompt: str | None = None,
+        mask: ImageInput | None = None,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.modal` on the account that owns ``task``."""
-        return self.owner(task).modal(task, **options)
+        return self.owner(task).modal(
+            task, prompt=prompt, mask=mask, notify_hook=notify_hook, state=state
+        )
 
-    def change(self, task: TaskRef, label: str, **options: Any) -> Submission:
+    def change(
+        self,
+        task: TaskRef,
+        label: str,
+        *,
+        notify_hook: str | None = None,
+        state: str | None = None,
+    ) -> Submission:
         """:meth:`AsyncClient.change` on the account that owns ``task``."""
-        return self.owner(task).change(task, label, **options)
+        return self.owner(task).change(task, label, notify_hook=notify_hook, state=state)
 
     async def fetch(self, task: TaskRef) -> Task:
         """:meth:`AsyncClient.fetch` on the account that owns ``task``."""
@@ -435,9 +596,16 @@ class AccountPool:
         """:meth:`AsyncClient.wait` on the account that owns ``task``."""
         return await self.owner(task).wait(task, timeout=timeout, on_progress=on_progress)
 
-    async def download(self, task: TaskRef, dest: str | os.PathLike[str], **options: Any) -> Path:
+    async def download(
+        self,
+        task: TaskRef,
+        dest: str | os.PathLike[str],
+        *,
+        index: int | None = None,
+        filename: str | None = None,
+    ) -> Path:
         """:meth:`AsyncClient.download` on the account that owns ``task``."""
-        return await self.owner(task).download(task, dest, **options)
+        return await self.owner(task).download(task, dest, index=index, filename=filename)
 
     async def image_seed(self, task: TaskRef) -> str:
         """:meth:`AsyncClient.image_seed` on the account that owns ``task``."""

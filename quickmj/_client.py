@@ -71,7 +71,7 @@ from ._models import (
 from ._otel import Tracing
 from ._poller import Final, Poller, PollPolicy
 from ._protocol import ROUTES, check_task_id
-from ._relay import Relay
+from ._relay import Relay, Submitted
 from ._transport import AsyncTransport
 from .errors import (
     ClientClosedError,
@@ -396,8 +396,10 @@ class AsyncClient:
 
         async def send() -> AsyncJob:
             request = await build_request()
-            result = await self._relay.submit(route, request, parent_succeeded=parent_succeeded)
-            return self._job(route, request, result)
+            answered = await self._relay.submit_answer(
+                route, request, parent_succeeded=parent_succeeded
+            )
+            return self._job(route, request, answered)
 
         return Submission(self._traced(route, send), f"POST {route}")
 
@@ -414,11 +416,19 @@ class AsyncClient:
         async def send() -> AsyncJob:
             request = await build_request()
 
-            def submit() -> Awaitable[SubmitResult]:
-                return self._relay.submit(route, request, parent_succeeded=parent_succeeded)
+            async def attempt(lease: Lease) -> Submitted:
+                answered: list[Submitted] = []  # the answer's headers, for the job handle
 
-            async def attempt(lease: Lease) -> SubmitResult:
-                return await submit_with(lease, submit, self._hold)
+                async def submit() -> SubmitResult:
+                    answered.append(
+                        await self._relay.submit_answer(
+                            route, request, parent_succeeded=parent_succeeded
+                        )
+                    )
+                    return answered[-1].result
+
+                await submit_with(lease, submit, self._hold)
+                return answered[-1]
 
             return self._job(route, request, await gate.run(attempt, phase))
 
@@ -451,11 +461,19 @@ class AsyncClient:
             return
         self._gate.hold(self.poller, task_id, lease)
 
-    def _job(self, route: str, request: SubmitRequest, result: SubmitResult) -> AsyncJob:
+    def _job(self, route: str, request: SubmitRequest, answered: Submitted) -> AsyncJob:
+        result = answered.result
         if route == "/submit/modal" and self._state is not _State.CLOSED:
             # Also before the first wait: the poller remembers it for later listeners.
             self.poller.confirm_modal(result.task_id)
-        return AsyncJob(self, route, request, result)
+        return AsyncJob(
+            self,
+            route,
+            request,
+            result,
+            request_id=answered.request_id,
+            response_headers=answered.headers,
+        )
 
     def imagine(
         self,

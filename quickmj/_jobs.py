@@ -30,8 +30,17 @@ import inspect
 import logging
 import math
 import os
-from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Iterable
+from collections.abc import (
+    AsyncIterator,
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Mapping,
+)
 from pathlib import Path
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import anyio
@@ -148,6 +157,13 @@ ProgressCallback: TypeAlias = Callable[[Task], Any]
 may be a coroutine function."""
 
 
+def _current_task() -> asyncio.Task[Any] | None:
+    try:
+        return asyncio.current_task()
+    except RuntimeError:  # no running loop: driven by hand
+        return None
+
+
 def task_id_of(ref: TaskRef) -> str:
     """The id behind a TaskRef, validated as a non-empty string."""
     if isinstance(ref, str):
@@ -169,15 +185,29 @@ def task_id_of(ref: TaskRef) -> str:
 # ---- submissions and handles ----
 
 
-class Submission:
+class Submission(Coroutine[Any, Any, "AsyncJob"]):
     """A submit: await it for the :class:`AsyncJob`, or ``await s.wait()`` for the Task.
 
     The request is sent when first awaited, exactly once. ``job`` holds the handle once
     the relay answered (also if the awaiting code was cancelled meanwhile) and ``error``
     the failure, if the submit failed.
+
+    A Submission is a coroutine too, so ``asyncio.create_task(mj.imagine(p))`` and
+    ``TaskGroup.create_task(...)`` take it; it can still be awaited any number of times
+    (each await gives the same job; the request goes out once).
     """
 
-    __slots__ = ("_awaiters", "_phase", "_send", "_task", "error", "job", "what")
+    __slots__ = (
+        "_awaiters",
+        "_closed",
+        "_drivers",
+        "_phase",
+        "_send",
+        "_task",
+        "error",
+        "job",
+        "what",
+    )
 
     def __init__(
         self,
@@ -191,6 +221,12 @@ class Submission:
         self._phase = phase
         self._awaiters = 0
         self._task: asyncio.Task[AsyncJob | None] | None = None
+        # The coroutines send()/throw() drive, one per asyncio Task running this Submission
+        # (create_task, gather, wait_for, each again): each is an await of the one submit.
+        # Made on a task's first send, so an unused Submission leaves no "never awaited"
+        # coroutine behind.
+        self._drivers: dict[asyncio.Task[Any] | None, Coroutine[Any, Any, AsyncJob]] = {}
+        self._closed = False  # close()d, or thrown into before sending: nothing to warn about
         self.what: str = what
         """What is submitted, for logs and reprs (``"POST /submit/imagine"``)."""
         self.job: AsyncJob | None = None
@@ -204,6 +240,71 @@ class Submission:
 
     def __await__(self) -> Generator[Any, None, AsyncJob]:
         return self._result().__await__()
+
+    # ---- the coroutine protocol (asyncio.create_task, TaskGroup.create_task) ----
+
+    def _driven(self) -> Coroutine[Any, Any, AsyncJob]:
+        driver = _current_task()
+        coro = self._drivers.get(driver)
+        if coro is None:
+            if self._closed:
+                raise RuntimeError(f"cannot reuse a closed submission ({self.what})")
+            coro = self._drivers[driver] = self._result()
+        return coro
+
+    def _step(self, advance: Callable[[Coroutine[Any, Any, AsyncJob]], Any]) -> Any:
+        driver = _current_task()
+        coro = self._driven()
+        try:
+            return advance(coro)
+        except BaseException:  # StopIteration (the job) included: this driver is done
+            self._drivers.pop(driver, None)
+            raise
+
+    def send(self, value: Any, /) -> Any:
+        """Advance the submission as a coroutine (what an asyncio Task calls).
+
+        Args:
+            value: the value to send in (None to start or resume).
+
+        Returns:
+            What the submission waits on next; StopIteration carries the AsyncJob.
+        """
+        return self._step(lambda coro: coro.send(value))
+
+    def throw(
+        self,
+        typ: type[BaseException] | BaseException,
+        val: object = None,
+        tb: TracebackType | None = None,
+        /,
+    ) -> Any:
+        """Raise an exception inside the running submission (a Task's cancel).
+
+        Args:
+            typ: the exception (or its class).
+            val: the exception's value (the old three-argument form).
+            tb: a traceback for it (the old three-argument form).
+
+        Returns:
+            What the submission waits on next, if it handled the exception.
+        """
+        unsent = self._task is None
+        try:
+            if val is None and tb is None:
+                return self._step(lambda coro: coro.throw(typ))
+            # The old three-argument form, passed on as given.
+            return self._step(lambda coro: coro.throw(typ, val, tb))  # type: ignore[arg-type]
+        finally:
+            if unsent and self._task is None:
+                self._closed = True  # thrown into before sending (a task cancelled at once)
+
+    def close(self) -> None:
+        """Close the coroutine; a submit already on its way still runs to its answer."""
+        self._closed = True
+        drivers, self._drivers = list(self._drivers.values()), {}
+        for coro in drivers:
+            coro.close()
 
     async def _result(self) -> AsyncJob:
         if self._task is None:
@@ -277,7 +378,7 @@ class Submission:
         return await job.wait(timeout=timeout, on_progress=on_progress)
 
     def __del__(self) -> None:
-        if getattr(self, "_task", 1) is None:
+        if getattr(self, "_task", 1) is None and not getattr(self, "_closed", False):
             import warnings
 
             warnings.warn(
@@ -295,10 +396,27 @@ class AsyncJob:
     (a SubmitResult). ``last`` is the latest state this handle has seen.
     """
 
-    __slots__ = ("_client", "account", "id", "last", "request", "result", "route")
+    __slots__ = (
+        "_client",
+        "account",
+        "id",
+        "last",
+        "request",
+        "request_id",
+        "response_headers",
+        "result",
+        "route",
+    )
 
     def __init__(
-        self, client: _Client, route: str, request: SubmitRequest, result: SubmitResult
+        self,
+        client: _Client,
+        route: str,
+        request: SubmitRequest,
+        result: SubmitResult,
+        *,
+        request_id: str | None = None,
+        response_headers: Mapping[str, str] | None = None,
     ) -> None:
         self._client = client
         self.id: str = result.task_id
@@ -309,6 +427,11 @@ class AsyncJob:
         """The wire request that was sent (one of the ``quickmj._models`` request classes)."""
         self.result: SubmitResult = result
         """The relay's answer to the submit (``code``, ``description``, the task id)."""
+        self.request_id: str | None = request_id
+        """The relay's request id for the submit that created the job (``X-Request-Id``,
+        ``X-Oneapi-Request-Id``), when its answer had one: quote it to the relay's operator."""
+        self.response_headers: dict[str, str] = dict(response_headers or {})
+        """The headers of that answer (any echo of the key redacted)."""
         self.last: Task | None = None
         """The latest state of the task this handle has seen (None before any read)."""
         self.account: str | None = getattr(client, "account", None)

@@ -12,9 +12,11 @@ import ipaddress
 import json
 import logging
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import IO, Any
 from urllib.parse import urlsplit
+
+import attrs
 
 from ._config import Dialect, RetryPolicy, Secret, Timeouts
 from ._converter import structure_task, unstructure
@@ -22,6 +24,7 @@ from ._http import ClosedInFlight, Http
 from ._images import media_type, what_came
 from ._models import ListByIdsRequest, SubmitRequest, SubmitResult, Task, TaskStatus, UploadRequest
 from ._protocol import (
+    find_request_id,
     merge_rows,
     outcome_unknown,
     read_answer,
@@ -42,6 +45,7 @@ from ._retry import retrying
 from ._transport import Answer
 from ._urls import display_url
 from .errors import (
+    APIError,
     DownloadError,
     ImageExpiredError,
     MalformedResponseError,
@@ -55,7 +59,7 @@ from .errors import (
     UnsupportedByRelayError,
 )
 
-__all__ = ("Relay",)
+__all__ = ("Relay", "Submitted")
 
 logger = logging.getLogger("quickmj")
 
@@ -67,6 +71,16 @@ _CHANGE_ROUTES = frozenset({"/submit/change"})  # simple_change() takes no paren
 
 #: Dialects whose fetch can answer a stale row after a modal (new-api keeps two rows).
 _STALE_FETCH: frozenset[str] = frozenset({"quickrouter", "auto"})
+
+
+@attrs.frozen
+class Submitted:
+    """An accepted submit: the relay's SubmitResult and what its answer said around it
+    (the response headers, already redacted of the key, and the relay's request id)."""
+
+    result: SubmitResult
+    headers: Mapping[str, str] = attrs.field(factory=dict, repr=False)
+    request_id: str | None = None
 
 
 class Relay:
@@ -122,7 +136,15 @@ class Relay:
     async def submit(
         self, route: str, request: SubmitRequest, *, parent_succeeded: bool = False
     ) -> SubmitResult:
-        """``POST <route>`` (``/submit/imagine``, ``/insight-face/swap``, ...).
+        """``POST <route>``: the relay's answer (see :meth:`submit_answer`)."""
+        answered = await self.submit_answer(route, request, parent_succeeded=parent_succeeded)
+        return answered.result
+
+    async def submit_answer(
+        self, route: str, request: SubmitRequest, *, parent_succeeded: bool = False
+    ) -> Submitted:
+        """``POST <route>`` (``/submit/imagine``, ``/insight-face/swap``, ...), with the
+        answer's request id and headers (a job handle shows them).
 
         Re-sent only when nothing can have been created (a failed connect; with
         ``RetryPolicy.retry_submits``, a 429 or queue-full answer too). A change whose
@@ -133,11 +155,14 @@ class Relay:
         policy = self.retry
         lag_retry = parent_succeeded and route in _CHANGE_ROUTES
 
-        async def send() -> SubmitResult:
+        async def send() -> Submitted:
             answer = await self.http.exchange("POST", route, body=body)
-            return read_submit(self._interpret(answer, route, creates=True), route)
+            result = read_submit(self._interpret(answer, route, creates=True), route)
+            # The headers are already redacted of the key (Http._redacted).
+            headers = dict(answer.headers)
+            return Submitted(result, headers, find_request_id(headers))
 
-        async def once() -> SubmitResult:
+        async def once() -> Submitted:
             nonlocal lag_retry
             try:
                 return await send()
@@ -150,7 +175,7 @@ class Relay:
             return await send()
 
         try:
-            result = await retrying(
+            answered = await retrying(
                 once,
                 policy=policy,
                 may_retry=lambda exc: retry_submit(exc, backpressure=policy.retry_submits),
@@ -165,19 +190,27 @@ class Relay:
             ) from exc
         except QuickMJError as exc:
             if outcome_unknown(exc):
-                raise self._unknown(route, request, _reason(exc, route)) from exc
+                raise self._unknown(route, request, _reason(exc, route), exc) from exc
             raise
+        result = answered.result
         logger.info("POST %s -> task %s (code %d)", route, result.task_id, result.code)
-        return result
+        return answered
 
     @staticmethod
-    def _unknown(route: str, request: SubmitRequest, reason: str) -> SubmitOutcomeUnknownError:
+    def _unknown(
+        route: str, request: SubmitRequest, reason: str, cause: BaseException | None = None
+    ) -> SubmitOutcomeUnknownError:
+        # A gateway's 502 still names its request id: keep what the cause saw of the answer.
+        answered = cause if isinstance(cause, APIError) else None
         return SubmitOutcomeUnknownError(
             f"POST {route}: {reason}; the relay may or may not have created the job",
             method="POST",
             path=route,
             request=request,
             state=getattr(request, "state", None),
+            status=answered.status if answered else None,
+            headers=answered.headers if answered else None,
+            request_id=answered.request_id if answered else None,
         )
 
     async def upload(self, request: UploadRequest) -> list[str]:

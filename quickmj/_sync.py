@@ -655,6 +655,16 @@ class Job(_Facade[AsyncJob]):
         return self._async.request
 
     @property
+    def request_id(self) -> str | None:
+        """The relay's request id for the submit that created the job, when it sent one."""
+        return self._async.request_id
+
+    @property
+    def response_headers(self) -> dict[str, str]:
+        """The headers of the submit's answer (any echo of the key redacted)."""
+        return self._async.response_headers
+
+    @property
     def code(self) -> int:
         """The relay's code: 1 accepted, 21 waits for ``modal()``, 22 queued."""
         return self._async.code

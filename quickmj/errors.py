@@ -203,6 +203,10 @@ class SubmitOutcomeUnknownError(TransportError):
         request: the wire request that was sent (one of the ``quickmj._models`` request
             classes), when known.
         state: the ``state`` string the submit carried, to find the job by.
+        status: the HTTP status of the answer (a gateway's 502), None when no answer came.
+        headers: that answer's headers (redacted of the key); empty without an answer.
+        request_id: the relay's (or gateway's) request id from that answer, when it sent
+            one: quote it to the relay's operator to ask whether the job exists.
     """
 
     def __init__(
@@ -213,9 +217,15 @@ class SubmitOutcomeUnknownError(TransportError):
         path: str = "",
         request: SubmitRequest | None = None,
         state: str | None = None,
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+        request_id: str | None = None,
     ) -> None:
         self.request = request
         self.state = state
+        self.status = status
+        self.headers: dict[str, str] = dict(headers or {})
+        self.request_id = request_id
         super().__init__(message, method=method, path=path)
 
 

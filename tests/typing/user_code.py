@@ -1,6 +1,6 @@
 """User code that type checkers must accept: every public method, async and sync.
 
-Checked by ``mypy --strict`` and ``pyright`` (``tests/test_typing.py`` and ``.ci/run``);
+Checked by ``mypy --strict`` and ``pyright`` (``tests/test_ergonomics.py`` and ``.ci/run``);
 never executed. ``assert_type`` pins the exact types users get back.
 """
 

@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 from aiohttp import web
@@ -15,6 +15,21 @@ from ._app import Simulator
 from ._config import SimulatorConfig
 
 __all__ = ("RunningSimulator", "run_server", "simulate")
+
+# The same spellings as quickmj.Dialect / quickmj.AuthScheme (a subset of them), written out
+# here because the simulator imports nothing of the SDK; a Literal subset is assignable, so
+# AsyncClient(dialect=relay.dialect, auth_scheme=relay.auth_scheme) type-checks.
+SimDialect = Literal["quickrouter", "midjourney-proxy", "trueai"]
+SimAuthScheme = Literal["bearer", "mj-api-secret", "raw"]
+_SIM_DIALECTS: tuple[SimDialect, ...] = ("quickrouter", "midjourney-proxy", "trueai")
+_SIM_SCHEMES: tuple[SimAuthScheme, ...] = ("bearer", "mj-api-secret", "raw")
+
+
+def _one_of(value: str, choices: tuple[Any, ...], what: str) -> Any:
+    for choice in choices:
+        if choice == value:
+            return choice
+    raise ValueError(f"the simulator has no {what} {value!r}")  # a new dialect not listed above
 
 
 @attrs.frozen
@@ -27,7 +42,7 @@ class RunningSimulator:
     """The primary key the simulator accepts."""
     simulator: Simulator
     """The simulator itself: ``counters``, ``submissions``, ``accounts``, ``task_json(id)``."""
-    dialect: str
+    dialect: SimDialect
     """``"quickrouter"``, ``"midjourney-proxy"`` or ``"trueai"``."""
 
     @property
@@ -36,9 +51,12 @@ class RunningSimulator:
         return self.simulator.dialect.auth_headers(self.api_key)
 
     @property
-    def auth_scheme(self) -> str:
+    def auth_scheme(self) -> SimAuthScheme:
         """quickmj's name for that header: ``"bearer"``, ``"mj-api-secret"`` or ``"raw"``."""
-        return self.simulator.dialect.auth_scheme
+        scheme: SimAuthScheme = _one_of(
+            self.simulator.dialect.auth_scheme, _SIM_SCHEMES, "auth scheme"
+        )
+        return scheme
 
     def url(self, path: str, mode: str | None = None) -> str:
         """The full URL of an API path: ``relay.url("/task/1/fetch", mode="fast")``.
@@ -84,8 +102,9 @@ async def _start(sim: Simulator, host: str, port: int) -> tuple[web.AppRunner, i
 
 
 def _running(sim: Simulator, base_url: str) -> RunningSimulator:
+    dialect: SimDialect = _one_of(sim.config.dialect, _SIM_DIALECTS, "dialect")
     return RunningSimulator(
-        base_url=base_url, api_key=sim.config.api_key, simulator=sim, dialect=sim.config.dialect
+        base_url=base_url, api_key=sim.config.api_key, simulator=sim, dialect=dialect
     )
 
 
