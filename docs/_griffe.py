@@ -67,8 +67,12 @@ def _blocking_methods(cls: griffe.Class) -> None:
                 else None
             ),
         )
-        if kind == "_blocking_submit" and method.docstring is not None:
-            method.docstring.value = _SUBMIT_RETURNS.sub(_JOB_RETURNS, method.docstring.value)
+        if method.docstring is not None:
+            text = method.docstring.value.replace("``async for ", "``for ")
+            text = text.replace(" (when the Submission is awaited)", "")
+            if kind == "_blocking_submit":
+                text = _SUBMIT_RETURNS.sub(_JOB_RETURNS, text)
+            method.docstring.value = text
         cls.set_member(name, method)
 
 
