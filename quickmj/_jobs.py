@@ -40,7 +40,7 @@ from collections.abc import (
     Mapping,
 )
 from pathlib import Path
-from types import TracebackType
+from types import FrameType, TracebackType
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
 
 import anyio
@@ -298,6 +298,31 @@ class Submission(Coroutine[Any, Any, "AsyncJob"]):
         finally:
             if unsent and self._task is None:
                 self._closed = True  # thrown into before sending (a task cancelled at once)
+
+    # What inspect.getcoroutinestate() reads (anyio asks it of the tasks it cancels): the
+    # state of the coroutines driving this Submission, or "closed" when none does.
+
+    @property
+    def cr_running(self) -> bool:
+        """Whether a task is executing the submission right now."""
+        return any(getattr(coro, "cr_running", False) for coro in self._drivers.values())
+
+    @property
+    def cr_suspended(self) -> bool:
+        """Whether a task's run of the submission is suspended at an await."""
+        return any(getattr(coro, "cr_suspended", False) for coro in self._drivers.values())
+
+    @property
+    def cr_frame(self) -> FrameType | None:
+        """The frame of a run in progress (None before the first send and after the end)."""
+        frames = (getattr(coro, "cr_frame", None) for coro in self._drivers.values())
+        return next((frame for frame in frames if frame is not None), None)
+
+    @property
+    def cr_await(self) -> Any:
+        """What a run in progress waits on (None when none is)."""
+        waits = (getattr(coro, "cr_await", None) for coro in self._drivers.values())
+        return next((what for what in waits if what is not None), None)
 
     def close(self) -> None:
         """Close the coroutine; a submit already on its way still runs to its answer."""

@@ -197,6 +197,51 @@ async def test_a_task_group_takes_submissions() -> None:
     assert 3 == len(submits)
 
 
+async def test_anyio_task_groups_take_submit_methods() -> None:
+    import anyio
+
+    gate = asyncio.Event()
+    submits: list[str] = []
+
+    async def handler(request: Request) -> Response | None:
+        if "/submit/" in request.path:
+            submits.append(request.path)
+            if "slow" in (request.content or b"").decode():
+                await gate.wait()
+            return Response(200, json=ACCEPTED)
+        return None
+
+    async with AsyncClient(KEY, transport=MockTransport(handler), poll=FAST) as mj:
+        async with anyio.create_task_group() as group:
+            group.start_soon(mj.imagine, "a fox")
+            group.start_soon(mj.imagine, "a cat")
+        slow: list[Any] = []
+        with anyio.CancelScope() as scope:
+            async with anyio.create_task_group() as group:
+                slow.append(mj.imagine("a slow fox"))
+                group.start_soon(lambda: slow[0])
+                await anyio.sleep(0.05)  # the submit is on the wire, its task suspended
+                scope.cancel()  # older anyio reads the coroutine state of the task it cancels
+        gate.set()
+        job = await slow[0]  # the shielded submit ran to its answer: the id is kept
+    assert "42" == job.id and 3 == len(submits)
+
+
+async def test_a_submission_reports_its_coroutine_state() -> None:
+    import inspect
+
+    transport, _ = mock()
+    async with AsyncClient(KEY, transport=transport, poll=FAST) as mj:
+        submission = mj.imagine("a fox")
+        assert inspect.CORO_CLOSED == inspect.getcoroutinestate(submission)  # no run yet
+        task = asyncio.create_task(submission)
+        await asyncio.sleep(0)
+        assert inspect.CORO_SUSPENDED == inspect.getcoroutinestate(submission)
+        assert submission.cr_await is not None and submission.cr_frame is not None
+        await task
+        assert inspect.CORO_CLOSED == inspect.getcoroutinestate(submission)
+
+
 async def test_a_task_cancelled_before_it_ran_sends_nothing_and_stays_quiet() -> None:
     transport, submits = mock()
     async with AsyncClient(KEY, transport=transport, poll=FAST) as mj:
