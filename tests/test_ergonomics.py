@@ -17,6 +17,8 @@ import collections.abc
 import gc
 import importlib.util
 import re
+import shutil
+import subprocess
 import sys
 import threading
 import warnings
@@ -82,6 +84,28 @@ def test_misspelt_keywords_fail_type_checking() -> None:
     found = {int(m.group(1)) for m in re.finditer(r"reject_misspelt\.py:(\d+): error", out)}
     assert wanted == found, out
     assert "timeoutz" in out and '"stat"' in out
+
+
+def _pyright() -> str:
+    found = shutil.which("pyright", path=str(Path(sys.executable).parent)) or shutil.which(
+        "pyright"
+    )
+    if found is None:
+        pytest.skip("pyright is not installed (.ci/run installs it)")
+    return found
+
+
+def test_pyright_strict_accepts_the_programs_and_rejects_misspellings() -> None:
+    pyright = _pyright()
+    programs = sorted(TYPING.glob("*.py"))
+    assert all(p.read_text().startswith("# pyright: strict") for p in programs)
+    run = [pyright, "--pythonpath", sys.executable]
+    good = subprocess.run([*run, *map(str, programs)], capture_output=True, text=True)
+    assert 0 == good.returncode, good.stdout[-3000:]
+    bad = subprocess.run(
+        [*run, str(HERE / "typing_errors" / "reject_misspelt.py")], capture_output=True, text=True
+    )
+    assert 1 == bad.returncode and "3 errors" in bad.stdout, bad.stdout[-3000:]
 
 
 def test_the_simulator_speaks_the_sdk_literals() -> None:

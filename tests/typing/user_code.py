@@ -1,3 +1,4 @@
+# pyright: strict
 """User code that type checkers must accept: every public method, async and sync.
 
 Checked by ``mypy --strict`` and ``pyright`` (``tests/test_ergonomics.py`` and ``.ci/run``);
