@@ -148,7 +148,7 @@ _INTRUDER_KEY = "soak-intruder-key"
 _JOURNAL = ".quickmj-journal.sqlite"
 _LOCK = ".quickmj-lock"
 _TAG = re.compile(r"^qmj:([0-9a-f]+):(\d+)(?::(U[1-4]))?$")
-_SUMMARY_LINE = re.compile(r"^\d+/\d+ succeeded", re.MULTILINE)
+_SUMMARY_LINE = re.compile(r"^(?:prompts: )?\d+/\d+ succeeded", re.MULTILINE)
 #: Phases a row holds while its run goes on (a finished run leaves none).
 _OPEN_PHASES = ("pending", "submitting", "running", "timed_out", "incomplete")
 #: Dialects whose relay lists recent tasks, so ``reconcile`` can settle unknown outcomes.
@@ -985,7 +985,8 @@ class _KillSoak:
         _, err = self._output(proc)
         self.log.append(f"  the same command without --resume: exit {proc.returncode}")
         sent = self.recorder.intruder_requests - before
-        if not ended or proc.returncode != 2 or "already holds a batch" not in err or sent:
+        refused = "holds" in err and "--resume" in err  # "holds this batch ...: --resume"
+        if not ended or proc.returncode != 2 or not refused or sent:
             self.problems.append(
                 f"round {self.rounds}: a run without --resume was not refused cleanly: "
                 f"exit {proc.returncode}, {sent} requests, {err[-300:]!r}"
