@@ -16,6 +16,7 @@ import asyncio
 import collections.abc
 import gc
 import importlib.util
+import inspect
 import re
 import shutil
 import subprocess
@@ -223,6 +224,11 @@ async def test_a_task_group_takes_submissions() -> None:
 
 async def test_anyio_task_groups_take_submit_methods() -> None:
     import anyio
+    import anyio._backends._asyncio as backend
+
+    if getattr(backend, "iscoroutine", None) is inspect.iscoroutine:
+        # anyio before 4.6-ish accepts only native coroutine objects in start_soon.
+        pytest.skip("this anyio's start_soon takes native coroutines only (await it instead)")
 
     gate = asyncio.Event()
     submits: list[str] = []
