@@ -396,9 +396,7 @@ class AsyncClient:
 
         async def send() -> AsyncJob:
             request = await build_request()
-            answered = await self._relay.submit_answer(
-                route, request, parent_succeeded=parent_succeeded
-            )
+            answered = await self._relay.submit(route, request, parent_succeeded=parent_succeeded)
             return self._job(route, request, answered)
 
         return Submission(self._traced(route, send), f"POST {route}")
@@ -421,9 +419,7 @@ class AsyncClient:
 
                 async def submit() -> SubmitResult:
                     answered.append(
-                        await self._relay.submit_answer(
-                            route, request, parent_succeeded=parent_succeeded
-                        )
+                        await self._relay.submit(route, request, parent_succeeded=parent_succeeded)
                     )
                     return answered[-1].result
 

@@ -135,13 +135,6 @@ class Relay:
 
     async def submit(
         self, route: str, request: SubmitRequest, *, parent_succeeded: bool = False
-    ) -> SubmitResult:
-        """``POST <route>``: the relay's answer (see :meth:`submit_answer`)."""
-        answered = await self.submit_answer(route, request, parent_succeeded=parent_succeeded)
-        return answered.result
-
-    async def submit_answer(
-        self, route: str, request: SubmitRequest, *, parent_succeeded: bool = False
     ) -> Submitted:
         """``POST <route>`` (``/submit/imagine``, ``/insight-face/swap``, ...), with the
         answer's request id and headers (a job handle shows them).
