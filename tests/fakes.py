@@ -15,6 +15,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import shutil
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import unquote
@@ -276,3 +279,18 @@ def drip(byte: bytes = b" ", gap: float = 0.02) -> Callable[[Request], Awaitable
         return Response(200, headers={"Content-Type": "application/json"}, stream=forever())
 
     return handler
+
+
+def can_mount_privately() -> bool:
+    """A private mount namespace (``unshare -rm``) where this user may mount a tmpfs."""
+    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
+        return False
+    try:
+        probe = subprocess.run(
+            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null"],
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return probe.returncode == 0

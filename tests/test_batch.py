@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import can_mount_privately
 
 from quickmj import (
     AsyncClient,
@@ -368,22 +369,7 @@ async def test_disk_trouble_stops_the_run_and_keeps_paid_jobs(
     assert summary.ok and {1} == set(created(relay).values())
 
 
-def _can_mount_privately() -> bool:
-    """A private mount namespace (``unshare -rm``) where this user may mount a tmpfs."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        probe = subprocess.run(
-            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null"],
-            capture_output=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount_privately(), reason="needs unshare -rm and tmpfs (Linux)")
+@pytest.mark.skipif(not can_mount_privately(), reason="needs unshare -rm and tmpfs (Linux)")
 def test_a_real_full_filesystem(tmp_path: Path) -> None:
     """On a real tmpfs that runs out of room (the kernel answers ENOSPC): one StorageError,
     no paid job lost or marked failed, and a resume once there is room finishes every

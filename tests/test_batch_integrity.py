@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import can_mount_privately
 
 from quickmj import AsyncClient, JournalError, PollPolicy, StorageError, _journal
 from quickmj._batch import BatchItem, _slug, run_batch
@@ -342,22 +343,7 @@ def test_no_room_for_the_reserve_submits_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / f"{JOURNAL_NAME}-reserve").exists()
 
 
-def _can_mount_privately() -> bool:
-    """A private mount namespace (``unshare -rm``) where this user may mount a tmpfs."""
-    if not sys.platform.startswith("linux") or shutil.which("unshare") is None:
-        return False
-    try:
-        probe = subprocess.run(
-            ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=64k tmpfs /mnt 2>/dev/null"],
-            capture_output=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-    return probe.returncode == 0
-
-
-@pytest.mark.skipif(not _can_mount_privately(), reason="needs unshare -rm and tmpfs (Linux)")
+@pytest.mark.skipif(not can_mount_privately(), reason="needs unshare -rm and tmpfs (Linux)")
 def test_a_tiny_real_disk_loses_no_task_id(tmp_path: Path) -> None:
     """A 300 KiB tmpfs fills up with 16 submits in flight: after the resume (with room)
     every prompt succeeded, none is 'unknown', no job was created twice."""

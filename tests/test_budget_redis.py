@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import signal
 import socket
@@ -38,13 +39,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-@pytest.fixture(scope="module")
-def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A throwaway redis-server on a free loopback port, stopped after the module."""
+@contextlib.contextmanager
+def _redis_server(workdir: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A throwaway redis-server on a free loopback port: its URL and process, stopped
+    (woken first, should a test have paused it) when the block ends."""
     assert SERVER is not None
     port = _free_port()
-    workdir: Path = tmp_path_factory.mktemp("redis")
-    args = [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(workdir)]
+    args = [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir",
+            str(workdir)]  # fmt: skip
     proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 10
@@ -56,10 +58,18 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("redis-server did not start") from None
                 time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0"
+        yield f"redis://127.0.0.1:{port}/0", proc
     finally:
+        proc.send_signal(signal.SIGCONT)
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A redis-server shared by the module's tests."""
+    with _redis_server(tmp_path_factory.mktemp("redis")) as (url, _):
+        yield url
 
 
 _prefixes = iter(range(10**6))
@@ -202,26 +212,8 @@ async def test_an_unreachable_store_sends_nothing() -> None:
 @pytest.fixture
 def own_redis(tmp_path: Path) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
     """A redis-server of this test's own (it gets stopped): its URL and its process."""
-    assert SERVER is not None
-    port = _free_port()
-    args = [SERVER, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir",
-            str(tmp_path)]  # fmt: skip
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        yield f"redis://127.0.0.1:{port}/0", proc
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.terminate()
-        proc.wait(timeout=10)
+    with _redis_server(tmp_path) as server:
+        yield server
 
 
 @pytest.mark.parametrize("users_client", [False, True], ids=["client made here", "user's client"])
