@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         reconcile,
         run_batch,
     )
+    from ._billing import Balance
     from ._budget_redis import RedisBudgets
     from ._client import AsyncClient, ProgressCallback, TaskRef
     from ._config import DEFAULT_BASE_URL, AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
@@ -104,6 +105,7 @@ _SOURCES: dict[str, str] = {
         ),
         "_batch",
     ),
+    "Balance": "_billing",
     "RedisBudgets": "_budget_redis",
     **dict.fromkeys(("AsyncClient", "ProgressCallback", "TaskRef"), "_client"),
     **dict.fromkeys(
@@ -184,6 +186,7 @@ __all__ = (
     "AsyncTransport",
     "AuthScheme",
     "AuthenticationError",
+    "Balance",
     "BannedPromptError",
     "BatchError",
     "BatchItem",

@@ -31,6 +31,7 @@ from ._admission import (
     fingerprint,
     submit_with,
 )
+from ._billing import Balance, read_balance
 from ._config import (
     AuthScheme,
     Dialect,
@@ -1006,6 +1007,23 @@ class AsyncClient:
         """``GET /task/list``: the relay's latest tasks (self-hosted midjourney-proxy,
         TrueAI). QuickRouter does not serve it (UnsupportedByRelayError)."""
         return [structure_task(raw) for raw in await self._relay.task_list()]
+
+    async def balance(self) -> Balance:
+        """What the key has left and has used (new-api / QuickRouter billing routes).
+
+        Amounts come in the relay's units (``Balance.unit``; raw quota for new-api's
+        ``/api/usage/token``) and in USD where the relay says how to convert. Sends no
+        submit and costs nothing; an exhausted key can still read its balance.
+
+        Returns:
+            The key's Balance.
+
+        Raises:
+            UnsupportedByRelayError: the relay keeps no billing (self-hosted
+                midjourney-proxy and TrueAI: count jobs instead).
+            AuthenticationError: the relay refused the key (``reason`` says why).
+        """
+        return await read_balance(self._relay)
 
     async def image_seed(self, task: TaskRef) -> str:
         """Ask for the Midjourney seed of a finished task.

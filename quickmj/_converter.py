@@ -188,6 +188,21 @@ def _structure_opt_int(value: Any, _: type) -> int | None:
     return _structure_int(value, int)
 
 
+def _structure_float(value: Any, _: type) -> float:
+    # JSON numbers only: not booleans, not numeric strings, not NaN or infinity (a relay's
+    # "1e999" or a Python-made NaN would poison every sum made from it).
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"expected a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise TypeError(f"expected a finite number, got {value!r}")
+    return number
+
+
+def _structure_opt_float(value: Any, _: type) -> float | None:
+    return None if value is None else _structure_float(value, float)
+
+
 def _structure_bool(value: Any, _: type) -> bool:
     if isinstance(value, bool):
         return value
@@ -549,6 +564,8 @@ def configure_converter(c: cattrs.Converter) -> None:
     c.register_structure_hook(bool, _structure_bool)
     c.register_structure_hook_func(lambda t: t == (str | None), _structure_opt_str)
     c.register_structure_hook_func(lambda t: t == (int | None), _structure_opt_int)
+    c.register_structure_hook(float, _structure_float)
+    c.register_structure_hook_func(lambda t: t == (float | None), _structure_opt_float)
     c.register_structure_hook_func(lambda t: t == dict[str, Any], _structure_properties)
     c.register_structure_hook(m.MediaUrl, _structure_media)
     for enum_cls in (m.TaskStatus, m.TaskAction, m.BotType, m.BlendDimensions):
@@ -556,6 +573,9 @@ def configure_converter(c: cattrs.Converter) -> None:
     c.register_unstructure_hook(tuple, list)
     c.register_structure_hook_factory(attrs.has, _structure_attrs_factory(c))
     c.register_unstructure_hook_factory(attrs.has, _unstructure_attrs_factory(c))
+    for snake in m.SNAKE_WIRE:
+        # new-api's Go structs: the JSON keys are the field names, not camelCase.
+        c.register_structure_hook(snake, make_dict_structure_fn(snake, c))
 
 
 def make_converter(**kwargs: Any) -> cattrs.Converter:

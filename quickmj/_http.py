@@ -148,6 +148,17 @@ class Http:
         view.timeouts = timeouts
         return view
 
+    def at_base(self) -> Http:
+        """The same connections, key and lifecycle, with paths under the base URL itself
+        rather than ``/mj`` (new-api's billing routes), the key sent as a Bearer token
+        (its ``TokenAuthReadOnly`` reads only ``Authorization``): still only to the base
+        URL's own origin."""
+        view = copy.copy(self)
+        view.prefix = ""
+        view._root = self.base_url
+        view._auth_scheme = "bearer"
+        return view
+
     # ---- lifecycle ----
 
     async def aclose(self) -> None:

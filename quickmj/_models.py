@@ -22,7 +22,10 @@ from .errors import ButtonNotFoundError
 
 __all__ = (
     "REQUEST_CLASSES",
+    "SNAKE_WIRE",
     "ActionRequest",
+    "BillingSubscription",
+    "BillingUsage",
     "BlendDimensions",
     "BlendRequest",
     "BotType",
@@ -36,12 +39,14 @@ __all__ = (
     "ModalRequest",
     "ShortenRequest",
     "SimpleChangeRequest",
+    "SiteStatus",
     "SubmitRequest",
     "SubmitResult",
     "SwapFaceRequest",
     "Task",
     "TaskAction",
     "TaskStatus",
+    "TokenUsage",
     "UploadRequest",
     "VideoRequest",
 )
@@ -628,3 +633,55 @@ for _cls in (Button, MediaUrl, Task, SubmitResult, FailureBody, *REQUEST_CLASSES
     attrs.resolve_types(_cls)
 
 _TASK_FIELDS = attrs.fields(Task)
+
+
+# ---- new-api's billing routes (snake_case on the wire: see _converter.SNAKE_WIRE) ----
+
+
+@attrs.frozen
+class TokenUsage:
+    """``data`` of new-api's ``GET /api/usage/token/`` (``controller.GetTokenUsage``), in
+    raw quota units; ``expires_at`` is unix seconds, 0 for never."""
+
+    object: str | None = None
+    name: str | None = None
+    total_granted: float | None = None
+    total_used: float | None = None
+    total_available: float | None = None
+    unlimited_quota: bool | None = None
+    expires_at: float | None = None
+
+
+@attrs.frozen
+class BillingSubscription:
+    """new-api's ``GET /dashboard/billing/subscription`` (OpenAI-compatible): the key's
+    total (left + used) in the site's display unit; ``access_until`` unix seconds or 0."""
+
+    object: str | None = None
+    hard_limit_usd: float | None = None
+    soft_limit_usd: float | None = None
+    access_until: float | None = None
+
+
+@attrs.frozen
+class BillingUsage:
+    """new-api's ``GET /dashboard/billing/usage``: used, in display-unit cents (x 100)."""
+
+    object: str | None = None
+    total_usage: float | None = None
+
+
+@attrs.frozen
+class SiteStatus:
+    """``data`` of new-api's public ``GET /api/status``: how the site counts money."""
+
+    quota_per_unit: float | None = None
+    quota_display_type: str | None = None
+    usd_exchange_rate: float | None = None
+    display_in_currency: bool | None = None
+
+
+#: Wire classes whose JSON keys are the snake_case field names (new-api's Go structs).
+SNAKE_WIRE: tuple[type, ...] = (TokenUsage, BillingSubscription, BillingUsage, SiteStatus)
+for _cls in SNAKE_WIRE:
+    attrs.resolve_types(_cls)

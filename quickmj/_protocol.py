@@ -106,6 +106,10 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "GET /task/{id}/image-seed": ("quickrouter", "trueai"),
     "GET /task/list": ("midjourney-proxy", "trueai"),
     "POST /task/{id}/cancel": ("trueai",),
+    # new-api's billing routes, below the base URL itself rather than /mj (_billing.py).
+    "GET /api/usage/token/": ("quickrouter",),
+    "GET /dashboard/billing/subscription": ("quickrouter",),
+    "GET /dashboard/billing/usage": ("quickrouter",),
 }
 
 # ---- relay codes ----

@@ -267,6 +267,24 @@ class Relay:
         path = "/task/list"
         return read_task_list(await self._read("GET", path), path)
 
+    async def read_base(self, path: str) -> Any:
+        """``GET <path>`` below the base URL itself, not ``/mj`` (new-api's billing and
+        status routes: ``_billing``), retried like every read; its JSON (or EMPTY)."""
+        http = self.http.at_base()
+
+        async def once() -> Any:
+            answer = await http.exchange("GET", path)
+            return read_answer(answer, path, http.key, dialect=self.dialect)
+
+        return await retrying(
+            once,
+            policy=self.retry,
+            may_retry=retry_read,
+            sleep=http.sleep,
+            what=f"GET {path}",
+            total=_call_total(http.timeouts),
+        )
+
     async def cancel(self, task_id: str) -> None:
         """``POST /task/{id}/cancel`` (TrueAI; admins only on a stock server)."""
         path = task_path(task_id, "cancel")

@@ -495,6 +495,7 @@ class Client(_Facade[AsyncClient]):
     list_tasks = _blocking(AsyncClient.list_tasks)
     recent_tasks = _blocking(AsyncClient.recent_tasks)
     image_seed = _blocking(AsyncClient.image_seed)
+    balance = _blocking(AsyncClient.balance)
     cancel = _blocking(AsyncClient.cancel)
     download = _blocking(AsyncClient.download)
     wait = _blocking(AsyncClient.wait)
