@@ -1,11 +1,14 @@
 """Client and Job: the blocking facade. Every method delegates to its async twin.
 
-One event loop runs in one daemon thread (an anyio blocking portal) for the client's
-life; the AsyncClient, its connections and its poller live there, so nothing is used
-from a foreign loop. Calls from any thread are handed to that loop as tasks (a lean hop,
-see ``Client.run``): Ctrl-C during a blocking call cancels that call and leaves the
-client usable; a call from the loop thread itself is refused.
-Nothing here calls ``asyncio.run``, so it also works where a loop already runs (Jupyter).
+One event loop serves a client for its whole life (``_blocking.SharedLoop``); the
+AsyncClient, its connections and its poller live on it, so nothing is used from a
+foreign loop. A call runs that loop on the calling thread when no other thread drives it
+(no hand-off between threads, the cheap case), and is handed to the driving thread
+otherwise; the client's own daemon thread drives whenever no call does. So progress
+callbacks run on whichever thread drives the loop (see docs/sync.md). Ctrl-C during a
+blocking call cancels that call and leaves the client usable; a call from the loop itself
+(a callback) is refused. A thread that already runs an event loop (Jupyter) never drives
+this one: its calls are handed over, so the facade works there too.
 
 No logic lives here: each public method is generated from its async twin by ``_blocking``
 (coroutines), ``_blocking_iter`` (async iterators), ``_blocking_submit`` (submits, which
@@ -16,7 +19,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import contextlib
 import enum
 import functools
@@ -31,10 +33,8 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
-import anyio
-from anyio.from_thread import BlockingPortal
-
 from ._admission import Admission, AdmissionSetting
+from ._blocking import SharedLoop
 from ._client import AsyncClient
 from ._config import AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
 from ._jobs import AsyncJob, Submission
@@ -68,41 +68,6 @@ def _close_forgotten() -> None:
     for client in clients:
         with contextlib.suppress(Exception):
             client.close()
-
-
-@contextlib.contextmanager
-def _loop_thread() -> Iterator[BlockingPortal]:
-    """An event loop in a daemon thread, served through a portal (anyio's
-    ``start_blocking_portal``), except that it never waits for a loop that cannot answer:
-    in a process forked from this one (the loop's thread does not exist there) and at
-    interpreter shutdown (daemon threads no longer run), that would hang for ever."""
-    pid = os.getpid()
-    started: concurrent.futures.Future[BlockingPortal] = concurrent.futures.Future()
-
-    async def serve() -> None:
-        async with BlockingPortal() as portal:
-            started.set_result(portal)
-            await portal.sleep_until_stopped()
-
-    def run() -> None:
-        try:
-            anyio.run(serve)
-        except BaseException as exc:
-            if not started.done():
-                started.set_exception(exc)
-
-    thread = threading.Thread(target=run, name="quickmj-loop", daemon=True)
-    thread.start()
-    portal = started.result()
-    try:
-        yield portal
-    finally:
-        if os.getpid() == pid and not sys.is_finalizing():
-            # The client is closed by now: a call still running is stuck in user code (a
-            # slow progress callback): it is cancelled, and its caller told the client closed.
-            with contextlib.suppress(RuntimeError):
-                portal.call(portal.stop, True)
-            thread.join()
 
 
 class _State(enum.Enum):
@@ -258,10 +223,8 @@ class Client(_Facade[AsyncClient]):
         )
         self._lock = threading.Lock()
         self._state = _State.UNOPENED
-        self._stack: contextlib.ExitStack | None = None
-        self._portal: BlockingPortal | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._shared: SharedLoop | None = None
+        self._held: _Held[AsyncClient] | None = None  # the AsyncClient, entered
         self._contexts: set[_Context[Any]] = set()
         self._pid = os.getpid()
 
@@ -354,7 +317,10 @@ class Client(_Facade[AsyncClient]):
     ) -> None:
         self.close()
 
-    def _open(self) -> BlockingPortal:
+    def _open(self) -> SharedLoop:
+        shared = self._shared  # the common case, without the lock
+        if shared is not None and self._state is _State.OPENED and os.getpid() == self._pid:
+            return shared
         with self._lock:
             if self._state is _State.CLOSED:
                 raise ClientClosedError("the client is closed")
@@ -363,20 +329,21 @@ class Client(_Facade[AsyncClient]):
                     "this Client was created in another process (before fork()); "
                     "create a new one in each process"
                 )
-            if self._portal is not None:
-                return self._portal
-            with contextlib.ExitStack() as stack:
-                portal = stack.enter_context(_loop_thread())
-                # Entered and exited in one task on the portal's loop, as aiohttp needs.
-                stack.enter_context(portal.wrap_async_context_manager(self._async))
-                self._thread = portal.call(threading.current_thread)
-                self._loop = portal.call(asyncio.get_running_loop)
-                self._stack = stack.pop_all()
-            self._portal = portal
+            if self._shared is not None:
+                return self._shared
+            shared = SharedLoop()
+            # Entered and exited in one task on the loop, as aiohttp needs.
+            held = _Held(shared, self._async)
+            try:
+                shared.call(held.enter)
+            except BaseException:
+                shared.close()
+                raise
+            self._shared, self._held = shared, held
             self._state = _State.OPENED
             with _open_lock:
                 _open_clients.add(self)
-            return portal
+            return shared
 
     def close(self) -> None:
         """Close the client and stop its loop thread. Idempotent.
@@ -385,26 +352,30 @@ class Client(_Facade[AsyncClient]):
         the one that opened the client, this returns at once (the loop thread is not
         there).
         """
-        if self._thread is not None and threading.current_thread() is self._thread:
+        shared = self._shared
+        if shared is not None and asyncio.events._get_running_loop() is shared.loop:
             raise UsageError("close() cannot be called from the client's own loop (a callback)")
         with self._lock:
             if self._state is _State.CLOSED:
                 return
             self._state = _State.CLOSED
-            stack, self._stack, self._portal = self._stack, None, None
-            self._loop = None
+            shared, self._shared = self._shared, None
+            held, self._held = self._held, None
             contexts, self._contexts = set(self._contexts), set()
         with _open_lock:
             _open_clients.discard(self)
-        if stack is None or os.getpid() != self._pid:
+        if shared is None or held is None or os.getpid() != self._pid:
             return  # never opened, or inherited through fork(): nothing of ours runs here
         for ctx in contexts:
             with contextlib.suppress(Exception):
                 ctx.__exit__(None, None, None)
-        stack.close()  # closes the AsyncClient on its loop, then joins the thread
+        try:
+            shared.call(held.leave, None, None, None)  # closes the AsyncClient
+        finally:
+            shared.close()  # cancels calls still running, then joins the loop thread
 
     def __del__(self) -> None:
-        if getattr(self, "_stack", None) is None or sys.is_finalizing():
+        if getattr(self, "_shared", None) is None or sys.is_finalizing():
             return
         if os.getpid() != getattr(self, "_pid", None):
             return
@@ -422,30 +393,12 @@ class Client(_Facade[AsyncClient]):
     def run(self, fn: Callable[..., Awaitable[R]], *args: Any, **kwargs: Any) -> R:
         """Run ``fn(*args, **kwargs)`` on the client's loop and return its result.
 
-        The hop is a task started with ``call_soon_threadsafe`` and a lock released by its
-        done callback: about 20 µs over a bare cross-thread round trip (the portal's own
-        ``start_task_soon``, futures wrapped in futures, measured slower). Ctrl-C while
-        blocked cancels the task; the client stays usable.
+        When no other thread drives the loop, this thread runs it until the call is done
+        (no hand-off); otherwise the call is handed to the driving thread as a task (see
+        ``quickmj._blocking``). Ctrl-C while blocked cancels the call; the client stays
+        usable.
         """
-        self._open()
-        loop = self._loop
-        if threading.current_thread() is self._thread or loop is None:
-            raise UsageError(
-                "the blocking Client was called from its own event loop (from a callback?); "
-                "use the AsyncClient there"
-            )
-        call: _Call[R] = _Call(fn, args, kwargs)
-        try:
-            loop.call_soon_threadsafe(call.start, loop)
-        except RuntimeError as exc:  # the loop stopped: close() ran meanwhile
-            raise ClientClosedError("the client is closed") from exc
-        try:
-            call.done.acquire()  # interruptible: Ctrl-C lands here
-        except BaseException:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(call.cancel)
-            raise
-        return call.outcome(self.is_closed)
+        return self._open().call(fn, *args, **kwargs)
 
     def iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
         """Drive an async iterator on the client's loop, one item per blocking step."""
@@ -508,56 +461,20 @@ class Client(_Facade[AsyncClient]):
         self._async.use_webhook(receiver)
 
 
-class _Call(Generic[R]):
-    """One blocking call's coroutine, run as a task on the client's loop."""
-
-    __slots__ = ("args", "done", "fn", "kwargs", "task")
-
-    def __init__(self, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> None:
-        self.fn, self.args, self.kwargs = fn, args, kwargs
-        self.task: asyncio.Future[R] | None = None
-        self.done = threading.Lock()
-        self.done.acquire()  # released by the task's done callback
-
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        """On the loop thread: start the task (or record why it could not start)."""
-        try:
-            self.task = asyncio.ensure_future(self.fn(*self.args, **self.kwargs), loop=loop)
-        except BaseException as exc:
-            failed: asyncio.Future[R] = loop.create_future()
-            failed.set_exception(exc)
-            self.task = failed
-            self.done.release()
-            return
-        self.task.add_done_callback(lambda _: self.done.release())
-
-    def cancel(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-
-    def outcome(self, closed: bool) -> R:
-        """The task's result, or its exception raised here."""
-        assert self.task is not None
-        if self.task.cancelled():
-            if closed:
-                raise ClientClosedError("the client was closed during the call")
-            raise concurrent.futures.CancelledError()
-        return self.task.result()
-
-
 class _Context(AbstractContextManager[T]):
     """An async context manager driven from another thread; close() can end it early."""
 
     def __init__(self, client: Client, acm: AbstractAsyncContextManager[T]) -> None:
         self._client = client
         self._acm = acm
-        self._inner: AbstractContextManager[T] | None = None
+        self._inner: tuple[SharedLoop, _Held[T]] | None = None
         self._lock = threading.Lock()
 
     def __enter__(self) -> T:
-        portal = self._client._open()
-        self._inner = portal.wrap_async_context_manager(self._acm)
-        value = self._inner.__enter__()
+        shared = self._client._open()
+        held = _Held(shared, self._acm)
+        value = shared.call(held.enter)
+        self._inner = (shared, held)
         self._client._contexts.add(self)
         return value
 
@@ -570,7 +487,65 @@ class _Context(AbstractContextManager[T]):
         with self._lock:
             inner, self._inner = self._inner, None
         self._client._contexts.discard(self)
-        return None if inner is None else inner.__exit__(exc_type, exc, tb)
+        if inner is None:
+            return None
+        shared, held = inner
+        return shared.call(held.leave, exc_type, exc, tb)
+
+
+class _Held(Generic[T]):
+    """An async context manager entered and exited in one task on the client's loop (as
+    aiohttp's sessions and anyio's cancel scopes need), driven by two blocking calls."""
+
+    def __init__(self, shared: SharedLoop, acm: AbstractAsyncContextManager[T]) -> None:
+        self._shared = shared
+        self._acm = acm
+        self._task: asyncio.Future[bool | None] | None = None
+        self._exit: asyncio.Future[_ExcInfo] | None = None
+
+    async def enter(self) -> T:
+        loop = asyncio.get_running_loop()
+        entered: asyncio.Future[T] = loop.create_future()
+        self._exit = loop.create_future()
+        # Held by the shared loop (whose thread outlives a client lost at exit), so the
+        # task is never garbage while it waits.
+        self._task = self._shared.start(self._hold(entered))
+        try:
+            return await entered
+        except BaseException:
+            self._task.cancel()  # the caller gave up (Ctrl-C) or entering failed
+            raise
+
+    async def _hold(self, entered: asyncio.Future[T]) -> bool | None:
+        try:
+            value = await self._acm.__aenter__()
+        except BaseException as exc:
+            if not entered.done():
+                if isinstance(exc, asyncio.CancelledError):
+                    entered.cancel()
+                else:
+                    entered.set_exception(exc)
+            return None
+        if entered.done():  # the caller stopped waiting: leave at once
+            return await self._acm.__aexit__(None, None, None)
+        entered.set_result(value)
+        assert self._exit is not None
+        return await self._acm.__aexit__(*await self._exit)
+
+    async def leave(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> bool | None:
+        if self._task is None or self._exit is None:
+            return None
+        if not self._exit.done():
+            self._exit.set_result((exc_type, exc, tb))
+        return await self._task
+
+
+_ExcInfo = tuple[type[BaseException] | None, BaseException | None, TracebackType | None]
 
 
 class _ClientView(Client):

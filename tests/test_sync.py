@@ -484,3 +484,173 @@ def test_close_leaves_no_thread_from_file_work(tmp_path: Path) -> None:
         with Client("sk-test-0000", base_url=BASE) as mj:
             assert mj.run(to_data_url, image).startswith("data:image/png;base64,")
         assert set() == set(threading.enumerate()) - before, f"attempt {attempt}"
+
+
+# ---- who drives the loop (quickmj._blocking.SharedLoop) ----
+
+
+def _callback_threads(mj: Client, task_id: str) -> set[str]:
+    """The names of the threads that ran ``wait``'s progress callback."""
+    names: set[str] = set()
+    mj.wait(task_id, on_progress=lambda _: names.add(threading.current_thread().name))
+    return names
+
+
+def test_an_uncontended_call_runs_its_callbacks_on_the_calling_thread(relay: FakeRelay) -> None:
+    """A call that finds the loop free drives it itself: its progress callbacks run on the
+    calling thread (the main thread here, and a worker thread below), not the loop thread."""
+    relay.ticks = 3
+    with make_sync(relay) as mj:
+        assert {threading.current_thread().name} == _callback_threads(mj, "main")
+        worker: list[set[str]] = []
+        thread = threading.Thread(
+            target=lambda: worker.append(_callback_threads(mj, "w")), name="worker"
+        )
+        thread.start()
+        thread.join()
+        assert [{"worker"}] == worker
+
+
+def test_a_thread_running_an_event_loop_hands_its_calls_over(relay: FakeRelay) -> None:
+    """From a thread that runs an event loop (a notebook), the call is handed to the
+    client's loop thread: the callbacks run there, and the notebook's loop is untouched."""
+    relay.ticks = 3
+
+    async def notebook_cell() -> set[str]:
+        with make_sync(relay) as mj:
+            return _callback_threads(mj, "nb")
+
+    assert {"quickmj-loop"} == asyncio.run(notebook_cell())
+
+
+def test_the_main_thread_guards_sigint_only_while_it_drives(relay: FakeRelay) -> None:
+    """While the main thread runs the loop, SIGINT has the facade's handler (Ctrl-C cancels
+    the call instead of interrupting the loop); the default handler is back after."""
+    relay.ticks = 2
+    seen: list[object] = []
+    with make_sync(relay) as mj:
+        mj.wait("g", on_progress=lambda _: seen.append(signal.getsignal(signal.SIGINT)))
+    assert seen and all(h is not signal.default_int_handler for h in seen)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_custom_sigint_handler_is_left_alone(relay: FakeRelay) -> None:
+    """With the application's own SIGINT handler set, the main thread does not drive the
+    loop (that handler could raise inside it): the call goes to the loop thread, and the
+    handler is never replaced."""
+    relay.ticks = 2
+
+    def mine(signum: int, frame: object) -> None:
+        pass
+
+    seen: list[object] = []
+    previous = signal.signal(signal.SIGINT, mine)
+    try:
+        with make_sync(relay) as mj:
+            names = set()
+
+            def callback(_: Task) -> None:
+                names.add(threading.current_thread().name)
+                seen.append(signal.getsignal(signal.SIGINT))
+
+            mj.wait("c", on_progress=callback)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert {"quickmj-loop"} == names
+    assert seen and all(h is mine for h in seen)
+
+
+def test_contending_threads_share_one_driver_at_a_time(relay: FakeRelay) -> None:
+    """Under contention every callback runs on a thread that drives the loop: a calling
+    thread or the loop thread, never two at once; all calls finish and leave nothing
+    tracked by the one poller."""
+    relay.ticks = 3
+    running: list[str] = []
+    overlaps: list[list[str]] = []
+    names: set[str] = set()
+    guard = threading.Lock()
+
+    def callback(_: Task) -> None:
+        me = threading.current_thread().name
+        with guard:
+            names.add(me)
+            running.append(me)
+            if len(running) > 1:
+                overlaps.append(list(running))
+        with guard:
+            running.remove(me)
+
+    with make_sync(relay) as mj:
+        with ThreadPoolExecutor(6, thread_name_prefix="caller") as pool:
+            done = list(pool.map(lambda i: mj.wait(f"c{i}", on_progress=callback).id, range(30)))
+        assert 0 == mj.poller.tracked
+    assert [f"c{i}" for i in range(30)] == done
+    assert [] == overlaps
+    assert names and all(n.startswith(("caller", "quickmj-loop")) for n in names)
+
+
+def test_background_work_runs_between_calls(sync: Client) -> None:
+    """After a call returns, the loop thread takes the loop back: a timer scheduled during
+    the call fires while no call is running."""
+    fired = threading.Event()
+
+    async def schedule() -> None:
+        asyncio.get_running_loop().call_later(0.01, fired.set)
+
+    sync.run(schedule)
+    assert fired.wait(timeout=10)
+
+
+def test_close_from_another_thread_ends_a_driving_call(relay: FakeRelay) -> None:
+    """A call driving the loop on its own thread while another thread closes the client
+    ends with ClientClosedError; close() returns and no thread is left."""
+    relay.ticks = 10_000
+    before = set(threading.enumerate())
+    mj = make_sync(relay)
+    mj.fetch("warm")
+    started = threading.Event()
+    timer = threading.Thread(target=lambda: (started.wait(10), mj.close()))
+    timer.start()
+    try:
+        with pytest.raises(ClientClosedError):
+            mj.wait("forever", on_progress=lambda _: started.set())
+    finally:
+        timer.join()
+    assert mj.is_closed
+    assert set() == set(threading.enumerate()) - before
+
+
+@pytest.mark.skipif(not hasattr(signal, "pthread_kill"), reason="needs pthread_kill")
+def test_ctrl_c_while_another_thread_drives(relay: FakeRelay) -> None:
+    """Ctrl-C on the main thread while its call was handed to another calling thread that
+    drives the loop: KeyboardInterrupt at once, that call cancelled, the driver's own call
+    unaffected."""
+    relay.ticks = 10_000
+    main = threading.main_thread().ident
+    assert main is not None and threading.get_ident() == main
+    with make_sync(relay) as mj:
+        driving = threading.Event()
+        other: list[BaseException] = []
+
+        def drive() -> None:
+            try:
+                mj.wait("theirs", on_progress=lambda _: driving.set(), timeout=30)
+            except BaseException as exc:
+                other.append(exc)
+
+        thread = threading.Thread(target=drive)
+        thread.start()
+        assert driving.wait(10)
+        timer = threading.Timer(0.2, signal.pthread_kill, args=(main, signal.SIGINT))
+        timer.start()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                mj.wait("mine")
+        finally:
+            timer.join()
+        assert thread.is_alive() and not other
+        mj.cancel("theirs")
+        relay.ticks = 1
+        relay.reads.clear()
+        thread.join(10)
+        assert not thread.is_alive()
