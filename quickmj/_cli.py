@@ -228,6 +228,7 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     )
     p = cmd("seed", "print a finished task's seed", "quickmj seed 1730621826053455")
     p.add_argument("id", metavar="ID")
+    cmd("balance", "what the key has left and has used (QuickRouter)", "quickmj balance --json")
     _batch_parser(cmd)
     p = cmd(
         "reconcile",
@@ -282,6 +283,14 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
         help="seconds a job takes from submit to done, a tenth of it waiting (default: the "
         "preset's)",
     )
+    p.add_argument(
+        "--quota",
+        type=_quota_usd,
+        default=None,
+        metavar="USD",
+        help="quickrouter: each key's quota in USD, charged per action at new-api's prices; "
+        "when it is used up every request gets new-api's 401 (default: unlimited)",
+    )
     p = sub.add_parser(
         "completion",
         help="print a shell completion script",
@@ -315,7 +324,20 @@ def _simulator_config(args: argparse.Namespace) -> Any:
     if job is not None:
         overrides["queue_seconds"] = job / 10
         overrides["run_seconds"] = job - job / 10
+    if getattr(args, "quota", None) is not None:
+        overrides["quota_usd"] = args.quota
     return SimulatorConfig.preset(args.preset, **overrides)
+
+
+def _quota_usd(text: str) -> float:
+    """An argparse type for ``simulate --quota``: a finite amount of USD, at least 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an amount of USD: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"not an amount of USD at least 0: {text!r}")
+    return value
 
 
 def _keys_option(p: argparse.ArgumentParser) -> None:
@@ -629,6 +651,19 @@ async def _cmd_seed(mj: Any, args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
+async def _cmd_balance(mj: Any, args: argparse.Namespace, out: _Output) -> int:
+    balance = await mj.balance()
+    if out.as_json:
+        out.json({"balance": balance.as_dict()})
+        return EXIT_OK
+    print(balance, file=out.stream)
+    if balance.expires_at is not None:
+        print(f"  expires: {balance.expires_at.isoformat()}", file=out.stream)
+    if balance.unit == "display":
+        print("  unit: the relay's display unit (it did not say which currency)", file=out.stream)
+    return EXIT_OK
+
+
 _COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Output], Any]] = {
     "imagine": _cmd_imagine,
     "blend": _cmd_blend,
@@ -642,6 +677,7 @@ _COMMANDS: dict[str, Callable[[Any, argparse.Namespace, _Output], Any]] = {
     "fetch": _cmd_fetch,
     "wait": _cmd_wait,
     "seed": _cmd_seed,
+    "balance": _cmd_balance,
 }
 
 

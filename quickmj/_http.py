@@ -150,13 +150,15 @@ class Http:
 
     def at_base(self) -> Http:
         """The same connections, key and lifecycle, with paths under the base URL itself
-        rather than ``/mj`` (new-api's billing routes), the key sent as a Bearer token
-        (its ``TokenAuthReadOnly`` reads only ``Authorization``): still only to the base
-        URL's own origin."""
+        rather than ``/mj`` (new-api's billing routes), still only to the base URL's own
+        origin. An ``mj-api-secret`` key goes as a Bearer token there: new-api's
+        ``TokenAuthReadOnly`` reads only ``Authorization`` (a ``raw`` key stays raw: the
+        self-hosted proxies that want it check it before they answer 404)."""
         view = copy.copy(self)
         view.prefix = ""
         view._root = self.base_url
-        view._auth_scheme = "bearer"
+        if self._auth_scheme == "mj-api-secret":
+            view._auth_scheme = "bearer"
         return view
 
     # ---- lifecycle ----

@@ -7,16 +7,31 @@ controller/misc.go GetStatus), written here by hand.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import json
+import os
+from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 
-from quickmj import AuthenticationError, Balance, MalformedResponseError, UnsupportedByRelayError
+from quickmj import (
+    AsyncClient,
+    AuthenticationError,
+    Balance,
+    MalformedResponseError,
+    UnsupportedByRelayError,
+    ValidationError,
+)
 from quickmj._billing import balance_from_dashboard, balance_from_token_usage
+from quickmj._cli import _parser, _simulator_config, main
 from quickmj._models import SiteStatus
 from quickmj.errors import APIError
-from tests.fakes import Script
+from quickmj.testing import SimulatorConfig
+from quickmj.testing._sim import RunningSimulator, simulate
+from tests.fakes import NO_WAIT, Script
 
 TOKEN = "GET /api/usage/token/"
 SUB = "GET /dashboard/billing/subscription"
@@ -232,3 +247,159 @@ async def test_401_is_authentication_error_with_its_reason() -> None:
         with pytest.raises(AuthenticationError) as info:
             await mj.balance()
     assert info.value.reason == "disabled" and isinstance(Balance, type)
+
+
+# ---- the simulator (quickrouter: new-api's routes and charges) ----
+
+
+@contextlib.asynccontextmanager
+async def sim_client(**config: Any) -> AsyncIterator[tuple[RunningSimulator, AsyncClient]]:
+    now = [0.0]  # a still clock: jobs do not move unless a test advances it
+    async with (
+        simulate(clock=lambda: now[0], **config) as relay,
+        AsyncClient(
+            relay.api_key, base_url=relay.base_url, dialect=relay.dialect, retry=NO_WAIT
+        ) as mj,
+    ):
+        yield relay, mj
+
+
+async def get(url: str, headers: dict[str, str] | None = None) -> tuple[int, Any, str]:
+    async with (
+        aiohttp.ClientSession() as s,
+        s.get(url, headers=headers, allow_redirects=False) as r,
+    ):
+        return r.status, await r.read(), r.headers.get("Location", "")
+
+
+async def test_sim_routes_have_new_apis_shapes() -> None:
+    async with sim_client(quota_usd=2, model_prices={"mj_imagine": 0.05}) as (relay, mj):
+        await mj.imagine("a red fox")
+        auth = {"Authorization": f"Bearer {relay.api_key}"}
+        base = relay.base_url
+        status, body, _ = await get(base + "/api/usage/token/", auth)
+        assert 200 == status
+        assert body == (
+            b'{"code":true,"data":{"expires_at":0,"model_limits":{},"model_limits_enabled":false,'
+            b'"name":"quickmj-sim","object":"token_usage","total_available":975000,'
+            b'"total_granted":1000000,"total_used":25000,"unlimited_quota":false},'
+            b'"message":"ok"}'
+        )
+        for prefix in ("", "/v1"):
+            status, body, _ = await get(f"{base}{prefix}/dashboard/billing/subscription", auth)
+            assert body == (
+                b'{"object":"billing_subscription","has_payment_method":true,"soft_limit_usd":2,'
+                b'"hard_limit_usd":2,"system_hard_limit_usd":2,"access_until":0}'
+            )
+            status, body, _ = await get(f"{base}{prefix}/dashboard/billing/usage", auth)
+            assert body == b'{"object":"list","total_usage":5}'  # 0.05 USD in cents
+        status, body, _ = await get(base + "/v1/credits", auth)
+        assert json.loads(body)["data"]["total_usage"] == 1.95
+        status, body, _ = await get(base + "/api/status")
+        assert json.loads(body)["data"]["quota_per_unit"] == 500000
+        # gin's trailing-slash redirect, and TokenAuthReadOnly's own 401 shape
+        assert (301, "/api/usage/token/") == (await get(base + "/api/usage/token", auth))[::2]
+        status, body, _ = await get(base + "/api/usage/token/")
+        assert (401, {"success": False, "message": "未提供令牌"}) == (status, json.loads(body))
+        status, body, _ = await get(base + "/api/usage/token/", {"Authorization": "Bearer no"})
+        assert (401, "无效的令牌") == (status, json.loads(body)["message"])
+
+
+async def test_sim_charges_each_action_its_price() -> None:
+    prices = {"mj_imagine": 0.04, "mj_shorten": 0.01, "mj_blend": 0.5}
+    async with sim_client(quota_usd=1, model_prices=prices) as (_, mj):
+        before = await mj.balance()
+        await mj.imagine("a red fox")
+        await mj.shorten("a very long prompt about a red fox")
+        after = await mj.balance()
+    assert (before.used, before.remaining, before.units_per_usd) == (0, 500_000, 500_000)
+    assert after.used == (0.04 + 0.01) * 500_000 and after.used_usd == pytest.approx(0.05)
+    assert after.remaining == 500_000 - after.used and after.granted == 500_000
+
+
+async def test_sim_key_running_out_mid_batch_is_exhausted_on_submit() -> None:
+    # 0.25 USD at 0.10 a grid: new-api lets the third submit take the key below zero
+    # (it charges after the upstream accepted), then refuses everything with 401.
+    async with sim_client(quota_usd=0.25) as (relay, mj):
+        jobs = [await mj.imagine(f"fox {i}") for i in range(3)]
+        with pytest.raises(AuthenticationError) as info:
+            await mj.imagine("fox 3")
+        assert info.value.reason == "exhausted" and info.value.status == 401
+        assert "sk-***" in str(info.value) and relay.api_key not in str(info.value)
+        with pytest.raises(AuthenticationError):
+            await mj.fetch(jobs[0].id)  # every route: TokenAuth
+        left = await mj.balance()  # TokenAuthReadOnly lets the exhausted key read it
+        assert relay.simulator.counters["POST /submit/imagine"] == 4
+        assert len(relay.simulator.submissions) == 3
+    assert left.remaining == -25_000 and left.used == 150_000 and not left.unlimited
+    assert left.remaining_usd == pytest.approx(-0.05)
+
+
+async def test_sim_account_quota_refuses_then_refunds_a_failed_job() -> None:
+    # The account (new-api's user quota) pays 0.15 USD: one grid; the second is refused
+    # with code 4 before anything is created. A failed job is refunded to the account
+    # when the relay sees it fail, not to the key (new-api's UpdateMidjourneyTaskBulk).
+    async with sim_client(account_quota_usd=0.15) as (relay, mj):
+        job = await mj.imagine("a failword fox")
+        with pytest.raises(ValidationError, match="quota_not_enough"):
+            await mj.imagine("another fox")
+        relay.simulator.advance(5)  # the job fails
+        await mj.imagine("a third fox")  # refunded: the account pays again
+        spent = await mj.balance()
+    assert spent.unlimited and spent.used == 100_000 and spent.remaining is None
+    assert job.id in relay.simulator.tasks
+
+
+async def test_sim_inpaint_and_custom_zoom_are_free_until_the_modal() -> None:
+    from quickmj.testing._sim._ledger import Ledger, model_of
+
+    ledger = Ledger(SimulatorConfig(quota_usd=1))
+    assert (model_of("SWAP_FACE"), model_of("CUSTOM_ZOOM")) == ("swap_face", "mj_custom_zoom")
+    assert ledger.price("CUSTOM_ZOOM") == 0 and ledger.price("MODAL") == 50_000
+    assert ledger.price("UPSCALE") == 25_000 and ledger.price("VIDEO") == 400_000
+
+
+@pytest.mark.parametrize("dialect", ["midjourney-proxy", "trueai"])
+async def test_sim_self_hosted_servers_have_no_billing_routes(dialect: str) -> None:
+    async with simulate(dialect=dialect) as relay:
+        for path in ("/api/usage/token/", "/dashboard/billing/subscription"):
+            status, _, _ = await get(relay.base_url + path, relay.headers)
+            assert status == 404, path
+        async with AsyncClient(relay.api_key, base_url=relay.base_url, dialect="auto",
+                               auth_scheme=relay.auth_scheme, retry=NO_WAIT) as mj:  # fmt: skip
+            with pytest.raises(UnsupportedByRelayError, match="reports no balance"):
+                await mj.balance()
+
+
+# ---- quickmj balance ----
+
+
+def test_cli_balance_json_against_the_simulator(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [k for k in os.environ if k.startswith("QUICKMJ_")]:
+        monkeypatch.delenv(name)
+    assert 0 == main(["balance", "--simulate", "--json"])
+    shown = json.loads(capsys.readouterr().out)["balance"]
+    assert shown["unlimited"] and shown["unit"] == "quota" and shown["used"] == 0
+    assert shown["source"] == "/api/usage/token/" and shown["expires_at"] is None
+    assert 0 == main(["balance", "--simulate"])
+    assert "unlimited, 0 quota used ($0.0000)" in capsys.readouterr().out
+
+
+def test_cli_balance_on_a_relay_without_billing_exits_1(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in [k for k in os.environ if k.startswith("QUICKMJ_")]:
+        monkeypatch.delenv(name)
+    assert 1 == main(["balance", "--simulate", "--dialect", "trueai", "--json"])
+    error = json.loads(capsys.readouterr().err.strip().splitlines()[-1])["error"]
+    assert error["type"] == "UnsupportedByRelayError" and "no billing" in error["message"]
+
+
+def test_cli_simulate_quota_option() -> None:
+    args = _parser().parse_args(["simulate", "--quota", "2.5"])
+    assert _simulator_config(args).quota_usd == 2.5
+    assert _simulator_config(_parser().parse_args(["simulate"])).quota_usd is None
+    with pytest.raises(SystemExit):
+        _parser().parse_args(["simulate", "--quota", "-1"])

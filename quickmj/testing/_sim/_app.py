@@ -101,6 +101,7 @@ class Simulator:
             else:
                 self._exact[(route.method, route.path)] = route
         self._prefixes = sorted(self.dialect.prefixes, key=len, reverse=True)
+        self._root = {(r.method, r.path): r for r in self.dialect.root_routes()}
         self.app: web.Application = self._build_app()
 
     def __repr__(self) -> str:
@@ -327,7 +328,7 @@ class Simulator:
         if prefix is None:
             prefix = self.dialect.extra_prefix(path)
         if prefix is None:
-            return None, "", None, {}, False
+            return self._root.get((method, path)), "", None, {}, False
         rest = path[len(prefix) :]
         route = self._exact.get((method, rest))
         if route is not None:

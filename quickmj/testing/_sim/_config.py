@@ -8,7 +8,14 @@ from typing import Any
 
 import attrs
 
-__all__ = ("DIALECTS", "PRESETS", "ROUTE_GROUPS", "FaultConfig", "SimulatorConfig")
+__all__ = (
+    "DIALECTS",
+    "NEW_API_MJ_PRICES",
+    "PRESETS",
+    "ROUTE_GROUPS",
+    "FaultConfig",
+    "SimulatorConfig",
+)
 
 DIALECTS: tuple[str, ...] = ("quickrouter", "midjourney-proxy", "trueai")
 """The server families the simulator imitates (``SimulatorConfig.dialect``)."""
@@ -30,6 +37,46 @@ def _non_negative(_: Any, attribute: attrs.Attribute[float], value: float) -> No
 def _optional_positive(_: Any, attribute: attrs.Attribute[int | None], value: int | None) -> None:
     if value is not None and value < 1:
         raise ValueError(f"{attribute.name} must be at least 1 (or None), got {value!r}")
+
+
+def _optional_money(_: Any, attribute: attrs.Attribute[float | None], value: float | None) -> None:
+    if value is not None and not value >= 0:
+        raise ValueError(f"{attribute.name} must be at least 0 USD (or None), got {value!r}")
+
+
+#: new-api's suggested fixed prices per call, USD (docs/channel/other_setting.md; mj_video
+#: and mj_edits as its default ratio table has them). mj_inpaint and mj_custom_zoom cost 0:
+#: the mj_modal that follows them pays.
+NEW_API_MJ_PRICES: Mapping[str, float] = types.MappingProxyType(
+    {
+        "mj_imagine": 0.1,
+        "mj_variation": 0.1,
+        "mj_reroll": 0.1,
+        "mj_blend": 0.1,
+        "mj_modal": 0.1,
+        "mj_zoom": 0.1,
+        "mj_shorten": 0.1,
+        "mj_high_variation": 0.1,
+        "mj_low_variation": 0.1,
+        "mj_pan": 0.1,
+        "mj_edits": 0.1,
+        "mj_inpaint": 0.0,
+        "mj_custom_zoom": 0.0,
+        "mj_describe": 0.05,
+        "mj_upscale": 0.05,
+        "mj_upload": 0.05,
+        "swap_face": 0.05,
+        "mj_video": 0.8,
+    }
+)
+
+
+def _prices(value: Mapping[str, float] | None) -> Mapping[str, float]:
+    # Given prices replace the defaults model by model; read-only like the quota table.
+    table = {**NEW_API_MJ_PRICES, **(value or {})}
+    if any(not (isinstance(v, (int, float)) and v >= 0) for v in table.values()):
+        raise ValueError("model_prices must be USD amounts of at least 0")
+    return types.MappingProxyType({k: float(v) for k, v in table.items()})
 
 
 def _to_routes(value: Iterable[str] | None) -> frozenset[str] | None:
@@ -175,6 +222,25 @@ class SimulatorConfig:
     """Keys whose quota is used up: quickrouter 401 ``该令牌额度已用尽 TokenStatusExhausted[sk-…]``
     on every route (new-api ``model/token.go``); trueai refuses their submits with
     ``总绘图次数已达上限``; midjourney-proxy 401."""
+    quota_usd: float | None = attrs.field(default=None, validator=_optional_money)
+    """quickrouter: each key's own quota (new-api's token ``remain_quota``) in USD; None: an
+    unlimited token. Every accepted submit is charged its model's price (``model_prices``)
+    after the upstream accepted it, so the last one may take the key below zero; from then
+    on every route answers 401 ``该令牌额度已用尽`` (``/api/usage/token/`` still answers)."""
+    account_quota_usd: float | None = attrs.field(default=None, validator=_optional_money)
+    """quickrouter: each key's account (new-api's user quota) in USD; None: unlimited. A
+    submit the account cannot pay is refused with code 4 ``quota_not_enough``. Failed jobs
+    are refunded here (not to the key), when the relay's refresh sees the failure."""
+    model_prices: Mapping[str, float] = attrs.field(factory=dict, converter=_prices)
+    """quickrouter: USD per call by model (``mj_imagine``, ``mj_upscale``, ...); the models
+    given replace new-api's suggested defaults (``NEW_API_MJ_PRICES``)."""
+    quota_per_unit: float = attrs.field(default=500_000.0)
+    """quickrouter: new-api's ``QuotaPerUnit``, quota units per USD (``/api/status``)."""
+    quota_display_type: str = "USD"
+    """quickrouter: the site's display unit (``USD``, ``CNY`` or ``TOKENS``): what the
+    OpenAI-compatible ``/dashboard/billing/*`` routes and ``/v1/credits`` report in."""
+    usd_exchange_rate: float = attrs.field(default=7.3)
+    """quickrouter: yuan per USD, for ``quota_display_type="CNY"``."""
     admin_keys: tuple[str, ...] | None = attrs.field(default=(), converter=_optional_keys)
     """trueai: keys allowed to cancel tasks (``POST /task/{id}/cancel``). As on a real
     server (``TaskController.cs``), only admins may: by default no key is one, and others
@@ -272,6 +338,10 @@ class SimulatorConfig:
             raise ValueError("midjourney-proxy has no per-key quotas")
         if any(v < 0 for v in self.quotas.values()):
             raise ValueError("quotas must not be negative")
+        if not self.quota_per_unit > 0 or not self.usd_exchange_rate > 0:
+            raise ValueError("quota_per_unit and usd_exchange_rate must be positive")
+        if self.quota_display_type not in ("USD", "CNY", "TOKENS"):
+            raise ValueError("quota_display_type must be USD, CNY or TOKENS")
         if self.link_lifetime is not None and not self.link_lifetime > 0:
             raise ValueError("link_lifetime must be positive seconds (or None)")
         if self.server_address is not None and not self.server_address.startswith(

@@ -52,6 +52,7 @@ def _config_dict(config: SimulatorConfig) -> dict[str, Any]:
     faults["routes"] = sorted(faults["routes"]) if faults["routes"] is not None else None
     data["faults"] = faults
     data["quotas"] = dict(config.quotas)
+    data["model_prices"] = dict(config.model_prices)
     return data
 
 

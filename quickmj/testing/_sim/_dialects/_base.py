@@ -280,6 +280,10 @@ class Dialect:
         """Every route the server serves (relative to ``prefixes``)."""
         raise NotImplementedError
 
+    def root_routes(self) -> list[Route]:
+        """Routes outside ``prefixes``, by their full path (new-api's billing routes)."""
+        return []
+
     def authenticate(self, request: web.Request) -> tuple[str | None, Reply | None]:
         """The account key the request carries, or the server's refusal."""
         raise NotImplementedError

@@ -27,7 +27,9 @@ Deviations, on purpose:
   ``max_queue``); behind a real relay all users share the upstream's accounts.
 - Keys may contain dashes: the whole configured key is tried before new-api's
   ``<key>-<channel>`` split (real keys have no dashes).
-- ``quotas`` count jobs created; new-api charges per model price and refunds failures.
+- ``quotas`` count jobs created; new-api charges per model price and refunds failures,
+  which ``quota_usd``, ``account_quota_usd`` and ``model_prices`` imitate (``_ledger``,
+  and the billing routes outside ``/mj``: ``_newapi_billing``).
 - ``saturate_429`` turns a full queue into new-api's code 30; in new-api that code comes
   from its channel rate limiter.
 - ``/mj/image/{id}`` proxies the simulated CDN on 127.0.0.1, which new-api's SSRF
@@ -48,9 +50,11 @@ from aiohttp import web
 from .._catalogue import RelayPanic, relay_action
 from .._engine import words_in
 from .._faults import Fault
-from .._state import SUCCESS, SimTask
+from .._ledger import Ledger, TokenLedger
+from .._state import FAILURE, SUCCESS, SimTask
 from .._wire import go_json, go_unmarshal, jackson_json, sorted_keys
 from ._base import MODE_PREFIXES, Call, Dialect, Reply, Route
+from ._newapi_billing import NewApiBilling
 from ._proxy import PLUS, Answer, BodyError, ProxyCore
 from ._relaydb import RelayDB, RelayRow
 from ._relayview import RelayView
@@ -143,7 +147,7 @@ class _Refused(Exception):
         self.reply = reply
 
 
-class QuickRouterDialect(Dialect):
+class QuickRouterDialect(NewApiBilling, Dialect):
     name = "quickrouter"
     auth_scheme = "bearer"
     prefixes = MODE_PREFIXES
@@ -157,6 +161,8 @@ class QuickRouterDialect(Dialect):
         self._tokens = {k.removeprefix("sk-"): k for k in known}
         #: new-api disabled its MJ channel after an upstream code 3 (``channel_auto_ban``).
         self.channel_disabled = False
+        #: Token and account quota per key, prices, charges and refunds (``_ledger``).
+        self.ledger = Ledger(self.config)
 
     # ---- request ids and error shapes ----
 
@@ -222,6 +228,10 @@ class QuickRouterDialect(Dialect):
         if reason is not None:
             self.engine.record(f"{request.method} {request.path}", Fault.TOKEN_REFUSED)
             return None, self.openai_error(request, 401, _token_refusal(reason, token))
+        money = self.ledger.of(self._tokens[token])
+        if money.exhausted:  # charged below zero by its last submit (quota_usd)
+            self.engine.record(f"{request.method} {request.path}", Fault.TOKEN_REFUSED)
+            return None, self.openai_error(request, 401, _exhausted_words(money, token))
         if pinned:
             return None, self.openai_error(request, 403, "普通用户不支持指定渠道")
         return self._tokens[token], None
@@ -404,7 +414,19 @@ class QuickRouterDialect(Dialect):
         if charged and account.quota is not None and account.quota_left() == 0:
             account.rejected += 1
             return self.relay_error(request, 4, "quota_not_enough")
+        if charged and not self.ledger.can_pay(call.key, action, self._failed(call.key)):
+            account.rejected += 1  # the account (user quota) cannot pay: account_quota_usd
+            return self.relay_error(request, 4, "quota_not_enough")
         return self._forward(call, path, body, action, prompt)
+
+    def _failed(self, key: str) -> Callable[[str], bool]:
+        """Whether the relay's copy of a job now shows FAILURE (what its refund waits for)."""
+
+        def failed(task_id: str) -> bool:
+            row = self.db.first(task_id, key)
+            return row is not None and self.view.status(row) == FAILURE
+
+        return failed
 
     def _upstream(self, call: Call, path: str, body: dict[str, Any]) -> Answer | None:
         """The upstream's answer, or None when it has no such route (an empty 404)."""
@@ -484,6 +506,10 @@ class QuickRouterDialect(Dialect):
                     "result": task_id,
                 }
             ).decode()
+        accepted = code == 1 if path == "/insight-face/swap" else code in (1, 21, 22)
+        # PostConsumeQuota after an accepted answer; INPAINT and CUSTOM_ZOOM: mj_modal pays.
+        if answer.status == 200 and accepted and action not in ("INPAINT", "CUSTOM_ZOOM"):
+            self.ledger.charge(call.key or "", action, task_id)
         if code == 3 and self.config.channel_auto_ban and not self.channel_disabled:
             # "无实例账号自动禁用渠道": any code 3 bans the channel (auto-ban on).
             self.channel_disabled = True
@@ -557,6 +583,9 @@ class QuickRouterDialect(Dialect):
             return self.relay_error(call.request, 4, "sour_base64_and_target_base64_is_required")
         account = self.engine.accounts[call.key or ""]
         if account.quota is not None and account.quota_left() == 0:
+            account.rejected += 1
+            return self.relay_error(call.request, 4, "quota_not_enough")
+        if not self.ledger.can_pay(call.key or "", "SWAP_FACE", self._failed(call.key or "")):
             account.rejected += 1
             return self.relay_error(call.request, 4, "quota_not_enough")
         return self._forward(call, "/insight-face/swap", body, "SWAP_FACE", "InsightFace")
@@ -650,3 +679,14 @@ def _token_refusal(reason: str, token: str) -> str:
     if reason == "exhausted":
         return f"该令牌额度已用尽 TokenStatusExhausted[sk-{token[:3]}***{token[-3:]}]"
     return "该令牌状态不可用"
+
+
+def _exhausted_words(money: TokenLedger, token: str) -> str:
+    """``ValidateUserToken`` for a token charged down to zero or below: the first refusal
+    names the remainder and marks the token exhausted; later ones say so (new-api before
+    its i18n rewrite, without Redis; later versions answer ``无效的令牌``)."""
+    hint = f"sk-{token[:3]}***{token[-3:]}"
+    if money.marked_exhausted:
+        return f"该令牌额度已用尽 TokenStatusExhausted[{hint}]"
+    money.marked_exhausted = True
+    return f"[{hint}] 该令牌额度已用尽 !token.UnlimitedQuota && token.RemainQuota = {money.remain}"
