@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import weakref
 from typing import Any, Final
 
 import attrs
@@ -120,10 +121,10 @@ class Balance:
         else:
             left = f"{_amount(self.remaining)} {self.unit} left"
             if self.remaining_usd is not None and self.unit != "USD":
-                left += f" (${self.remaining_usd:,.4f})"
+                left += f" ({_dollars(self.remaining_usd)})"
         used = f"{_amount(self.used)} {self.unit} used"
         if self.used_usd is not None and self.unit != "USD":
-            used += f" (${self.used_usd:,.4f})"
+            used += f" ({_dollars(self.used_usd)})"
         return f"{left}, {used}"
 
 
@@ -131,6 +132,10 @@ def _amount(value: float | None) -> str:
     if value is None:
         return "?"
     return f"{value:,.0f}" if value.is_integer() else f"{value:,.4f}"
+
+
+def _dollars(value: float) -> str:
+    return f"-${-value:,.4f}" if value < 0 else f"${value:,.4f}"
 
 
 # ---- reading ----
@@ -178,7 +183,15 @@ async def _from_dashboard(relay: Relay, first: UnsupportedByRelayError) -> Balan
 
 
 async def _site_status(relay: Relay) -> SiteStatus | None:
-    """new-api's public ``/api/status`` settings, or None when it does not say."""
+    """new-api's public ``/api/status`` settings, or None when it does not say.
+
+    Read once per client (an operator changes its units about never, and a budget that
+    reads the balance often should not pay a second request each time); a failed read is
+    tried again next time.
+    """
+    known = _STATUS_SEEN.get(relay)
+    if known is not None:
+        return known
     try:
         data = await relay.read_base(STATUS)
     except QuickMJError as exc:
@@ -188,10 +201,16 @@ async def _site_status(relay: Relay) -> SiteStatus | None:
     if not isinstance(inner, dict):
         return None
     try:
-        return structure(inner, SiteStatus, what="status")
+        status = structure(inner, SiteStatus, what="status")
     except MalformedResponseError as exc:
         logger.debug("GET %s: %s (assuming new-api's default units)", STATUS, exc)
         return None
+    _STATUS_SEEN[relay] = status
+    return status
+
+
+#: Each client's (Relay's) ``/api/status`` answer, for as long as the client lives.
+_STATUS_SEEN: weakref.WeakKeyDictionary[Relay, SiteStatus] = weakref.WeakKeyDictionary()
 
 
 # ---- parsing (no I/O: the tests feed these the relay's shapes) ----

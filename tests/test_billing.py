@@ -21,6 +21,7 @@ from quickmj import (
     AsyncClient,
     AuthenticationError,
     Balance,
+    Client,
     MalformedResponseError,
     UnsupportedByRelayError,
     ValidationError,
@@ -31,7 +32,7 @@ from quickmj._models import SiteStatus
 from quickmj.errors import APIError
 from quickmj.testing import SimulatorConfig
 from quickmj.testing._sim import RunningSimulator, simulate
-from tests.fakes import NO_WAIT, Script
+from tests.fakes import BASE, KEY, NO_WAIT, Script
 
 TOKEN = "GET /api/usage/token/"
 SUB = "GET /dashboard/billing/subscription"
@@ -193,6 +194,23 @@ async def test_balance_reads_token_usage_and_status_with_bearer_at_the_root() ->
     assert b.units_per_usd == 1e6 and b.used_usd == pytest.approx(1.25)
     assert script.calls == [TOKEN, STATUS]  # at the base URL's root: no /mj, no mode prefix
     assert script.requests[0].headers["Authorization"] == "Bearer test-key"
+
+
+async def test_site_status_is_read_once_per_client() -> None:
+    script = Script({TOKEN: {"json": token_usage()}, STATUS: {"json": status()}})
+    async with script.client() as mj:
+        await mj.balance()
+        await mj.balance()
+    assert script.calls == [TOKEN, STATUS, TOKEN]
+
+
+def test_blocking_client_balance() -> None:
+    script = Script(
+        {TOKEN: {"json": token_usage(total_available=-25_000)}, STATUS: {"json": status()}}
+    )
+    with Client(KEY, base_url=BASE, transport=script.transport(), retry=NO_WAIT) as mj:
+        b = mj.balance()
+    assert b.remaining == -25_000 and str(b).startswith("-25,000 quota left (-$0.0500)")
 
 
 async def test_balance_falls_back_to_the_dashboard_routes() -> None:
