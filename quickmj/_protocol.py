@@ -196,6 +196,9 @@ def rejection(
             "; nothing was created: AsyncClient(admission='adaptive') or an AccountPool "
             "queues submits until the account has room"
         )
+    elif "quota_not_enough" in text:
+        # new-api's RelayMidjourneySubmit: the account cannot pay this action's price.
+        detail += "; nothing was created: the account's quota cannot pay for it (top it up)"
     return cls(
         f"{path}: {what} (code {code}){detail}",
         code=code,

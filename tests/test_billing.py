@@ -359,7 +359,7 @@ async def test_sim_account_quota_refuses_then_refunds_a_failed_job() -> None:
     # when the relay sees it fail, not to the key (new-api's UpdateMidjourneyTaskBulk).
     async with sim_client(account_quota_usd=0.15) as (relay, mj):
         job = await mj.imagine("a failword fox")
-        with pytest.raises(ValidationError, match="quota_not_enough"):
+        with pytest.raises(ValidationError, match="quota_not_enough; nothing was created"):
             await mj.imagine("another fox")
         relay.simulator.advance(5)  # the job fails
         await mj.imagine("a third fox")  # refunded: the account pays again
