@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     from ._budget_redis import RedisBudgets
     from ._client import AsyncClient, ProgressCallback, TaskRef
     from ._config import DEFAULT_BASE_URL, AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
+    from ._gallery import write_gallery
     from ._jobs import AsyncJob, Submission
     from ._models import (
         BlendDimensions,
@@ -112,6 +113,7 @@ _SOURCES: dict[str, str] = {
         ("DEFAULT_BASE_URL", "AuthScheme", "Dialect", "Mode", "RetryPolicy", "Timeouts"),
         "_config",
     ),
+    "write_gallery": "_gallery",
     **dict.fromkeys(("AsyncJob", "Submission"), "_jobs"),
     **dict.fromkeys(
         (
@@ -257,6 +259,7 @@ __all__ = (
     "read_prompts",
     "reconcile",
     "run_batch",
+    "write_gallery",
 )
 
 

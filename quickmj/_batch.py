@@ -313,6 +313,7 @@ class _Settings:
     timeout: float
     name: str
     resubmit_unknown: bool
+    gallery: bool = False  # write OUT/index.html at the end (and when stopped)
 
 
 class _Stop(Exception):
@@ -1113,6 +1114,7 @@ async def run_batch(
     resubmit_unknown: bool = False,
     reconcile: bool = False,
     on_progress: Callable[[BatchProgress], Any] | None = None,
+    gallery: bool = False,
 ) -> BatchSummary:
     """Run (or resume) a batch into directory ``out`` (the guide: "Batch jobs").
 
@@ -1135,6 +1137,8 @@ async def run_batch(
         resubmit_unknown: with ``resume``, send ``unknown`` prompts again (may pay twice).
         reconcile: with ``resume``, first settle ``unknown`` rows by their state tag.
         on_progress: called with a BatchProgress after each change.
+        gallery: also write ``out/index.html`` (see :func:`write_gallery`) when the run
+            ends, and when it is stopped or interrupted (a failure to write it is logged).
 
     Returns:
         The summary: outcomes, the manifest's path, per-account figures, unsettled rows.
@@ -1148,6 +1152,7 @@ async def run_batch(
         ClientClosedError: the client was closed during the run.
     """
     settings = _settings(concurrency, upscale, seed, download, timeout, name, resubmit_unknown)
+    settings = attrs.evolve(settings, gallery=gallery)
     pairs = [(i.prompt, dict(i.options)) for i in items]
     async with _accounts(client) as pool:
         with BatchDir(out) as bdir:
@@ -1216,9 +1221,11 @@ async def _drive(
         # every prompt stands (plain blocking calls: a cancellation cannot cut them);
         # neither hides the run's own error (a full disk may refuse them too).
         _wind_down(bdir, journal)
+        _run_gallery(bdir, journal, settings)
         raise
     journal.end_run()
     manifest = bdir.write_manifest(journal)
+    _run_gallery(bdir, journal, settings)
     summary = _summary(journal, manifest, time.monotonic() - run.started)
     return attrs.evolve(
         summary,
@@ -1246,6 +1253,19 @@ def _wind_down(bdir: BatchDir, journal: Journal) -> None:
         bdir.write_manifest(journal)
     except StorageError as exc:
         logger.warning("%s: manifest.jsonl is not up to date (--resume rewrites it)", exc)
+
+
+def _run_gallery(bdir: BatchDir, journal: Journal, settings: _Settings) -> None:
+    """``gallery=True``: the run writes ``index.html`` itself, as the directory's one
+    writer. Never the run's outcome: a failure is logged (``quickmj gallery OUT`` later)."""
+    if not settings.gallery:
+        return
+    from ._gallery import GALLERY_NAME, save_gallery
+
+    try:
+        save_gallery(journal.rows(), bdir.path, bdir.path / GALLERY_NAME)
+    except QuickMJError as exc:
+        logger.error("the gallery was not written (%s): write it with 'quickmj gallery OUT'", exc)
 
 
 async def _preflight(pool: AccountPool, journal: Journal) -> None:

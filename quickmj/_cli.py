@@ -239,6 +239,7 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     p.add_argument("--no-download", action="store_true", help="do not download images")
     p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
     _keys_option(p)
+    _gallery_parser(sub)
     p = sub.add_parser(
         "simulate",
         help="serve the relay simulator for your own tests",
@@ -299,6 +300,43 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument("shell", choices=["bash", "zsh", "fish"])
     return parser
+
+
+def _gallery_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "gallery",
+        help="write OUT/index.html: every prompt of a batch with its images (offline)",
+        description="Write OUT/index.html: a static contact sheet of a batch (thumbnails,\n"
+        "prompts, task ids, seeds, state tags, statuses, failure reasons), failed and\n"
+        "unknown prompts first, filterable by status. No network, no script: open it\n"
+        "from disk (or copy the directory).",
+        formatter_class=_Help,
+        epilog="examples:\n  quickmj gallery out/\n"
+        "  quickmj gallery out/ --output snapshot.html   # a batch that is still running",
+    )
+    p.add_argument("out", metavar="OUT", help="a batch's output directory (batch --out)")
+    p.add_argument(
+        "--output",
+        default=None,
+        metavar="FILE",
+        help="write the page here instead (a running batch's directory belongs to the run)",
+    )
+    o = p.add_argument_group("output")
+    o.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help="JSON output")
+    o.add_argument(
+        "--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks"
+    )
+
+
+def _gallery(args: argparse.Namespace, out: _Output) -> int:
+    from ._gallery import write_gallery
+
+    page = write_gallery(args.out, output=args.output)
+    if out.as_json:
+        out.json({"gallery": str(page)})
+    else:
+        print(f"gallery: {page}", file=out.stream)
+    return EXIT_OK
 
 
 def _seconds(text: str) -> float:
@@ -402,6 +440,11 @@ def _batch_parser(cmd: Callable[[str, str, str], argparse.ArgumentParser]) -> No
         "(queue full, 429) before the rest is left pending (default: 3600)",
     )
     p.add_argument("--plain", action="store_true", help="plain progress lines, no bar")
+    p.add_argument(
+        "--gallery",
+        action="store_true",
+        help="also write OUT/index.html (every prompt with its images) at the end or on Ctrl-C",
+    )
 
 
 # ---- output ----
@@ -548,6 +591,8 @@ async def _run(args: argparse.Namespace, out: _Output) -> int:
         return await _batch(args, out)
     if args.command == "reconcile":
         return await _reconcile(args, out)
+    if args.command == "gallery":
+        return _gallery(args, out)
     async with _client(args) as mj:
         code: int = await _COMMANDS[args.command](mj, args, out)
         return code
@@ -695,6 +740,10 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
     if not args.resume:
         done = _finished_before(args.out, items)
         if done is not None:
+            if args.gallery:
+                from ._gallery import write_gallery
+
+                write_gallery(args.out)
             return _print_finished(args.out, done, out)
     reporter = make_reporter(sys.stderr, plain=args.plain, as_json=args.json)
     async with _accounts(args) as mj:
@@ -713,10 +762,13 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
                 resubmit_unknown=args.resubmit_unknown,
                 reconcile=args.reconcile,
                 on_progress=reporter,
+                gallery=args.gallery,
             )
         finally:
             reporter.close()
     _print_summary(summary, out, reporter)
+    if args.gallery and not out.as_json and (Path(args.out) / "index.html").is_file():
+        print(f"gallery: {Path(args.out) / 'index.html'}", file=out.stream)
     return EXIT_OK if summary.ok else EXIT_FAILED
 
 

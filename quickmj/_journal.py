@@ -34,7 +34,7 @@ import attrs
 from ._converter import repair_text
 from .errors import JournalError, StorageError
 
-__all__ = ("RESERVE_SUFFIX", "Journal", "JournalRow", "Phase")
+__all__ = ("RESERVE_SUFFIX", "Journal", "JournalRow", "Phase", "Snapshot", "read_snapshot")
 
 logger = logging.getLogger("quickmj")
 
@@ -528,3 +528,63 @@ def manifest_lines(rows: Iterable[JournalRow]) -> Iterator[str]:
             },
             ensure_ascii=False,
         )
+
+
+@attrs.frozen
+class Snapshot:
+    """A journal as it stood when read, without writing anything (see :func:`read_snapshot`)."""
+
+    rows: list[JournalRow]
+    #: The last run recorded in it had not ended: it is running, or it was stopped
+    #: without closing (killed); the rows are where every prompt stood then.
+    run_open: bool
+
+
+def read_snapshot(path: str | Path) -> Snapshot:
+    """Read a journal without writing to it or to its directory: no lock, no schema
+    change, no checkpoint. For readers (the gallery) beside a run that may be writing.
+
+    A journal with a ``-wal`` file (a run is open, or was killed) is read through SQLite
+    read-only, which shares the writer's ``-shm`` index. A closed one (no ``-wal``) is read
+    as immutable, so SQLite creates no ``-wal``/``-shm`` files next to it; if a run opened
+    it meanwhile (the ``-wal`` file appeared, or the file changed), it is read again the
+    first way.
+
+    Raises:
+        JournalError: no journal at ``path``, or a damaged one.
+    """
+    path = Path(path)
+    wal = Path(f"{path}-wal")
+    before = _identity(path)
+    if not wal.exists():
+        snap = _read_snapshot(path, immutable=True)
+        if not wal.exists() and _identity(path) == before:
+            return snap
+    return _read_snapshot(path, immutable=False)
+
+
+def _read_snapshot(path: Path, *, immutable: bool) -> Snapshot:
+    uri = f"{path.resolve().as_uri()}?mode=ro{'&immutable=1' if immutable else ''}"
+    with _guard("read", path):
+        db = sqlite3.connect(uri, uri=True)
+        try:
+            rows = [_row(r, path) for r in db.execute(_snapshot_query(db))]
+            state = db.execute("SELECT value FROM meta WHERE key = 'run_state'").fetchone()
+        finally:
+            db.close()
+    return Snapshot(rows=rows, run_open=state is not None and state[0] == "open")
+
+
+def _identity(path: Path) -> tuple[int, int, int]:
+    try:
+        st = path.stat()
+    except OSError as exc:
+        raise JournalError(f"no batch journal at {str(path)!r} ({exc.strerror})") from None
+    return (st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def _snapshot_query(db: sqlite3.Connection) -> str:
+    # A journal written by an older quickmj has no ``names`` column (read-only: not added).
+    have = {str(r[1]) for r in db.execute("PRAGMA table_info(rows)")}
+    columns = _COLUMNS if "names" in have else _COLUMNS.replace(", names", ", '{}'")
+    return f"SELECT {columns} FROM rows ORDER BY idx"

@@ -63,6 +63,7 @@ PARAM_FUNCTIONS = (
     "quickmj.run_batch",
     "quickmj._batch.reconcile",
     "quickmj.read_prompts",
+    "quickmj.write_gallery",
     "quickmj.testing.simulate",
     "quickmj.testing.run_server",
 )
