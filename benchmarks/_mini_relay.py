@@ -9,6 +9,10 @@ client's CPU.
 
 Shapes: ``finished`` is a finished grid as TrueAI-style relays send it (9 buttons, 4 image
 URLs, emoji escaped); ``running`` is a running task as new-api sends it (no buttons).
+``quickrouter``, ``midjourney-proxy`` and ``trueai`` are each dialect's real answer for a
+finished imagine, byte for byte as the relay simulator writes it (``_payloads.json``:
+new-api's 20-field struct with 9 buttons; novicezk's Task without buttons; TrueAI's
+~70-field TaskInfo with 9 buttons, 4 ``imageUrls`` and a full ``properties``).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import argparse
 import asyncio
 import json
 import random
+from pathlib import Path
 
 from aiohttp import web
 
@@ -81,11 +86,22 @@ def running_task(task_id: str) -> dict[str, object]:
     }
 
 
+DIALECT_SHAPES = ("quickrouter", "midjourney-proxy", "trueai")
+
+
+def dialect_bodies(dialect: str, ids: list[str]) -> dict[str, bytes]:
+    """Each id's task as ``dialect`` writes it (the captured template, id filled in)."""
+    template = json.loads((Path(__file__).parent / "_payloads.json").read_text("utf-8"))[dialect]
+    return {i: template.replace("{ID}", i).encode() for i in ids}
+
+
 def build_app(n: int, shape: str, cost_ms: float, cost_us: float) -> web.Application:
-    make = finished_task if shape == "finished" else running_task
-    bodies = {
-        str(BASE_ID + i): json.dumps(make(str(BASE_ID + i))).encode() for i in range(n)
-    }
+    ids = [str(BASE_ID + i) for i in range(n)]
+    if shape in DIALECT_SHAPES:
+        bodies = dialect_bodies(shape, ids)
+    else:
+        make = finished_task if shape == "finished" else running_task
+        bodies = {i: json.dumps(make(i)).encode() for i in ids}
     rng = random.Random(0)
 
     async def spend(count: int) -> None:
@@ -127,7 +143,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("n", type=int)
     parser.add_argument("port_file")
-    parser.add_argument("--shape", choices=["finished", "running"], default="running")
+    shapes = ["finished", "running", *DIALECT_SHAPES]
+    parser.add_argument("--shape", choices=shapes, default="running")
     parser.add_argument("--cost-ms", type=float, default=0.0)
     parser.add_argument("--cost-us-per-task", type=float, default=0.0)
     asyncio.run(main(parser.parse_args()))

@@ -330,12 +330,18 @@ def _unstructure_attrs_factory(c: cattrs.Converter) -> Callable[[type], Any]:
         overrides = {f.name: override(rename=to_camel(_wire_name(f))) for f in attrs.fields(cls)}
         if cls is m.Task:
             overrides["_raw"] = override(omit=True)
-            for name in ("_buttons", "_image_urls", "_video_urls"):  # maybe still Deferred
+            for name in ("_buttons", "_image_urls", "_video_urls"):
                 overrides[name] = override(
-                    rename=to_camel(name),
-                    unstruct_hook=lambda v: [c.unstructure(x) for x in m.items_of(v)],
+                    rename=to_camel(name), unstruct_hook=lambda v: [c.unstructure(x) for x in v]
                 )
         inner: Callable[[Any], Any] = make_dict_unstructure_fn(cls, c, **overrides)  # type: ignore[arg-type]
+        if cls is m.Task:
+
+            def unstructure_task(obj: m.Task) -> dict[str, Any]:
+                obj._resolve_all()  # the generated function reads the slots themselves
+                return inner(obj)  # type: ignore[no-any-return]
+
+            return unstructure_task
         if cls not in _REQUEST_CLASSES:
             return inner
 
@@ -463,16 +469,20 @@ def _plain_media(raw: list[Any]) -> bool:
     return True
 
 
-def _deferred(
-    value: Any, plain: Callable[[list[Any]], bool], make: Callable[[list[Any]], tuple[Any, ...]]
-) -> Any:
-    """``()`` for null or ``[]``; a Deferred for a list of entries with the usual types
-    (checked now, so a malformed entry is reported by ``structure`` itself, naming the
-    field; only the building waits for the first read); ``False`` for anything else."""
+m.LAZY_BUTTONS.make = _buttons_of
+m.LAZY_IMAGE_URLS.make = _media_of
+m.LAZY_VIDEO_URLS.make = _videos_of
+
+
+def _deferred(value: Any, plain: Callable[[list[Any]], bool], lazy: m.Lazy) -> Any:
+    """``()`` for null or ``[]``; ``lazy`` (built from ``Task.raw`` on first read) for a
+    list of entries with the usual types (checked now, so a malformed entry is reported
+    by ``structure`` itself, naming the field; only the building waits for the first
+    read); ``False`` for anything else."""
     if value is None or value == []:
         return ()
     if type(value) is list and plain(value):
-        return m.Deferred(value, make)
+        return lazy
     return False
 
 
@@ -522,9 +532,9 @@ def fast_task(d: dict[str, Any]) -> m.Task | None:
     properties = get("properties")
     if properties is not None and type(properties) is not dict:
         return None
-    buttons = _deferred(get("buttons"), _plain_buttons, _buttons_of)
-    image_urls = _deferred(get("imageUrls"), _plain_media, _media_of)
-    video_urls = _deferred(get("videoUrls"), _plain_media, _videos_of)
+    buttons = _deferred(get("buttons"), _plain_buttons, m.LAZY_BUTTONS)
+    image_urls = _deferred(get("imageUrls"), _plain_media, m.LAZY_IMAGE_URLS)
+    video_urls = _deferred(get("videoUrls"), _plain_media, m.LAZY_VIDEO_URLS)
     if buttons is False or image_urls is False or video_urls is False:
         return None
     progress, prompt, prompt_en, description, state, custom_id, bot_type = texts[:7]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import enum
+import operator
 import re
 import typing
 from collections.abc import Mapping
@@ -208,36 +209,39 @@ def _ms_to_datetime(ms: int | None) -> dt.datetime | None:
 _PERCENT = re.compile(r"^\s*(\d{1,3})(?:\.\d+)?\s*%?\s*$")
 
 
-class Deferred:
-    """A nested list from the relay's JSON, turned into model objects when first read.
+class Lazy:
+    """Stands in a Task's ``buttons``/``image_urls``/``video_urls`` slot until first read:
+    the tuple is then built from the task's own JSON (``raw[key]``) and replaces it.
 
-    ``make(raw)`` builds the tuple (or raises MalformedResponseError naming the field).
+    One shared instance per field (no object per task: a finished task read costs an
+    allocation less per list, and the collector has fewer objects to walk). The
+    converter sets ``make`` (it builds model objects; this module cannot import it).
     """
 
-    __slots__ = ("make", "raw")
+    __slots__ = ("key", "make", "name")
 
-    def __init__(self, raw: list[Any], make: Any) -> None:
-        self.raw = raw
-        self.make = make
+    def __init__(self, key: str, name: str) -> None:
+        self.key = key
+        self.name = name
+        self.make: Any = None
 
-    def resolve(self) -> tuple[Any, ...]:
-        """The structured tuple."""
-        return self.make(self.raw)  # type: ignore[no-any-return]
+    def __reduce__(self) -> str:
+        return self.name  # pickled by reference: the same shared instance comes back
 
     def __repr__(self) -> str:
-        return repr(self.resolve())
+        return f"<not built yet: {self.key}>"
 
 
-def items_of(value: Any) -> tuple[Any, ...]:
-    """A nested list field's items, whether already built or still deferred."""
-    return value.resolve() if type(value) is Deferred else value
+LAZY_BUTTONS = Lazy("buttons", "LAZY_BUTTONS")
+LAZY_IMAGE_URLS = Lazy("imageUrls", "LAZY_IMAGE_URLS")
+LAZY_VIDEO_URLS = Lazy("videoUrls", "LAZY_VIDEO_URLS")
 
 
 # A plain dict (never mutated: `raw` hands out read-only views) so a Task pickles.
 _NO_JSON: Mapping[str, Any] = {}
 
 
-@attrs.frozen(repr=False)
+@attrs.frozen(repr=False, eq=False)  # __eq__/__hash__ below
 class Task:
     """A Midjourney job as the relay reports it (fetch, list-by-condition, notifyHook).
 
@@ -261,15 +265,11 @@ class Task:
     start_time: int | None = None
     finish_time: int | None = None
     image_url: str | None = None
-    _image_urls: tuple[MediaUrl, ...] = attrs.field(
-        default=(), alias="image_urls", eq=items_of, hash=False
-    )
+    _image_urls: tuple[MediaUrl, ...] = attrs.field(default=(), alias="image_urls", hash=False)
     video_url: str | None = None
-    _video_urls: tuple[MediaUrl, ...] = attrs.field(
-        default=(), alias="video_urls", eq=items_of, hash=False
-    )
+    _video_urls: tuple[MediaUrl, ...] = attrs.field(default=(), alias="video_urls", hash=False)
     fail_reason: str | None = None
-    _buttons: tuple[Button, ...] = attrs.field(default=(), alias="buttons", eq=items_of, hash=False)
+    _buttons: tuple[Button, ...] = attrs.field(default=(), alias="buttons", hash=False)
     mask_base64: str | None = None
     parent_id: str | None = None
     seed: str | None = None
@@ -300,11 +300,34 @@ class Task:
 
     def _resolve(self, name: str) -> tuple[Any, ...]:
         value = getattr(self, name)
-        if type(value) is not Deferred:
+        if type(value) is not Lazy:
             return value  # type: ignore[no-any-return]
-        resolved = value.resolve()
+        # The converter put Lazy here after checking raw[key]'s entries, so building
+        # cannot fail (a malformed entry was reported when the task was read).
+        resolved = value.make(self._raw[value.key])
         object.__setattr__(self, name, resolved)  # frozen: set once, as attrs' own init does
-        return resolved
+        return resolved  # type: ignore[no-any-return]
+
+    def _resolve_all(self) -> None:
+        """Build every lazy list now (before anything reads the slots directly)."""
+        self._resolve("_buttons")
+        self._resolve("_image_urls")
+        self._resolve("_video_urls")
+
+    # Equality and hash by hand (attrs' generated ones see only a slot's value, and a Lazy
+    # slot needs its task's JSON): the same fields as before, lists compared as tuples.
+    def __eq__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return _TASK_EQ_KEY(self) == _TASK_EQ_KEY(other)
+
+    def __ne__(self, other: object) -> bool:
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return _TASK_EQ_KEY(self) != _TASK_EQ_KEY(other)
+
+    def __hash__(self) -> int:
+        return hash(_TASK_HASH_KEY(self))
 
     def __repr__(self) -> str:
         names = (f.alias or f.name for f in _TASK_FIELDS)
@@ -633,6 +656,12 @@ for _cls in (Button, MediaUrl, Task, SubmitResult, FailureBody, *REQUEST_CLASSES
     attrs.resolve_types(_cls)
 
 _TASK_FIELDS = attrs.fields(Task)
+# What Task equality and hash compare (raw is in neither; lists, properties not hashed);
+# the lists through their properties, so a Lazy slot is built first.
+_TASK_EQ_KEY = operator.attrgetter(*(f.alias or f.name for f in _TASK_FIELDS if f.eq))
+_TASK_HASH_KEY = operator.attrgetter(
+    *(f.name for f in _TASK_FIELDS if f.eq and f.hash is not False)
+)
 
 
 # ---- new-api's billing routes (snake_case on the wire: see _converter.SNAKE_WIRE) ----

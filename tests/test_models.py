@@ -389,6 +389,22 @@ def test_nested_lists_read_later_equal_the_same_task_built_by_hand(pig: Task) ->
     assert fresh.buttons is fresh.buttons  # built once
 
 
+def test_nested_lists_not_read_yet_survive_pickle_and_unstructure(pig: Task) -> None:
+    """Before their first read the lists live only in the task's JSON (no object per
+    task): pickling, unstructuring and comparing such a task still see them whole."""
+    import pickle
+
+    from quickmj._converter import unstructure
+
+    def fresh() -> Task:
+        return structure(load_fixture("task_pig"), Task)
+
+    copied = pickle.loads(pickle.dumps(fresh()))
+    assert copied.buttons == pig.buttons and copied.image_urls == pig.image_urls
+    assert unstructure(fresh())["buttons"] == unstructure(pig)["buttons"] != []
+    assert fresh() != attrs.evolve(pig, buttons=pig.buttons[:1])
+
+
 def test_a_task_built_by_hand_keeps_what_it_was_given() -> None:
     """A Task from Python (not the relay) has no JSON and returns its own lists."""
     buttons = (Button("MJ::JOB::upsample::1::x", label="U1"),)
