@@ -2,9 +2,10 @@
 
 One card per prompt: thumbnails of its saved images (relative links into ``images/``),
 the prompt, its task ids, seed, state tag, status and failure reason. Failed and unknown
-prompts come first. Radio buttons and CSS sibling selectors filter by status: no script,
-no framework, nothing fetched from the network, so the page works offline and from a
-copied or zipped directory.
+prompts come first. Radio buttons and CSS sibling selectors filter by status (no script);
+nothing comes from the network, so the page works offline and from a copied directory.
+Large batches: the images after the first ``EAGER_IMAGES`` load as they scroll into view
+(a few lines of inline script, with a ``<noscript>`` fallback).
 
 Everything shown is escaped (prompts are user text); links are percent-encoded paths
 relative to the page. The page is written to a temporary file and renamed into place.
@@ -33,7 +34,7 @@ from ._journal import JournalRow, Phase, read_snapshot
 from ._outdir import JOURNAL_NAME, BatchDir
 from .errors import BatchLockedError, StorageError, UsageError
 
-__all__ = ("GALLERY_NAME", "gallery_html", "save_gallery", "write_gallery")
+__all__ = ("EAGER_IMAGES", "GALLERY_NAME", "gallery_html", "save_gallery", "write_gallery")
 
 #: The page's name inside a batch directory.
 GALLERY_NAME = "index.html"
@@ -62,9 +63,14 @@ _COLOURS = {
     Phase.PENDING: "#616161",
     Phase.SUCCEEDED: "#2e7d32",
 }
+#: Images given a plain ``src``. Chrome ignores ``loading="lazy"`` for file:// pages
+#: (crbug.com/1047909: only http(s) images wait), so a page opened from disk would read
+#: every image of a large batch at once; the rest get ``data-src`` and ``_LAZY``.
+EAGER_IMAGES = 200
+
 #: Thumbnail height in CSS pixels; widths follow each image's aspect ratio (capped).
 _THUMB = 160
-_THUMB_MAX_WIDTH = 320
+_THUMB_MAX_WIDTH = 300
 #: C0 controls (but tab and newline) and DEL: not allowed in HTML text; shown as U+FFFD.
 _CONTROLS = dict.fromkeys((*range(0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0x7F), "\ufffd")
 
@@ -167,12 +173,18 @@ def save_gallery(
 
 
 def gallery_html(
-    rows: Sequence[JournalRow], base: Path, page_dir: Path, *, note: str | None = None
+    rows: Sequence[JournalRow],
+    base: Path,
+    page_dir: Path,
+    *,
+    note: str | None = None,
+    eager: int = EAGER_IMAGES,
 ) -> str:
-    """The page itself: ``rows`` of the batch in ``base``, links relative to ``page_dir``."""
+    """The page itself: ``rows`` of the batch in ``base``, links relative to ``page_dir``;
+    images after the first ``eager`` load as they scroll into view (see ``_LAZY``)."""
     counts = Counter(r.phase for r in rows)
     phases = [p for p in _ORDER if counts[p]]
-    prefix = _prefix(base, page_dir)
+    links = _Links(base, _prefix(base, page_dir), eager)
     ordered = sorted(rows, key=lambda r: (_RANK[r.phase], r.index))
     when = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = _esc(f"quickmj gallery: {base.resolve().name or base}")
@@ -187,10 +199,41 @@ def gallery_html(
         "</header>",
         *_radios(phases, counts, len(rows)),
         '<ul class="rows">',
-        *(_card(r, base, prefix) for r in ordered),
-        "</ul></body></html>\n",
+        *(_card(r, links) for r in ordered),
+        "</ul>",
+        f"<script>{_LAZY}</script>" if links.deferred else "",
+        "</body></html>\n",
     ]
     return "".join(parts)
+
+
+#: The page's one script (progressive: without it, the <noscript> copies show): an image
+#: gets its ``src`` when it comes within 1,000 px of the view. Filtering needs no script.
+_LAZY = (
+    "(()=>{const w=[...document.querySelectorAll('img[data-src]')];"
+    "const go=i=>{i.src=i.dataset.src;i.removeAttribute('data-src')};"
+    "if(!('IntersectionObserver' in window)){w.forEach(go);return}"
+    "const o=new IntersectionObserver(es=>{for(const e of es)if(e.isIntersecting)"
+    "{o.unobserve(e.target);go(e.target)}},{rootMargin:'1000px'});"
+    "w.forEach(i=>o.observe(i))})();"
+)
+
+
+class _Links:
+    """Where the page finds the batch's files, and how many images it has linked."""
+
+    def __init__(self, base: Path, prefix: str, eager: int) -> None:
+        self.base, self.prefix, self.eager = base, prefix, eager
+        self.count = 0
+        self.deferred = False
+
+    def img(self, url: str, width: int, height: int, alt: str) -> str:
+        self.count += 1
+        attrs = f'loading="lazy" decoding="async" width="{width}" height="{height}" alt="{alt}"'
+        if self.count <= self.eager:
+            return f'<img src="{url}" {attrs}>'
+        self.deferred = True
+        return f'<img data-src="{url}" {attrs}><noscript><img src="{url}" {attrs}></noscript>'
 
 
 def _open_note(rows: Sequence[JournalRow]) -> str:
@@ -224,7 +267,7 @@ def _radios(phases: Sequence[Phase], counts: Counter[Phase], total: int) -> Iter
     yield "</nav>"
 
 
-def _card(r: JournalRow, base: Path, prefix: str) -> str:
+def _card(r: JournalRow, links: _Links) -> str:
     ok = " ok" if r.phase is Phase.SUCCEEDED else ""
     facts = [("line", str(r.index + 1))]
     if r.task_id:
@@ -246,13 +289,13 @@ def _card(r: JournalRow, base: Path, prefix: str) -> str:
     text = "\n".join(f"{k.ljust(width)}{v}" for k, v in facts)
     return (
         f'<li class="r s-{r.phase.value}{ok}" id="r{r.index + 1}">'
-        f'<div class="t">{_thumbs(r, base, prefix)}</div>'
+        f'<div class="t">{_thumbs(r, links)}</div>'
         f'<span class="b b-{r.phase.value}">{r.phase.value.replace("_", " ")}</span>'
         f'<p class="p" dir="auto">{_esc(r.prompt)}</p><p class="m">{_esc(text)}</p></li>'
     )
 
 
-def _thumbs(r: JournalRow, base: Path, prefix: str) -> str:
+def _thumbs(r: JournalRow, links: _Links) -> str:
     if not r.files:
         return '<span class="none">no image saved</span>'
     labels = {stem: label for label, stem in r.names.items()}
@@ -260,16 +303,13 @@ def _thumbs(r: JournalRow, base: Path, prefix: str) -> str:
     for name in r.files:
         rel = PurePosixPath(name)
         alt = _esc(labels.get(rel.stem, rel.name))
-        path = base / rel
+        path = links.base / rel
         if rel.is_absolute() or ".." in rel.parts or not path.is_file():
             out.append(f'<span class="none" title="{_esc(name)}">{alt}: file missing</span>')
             continue
         width, height = _thumb_size(_image_size(path))
-        url = quote(prefix + rel.as_posix(), safe="/")
-        out.append(
-            f'<a href="{url}"><img src="{url}" loading="lazy" decoding="async" '
-            f'width="{width}" height="{height}" alt="{alt}"></a>'
-        )
+        url = quote(links.prefix + rel.as_posix(), safe="/")
+        out.append(f'<a href="{url}">{links.img(url, width, height, alt)}</a>')
     return "".join(out)
 
 
@@ -373,14 +413,16 @@ _BASE_CSS = (
     ".f{position:absolute;opacity:0;width:1px;height:1px}"
     "nav{padding:6px 16px 10px;display:flex;flex-wrap:wrap;gap:6px;align-items:center}"
     "nav label{cursor:pointer;padding:3px 10px;border-radius:12px;background:#ddd;color:#222}"
-    ".rows{list-style:none;margin:0;padding:0 16px 16px;display:grid;gap:12px;"
-    "grid-template-columns:repeat(auto-fill,minmax(300px,1fr))}"
-    ".r{background:#fff;border-radius:6px;padding:8px;box-shadow:0 1px 2px #0002;"
-    "border-top:4px solid #ccc;content-visibility:auto;contain-intrinsic-size:auto 320px;"
-    "min-width:0}"
+    # Inline blocks, not a grid or flex layout: Chrome re-lays out 10,000 grid or flex
+    # items for seconds when the filter hides most of them; inline blocks take ~50 ms.
+    ".rows{list-style:none;margin:0;padding:0 10px 16px}"
+    ".r{display:inline-block;vertical-align:top;box-sizing:border-box;width:320px;margin:6px;"
+    "background:#fff;border-radius:6px;padding:8px;box-shadow:0 1px 2px #0002;"
+    "border-top:4px solid #ccc;content-visibility:auto;contain-intrinsic-size:auto 300px}"
     ".r:not(.ok){border-top-color:#c62828}.s-unknown{border-top-color:#e65100!important}"
     ".t{display:flex;gap:4px;overflow-x:auto;min-height:40px}"
-    ".t img{height:160px;width:auto;max-width:320px;object-fit:contain;background:#eee;"
+    "@media (scripting:none){img[data-src]{display:none}}"
+    ".t img{height:160px;width:auto;max-width:300px;object-fit:contain;background:#eee;"
     "display:block;border-radius:3px}"
     ".none{display:inline-block;padding:8px;color:#666;background:#eee;border-radius:3px}"
     ".b{display:inline-block;margin-top:6px;padding:1px 8px;border-radius:10px;"
