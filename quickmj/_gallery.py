@@ -416,12 +416,18 @@ _BASE_CSS = (
     # Inline blocks, not a grid or flex layout: Chrome re-lays out 10,000 grid or flex
     # items for seconds when the filter hides most of them; inline blocks take ~50 ms.
     ".rows{list-style:none;margin:0;padding:0 10px 16px}"
-    ".r{display:inline-block;vertical-align:top;box-sizing:border-box;width:320px;margin:6px;"
+    ".r{display:inline-block;vertical-align:top;box-sizing:border-box;width:calc(100% - 12px);"
+    "margin:6px;"
     "background:#fff;border-radius:6px;padding:8px;box-shadow:0 1px 2px #0002;"
     "border-top:4px solid #ccc;content-visibility:auto;contain-intrinsic-size:auto 300px}"
     ".r:not(.ok){border-top-color:#c62828}.s-unknown{border-top-color:#e65100!important}"
     ".t{display:flex;gap:4px;overflow-x:auto;min-height:40px}"
-    "@media (scripting:none){img[data-src]{display:none}}"
+    # As many 320 px (or wider) columns as fit: 2 from 684 px, 3 from 1016 px, ...
+    + "".join(
+        f"@media (min-width:{20 + 332 * n}px){{.r{{width:calc({100 / n:.4f}% - 12px)}}}}"
+        for n in range(2, 7)
+    )
+    + "@media (scripting:none){img[data-src]{display:none}}"
     ".t img{height:160px;width:auto;max-width:300px;object-fit:contain;background:#eee;"
     "display:block;border-radius:3px}"
     ".none{display:inline-block;padding:8px;color:#666;background:#eee;border-radius:3px}"
