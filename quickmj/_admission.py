@@ -22,6 +22,16 @@ How the limit is learned (AIMD with a remembered ceiling):
   ``decrease`` times it, and the account pauses (a short growing backoff); refusals of
   submits sent before that drop do not drop it again. A 429 with Retry-After (a
   request-rate limiter) pauses the account that long and leaves the limit alone;
+- but never below what the account has shown it holds (:func:`hold_floor`): the jobs
+  of ours it accepted and that are still alive. A relay with no waiting place refuses
+  every submit beyond its workers, so a drop to ``decrease`` x them would leave workers
+  idle; held at them, nothing is sent before one of them ends, which is the pause. A
+  refusal in a row (the account lost room to someone else) drops and pauses as above.
+  Submits accepted after a drop raise the limit to the jobs alive, for the same reason;
+- while a submit waits for a slot, the jobs holding slots are read around their
+  expected ends (:meth:`Budget.expedite`, ``Poller.hurry``; the job lengths are learned
+  per action and mode from the relay's timestamps, see ``_rhythm.JobLengths``): a slot
+  is freed when its job ends, not up to a poll interval later;
 - below the ceiling the limit regrows by ``1/limit`` per accepted submit sent with a full
   window, near it by ``probe_rate/limit``: it probes past the ceiling slowly, so a relay
   that grew is found and a steady one refuses rarely.
@@ -77,6 +87,7 @@ __all__ = (
     "account_unusable",
     "fingerprint",
     "grow",
+    "hold_floor",
     "shrink",
 )
 
@@ -200,6 +211,21 @@ def shrink(in_use: int, policy: AdmissionPolicy) -> float:
     return max(float(policy.min_limit), policy.decrease * in_use)
 
 
+def hold_floor(alive: int, in_use: int, strikes: int) -> float:
+    """The least the limit drops to after a refusal: the jobs the account holds for us.
+
+    ``alive`` of our jobs were accepted and have not ended (as far as the poller saw):
+    the account has shown it holds that many, so a refusal means "no more than these",
+    not "fewer" (a relay with no waiting place refuses every submit beyond its workers;
+    dropping to ``decrease`` x them would leave workers idle until the limit regrew).
+    Capped by ``in_use`` (the other jobs alive, submits on the wire included), and none
+    after a refusal in a row (``strikes``, before this one): an account refusing again
+    has less room than it showed (another user took some), and the plain decrease
+    applies.
+    """
+    return 0.0 if strikes else float(min(alive, in_use))
+
+
 @attrs.define
 class BudgetStats:
     """Counters of one budget since it was made (for summaries and benchmarks)."""
@@ -268,6 +294,10 @@ class Budget(abc.ABC):
         self._listeners: list[Callable[[], None]] = []
         self._strikes = 0  # refusals in a row
         self._lifetime: float | None = None  # smoothed seconds from submit to end
+        # Accepted jobs holding slots: lease -> (its poller, its id, when it was accepted).
+        self._watched: dict[Lease, tuple[Poller, str, float]] = {}
+        self._demand = 0  # gates waiting for a slot of this budget right now
+        self._wanted_at = -math.inf  # when the last of them stopped waiting
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.label} limit={self.limit:.1f} held={self.held}>"
@@ -328,6 +358,27 @@ class Budget(abc.ABC):
             self.release(lease)
             return
         asyncio.get_running_loop().call_later(self._lifetime, self.release, lease)
+
+    # ---- slots refilled as jobs end ----
+
+    def watch(self, lease: Lease, poller: Poller, task_id: str) -> None:
+        """``lease``'s job is followed by ``poller``: while a submit waits for a slot,
+        the poller reads it around its expected end (``Poller.hurry``)."""
+        since = poller.now()
+        self._watched[lease] = (poller, task_id, since)
+        # Also the job of the submit that just got a slot (its wait ended a moment ago):
+        # the last jobs of a batch are read as they end too.
+        recently = time.monotonic() - self._wanted_at < (self._lifetime or 0.0)
+        if self._demand or recently:
+            poller.hurry(task_id, since)
+
+    def unwatch(self, lease: Lease) -> None:
+        self._watched.pop(lease, None)
+
+    def expedite(self) -> None:
+        """A submit waits for a slot: have the jobs holding them read as they end."""
+        for poller, task_id, since in list(self._watched.values()):
+            poller.hurry(task_id, since)
 
     def disable(self, reason: str) -> None:
         """Take the account out of rotation (one warning)."""
@@ -398,6 +449,7 @@ class LocalBudget(Budget):
         self.slow_start: bool = known is None
         """Growing by one per accepted submit, until the first refusal."""
         self._held = 0
+        self._alive = 0  # accepted jobs holding slots: the account holds them right now
         self.epoch: int = 0
         """Counts the drops: a refusal of a slot taken before the last drop is stale."""
         self.paused_until: float = 0.0
@@ -427,6 +479,12 @@ class LocalBudget(Budget):
         lease.task_id = task_id
         self.stats.accepted += 1
         self._strikes = 0
+        self._alive += 1
+        if self._alive > self._limit:
+            # Submits sent before a drop were accepted after it: the account has shown it
+            # holds this many of our jobs, so the limit is at least that (``hold_floor``).
+            self._limit = min(float(self._alive), float(self.policy.max_limit))
+            self._remember()
         if self._held >= int(self._limit):  # sent with a full window: room to learn
             before = int(self._limit)
             self._limit = grow(self._limit, self.ceiling, self.slow_start, self.policy)
@@ -439,17 +497,23 @@ class LocalBudget(Budget):
             self.stats.rate_limited += 1
         else:
             self.stats.queue_full += 1
+        held_back = False
         if _capacity(retry_after, rate_limited) and lease.epoch == self.epoch:
             # one drop per window, not one per refusal
             in_use = self._held - 1
             self.ceiling = float(max(in_use, self.policy.min_limit))
-            self._limit = min(self._limit, shrink(in_use, self.policy))
+            low = max(shrink(in_use, self.policy), hold_floor(self._alive, in_use, self._strikes))
+            self._limit = min(self._limit, low)
             self.slow_start = False
             self.epoch += 1
             self._remember()
+            # Held at the jobs alive: nothing is sent before one of them ends, which is
+            # the pause a full account needs (a refusal in a row pauses as before).
+            held_back = self._limit >= in_use
         pause = self._pause_for(retry_after)
-        self.paused_until = max(self.paused_until, time.monotonic() + pause)
-        self._arm_timer()
+        if not held_back:
+            self.paused_until = max(self.paused_until, time.monotonic() + pause)
+            self._arm_timer()
         self.release(lease)
 
     def release(self, lease: Lease) -> None:
@@ -457,6 +521,8 @@ class LocalBudget(Budget):
             return
         lease.done = True
         self._held -= 1
+        if lease.task_id is not None:
+            self._alive -= 1
         self._ended(lease)
         self.notify()
 
@@ -562,11 +628,24 @@ class Admission:
                 await self._sleep(usable)
 
     async def _sleep(self, usable: Sequence[Budget]) -> None:
-        """Until a budget reports a change, or the earliest moment one may have room."""
+        """Until a budget reports a change, or the earliest moment one may have room.
+
+        Meanwhile the jobs holding the budgets' slots are read as they are due to end
+        (a slot is freed when the poller sees its job end).
+        """
         wake = [t for b in usable if (t := b.retry_at()) is not None]
         delay = max(0.0, min(wake) - time.monotonic()) if wake else math.inf
-        with anyio.move_on_after(delay):
-            await self._changed.wait()
+        for budget in usable:
+            budget._demand += 1
+            budget.expedite()
+        try:
+            with anyio.move_on_after(delay):
+                await self._changed.wait()
+        finally:
+            now = time.monotonic()
+            for budget in usable:
+                budget._demand -= 1
+                budget._wanted_at = now
 
     async def run(self, attempt: Callable[[Lease], Awaitable[T]], phase: SendPhase) -> T:
         """Send with a slot, waiting for one first; again after answers that created nothing.
@@ -621,6 +700,7 @@ class Admission:
 async def _hold(poller: Poller, task_id: str, lease: Lease) -> None:
     try:
         sub = poller.subscribe([task_id])
+        lease.budget.watch(lease, poller, task_id)
         try:
             await sub.next()  # the final state (or the error the id ended with)
         finally:
@@ -628,6 +708,7 @@ async def _hold(poller: Poller, task_id: str, lease: Lease) -> None:
     except QuickMJError:
         pass  # the client closed: the slot goes with it
     finally:
+        lease.budget.unwatch(lease)
         lease.budget.release(lease)
 
 

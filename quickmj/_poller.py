@@ -67,7 +67,7 @@ from ._protocol import (
     route_of,
 )
 from ._relay import Relay
-from ._rhythm import Rhythm
+from ._rhythm import JobLengths, Rhythm
 from .errors import (
     AuthenticationError,
     ClientClosedError,
@@ -340,6 +340,10 @@ class Poller:
         self._dead_since = 0.0  # when the first answer of the current streak came
         self._dead_barrier = 0  # requests up to this number were sent before the last one
         self.rhythm: Rhythm = Rhythm(policy)
+        #: How long this account's jobs run (see ``hurry``).
+        self.lengths: JobLengths = JobLengths()
+        # Ids a submit waits on (their end frees a slot): id -> when its submit was answered.
+        self._hurried: dict[str, float] = {}
         #: Called with each id's final result as it is handed out (job spans end there).
         self.on_final: Callable[[str, Final], None] | None = None
         #: Counters for benchmarks and tests.
@@ -398,6 +402,46 @@ class Poller:
                 entry.listeners.remove(sub)
             if not entry.listeners:
                 del self._entries[task_id]
+                self._hurried.pop(task_id, None)
+
+    # ---- slots refilled as jobs end (see _rhythm.JobLengths) ----
+
+    def now(self) -> float:
+        """The poller's clock (``hurry``'s ``since``)."""
+        return self._clock()
+
+    def hurry(self, task_id: str, since: float) -> None:
+        """A submit waits for the slot ``task_id`` holds: read it around its expected end
+        (and a little apart after that) until it ends, as well as on the usual schedule.
+
+        Args:
+            task_id: a tracked id (others are ignored).
+            since: when its submit was answered (``now()`` then).
+        """
+        entry = self._entries.get(task_id)
+        if entry is None:
+            return
+        self._hurried.setdefault(task_id, since)
+        if not entry.busy:
+            now = self._clock()
+            due = now + self._hurry_delay(task_id, entry, now, math.inf)
+            if due < entry.next_due:
+                self._reschedule(task_id, entry, due)
+
+    def _hurry_delay(self, task_id: str, entry: _Entry, now: float, delay: float) -> float:
+        """``delay``, or less if ``task_id`` is hurried and expected to end sooner."""
+        since = self._hurried.get(task_id)
+        if since is None or (self.policy.adaptive and self.rhythm.period is not None):
+            return delay  # on a locked beat nothing can change before the next refresh
+        read_at = entry.polled_at
+        expected = self.lengths.expected_end(entry.raw, since, read_at)
+        if expected is None:
+            return delay
+        end, gap = expected
+        at = end  # read at the expected end; if it was read then, at end + gap, + 3 gap, ...
+        if read_at is not None and read_at >= end:
+            at = end + gap * (2 ** (math.floor(math.log2((read_at - end) / gap + 1)) + 1) - 1)
+        return min(delay, max(0.0, at - now))
 
     def confirm_modal(self, task_id: str) -> None:
         """``modal()`` was sent for ``task_id``: a MODAL report of it is stale from now on."""
@@ -797,6 +841,8 @@ class Poller:
                 entry.pushed_at = None
         elif self.policy.adaptive:
             delay = self.rhythm.delay(now, delay)
+        if self._hurried:
+            delay = self._hurry_delay(task_id, entry, now, delay)
         if entry.modal_since is not None:
             delay = min(delay, max(self.policy.modal_timeout - (now - entry.modal_since), 0.0))
         self._reschedule(task_id, entry, now + delay)
@@ -809,6 +855,9 @@ class Poller:
         entry = self._entries.pop(task_id, None)
         if entry is None:
             return
+        # Jobs are timed only where it is used (jobs holding slots): no cost elsewhere.
+        if self._hurried.pop(task_id, None) is not None and final.task is not None:
+            self.lengths.saw_final(final.task.raw)
         for sub in entry.listeners:
             sub.push_final(task_id, final)
         if self.on_final is not None:

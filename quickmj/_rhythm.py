@@ -15,6 +15,15 @@ half-way between two lattice points; any change seen in a window that holds no l
 point contradicts the lattice, and the beat is forgotten (back to the plain interval)
 until it is learned again. A relay without refresh lag (TrueAI, self-hosted proxies)
 changes at arbitrary times and never locks.
+
+:class:`JobLengths` learns the other clock: how long a job runs, per action and speed
+mode, from the relay's own timestamps of finished jobs (``finishTime - startTime`` and
+``startTime - submitTime``, differences on the relay's clock, so the client's polling
+lag never counts). When a submit waits for a slot of an account, the poller reads the
+jobs holding that account's slots around their expected ends (``Poller.hurry``): a slot
+is freed when its job ends, not up to a poll interval later. On a relay whose beat is
+locked nothing is hurried (no answer can change before the next refresh, and the beat
+already reads right after it).
 """
 
 from __future__ import annotations
@@ -22,10 +31,13 @@ from __future__ import annotations
 import itertools
 import math
 import statistics
-from collections import OrderedDict
-from typing import Protocol
+from collections import OrderedDict, deque
+from collections.abc import Mapping
+from typing import Any, Protocol
 
-__all__ = ("Rhythm",)
+from ._protocol import TERMINAL_STATUSES, not_started, progress_of
+
+__all__ = ("JobLengths", "Rhythm")
 
 _MIN_WINDOWS = 3
 _MAX_WINDOWS = 16
@@ -137,3 +149,89 @@ def _fit(windows: list[tuple[float, float]], guess: float) -> tuple[float, float
         if low < high and (best is None or high - low > best[0]):
             best = (high - low, period, high)
     return None if best is None else (best[1], best[2])
+
+
+_KEPT = 15  # finished jobs remembered per kind (the median of these is the estimate)
+_MAX_LENGTH = 3600.0  # seconds: a longer "run" is a broken timestamp, not a job
+_GAP_SHARE = 0.05  # after an expected end: read again after this share of the run ...
+_MIN_GAP = 0.1  # ... but at least this many seconds apart (doubling each time)
+_MODE_FLAGS = ("--relax", "--fast", "--turbo")
+
+#: (action, speed mode) of a job: what its length depends on.
+Kind = tuple[str | None, str | None]
+
+
+def _kind(raw: Mapping[str, Any]) -> Kind:
+    action = raw.get("action")
+    mode = raw.get("mode")  # TrueAI names it; elsewhere the prompt's flag says it
+    if type(mode) is not str:
+        prompt = raw.get("prompt")
+        text = prompt.lower() if type(prompt) is str else ""
+        mode = next((f[2:] for f in _MODE_FLAGS if f in text), None)
+    return (action if type(action) is str else None, mode.lower() if mode else None)
+
+
+def _ms(raw: Mapping[str, Any], name: str) -> int | None:
+    value = raw.get(name)
+    return value if type(value) is int and value > 0 else None
+
+
+class JobLengths:
+    """How long jobs take on one account, per action and speed mode (see the module
+    docstring): the median of the last few finished jobs of each kind."""
+
+    def __init__(self) -> None:
+        self._runs: dict[Kind, deque[float]] = {}
+        self._waits: dict[Kind, deque[float]] = {}
+
+    def __repr__(self) -> str:
+        runs = {k: self.run(k) for k in self._runs}
+        return f"<JobLengths {runs}>"
+
+    def saw_final(self, raw: Mapping[str, Any]) -> None:
+        """Learn from a finished job (only a SUCCESS with the relay's three timestamps)."""
+        if raw.get("status") != "SUCCESS":
+            return  # a failure ends early (a banned prompt) or late (a timeout)
+        submit, start, finish = (_ms(raw, n) for n in ("submitTime", "startTime", "finishTime"))
+        if submit is None or start is None or finish is None or not submit <= start < finish:
+            return
+        run, wait = (finish - start) / 1000, (start - submit) / 1000
+        if run > _MAX_LENGTH or wait > _MAX_LENGTH:
+            return
+        kind = _kind(raw)
+        self._runs.setdefault(kind, deque(maxlen=_KEPT)).append(run)
+        self._waits.setdefault(kind, deque(maxlen=_KEPT)).append(wait)
+
+    def run(self, kind: Kind) -> float | None:
+        """Seconds a job of ``kind`` runs once started (None: none seen yet)."""
+        runs = self._runs.get(kind)
+        return statistics.median(runs) if runs else None
+
+    def expected_end(
+        self, raw: Mapping[str, Any] | None, since: float, read_at: float | None
+    ) -> tuple[float, float] | None:
+        """When the job last reported as ``raw`` is expected to end, and how far apart
+        to read it after that; None if there is nothing to expect.
+
+        Args:
+            raw: its latest report (None before the first read: its kind is unknown).
+            since: when its submit was answered (the caller's clock).
+            read_at: when ``raw`` was asked for (the same clock).
+        """
+        if raw is None or read_at is None or raw.get("status") in TERMINAL_STATUSES:
+            return None
+        kind = _kind(raw)
+        run = self.run(kind)
+        if run is None:
+            return None
+        gap = max(_MIN_GAP, _GAP_SHARE * run)
+        submit, start = _ms(raw, "submitTime"), _ms(raw, "startTime")
+        if submit is not None and start is not None and start >= submit:
+            # Started: the relay's clock says how long after the submit (no clock offset).
+            return since + (start - submit) / 1000 + run, gap
+        if not_started(raw):
+            waits = self._waits.get(kind)
+            wait = statistics.median(waits) if waits else 0.0
+            return max(since + wait, read_at) + run, gap
+        # Running, with no start time: the progress says how much is left.
+        return read_at + (1 - progress_of(raw) / 100) * run, gap

@@ -10,7 +10,15 @@ from typing import Any
 import pytest
 
 from quickmj import AsyncClient, PollPolicy, QueueFullError, SubmitOutcomeUnknownError
-from quickmj._admission import AdmissionPolicy, LocalBudget, fingerprint, grow, shrink
+from quickmj._admission import (
+    Admission,
+    AdmissionPolicy,
+    LocalBudget,
+    fingerprint,
+    grow,
+    hold_floor,
+    shrink,
+)
 from quickmj.testing import MockTransport, Request, Response, SimulatorConfig, simulate
 
 FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
@@ -199,3 +207,101 @@ async def test_refusals_of_one_window_shrink_it_once() -> None:
         budget.refused(lease, retry_after=None, rate_limited=False)
     assert pytest.approx(0.7 * 5) == budget.limit and 5.0 == budget.ceiling
     assert 3 == budget.stats.queue_full and 3 == budget.held
+
+
+# ---- a limit the account has shown it holds; slots refilled as jobs end ----
+
+
+async def test_a_refusal_keeps_the_limit_at_the_jobs_the_account_holds() -> None:
+    """Four accepted jobs alive, a fifth refused (an account with 4 workers and no
+    waiting place): the limit stays at 4, not 0.7 x 4, and nothing pauses (nothing is
+    sent before one of the four ends). Refused again in a row: the plain decrease."""
+    budget = LocalBudget("t", AdmissionPolicy(initial_limit=5))
+    leases = [await budget.take() for _ in range(4)]
+    for i, lease in enumerate(leases):
+        assert lease is not None
+        budget.accepted(lease, f"t{i}")
+    fifth = await budget.take()
+    assert fifth is not None
+    budget.refused(fifth, retry_after=None, rate_limited=False)
+    assert 4.0 == budget.limit and budget.retry_at() is None
+
+    assert leases[0] is not None
+    budget.release(leases[0])
+    again = await budget.take()
+    assert again is not None
+    budget.refused(again, retry_after=None, rate_limited=False)
+    assert pytest.approx(0.7 * 3) == budget.limit
+    assert budget.retry_at() is not None
+
+
+def test_hold_floor_rules() -> None:
+    """The floor is the accepted jobs alive, at most the jobs in use, none in a row."""
+    assert 4.0 == hold_floor(4, 5, 0)
+    assert 3.0 == hold_floor(4, 3, 0)
+    assert 0.0 == hold_floor(4, 5, 1)
+
+
+async def test_submits_accepted_after_a_drop_raise_the_limit_to_what_is_held() -> None:
+    """Six sent at once, one refused first (the drop to 0.7 x 5), then five accepted: the
+    account holds five, so the limit is five."""
+    budget = LocalBudget("t", AdmissionPolicy(initial_limit=6, backoff=0))
+    leases = [lease for _ in range(6) if (lease := await budget.take()) is not None]
+    assert 6 == len(leases)
+    budget.refused(leases[0], retry_after=None, rate_limited=False)
+    assert pytest.approx(3.5) == budget.limit
+    for i, lease in enumerate(leases[1:]):
+        budget.accepted(lease, f"t{i}")
+    assert 5 == int(budget.limit)  # (and a probe's step past it: the window was full)
+
+
+class _Poller:
+    """Records what the gate asks of a poller."""
+
+    def __init__(self) -> None:
+        self.hurried: list[tuple[str, float]] = []
+
+    def now(self) -> float:
+        return 7.0
+
+    def hurry(self, task_id: str, since: float) -> None:
+        self.hurried.append((task_id, since))
+
+
+async def test_a_waiting_submit_has_the_held_jobs_read_as_they_end() -> None:
+    """A job holding a slot is hurried only while a submit waits for one (and the next
+    job of that submit too)."""
+    budget = LocalBudget("t", AdmissionPolicy(initial_limit=1, max_limit=1))
+    gate = Admission([budget])
+    poller: Any = _Poller()
+    lease = await gate.acquire()
+    budget.accepted(lease, "t1")
+    budget.watch(lease, poller, "t1")
+    assert [] == poller.hurried  # nobody waits
+    waiting = asyncio.create_task(gate.acquire())
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert [("t1", 7.0)] == poller.hurried
+    budget.unwatch(lease)
+    budget.release(lease)
+    second = await waiting
+    budget.accepted(second, "t2")
+    budget._lifetime = 60.0  # jobs live a minute: the wait that just ended is recent
+    budget.watch(second, poller, "t2")
+    assert ("t2", 7.0) == poller.hurried[-1]
+
+
+async def test_a_relay_without_a_waiting_place_refuses_when_every_worker_is_busy() -> None:
+    """The simulator's max_queue=0: two workers, the third submit is refused (code 23)
+    until a job ends."""
+    config = SimulatorConfig(
+        dialect="midjourney-proxy", concurrency=2, max_queue=0, queue_seconds=0, run_seconds=5
+    )
+    async with simulate(config) as relay, client(relay) as mj:
+        await mj.imagine("a")
+        await mj.imagine("b")
+        with pytest.raises(QueueFullError):
+            await mj.imagine("c")
+        relay.simulator.advance(5.5)
+        await mj.imagine("d")
+    assert ["a", "b", "d"] == [s.prompt for s in relay.simulator.submissions]

@@ -641,3 +641,40 @@ async def test_the_poller_schedules_on_the_learned_beat() -> None:
     # (a probe half a period early is allowed).
     assert 2.0 < wait <= until_refresh + 2 + 0.25
     assert 2.0 == results[False][1]  # adaptive=False: the plain interval, whatever it saw
+
+
+# ---- slots refilled as jobs end (Poller.hurry; JobLengths: test_rhythm.py) -------------
+
+
+async def test_a_hurried_job_is_read_at_its_expected_end_then_a_little_apart() -> None:
+    """A finished job that held a slot teaches the run (20 s); a job a submit waits on is
+    then read at its expected end, then after 1 s, 3 s, ... (a 30 s interval otherwise);
+    not on a locked refresh beat, and an id nobody hurries keeps the plain schedule."""
+    now = [1000.0]
+    times = {"submitTime": 5_000, "startTime": 5_000}
+
+    def row(task_id: str, status: str = "IN_PROGRESS", **more: Any) -> dict[str, Any]:
+        return {"id": task_id, "status": status, "action": "IMAGINE", **times, **more}
+
+    slow = policy(interval=30, first_poll=1000, near_done_interval=30, adaptive=True)
+    async with make_client(FakeRelay()) as mj:
+        poller = Poller(mj._relay, slow, clock=lambda: now[0])
+        subs = [poller.subscribe([i]) for i in ("old", "a", "b")]
+        poller.hurry("old", 980.0)  # timed: it held a slot
+        poller._apply_rows(["old"], {"old": row("old", "SUCCESS", finishTime=25_000)}, 1000.0)
+        poller.hurry("a", 1000.0)
+        poller._apply_rows(["a", "b"], {"a": row("a"), "b": row("b")}, 1001.0)
+        a, b = poller._entries["a"], poller._entries["b"]
+        assert (1020.0, 1031.0) == (a.next_due, b.next_due)
+        dues = []
+        for t in (1020.0, 1021.0, 1023.0):
+            now[0] = t
+            poller._apply_rows(["a"], {"a": row("a", progress="93%")}, t)
+            dues.append(a.next_due)
+        assert [1021.0, 1023.0, 1027.0] == dues
+        poller.rhythm._period = 15.0  # a locked beat: reads follow it, not the job
+        poller._apply_rows(["a"], {"a": row("a", progress="94%")}, 1027.0)
+        assert a.next_due > 1027.0 + 1.0
+        for sub in subs:
+            sub.close()
+        await poller.aclose()

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from quickmj import AsyncClient, PollPolicy
-from quickmj._rhythm import Rhythm
+from quickmj._rhythm import JobLengths, Rhythm
 from quickmj.testing import simulate
 
 
@@ -59,15 +60,15 @@ def test_a_change_off_the_beat_forgets_it() -> None:
 
 
 async def test_the_poller_asks_less_on_a_refreshing_relay() -> None:
-    """Against a relay refreshing every 0.5 s, the adaptive poller sends clearly fewer
+    """Against a relay refreshing every 0.25 s, the adaptive poller sends clearly fewer
     list requests than the fixed schedule for the same jobs, and still sees them end."""
     counts = {}
-    for adaptive in (False, True):
+    for adaptive in (False, True):  # each run takes as long as a job: 1.5 s
         policy = PollPolicy(
-            interval=0.05, first_poll=0.01, near_done_interval=0.05, adaptive=adaptive
+            interval=0.025, first_poll=0.01, near_done_interval=0.025, adaptive=adaptive
         )
         async with (
-            simulate(refresh_interval=0.5, run_seconds=3.0, queue_seconds=0.1) as relay,
+            simulate(refresh_interval=0.25, run_seconds=1.5, queue_seconds=0.05) as relay,
             AsyncClient(
                 relay.api_key, base_url=relay.base_url, dialect="quickrouter", poll=policy
             ) as mj,
@@ -77,3 +78,45 @@ async def test_the_poller_asks_less_on_a_refreshing_relay() -> None:
             assert 5 == len(done) and all(t.is_success for t in done)
             counts[adaptive] = mj.poller.stats["list_requests"]
     assert counts[True] < 0.75 * counts[False], counts
+
+
+# ---- job lengths (the poller reads a job holding a slot around its expected end) ----
+
+
+def _done(run_ms: int, wait_ms: int = 0, **extra: Any) -> dict[str, Any]:
+    start = 10_000 + wait_ms
+    times = {"submitTime": 10_000, "startTime": start, "finishTime": start + run_ms}
+    return {"status": "SUCCESS", "action": "IMAGINE", **times, **extra}
+
+
+def test_job_lengths_are_learned_from_the_relays_timestamps() -> None:
+    """The median run of finished jobs per action and mode; failures and jobs without
+    timestamps teach nothing; other kinds stay unknown."""
+    lengths = JobLengths()
+    for run in (40_000, 50_000, 45_000):
+        lengths.saw_final(_done(run))
+    lengths.saw_final({**_done(1_000), "status": "FAILURE"})
+    lengths.saw_final({"status": "SUCCESS", "action": "IMAGINE"})
+    lengths.saw_final(_done(9_000, action="UPSCALE"))
+    lengths.saw_final(_done(90_000, prompt="a cat --relax"))
+    assert 45.0 == lengths.run(("IMAGINE", None))
+    assert 9.0 == lengths.run(("UPSCALE", None))
+    assert 90.0 == lengths.run(("IMAGINE", "relax"))
+    assert lengths.run(("BLEND", None)) is None
+
+
+def test_the_expected_end_of_a_running_job() -> None:
+    """Started: submit answered + (start - submit) on the relay's clock + the run. Queued:
+    not before the read that showed it queued. Running without a start time: what the
+    progress leaves. Nothing before a job of its kind finished, nor once it ended."""
+    lengths = JobLengths()
+    running = {"status": "IN_PROGRESS", "action": "IMAGINE", "progress": "50%"}
+    assert lengths.expected_end(running, 100.0, 101.0) is None
+    lengths.saw_final(_done(20_000, wait_ms=2_000))
+    started = {**running, "submitTime": 5_000, "startTime": 8_000}
+    assert (100.0 + 3.0 + 20.0, 1.0) == lengths.expected_end(started, 100.0, 101.0)
+    queued = {"status": "SUBMITTED", "action": "IMAGINE"}
+    assert (110.0 + 20.0, 1.0) == lengths.expected_end(queued, 100.0, 110.0)
+    assert (101.0 + 10.0, 1.0) == lengths.expected_end(running, 100.0, 101.0)
+    assert lengths.expected_end({**started, "status": "SUCCESS"}, 100.0, 101.0) is None
+    assert lengths.expected_end(None, 100.0, None) is None

@@ -82,7 +82,16 @@ class Account:
     # ---- the executor ----
 
     def queue_full(self, now: float) -> bool:
-        return self.max_queue is not None and self.waiting(now) >= self.max_queue
+        # With a waiting place or more, a job waits only while every worker is busy; with
+        # none (max_queue 0) the test is the workers themselves.
+        return (
+            self.max_queue is not None
+            and self.waiting(now) >= self.max_queue
+            and not self._worker_free(now)
+        )
+
+    def _worker_free(self, now: float) -> bool:
+        return not self.concurrency or self._slots[0] <= now
 
     def quota_left(self) -> int | None:
         return None if self.quota is None else max(0, self.quota - self.submitted)

@@ -39,6 +39,11 @@ def _optional_positive(_: Any, attribute: attrs.Attribute[int | None], value: in
         raise ValueError(f"{attribute.name} must be at least 1 (or None), got {value!r}")
 
 
+def _optional_count(_: Any, attribute: attrs.Attribute[int | None], value: int | None) -> None:
+    if value is not None and value < 0:
+        raise ValueError(f"{attribute.name} must be at least 0 (or None), got {value!r}")
+
+
 def _optional_money(_: Any, attribute: attrs.Attribute[float | None], value: float | None) -> None:
     if value is not None and not value >= 0:
         raise ValueError(f"{attribute.name} must be at least 0 USD (or None), got {value!r}")
@@ -203,9 +208,11 @@ class SimulatorConfig:
     """Keys the server accepts; every key is a separate account (queue, quota, counters)."""
     concurrency: int | None = attrs.field(default=None, validator=_optional_positive)
     """Jobs running at once per account; later ones wait in NOT_START. None: unlimited."""
-    max_queue: int | None = attrs.field(default=None, validator=_optional_positive)
+    max_queue: int | None = attrs.field(default=None, validator=_optional_count)
     """Jobs allowed to wait per account beyond the running ones; a submit beyond it gets
-    the dialect's queue-full answer (code 23, or 9 on trueai). Needs ``concurrency``."""
+    the dialect's queue-full answer (code 23, or 9 on trueai). Needs ``concurrency``.
+    0: no waiting place, so a submit while every worker is busy is refused (a
+    ``queue-size`` 0 executor: Java's SynchronousQueue hands off or rejects)."""
     saturate_429: bool = False
     """quickrouter only: a full queue is answered by the relay as HTTP 429 code 30 (new-api's
     "group saturated") instead of passing the upstream's code 23 through."""

@@ -522,7 +522,7 @@ class MidjourneyProxyDialect(Dialect):
             ),
             "enable": key not in self.config.disabled_keys,
             "coreSize": self.config.concurrency or 3,
-            "queueSize": self.config.max_queue or 10,
+            "queueSize": 10 if self.config.max_queue is None else self.config.max_queue,
             "timeoutMinutes": 5,
         }
 
