@@ -35,7 +35,7 @@ import attrs
 
 from ._converter import structure
 from ._models import BillingSubscription, BillingUsage, SiteStatus, TokenUsage
-from ._protocol import EMPTY
+from ._protocol import EMPTY, relay_words
 from ._relay import Relay
 from .errors import (
     APIError,
@@ -160,7 +160,7 @@ async def read_balance(relay: Relay) -> Balance:
             path=TOKEN_USAGE,
         )
     try:
-        data = await relay.read_base(TOKEN_USAGE)
+        data = await _read(relay, TOKEN_USAGE)
     except UnsupportedByRelayError as missing:
         logger.debug("GET %s is not served (%s): trying the dashboard routes", TOKEN_USAGE, missing)
         return await _from_dashboard(relay, missing)
@@ -170,8 +170,8 @@ async def read_balance(relay: Relay) -> Balance:
 
 async def _from_dashboard(relay: Relay, first: UnsupportedByRelayError) -> Balance:
     try:
-        subscription = await relay.read_base(SUBSCRIPTION)
-        usage = await relay.read_base(USAGE)
+        subscription = await _read(relay, SUBSCRIPTION)
+        usage = await _read(relay, USAGE)
     except UnsupportedByRelayError as exc:
         raise exc.reworded(
             "this relay reports no balance: neither new-api's /api/usage/token/ nor its "
@@ -180,6 +180,33 @@ async def _from_dashboard(relay: Relay, first: UnsupportedByRelayError) -> Balan
         ) from first
     status = await _site_status(relay)
     return balance_from_dashboard(subscription, usage, status)
+
+
+async def _read(relay: Relay, path: str) -> Any:
+    """``relay.read_base(path)``; a 404 or 405 with a body is "not served" too.
+
+    new-api answers an ``/api`` or ``/v1`` path it lacks (an older version) with 404
+    ``{"error": {"message": "Invalid URL (GET ...)"}}``, which the relay rules read as a
+    relay's error body; here it only means the route is missing.
+    """
+    try:
+        return await relay.read_base(path)
+    except UnsupportedByRelayError:
+        raise
+    except APIError as exc:
+        if exc.status not in (404, 405):
+            raise
+        raise UnsupportedByRelayError(
+            f"{path}: this relay does not serve GET {path} (HTTP {exc.status}): "
+            f"{relay_words(exc.body)[:200]}",
+            route=f"GET {path}",
+            dialects=("quickrouter",),
+            status=exc.status,
+            body=exc.body,
+            path=path,
+            headers=exc.headers,
+            request_id=exc.request_id,
+        ) from exc
 
 
 async def _site_status(relay: Relay) -> SiteStatus | None:

@@ -234,10 +234,27 @@ async def test_status_route_failing_keeps_the_default_units() -> None:
         assert (await mj.balance()).units_per_usd == 500_000
 
 
+async def test_an_older_new_api_without_the_usage_route_falls_back() -> None:
+    # new-api answers /api and /v1 paths it lacks with an OpenAI-shaped 404.
+    invalid = {"message": "Invalid URL (GET /api/usage/token/)", "type": "invalid_request_error"}
+    script = Script(
+        {
+            TOKEN: {"status": 404, "json": {"error": {"code": "", "param": "", **invalid}}},
+            SUB: {"json": subscription(20)},
+            USAGE: {"json": usage(5)},
+            STATUS: {"status": 404, "json": {"error": invalid}},
+        }
+    )
+    async with script.client() as mj:
+        b = await mj.balance()
+    assert (b.unit, b.remaining, b.used, b.remaining_usd) == ("display", 15, 5, None)
+
+
 @pytest.mark.parametrize(
     "missing",
     [
         {"status": 404, "json": {"timestamp": 1, "status": 404, "error": "Not Found"}},
+        {"status": 404, "json": {"error": {"message": "Invalid URL (GET /x)", "type": "x"}}},
         {"status": 405, "body": ""},
         {"status": 200, "body": "<!doctype html><html>new-api</html>"},
     ],
