@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         BatchItem,
         BatchProgress,
         BatchSummary,
+        plan_batch,
         read_prompts,
         reconcile,
         run_batch,
@@ -45,6 +46,7 @@ if TYPE_CHECKING:
         TaskStatus,
     )
     from ._poller import PollPolicy
+    from ._spend import BatchPlan, SpendLine, SpendReport, parse_prices
     from ._sync import Client, Job
     from ._transport import AsyncTransport, Request, Response
     from .errors import (
@@ -100,12 +102,14 @@ _SOURCES: dict[str, str] = {
             "BatchItem",
             "BatchProgress",
             "BatchSummary",
+            "plan_batch",
             "read_prompts",
             "reconcile",
             "run_batch",
         ),
         "_batch",
     ),
+    **dict.fromkeys(("BatchPlan", "SpendLine", "SpendReport", "parse_prices"), "_spend"),
     "Balance": "_billing",
     "RedisBudgets": "_budget_redis",
     **dict.fromkeys(("AsyncClient", "ProgressCallback", "TaskRef"), "_client"),
@@ -193,6 +197,7 @@ __all__ = (
     "BatchError",
     "BatchItem",
     "BatchLockedError",
+    "BatchPlan",
     "BatchProgress",
     "BatchSummary",
     "BlendDimensions",
@@ -233,6 +238,8 @@ __all__ = (
     "Response",
     "RetryPolicy",
     "ServerError",
+    "SpendLine",
+    "SpendReport",
     "StorageError",
     "Submission",
     "SubmitOutcomeUnknownError",
@@ -255,6 +262,8 @@ __all__ = (
     "UsageError",
     "ValidationError",
     "__version__",
+    "parse_prices",
+    "plan_batch",
     "read_keys",
     "read_prompts",
     "reconcile",

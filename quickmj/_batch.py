@@ -27,7 +27,7 @@ import sys
 import time
 import unicodedata
 from collections import Counter, deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path, PurePath
 from typing import Any, TextIO
 
@@ -36,19 +36,38 @@ import attrs
 
 from ._accounts import AccountPool, Reservation
 from ._admission import BudgetStats, NoUsableAccountError, account_unusable
+from ._billing import NO_BILLING_DIALECTS, Balance
 from ._client import AsyncClient
 from ._converter import structure_task
 from ._files import STEM_BYTES, cap_utf8, safe_stem, storage_error
 from ._jobs import AsyncJob, Submission
-from ._journal import Journal, JournalRow, Phase
+from ._journal import Journal, JournalRow, Phase, read_snapshot
 from ._models import Task
-from ._outdir import IMAGES, STAGING, BatchDir
+from ._outdir import IMAGES, JOURNAL_NAME, STAGING, BatchDir
 from ._protocol import outcome_unknown, relay_words
+from ._spend import (
+    SPEND_NAME,
+    BalanceWatch,
+    BatchPlan,
+    Ledger,
+    PriceBook,
+    SpendFile,
+    SpendReport,
+    mode_of,
+    paid_submits,
+    parse_prices,
+    plan_rows,
+    row_usd,
+    spend_counts,
+    spend_report,
+    usd_moved,
+)
 from .errors import (
     AuthenticationError,
     ClientClosedError,
     ConnectError,
     InvalidInputError,
+    JournalError,
     MalformedResponseError,
     QueueFullError,
     QuickMJError,
@@ -63,6 +82,7 @@ from .errors import (
     TaskStalledError,
     TaskTimeoutError,
     UnsupportedByRelayError,
+    UsageError,
 )
 
 __all__ = (
@@ -71,6 +91,7 @@ __all__ = (
     "BatchProgress",
     "BatchSummary",
     "parse_upscale",
+    "plan_batch",
     "read_prompts",
     "reconcile",
     "run_batch",
@@ -197,8 +218,12 @@ class BatchSummary:
     #: Per account: jobs submitted, outcomes, queue-full and 429 answers, learned limit.
     accounts: tuple[AccountSummary, ...] = ()
     #: Why the run stopped sending submits before every prompt was sent (the relay
-    #: refused every submit for ``timeout`` seconds); None if it did not.
+    #: refused every submit for ``timeout`` seconds, or the next prompt would cross
+    #: ``max_spend``); None if it did not.
     stopped_submitting: str | None = None
+    #: What the batch directory has spent (every run), per action and per account, at
+    #: the prices known (given or learned); the cap and why it stopped the run, if it did.
+    spend: SpendReport | None = None
 
     @property
     def ok(self) -> bool:
@@ -314,6 +339,8 @@ class _Settings:
     name: str
     resubmit_unknown: bool
     gallery: bool = False  # write OUT/index.html at the end (and when stopped)
+    max_spend: float | None = None  # USD for the whole directory (see _spend)
+    learn: tuple[str, ...] = ()  # actions whose price the capped run learns
 
 
 class _Stop(Exception):
@@ -390,6 +417,10 @@ class _Run:
         #: button pressed or None for the grid, task id). Named in the final error.
         self.unjournaled: list[tuple[JournalRow, str | None, str]] = []
         self._scope: anyio.CancelScope | None = None
+        #: The spend and its cap, and the directory's spend.json (set by ``_drive``).
+        self.ledger = Ledger(PriceBook(), Counter())
+        self.spend_file = SpendFile(bdir.path / SPEND_NAME)
+        self.watch: BalanceWatch | None = None  # a capped run's balance reads
 
     # ---- progress ----
 
@@ -468,6 +499,8 @@ class _Run:
             except StorageError as exc:  # the disk refused a journal write
                 self._stopping(exc)
                 scope.cancel()
+            finally:
+                self.ledger.release(row.index)  # what the prompt still holds comes back
             self._report()
 
     def _stopping(self, error: QuickMJError) -> None:
@@ -496,6 +529,9 @@ class _Run:
             return self._set(
                 row, Phase.UNKNOWN, reason="the run stopped while this prompt was being submitted"
             )
+        stopped = await self._admit(row)
+        if stopped is not None:
+            return stopped
         if row.task_id is None:
             job = await self._submit(
                 row,
@@ -523,6 +559,30 @@ class _Run:
         finally:
             self.running -= 1
 
+    async def _admit(self, row: JournalRow) -> Phase | None:
+        """Hold the price of the prompt's submits left (its imagine, its upscales) under
+        ``max_spend``; None: go on. A prompt that does not fit sends nothing: a new one
+        stays pending, a paid grid whose presses do not fit is left incomplete."""
+        labels = [x for x in self.s.upscale if x not in row.upscales]
+        actions = (["imagine"] if row.task_id is None else []) + ["upscale"] * len(labels)
+        if not actions:
+            return None  # nothing to send: following a paid job costs nothing
+        modes = {mode_of(row.prompt, c.mode) for c in self.pool.clients}
+        ledger = self.ledger
+
+        def cost() -> float:  # at the prices known when it is admitted (some are learned)
+            return max(sum(ledger.price(a, m) for a in actions) for m in modes)
+
+        if self.watch is not None:
+            await self.watch.check()  # what the relay charged, at a modest rate
+        if await ledger.admit(row.index, cost, "prompt"):
+            return None
+        why = f"{ledger.stopped}; --resume with a higher --max-spend sends it"
+        if row.task_id is None:
+            self.journal.mark_pending(row.index, reason=f"not sent: {why}")
+            return Phase.PENDING
+        return self._set(row, Phase.INCOMPLETE, reason=f"{', '.join(labels)} not sent: {why}")
+
     def _owner(self, row: JournalRow) -> AsyncClient | None:
         """The client of the account that owns the row's jobs (None: not in this run)."""
         try:
@@ -544,6 +604,13 @@ class _Run:
 
     def _reopen(self, row: JournalRow) -> JournalRow:
         """An unknown outcome to send again: the submit, or just the press it lost."""
+        # The journal forgets the first attempt, which may be paid: spend.json keeps it.
+        phase = Phase.PENDING if row.task_id is None else Phase.RUNNING
+        after = attrs.evolve(row, phase=phase, pressing=None)
+        lost = Counter(paid_submits(row)) - Counter(paid_submits(after))
+        if lost:
+            self.spend_file.resent.update(lost)
+            self.spend_file.save()
         if row.task_id is None:
             self.journal.mark_pending(row.index, reason="sent again (--resubmit-unknown)")
         else:
@@ -732,6 +799,9 @@ class _Run:
         """One submit with a reserved slot: the job, the prompt's end, or None (again)."""
         if self.stop is not None:  # stopping (a full disk): send nothing more
             return self._not_sent(row, pressing, "the run stopped")
+        before = await self._balance_before(row, pressing, slot)  # learning a price
+        if isinstance(before, Phase):
+            return before
         self.journal.mark_submitting(row.index, tag, pressing=pressing)
         if self.journal.out_of_room:  # that write took the journal's reserve
             self._unmark(row, pressing)
@@ -741,7 +811,7 @@ class _Run:
             # The client runs a sent submit to its answer; wait for it even when the
             # run is stopped (an outage, a full disk) or cancelled, so the answer (a
             # paid job's id) reaches the journal instead of leaving the row "unknown".
-            with anyio.CancelScope(shield=True):
+            with anyio.CancelScope(shield=True), self._on_wire(row, pressing, slot):
                 job = await slot.send(make(slot.client, tag))
         except (QueueFullError, RateLimitError) as exc:
             self.breaker.ok()  # the relay answered: no outage; the budget paused
@@ -752,10 +822,68 @@ class _Run:
             if account_unusable(exc) and slot.lease.budget.disabled and pressing is None:
                 self._unmark(row, pressing)  # created nothing; another account may take it
                 return None
+            if outcome_unknown(exc) or isinstance(exc, SubmitOutcomeUnknownError):
+                self._spent(row, pressing, slot)  # it may be paid: counted as paid
+                if before is not None:
+                    self.ledger.cannot_learn(_action(pressing), "its submit's outcome is unknown")
             return self._submit_failed(row, pressing, exc)
         self.breaker.ok()
         self._accepted()
+        self._spent(row, pressing, slot)
+        if before is not None:
+            await self._learn(_action(pressing), slot.client, before)
         return job
+
+    # ---- learning a price from the balance (a cap without it) ----
+
+    async def _balance_before(
+        self, row: JournalRow, pressing: str | None, slot: Reservation
+    ) -> Balance | Phase | None:
+        """The balance before a submit whose price is learned (None: it is known)."""
+        action = _action(pressing)
+        if not self.ledger.learns(action):
+            return None
+        try:
+            return await slot.client.balance()
+        except QuickMJError as exc:
+            self.ledger.cannot_learn(action, f"the balance cannot be read: {exc}")
+            return self._not_sent(row, pressing, self.ledger.stopped or "")
+
+    async def _learn(self, action: str, client: AsyncClient, before: Balance) -> None:
+        """The price of ``action``: what the balance moved by for its one submit (sent
+        alone), read again a few times while the relay has not applied the charge."""
+        for delay in LEARN_DELAYS:
+            await anyio.sleep(delay)
+            try:
+                moved = usd_moved(before, await client.balance())
+            except QuickMJError as exc:
+                self.ledger.cannot_learn(action, f"the balance cannot be read: {exc}")
+                return
+            if moved is None:
+                self.ledger.cannot_learn(action, "the relay does not give its balance in USD")
+                return
+            if moved > 0:
+                self.ledger.learned(action, moved)
+                logger.info("learned the price of %s: %.4f USD", action, moved)
+                self.spend_file.book = self.ledger.book
+                self.spend_file.save()
+                return
+        self.ledger.cannot_learn(action, "the balance did not move after one submit")
+
+    @contextlib.contextmanager
+    def _on_wire(self, row: JournalRow, pressing: str | None, slot: Reservation) -> Any:
+        """The submit's price while it is on the wire (the balance may show it already)."""
+        price = self.ledger.price(_action(pressing), mode_of(row.prompt, slot.client.mode))
+        self.ledger.on_wire += price
+        try:
+            yield
+        finally:
+            self.ledger.on_wire -= price
+
+    def _spent(self, row: JournalRow, pressing: str | None, slot: Reservation) -> None:
+        action = _action(pressing)
+        mode = mode_of(row.prompt, slot.client.mode)
+        self.ledger.commit(row.index, action, mode, slot.account)
 
     # ---- queue full forever: the run's timeout bounds the wait for a slot ----
 
@@ -898,6 +1026,16 @@ class _Run:
             )
         except QuickMJError as exc:
             return self._set(row, Phase.INCOMPLETE, reason=f"{type(exc).__name__}: {exc}")
+
+
+#: Seconds to wait before each balance read after a submit whose price is learned (a
+#: relay may apply a charge a moment later: new-api can batch its quota updates).
+LEARN_DELAYS = (0.0, 1.0, 4.0)
+
+
+def _action(pressing: str | None) -> str:
+    """The priced action of a batch submit: a press is an upscale, else an imagine."""
+    return "upscale" if pressing else "imagine"
 
 
 def _full(journal: Journal) -> StorageError:
@@ -1115,6 +1253,8 @@ async def run_batch(
     reconcile: bool = False,
     on_progress: Callable[[BatchProgress], Any] | None = None,
     gallery: bool = False,
+    max_spend: float | None = None,
+    prices: Mapping[str, float] | Sequence[str] | None = None,
 ) -> BatchSummary:
     """Run (or resume) a batch into directory ``out`` (the guide: "Batch jobs").
 
@@ -1139,12 +1279,15 @@ async def run_batch(
         on_progress: called with a BatchProgress after each change.
         gallery: also write ``out/index.html`` (see :func:`write_gallery`) when the run
             ends, and when it is stopped or interrupted (a failure to write it is logged).
+        max_spend: a cap in USD on the directory's spend, every run counted (the guide:
+            "Cost"); prompts that do not fit stay ``pending`` for a resume.
+        prices: USD per submit by action (``{"imagine": 0.1}``), kept in ``out/spend.json``.
 
     Returns:
         The summary: outcomes, the manifest's path, per-account figures, unsettled rows.
 
     Raises:
-        InvalidInputError: a bad argument (``concurrency``, ``upscale``, ``name``).
+        InvalidInputError: a bad argument, or ``max_spend`` without the prices it needs.
         BatchLockedError: another run owns ``out``.
         JournalError: there is nothing safe to resume.
         RelayUnreachableError: an outage stopped the run early (the run is resumable).
@@ -1152,17 +1295,155 @@ async def run_batch(
         ClientClosedError: the client was closed during the run.
     """
     settings = _settings(concurrency, upscale, seed, download, timeout, name, resubmit_unknown)
-    settings = attrs.evolve(settings, gallery=gallery)
+    settings = attrs.evolve(settings, gallery=gallery, max_spend=check_cap(max_spend))
+    return await _run_batch(client, items, out, settings, prices, resume, reconcile, on_progress)
+
+
+async def _run_batch(
+    client: AsyncClient | AccountPool,
+    items: Sequence[BatchItem],
+    out: str | os.PathLike[str],
+    settings: _Settings,
+    prices: Mapping[str, float] | Sequence[str] | None,
+    resume: bool,
+    reconcile: bool,
+    on_progress: Callable[[BatchProgress], Any] | None,
+) -> BatchSummary:
+    # The prices before the directory is taken: a refused cap leaves no journal behind.
+    spend = _spend_file(out, prices)
+    settings = attrs.evolve(settings, learn=_to_learn(spend, settings, client))
     pairs = [(i.prompt, dict(i.options)) for i in items]
     async with _accounts(client) as pool:
         with BatchDir(out) as bdir:
             journal = bdir.open_journal(pairs, resume=resume)
             try:
                 unsettled = await _settle(pool, journal) if reconcile else []
-                summary = await _drive(pool, bdir, journal, settings, on_progress)
+                summary = await _drive(pool, bdir, journal, settings, on_progress, spend)
             finally:
                 journal.close()
     return attrs.evolve(summary, unsettled=tuple(unsettled))
+
+
+def plan_batch(
+    items: Sequence[BatchItem],
+    out: str | os.PathLike[str],
+    *,
+    upscale: Sequence[str] = (),
+    resume: bool = False,
+    resubmit_unknown: bool = False,
+    prices: Mapping[str, float] | Sequence[str] | None = None,
+    mode: str | None = None,
+    max_spend: float | None = None,
+) -> BatchPlan:
+    """What :func:`run_batch` would submit, and its cost where prices are known, without
+    sending anything, taking ``out`` or writing to it (``quickmj batch --dry-run``).
+
+    Args:
+        items: the prompts (see :func:`read_prompts`).
+        out: the output directory (its ``spend.json`` prices; with ``resume`` its journal).
+        upscale: the labels the run would press on each grid.
+        resume: plan the rest of the batch in ``out`` (only what is left).
+        resubmit_unknown: with ``resume``, count ``unknown`` prompts as sent again.
+        prices: USD per submit by action, over those in ``out/spend.json``.
+        mode: the jobs' speed mode where a prompt has no ``--fast``/``--relax``/``--turbo``
+            flag (None: the key's default).
+        max_spend: a cap to show next to the plan.
+
+    Returns:
+        The plan: submits by action and mode, prices used, cost (None if a price is
+        missing), and on a resume what the directory has spent already.
+
+    Raises:
+        InvalidInputError: a bad ``upscale``, ``prices`` or ``max_spend``.
+        UsageError: ``out`` holds a batch and ``resume`` is not set, or holds another one.
+        JournalError: ``resume`` and there is no journal to read.
+    """
+    labels = parse_upscale(list(upscale))
+    spend = _spend_file(out, prices)
+    pairs = [(i.prompt, dict(i.options)) for i in items]
+    rows, spent = _planned_rows(out, pairs, spend, resume=resume)
+    lines, open_rows, unknown = plan_rows(
+        rows, labels, spend.book, mode=mode, resubmit_unknown=resubmit_unknown
+    )
+    return BatchPlan(
+        prompts=len(items),
+        open=open_rows,
+        lines=lines,
+        prices=dict(spend.book.prices),
+        price_sources=dict(spend.book.sources),
+        spent=spent,
+        unknown=unknown,
+        cap=check_cap(max_spend),
+    )
+
+
+def _planned_rows(
+    out: str | os.PathLike[str],
+    pairs: list[tuple[str, dict[str, Any]]],
+    spend: SpendFile,
+    *,
+    resume: bool,
+) -> tuple[list[JournalRow], SpendReport | None]:
+    """The rows a run would start from: the journal's on a resume (read without writing),
+    else fresh ones."""
+    path = Path(out) / JOURNAL_NAME
+    if not resume:
+        if path.exists() and read_snapshot(path).rows:
+            raise UsageError(
+                f"{os.fspath(out)!r} already holds a batch: plan the rest with --resume"
+            )
+        fresh = [JournalRow(i, p, o, Phase.PENDING) for i, (p, o) in enumerate(pairs)]
+        return fresh, None
+    if not path.exists():
+        raise JournalError(f"nothing to resume: {os.fspath(out)!r} has no batch journal")
+    rows = read_snapshot(path).rows
+    stored = [(r.prompt, r.options) for r in rows]
+    if stored != [(p, json.loads(json.dumps(o, sort_keys=True))) for p, o in pairs]:
+        raise UsageError(
+            f"the prompts differ from the batch in {os.fspath(out)!r}; use the same input file"
+        )
+    return rows, spend_report(rows, spend.book, spend.resent)
+
+
+def _spend_file(
+    out: str | os.PathLike[str], prices: Mapping[str, float] | Sequence[str] | None
+) -> SpendFile:
+    """The directory's prices (``spend.json``), with the ones given over them."""
+    spend = SpendFile.load(out)
+    given = parse_prices(prices)
+    if given:
+        spend.book = spend.book.with_prices(given, "given")
+    return spend
+
+
+def _to_learn(
+    spend: SpendFile, settings: _Settings, client: AsyncClient | AccountPool
+) -> tuple[str, ...]:
+    """With a cap: the prices the run must learn from the balance (its first prompt runs
+    alone until they are known); refused where the relay keeps no balance."""
+    if settings.max_spend is None:
+        return ()
+    missing = spend.book.missing(["imagine"] + (["upscale"] if settings.upscale else []))
+    clients = client.clients if isinstance(client, AccountPool) else [client]
+    if missing and any(c.dialect in NO_BILLING_DIALECTS for c in clients):
+        flags = " ".join(f"--price {a}=USD" for a in missing)
+        raise InvalidInputError(
+            f"--max-spend needs the price of {' and '.join(missing)}: give it ({flags}); "
+            "this relay keeps no balance to learn it from (there the cost is your own: "
+            "count the jobs, see the plan of --dry-run)"
+        )
+    return missing
+
+
+def check_cap(value: float | None) -> float | None:
+    """A ``max_spend`` in USD: finite and not negative (None: no cap)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidInputError(f"max_spend must be a number of USD, not {value!r}")
+    if not math.isfinite(value) or value < 0:
+        raise InvalidInputError(f"max_spend must be finite and not negative, not {value!r}")
+    return float(value)
 
 
 def _settings(
@@ -1206,11 +1487,21 @@ async def _drive(
     journal: Journal,
     settings: _Settings,
     on_progress: Callable[[BatchProgress], Any] | None,
+    spend: SpendFile | None = None,
 ) -> BatchSummary:
     """Run the journal's open prompts; the manifest and a closed journal in every case."""
     bdir.clean_parts()
     journal.reserve(_reserve_bytes(settings, len(journal.rows())))
     run = _Run(pool, journal, bdir, settings, journal.begin_run(), on_progress)
+    run.spend_file = spend = spend or SpendFile.load(bdir.path)
+    if spend.book.prices:
+        spend.save()  # the prices given are kept for the next run (and --dry-run)
+    counts = spend_counts(journal.rows(), spend.resent)
+    run.ledger = Ledger(spend.book, counts, cap=settings.max_spend, learn=settings.learn)
+    if settings.max_spend is not None and not settings.learn:
+        watch = BalanceWatch([c.balance for c in pool.clients], run.ledger)
+        run.watch = watch if _billed(pool) and await watch.begin() else None
+    extra = _manifest_spend(run.ledger)
     before = {b.label: attrs.evolve(b.stats) for b in pool.budgets}
     try:
         if any(r.task_id is None and r.phase is Phase.PENDING for r in journal.rows()):
@@ -1220,18 +1511,43 @@ async def _drive(
         # Stopped or interrupted: the journal is closed and the manifest shows where
         # every prompt stands (plain blocking calls: a cancellation cannot cut them);
         # neither hides the run's own error (a full disk may refuse them too).
-        _wind_down(bdir, journal)
+        _wind_down(bdir, journal, extra)
         _run_gallery(bdir, journal, settings)
         raise
     journal.end_run()
-    manifest = bdir.write_manifest(journal)
+    manifest = bdir.write_manifest(journal, extra)
     _run_gallery(bdir, journal, settings)
     summary = _summary(journal, manifest, time.monotonic() - run.started)
+    stopped = run.ledger.stopped
     return attrs.evolve(
         summary,
         accounts=_per_account(pool, journal, before, run.refused),
-        stopped_submitting=run.halted,
+        stopped_submitting=run.halted or stopped,
+        spend=spend_report(
+            journal.rows(),
+            run.ledger.book,
+            spend.resent,
+            cap=settings.max_spend,
+            stopped=stopped,
+            beyond_prices=run.ledger.extra,
+        ),
     )
+
+
+def _billed(pool: AccountPool) -> bool:
+    """Whether every account's relay keeps a balance (worth watching)."""
+    return all(c.dialect not in NO_BILLING_DIALECTS for c in pool.clients)
+
+
+def _manifest_spend(ledger: Ledger) -> Callable[[JournalRow], dict[str, Any]]:
+    """The manifest's spend fields of a prompt: its paid (or maybe paid) submits by
+    action, and their cost in USD at the prices known then (None: one is unknown)."""
+
+    def fields(row: JournalRow) -> dict[str, Any]:
+        submits = Counter(action for action, _, _ in paid_submits(row))
+        return {"submits": dict(submits), "usd": row_usd(row, ledger.book)}
+
+    return fields
 
 
 #: Room kept for the journal on a full disk: its closing writes, plus one write (a WAL
@@ -1245,12 +1561,16 @@ def _reserve_bytes(settings: _Settings, rows: int) -> int:
     return _RESERVE_BASE + _RESERVE_PER_SUBMIT * in_flight
 
 
-def _wind_down(bdir: BatchDir, journal: Journal) -> None:
+def _wind_down(
+    bdir: BatchDir,
+    journal: Journal,
+    extra: Callable[[JournalRow], dict[str, Any]] | None = None,
+) -> None:
     """End a stopped run's journal and rewrite its manifest, as far as the disk allows."""
     with contextlib.suppress(StorageError):
         journal.end_run()  # else close() marks it, with the reserve given back
     try:
-        bdir.write_manifest(journal)
+        bdir.write_manifest(journal, extra)
     except StorageError as exc:
         logger.warning("%s: manifest.jsonl is not up to date (--resume rewrites it)", exc)
 

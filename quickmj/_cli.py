@@ -445,6 +445,56 @@ def _batch_parser(cmd: Callable[[str, str, str], argparse.ArgumentParser]) -> No
         action="store_true",
         help="also write OUT/index.html (every prompt with its images) at the end or on Ctrl-C",
     )
+    _spend_options(p)
+
+
+def _spend_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("cost")
+    g.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show the submits the run would make (and their cost); send nothing",
+    )
+    g.add_argument(
+        "--price",
+        action="append",
+        default=[],
+        type=_price_arg,
+        metavar="ACTION=USD",
+        help="the relay's price of one submit (imagine=0.10, upscale=0.05; repeatable); "
+        "kept in OUT/spend.json",
+    )
+    g.add_argument(
+        "--max-spend",
+        type=_usd_arg,
+        default=None,
+        metavar="USD",
+        help="stop starting prompts before the batch directory's spend would cross USD "
+        "(every run counted; needs the prices); the rest stays pending for --resume",
+    )
+
+
+def _price_arg(text: str) -> str:
+    """An argparse type: one ``ACTION=USD`` price, checked (kept as written)."""
+    from ._spend import parse_prices
+    from .errors import InvalidInputError
+
+    try:
+        parse_prices([text])
+    except InvalidInputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--price: ")) from None
+    return text
+
+
+def _usd_arg(text: str) -> float:
+    """An argparse type: a finite, non-negative amount of USD."""
+    try:
+        value = float(text.strip().removeprefix("$"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of USD: {text!r}") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"USD must be finite and not negative: {text!r}")
+    return value
 
 
 # ---- output ----
@@ -737,6 +787,8 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
         raise _Usage("--concurrency must be at least 1")
     if (args.resubmit_unknown or args.reconcile) and not args.resume:
         raise _Usage("--resubmit-unknown and --reconcile go with --resume")
+    if args.dry_run:
+        return _dry_run(args, items, upscale, out)
     if not args.resume:
         done = _finished_before(args.out, items)
         if done is not None:
@@ -763,6 +815,8 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
                 reconcile=args.reconcile,
                 on_progress=reporter,
                 gallery=args.gallery,
+                max_spend=args.max_spend,
+                prices=args.price,
             )
         finally:
             reporter.close()
@@ -770,6 +824,67 @@ async def _batch(args: argparse.Namespace, out: _Output) -> int:
     if args.gallery and not out.as_json and (Path(args.out) / "index.html").is_file():
         print(f"gallery: {Path(args.out) / 'index.html'}", file=out.stream)
     return EXIT_OK if summary.ok else EXIT_FAILED
+
+
+def _dry_run(args: argparse.Namespace, items: Sequence[Any], upscale: Any, out: _Output) -> int:
+    """``batch --dry-run``: the plan, with no key, no relay and nothing written."""
+    from ._batch import plan_batch
+
+    plan = plan_batch(
+        items,
+        args.out,
+        upscale=upscale,
+        resume=args.resume,
+        resubmit_unknown=args.resubmit_unknown,
+        prices=args.price,
+        mode=args.mode or _keys_mode(args),
+        max_spend=args.max_spend,
+    )
+    if out.as_json:
+        out.json({"plan": plan.as_json()})
+        return EXIT_OK
+    for line in _plan_lines(plan):
+        print(line, file=out.stream)
+    return EXIT_OK
+
+
+def _keys_mode(args: argparse.Namespace) -> str | None:
+    """The one mode of every ``--keys`` account (None: the keys' defaults, or mixed)."""
+    if not args.keys:
+        return None
+    from ._accounts import read_keys
+
+    modes = {a.mode for a in read_keys(args.keys)}
+    return modes.pop() if len(modes) == 1 else None
+
+
+def _usd(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f} USD"
+
+
+def _plan_lines(plan: Any) -> list[str]:
+    """A plan for people: one line per action and mode, the total, the cap."""
+    left = " left" if plan.spent is not None else ""
+    lines = [f"dry run: {plan.open} of {plan.prompts} prompts{left} to run; nothing sent"]
+    for x in plan.lines:
+        each = f" (no price: --price {x.action}=USD)"
+        if x.usd is not None:
+            each = f" x {x.usd / x.submits:.3f} = {x.usd:.2f} USD"
+        lines.append(f"  {x.action:<8} {x.mode or 'default':<8} {x.submits:>6}{each}")
+    cost = _usd(plan.usd) if plan.usd is not None else "cost unknown"
+    lines.append(f"  total: {plan.submits} submits, {cost}")
+    if plan.spent is not None:
+        lines.append(f"  spent already in {plan.spent.submits} submits: {_usd(plan.spent.usd)}")
+    if plan.unknown:
+        lines.append(f"  {plan.unknown} unknown outcome(s) left alone (quickmj reconcile)")
+    if plan.cap is not None and plan.usd is not None:
+        total = plan.usd + ((plan.spent.usd or 0.0) if plan.spent else 0.0)
+        fits = "fits under" if total <= plan.cap + 1e-9 else "would stop at"
+        lines.append(f"  {fits} --max-spend {plan.cap:.2f} USD (directory total {total:.2f})")
+    sources = ", ".join(f"{k} {v}" for k, v in sorted(plan.price_sources.items()))
+    if sources:
+        lines.append(f"  prices: {sources} (kept in OUT/spend.json)")
+    return lines
 
 
 def _finished_before(out_dir: str, items: Sequence[Any]) -> list[Any] | None:
@@ -893,6 +1008,7 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
                     "seconds": round(summary.elapsed, 2),
                     "accounts": [_account_json(a) for a in summary.accounts],
                     "stopped_submitting": summary.stopped_submitting,
+                    "spend": summary.spend.as_json() if summary.spend else None,
                 }
             }
         )
@@ -907,8 +1023,10 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
     )
     for a in summary.accounts:
         print(_account_line(a), file=out.stream)
+    for line in _spend_lines(summary):
+        print(line, file=out.stream)
     stopped = summary.stopped_submitting
-    if stopped:
+    if stopped and not (summary.spend and summary.spend.stopped):
         print(
             f"note: stopped submitting: {stopped}; the {summary.pending} pending prompt(s) "
             "created nothing",
@@ -920,7 +1038,8 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
             "OUT' (or check the relay's dashboard) before sending them again",
             file=out.stream,
         )
-    if summary.resumable:
+    capped = bool(summary.spend and summary.spend.stopped)  # its line says --resume
+    if summary.resumable and not capped:
         print(
             "note: run again with --resume to finish timed out, incomplete and pending prompts",
             file=out.stream,
@@ -928,6 +1047,29 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
     failures = getattr(reporter, "failures", None)
     if callable(failures) and not out.as_json:  # with --json the manifest says it
         failures(summary.manifest)
+
+
+def _spend_lines(summary: Any) -> list[str]:
+    """The directory's spend (where prices are known or a cap was kept), and the one
+    line of a run the cap stopped."""
+    spend = getattr(summary, "spend", None)
+    if spend is None or not (spend.prices or spend.cap is not None):
+        return []
+    parts = ", ".join(f"{k} {_usd(v)}" for k, v in spend.by_action.items())
+    accounts = "; ".join(f"account {k}: {_usd(v)}" for k, v in spend.by_account.items())
+    lines = [f"spend: {_usd(spend.usd)} in {spend.submits} submits ({parts or 'none'})"]
+    lines += [f"  {accounts}"] if accounts else []
+    if spend.beyond_prices > 0:
+        lines.append(
+            f"note: the relay charged {spend.beyond_prices:.2f} USD more than the prices say "
+            "(the key's balance shows it): check --price"
+        )
+    if spend.stopped:
+        lines.append(
+            f"stopped: {spend.stopped}; {summary.pending} prompt(s) pending: "
+            "--resume --max-spend <more> goes on"
+        )
+    return lines
 
 
 def _account_json(a: Any) -> dict[str, Any]:

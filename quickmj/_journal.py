@@ -506,8 +506,12 @@ class _Checker:
             raise self.bad("phase", value, f"a phase ({names})") from None
 
 
-def manifest_lines(rows: Iterable[JournalRow]) -> Iterator[str]:
-    """Manifest lines: one JSON object per prompt, in input order."""
+def manifest_lines(
+    rows: Iterable[JournalRow],
+    extra: Callable[[JournalRow], dict[str, Any]] | None = None,
+) -> Iterator[str]:
+    """Manifest lines: one JSON object per prompt, in input order (``extra``: more
+    fields per row, such as its spend)."""
     for r in rows:
         yield json.dumps(
             {
@@ -525,6 +529,7 @@ def manifest_lines(rows: Iterable[JournalRow]) -> Iterator[str]:
                 "account": r.account,
                 "reason": r.reason,
                 "code": r.code,
+                **(extra(r) if extra is not None else {}),
             },
             ensure_ascii=False,
         )

@@ -17,11 +17,12 @@ import os
 import socket
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 from ._files import PART_SUFFIX, storage_error
-from ._journal import Journal, manifest_lines
+from ._journal import Journal, JournalRow, manifest_lines
 from .errors import BatchLockedError, JournalError, StorageError, UsageError
 
 __all__ = ("JOURNAL_NAME", "LOCK_NAME", "MANIFEST_NAME", "BatchDir")
@@ -197,12 +198,16 @@ class BatchDir:
                     removed += 1
         return removed
 
-    def write_manifest(self, journal: Journal) -> Path:
-        """Write ``manifest.jsonl`` atomically from the journal."""
+    def write_manifest(
+        self, journal: Journal, extra: Callable[[JournalRow], dict[str, Any]] | None = None
+    ) -> Path:
+        """Write ``manifest.jsonl`` atomically from the journal (``extra``: more fields
+        per row)."""
         path = self.path / MANIFEST_NAME
         tmp = self.path / f".{MANIFEST_NAME}{PART_SUFFIX}"
+        lines = manifest_lines(journal.rows(), extra)
         try:
-            tmp.write_text("".join(f"{line}\n" for line in manifest_lines(journal.rows())), "utf-8")
+            tmp.write_text("".join(f"{line}\n" for line in lines), "utf-8")
             os.replace(tmp, path)
         except OSError as exc:
             with contextlib.suppress(OSError):

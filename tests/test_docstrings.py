@@ -61,6 +61,7 @@ CONSTRUCTOR_CLASSES = (
 #: Module functions that must name every parameter in ``Args:``.
 PARAM_FUNCTIONS = (
     "quickmj.run_batch",
+    "quickmj.plan_batch",
     "quickmj._batch.reconcile",
     "quickmj.read_prompts",
     "quickmj.write_gallery",
