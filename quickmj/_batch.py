@@ -401,6 +401,7 @@ class _Run:
         self.total = 0
         self.breaker = _Breaker(OUTAGE_LIMIT)
         self.stop: QuickMJError | None = None
+        self.outage_cause: QuickMJError | None = None  # what tripped the outage breaker
         self._finished_at: list[float] = []
         #: Queue full forever: when the relay began refusing every submit (the loop's
         #: clock; None while submits are accepted), what it says, the submits waiting
@@ -731,6 +732,9 @@ class _Run:
 
     def _final(self, error: QuickMJError) -> QuickMJError:
         """The run's error; on a full disk it names the paid jobs the journal lacks."""
+        if isinstance(error, RelayUnreachableError) and self.outage_cause is not None:
+            # Submits on the wire when the breaker tripped were refused since: pending too.
+            return self._outage(self.outage_cause)
         if not isinstance(error, StorageError) or not self.unjournaled:
             return error
         parts = [
@@ -990,6 +994,7 @@ class _Run:
         return self._set(row, Phase.REJECTED, reason=reason, code=code)  # nothing created
 
     def _outage(self, exc: QuickMJError) -> RelayUnreachableError:
+        self.outage_cause = exc  # _final counts again once the submits on the wire ended
         pending = sum(1 for r in self.journal.rows() if r.phase is Phase.PENDING)
         return RelayUnreachableError(
             f"relay unreachable: {exc}; nothing was submitted for {pending} prompts; "
@@ -1490,10 +1495,11 @@ async def _drive(
     spend: SpendFile | None = None,
 ) -> BatchSummary:
     """Run the journal's open prompts; the manifest and a closed journal in every case."""
+    spend = spend or SpendFile.load(bdir.path)  # (a damaged one: before anything starts)
     bdir.clean_parts()
     journal.reserve(_reserve_bytes(settings, len(journal.rows())))
     run = _Run(pool, journal, bdir, settings, journal.begin_run(), on_progress)
-    run.spend_file = spend = spend or SpendFile.load(bdir.path)
+    run.spend_file = spend
     if spend.book.prices:
         spend.save()  # the prices given are kept for the next run (and --dry-run)
     counts = spend_counts(journal.rows(), spend.resent)

@@ -522,7 +522,7 @@ class Poller:
             raise
         except BaseException as exc:  # a bug must not leave waiters hanging forever
             logger.exception("quickmj poller stopped unexpectedly")
-            self._fail_all(exc)
+            self._fail_all(_leaf(exc))  # the error itself: never anyio's ExceptionGroup
             raise
 
     async def _turn(self, chunks: anyio.abc.TaskGroup) -> None:
@@ -899,6 +899,16 @@ def _dead_error(exc: Exception) -> QuickMJError:
         "wait can end: check base_url; it must be the relay's root address, where it "
         "serves /mj/task/..."
     )
+
+
+def _leaf(exc: BaseException) -> BaseException:
+    """The first error inside (nested) exception groups: the loop's task group wraps a
+    crash of the loop itself in one."""
+    inner = getattr(exc, "exceptions", None)
+    while inner:
+        exc = inner[0]
+        inner = getattr(exc, "exceptions", None)
+    return exc
 
 
 def _as_quickmj(exc: Exception, task_id: str) -> QuickMJError:
