@@ -41,6 +41,7 @@ from .errors import (
     APIError,
     MalformedResponseError,
     QuickMJError,
+    RateLimitError,
     UnsupportedByRelayError,
 )
 
@@ -160,19 +161,23 @@ async def read_balance(relay: Relay) -> Balance:
             path=TOKEN_USAGE,
         )
     try:
-        data = await _read(relay, TOKEN_USAGE)
-    except UnsupportedByRelayError as missing:
-        logger.debug("GET %s is not served (%s): trying the dashboard routes", TOKEN_USAGE, missing)
-        return await _from_dashboard(relay, missing)
+        # Not retried on 429: new-api limits this route to 20 reads per 20 minutes per IP
+        # (CriticalRateLimit); the dashboard routes answer the same question without it.
+        data = await _read(relay, TOKEN_USAGE, retry_rate_limit=False)
+    except (UnsupportedByRelayError, RateLimitError) as first:
+        logger.debug("GET %s: %s: trying the dashboard routes", TOKEN_USAGE, first)
+        return await _from_dashboard(relay, first)
     status = await _site_status(relay)
     return balance_from_token_usage(data, status)
 
 
-async def _from_dashboard(relay: Relay, first: UnsupportedByRelayError) -> Balance:
+async def _from_dashboard(relay: Relay, first: QuickMJError) -> Balance:
     try:
         subscription = await _read(relay, SUBSCRIPTION)
         usage = await _read(relay, USAGE)
     except UnsupportedByRelayError as exc:
+        if isinstance(first, RateLimitError):
+            raise first from exc  # the usage route exists: it said "later"
         raise exc.reworded(
             "this relay reports no balance: neither new-api's /api/usage/token/ nor its "
             "/dashboard/billing routes answered (self-hosted midjourney-proxy and TrueAI "
@@ -182,7 +187,7 @@ async def _from_dashboard(relay: Relay, first: UnsupportedByRelayError) -> Balan
     return balance_from_dashboard(subscription, usage, status)
 
 
-async def _read(relay: Relay, path: str) -> Any:
+async def _read(relay: Relay, path: str, *, retry_rate_limit: bool = True) -> Any:
     """``relay.read_base(path)``; a 404 or 405 with a body is "not served" too.
 
     new-api answers an ``/api`` or ``/v1`` path it lacks (an older version) with 404
@@ -190,7 +195,7 @@ async def _read(relay: Relay, path: str) -> Any:
     relay's error body; here it only means the route is missing.
     """
     try:
-        return await relay.read_base(path)
+        return await relay.read_base(path, retry_rate_limit=retry_rate_limit)
     except UnsupportedByRelayError:
         raise
     except APIError as exc:

@@ -52,6 +52,7 @@ from .errors import (
     NotAnImageError,
     NotFoundError,
     QuickMJError,
+    RateLimitError,
     SubmitOutcomeUnknownError,
     SubmitRejectedError,
     TaskNotFoundError,
@@ -267,19 +268,23 @@ class Relay:
         path = "/task/list"
         return read_task_list(await self._read("GET", path), path)
 
-    async def read_base(self, path: str) -> Any:
+    async def read_base(self, path: str, *, retry_rate_limit: bool = True) -> Any:
         """``GET <path>`` below the base URL itself, not ``/mj`` (new-api's billing and
-        status routes: ``_billing``), retried like every read; its JSON (or EMPTY)."""
+        status routes: ``_billing``), retried like every read (a 429 only when
+        ``retry_rate_limit``); its JSON (or EMPTY)."""
         http = self.http.at_base()
 
         async def once() -> Any:
             answer = await http.exchange("GET", path)
             return read_answer(answer, path, http.key, dialect=self.dialect)
 
+        def may_retry(exc: QuickMJError) -> bool:
+            return retry_read(exc) and (retry_rate_limit or not isinstance(exc, RateLimitError))
+
         return await retrying(
             once,
             policy=self.retry,
-            may_retry=retry_read,
+            may_retry=may_retry,
             sleep=http.sleep,
             what=f"GET {path}",
             total=_call_total(http.timeouts),

@@ -23,6 +23,7 @@ from quickmj import (
     Balance,
     Client,
     MalformedResponseError,
+    RateLimitError,
     UnsupportedByRelayError,
     ValidationError,
 )
@@ -383,6 +384,36 @@ async def test_sim_account_quota_refuses_then_refunds_a_failed_job() -> None:
         spent = await mj.balance()
     assert spent.unlimited and spent.used == 100_000 and spent.remaining is None
     assert job.id in relay.simulator.tasks
+
+
+async def test_sim_usage_route_rate_limit_falls_back_to_the_dashboard() -> None:
+    # new-api's CriticalRateLimit: 2 reads here (20 on a stock relay) per 20 minutes; the
+    # third is a 429, not retried: the dashboard routes answer, in the site's USD.
+    async with sim_client(quota_usd=1, usage_rate_limit=2) as (relay, mj):
+        await mj.imagine("a red fox")
+        first, second, third = [await mj.balance() for _ in range(3)]
+        counters = relay.simulator.counters
+        assert counters["GET /api/usage/token/"] == 3 and counters["GET /api/status"] == 1
+        relay.simulator.advance(1200)
+        fourth = await mj.balance()
+    assert first == second and (first.unit, first.used) == ("quota", 50_000)
+    assert (third.unit, third.used, third.used_usd, third.remaining_usd) == ("USD", 0.1, 0.1, 0.9)
+    assert third.source.startswith("/dashboard/billing/subscription")
+    assert fourth == first  # the window passed
+
+
+async def test_a_rate_limited_usage_route_without_dashboard_routes_is_a_rate_limit() -> None:
+    script = Script(
+        {
+            TOKEN: {"status": 429, "headers": {"Retry-After": "1200"}, "body": ""},
+            SUB: {"status": 404, "body": "404 page not found"},
+            USAGE: {"status": 404, "body": "404 page not found"},
+        }
+    )
+    async with script.client() as mj:
+        with pytest.raises(RateLimitError) as info:
+            await mj.balance()
+    assert info.value.retry_after == 60 and script.count(TOKEN) == 1  # not retried
 
 
 async def test_sim_inpaint_and_custom_zoom_are_free_until_the_modal() -> None:

@@ -248,6 +248,10 @@ class SimulatorConfig:
     OpenAI-compatible ``/dashboard/billing/*`` routes and ``/v1/credits`` report in."""
     usd_exchange_rate: float = attrs.field(default=7.3)
     """quickrouter: yuan per USD, for ``quota_display_type="CNY"``."""
+    usage_rate_limit: int | None = attrs.field(default=None, validator=_optional_positive)
+    """quickrouter: reads of ``/api/usage/token/`` allowed per 20 minutes (new-api's
+    ``CriticalRateLimit``, per client IP: 20, the ``realistic`` preset's); beyond it a 429
+    with ``Retry-After: 1200`` and no body. None: no limit."""
     admin_keys: tuple[str, ...] | None = attrs.field(default=(), converter=_optional_keys)
     """trueai: keys allowed to cancel tasks (``POST /task/{id}/cancel``). As on a real
     server (``TaskController.cs``), only admins may: by default no key is one, and others
@@ -403,6 +407,8 @@ PRESETS: Mapping[str, Mapping[str, Any]] = types.MappingProxyType(
                 "store_lag": 0.5,
                 # image-seed waits for the bot's DM.
                 "seed_delay": 2.0,
+                # new-api's CriticalRateLimit on /api/usage/token/: 20 per 20 minutes.
+                "usage_rate_limit": 20,
             }
         ),
     }

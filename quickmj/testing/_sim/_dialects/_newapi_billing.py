@@ -18,6 +18,7 @@ dialect's :class:`~.._ledger.Ledger`. ``/v1/credits`` has the newer field set
 
 from __future__ import annotations
 
+import collections
 from typing import Any
 
 from aiohttp import web
@@ -32,6 +33,8 @@ __all__ = ("NewApiBilling",)
 
 JSON = "application/json; charset=utf-8"
 _UNLIMITED = 100_000_000
+#: new-api's CriticalRateLimitDuration (seconds).
+_CRITICAL_WINDOW = 1200.0
 _REDIRECT = b'<a href="/api/usage/token/">Moved Permanently</a>.\n\n'
 
 
@@ -48,6 +51,8 @@ class NewApiBilling:
     _tokens: dict[str, str]
     engine: Engine
     config: SimulatorConfig
+    #: When the last reads of /api/usage/token/ came (``usage_rate_limit``).
+    _usage_reads: collections.deque[float] | None = None
 
     def _headers(self, request: web.Request) -> dict[str, str]:
         raise NotImplementedError
@@ -71,8 +76,28 @@ class NewApiBilling:
     def _plain(self, request: web.Request, status: int, body: dict[str, Any]) -> Reply:
         return Reply(status, go_json(sorted_keys(body)), JSON, self._headers(request))
 
+    def _rate_limited(self) -> bool:
+        """``CriticalRateLimit`` (``InMemoryRateLimiter.Request``): at most N reads in any
+        20 minutes; a refused read is not counted."""
+        limit = self.config.usage_rate_limit
+        if limit is None:
+            return False
+        if self._usage_reads is None:
+            self._usage_reads = collections.deque()
+        seen = self._usage_reads
+        now = self.engine.clock.now()
+        if len(seen) >= limit:
+            if now - seen[0] < _CRITICAL_WINDOW:
+                return True
+            seen.popleft()
+        seen.append(now)
+        return False
+
     async def _token_usage(self, call: Call) -> Reply:
         request = call.request
+        if self._rate_limited():
+            headers = {**self._headers(request), "Retry-After": str(int(_CRITICAL_WINDOW))}
+            return Reply(429, b"", None, headers)
         header = request.headers.get("Authorization", "")
         if header == "":
             return self._plain(request, 401, {"success": False, "message": "未提供令牌"})
