@@ -385,3 +385,19 @@ def test_large_batches_defer_images_past_the_first(batch: Path) -> None:
     assert 3 == sum(1 for img in page.imgs if img.get("data-src"))
     assert 1 == page.tags.count("script") and 3 == page.tags.count("noscript")
     assert "script" not in parse(write_gallery(batch)).tags
+
+
+def test_cli_batch_gallery(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """`batch --gallery` ends with the page and says where; a re-run of the finished batch
+    with --gallery (nothing sent) writes it again."""
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a fox\na failword dog\n", "utf-8")
+    out = tmp_path / "out"
+    args = ["batch", str(prompts), "--simulate", "--dialect", "midjourney-proxy", "--out",
+            str(out), "--plain", "--gallery"]  # fmt: skip
+    assert 1 == main(args)  # one prompt failed
+    assert f"gallery: {out / 'index.html'}" in capsys.readouterr().out
+    assert ["r2", "r1"] == [r["id"] for r in parse(out / "index.html").rows]
+    (out / "index.html").unlink()
+    assert 1 == main(args)
+    assert "nothing sent" in capsys.readouterr().out and (out / "index.html").is_file()
