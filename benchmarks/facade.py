@@ -13,14 +13,16 @@ pairs. Targets: <= 1.2 sequential, <= 1.4 from 8 threads. Last, the hop alone
 (``Client.run`` of a no-op) against a bare cross-thread round trip (the floor of any
 design that hands the call to another thread).
 
-``--client`` measures another facade class with the same constructor (a prototype or a
-copy of an earlier design), e.g. ``--client mypkg.old_sync:Client``.
+``--client`` measures other facade classes with the same constructor (prototypes or a
+copy of an earlier design), comma-separated, ``""`` for quickmj's own, e.g.
+``--client ,old_sync:Client``: each round then runs one block of each, in random order.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import gc
 import importlib
 import random
@@ -112,55 +114,67 @@ def sync_concurrent(cls: type[Any], base: str, todo: list[str]) -> Timing:
         return took
 
 
-def paired(
-    run_async: Callable[[], Timing], run_sync: Callable[[], Timing], pairs: int, rng: random.Random
-) -> tuple[list[float], list[float], list[float]]:
-    """Wall ratios, CPU ratios and the extra wall µs per call, one of each per pair; the two
-    blocks of a pair run in random order."""
-    wall: list[float] = []
-    cpu: list[float] = []
-    extra: list[float] = []
+Ratios = tuple[list[float], list[float], list[float]]  # wall, CPU, extra wall seconds
+
+
+def rounds(
+    run_async: Callable[[], Timing],
+    designs: dict[str, Callable[[], Timing]],
+    pairs: int,
+    rng: random.Random,
+) -> dict[str, Ratios]:
+    """Per design, one wall ratio, CPU ratio and extra wall time per round. A round runs
+    the AsyncClient block and one block of every design in random order, so every design
+    is paired with the same AsyncClient block under the same load."""
+    out: dict[str, Ratios] = {name: ([], [], []) for name in designs}
     for _ in range(pairs):
-        order = [("a", run_async), ("s", run_sync)]
+        order = [("", run_async), *designs.items()]
         rng.shuffle(order)
         got: dict[str, Timing] = {}
         for name, block in order:
             gc.collect()
             got[name] = block()
-        (aw, ac), (sw, sc) = got["a"], got["s"]
-        wall.append(sw / aw)
-        cpu.append(sc / ac)
-        extra.append(sw - aw)
-    return wall, cpu, extra
+        aw, ac = got[""]
+        for name, (wall, cpu, extra) in out.items():
+            sw, sc = got[name]
+            wall.append(sw / aw)
+            cpu.append(sc / ac)
+            extra.append(sw - aw)
+    return out
 
 
 def main(args: argparse.Namespace) -> None:
-    cls = _load(args.client)
+    classes = {spec or "quickmj.Client": _load(spec) for spec in args.client.split(",")}
     rng = random.Random(args.seed)
     todo = ids(args.calls)
-    print(f"{cls.__module__}.{cls.__qualname__}: {args.calls} fetch calls, {args.pairs} pairs")
-    print("(min/median/max; machine shared with other work: compare medians of one run)")
+    print(f"{args.calls} fetch calls, {args.pairs} rounds (min/median/max)")
+    print("(compare medians of one run: each round pairs every design with one async block)")
     with relay(args.calls) as base:
-        seq, seq_cpu, seq_extra = paired(
+        seq = rounds(
             lambda: asyncio.run(async_sequential(base, todo)),
-            lambda: sync_sequential(cls, base, todo),
+            {n: functools.partial(sync_sequential, c, base, todo) for n, c in classes.items()},
             args.pairs,
             rng,
         )
-        par, par_cpu, _ = paired(
+        par = rounds(
             lambda: asyncio.run(async_concurrent(base, todo)),
-            lambda: sync_concurrent(cls, base, todo),
+            {n: functools.partial(sync_concurrent, c, base, todo) for n, c in classes.items()},
             args.pairs,
             rng,
         )
-    us = spread([e / args.calls * 1e6 for e in seq_extra], "{:.0f}")
-    print(f"Client / AsyncClient, sequential, wall:  {spread(seq)}   (+{us} us/call)")
-    print(f"Client / AsyncClient, sequential, CPU:   {spread(seq_cpu)}")
-    print(f"Client / AsyncClient, {WORKERS} threads, wall:   {spread(par)}")
-    print(f"Client / AsyncClient, {WORKERS} threads, CPU:    {spread(par_cpu)}")
-    hop, bare = hop_costs(cls, args.calls, args.pairs)
-    print(f"the hop alone (Client.run of a no-op):      {spread(hop, '{:.1f}')} us/call")
-    print(f"a bare round trip to another thread's loop: {spread(bare, '{:.1f}')} us")
+    for name, cls in classes.items():
+        wall, cpu, extra = seq[name]
+        us = spread([e / args.calls * 1e6 for e in extra], "{:.0f}")
+        print(f"\n{name} / AsyncClient")
+        print(f"  sequential, wall:  {spread(wall)}   (+{us} us/call)")
+        print(f"  sequential, CPU:   {spread(cpu)}")
+        wall, cpu, _ = par[name]
+        print(f"  {WORKERS} threads, wall:   {spread(wall)}")
+        print(f"  {WORKERS} threads, CPU:    {spread(cpu)}")
+        hop, bare, here = hop_costs(cls, args.calls, args.pairs)
+        print(f"  the facade alone (run of a no-op):          {spread(hop, '{:.1f}')} us/call")
+        print(f"  a bare round trip to another thread's loop: {spread(bare, '{:.1f}')} us")
+        print(f"  a bare run_until_complete on this thread:   {spread(here, '{:.1f}')} us")
 
 
 def _load(spec: str) -> type[Any]:
@@ -174,12 +188,14 @@ async def _noop() -> None:
     return None
 
 
-def hop_costs(cls: type[Any], calls: int, pairs: int) -> tuple[list[float], list[float]]:
-    """The facade's ``run`` of a no-op against the cheapest cross-thread round trip to a
-    loop in another thread (``call_soon_threadsafe`` releasing a lock), alternating.
-
-    Neither does I/O. A design that runs the call on the calling thread can go below the
-    round trip; one that hands every call to the loop thread cannot.
+def hop_costs(
+    cls: type[Any], calls: int, pairs: int
+) -> tuple[list[float], list[float], list[float]]:
+    """The facade's ``run`` of a no-op against the two floors, alternating: the cheapest
+    cross-thread round trip to a loop in another thread (``call_soon_threadsafe``
+    releasing a lock), which bounds any design that hands every call over, and
+    ``run_until_complete`` of a no-op task on a private loop in this thread, which bounds
+    a design where the caller runs the loop. None of them does I/O.
     """
 
     def round_trip(loop: asyncio.AbstractEventLoop) -> None:
@@ -193,6 +209,8 @@ def hop_costs(cls: type[Any], calls: int, pairs: int) -> tuple[list[float], list
     thread.start()
     hop: list[float] = []
     bare: list[float] = []
+    here: list[float] = []
+    own = asyncio.new_event_loop()
     try:
         with cls(KEY, base_url="http://127.0.0.1:9") as mj:  # never contacted
             for _ in range(pairs):
@@ -202,13 +220,18 @@ def hop_costs(cls: type[Any], calls: int, pairs: int) -> tuple[list[float], list
                 bare.append((time.perf_counter() - started) / calls * 1e6)
                 started = time.perf_counter()
                 for _ in range(calls):
+                    own.run_until_complete(_noop())
+                here.append((time.perf_counter() - started) / calls * 1e6)
+                started = time.perf_counter()
+                for _ in range(calls):
                     mj.run(_noop)
                 hop.append((time.perf_counter() - started) / calls * 1e6)
     finally:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
-    return hop, bare
+        own.close()
+    return hop, bare, here
 
 
 if __name__ == "__main__":
@@ -216,5 +239,5 @@ if __name__ == "__main__":
     parser.add_argument("--calls", type=int, default=1000)
     parser.add_argument("--pairs", type=int, default=9)
     parser.add_argument("--seed", type=int, default=None)
-    parser.add_argument("--client", default="", help="module:Class of another facade")
+    parser.add_argument("--client", default="", help="module:Class,... of other facades")
     main(parser.parse_args())

@@ -47,7 +47,6 @@ R = TypeVar("R")
 
 HOLD = 0.002  # seconds the loop thread leaves the loop to callers after an inline call
 _BG = -1  # the driver id of the loop thread (thread idents are positive)
-_MAIN_IDENT = threading.main_thread().ident  # the only thread that runs signal handlers
 
 
 async def off_loop(fn: Callable[[], T]) -> T:
@@ -76,6 +75,55 @@ def _sigint_guard() -> bool | None:
     if handler == signal.SIG_IGN or handler == signal.SIG_DFL:
         return None
     return False
+
+
+class _Sigint:
+    """The main thread's SIGINT handler during a blocking call (what ``asyncio.Runner``
+    does): the first Ctrl-C cancels the call's task between two steps of the loop, and the
+    call then raises KeyboardInterrupt; a second one raises wherever the thread is.
+
+    While the thread takes or gives back the loop (``defer``), a Ctrl-C is only counted:
+    raising there could leave the loop with a driver that is gone.
+    """
+
+    __slots__ = ("count", "defer", "loop", "task")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.count = 0
+        self.defer = True
+        self.task: asyncio.Future[Any] | None = None
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.count += 1
+        task = self.task
+        if self.count == 1 and task is not None and not task.done():
+            task.cancel()
+            self.loop.call_soon_threadsafe(_nothing)  # wake the selector
+        elif not self.defer:
+            raise KeyboardInterrupt()
+
+    def watch(self, task: asyncio.Future[Any]) -> None:
+        """The call runs as ``task``: a Ctrl-C counted before cancels it now."""
+        self.task = task
+        if self.count:
+            task.cancel()
+        self.defer = False
+
+    def allow(self) -> None:
+        """The call was handed over: Ctrl-C raises from now on (also one counted before)."""
+        self.defer = False
+        if self.count:
+            self.count = 0
+            raise KeyboardInterrupt()
+
+    def raise_if_missed(self) -> None:
+        """After the handler is restored: a Ctrl-C counted before the call started (it
+        failed to, or never did) raises now. One that came while the call ran has cancelled
+        it (KeyboardInterrupt) or came too late: the call's result is kept, as
+        ``asyncio.Runner`` keeps it."""
+        if self.count and self.task is None and self.defer:
+            raise KeyboardInterrupt()
 
 
 class _Claim:
@@ -167,15 +215,35 @@ class SharedLoop:
                 "use the AsyncClient there"
             )
         me = threading.get_ident()
-        guard = None
-        if running is None:
-            guard = _sigint_guard() if me == _MAIN_IDENT else None
-        how = self._enter(me, inline=running is None and guard is not False)
+        # Only the main thread runs signal handlers (asked each time: after fork() from
+        # another thread, the child's main thread is that thread).
+        main = me == threading.main_thread().ident
+        guard = _sigint_guard() if running is None and main else None
+        if guard is not True:
+            return self._call(me, running is None and guard is None, None, fn, args, kwargs)
+        sigint = _Sigint(self.loop)
+        previous = _setsignal(signal.SIGINT, sigint)
+        try:
+            return self._call(me, True, sigint, fn, args, kwargs)
+        finally:
+            _setsignal(signal.SIGINT, previous)
+            sigint.raise_if_missed()
+
+    def _call(
+        self,
+        me: int,
+        inline: bool,
+        sigint: _Sigint | None,
+        fn: Callable[..., Awaitable[R]],
+        args: Any,
+        kwargs: Any,
+    ) -> R:
+        how = self._enter(me, inline=inline)
         if how is None:
-            return self._hop(fn, args, kwargs)
+            return self._hop(fn, args, kwargs, sigint)
         if isinstance(how, _Claim):
             self._wait_for(how)
-        return self._drive(me, guard is True, fn, args, kwargs)
+        return self._drive(me, sigint, fn, args, kwargs)
 
     def _enter(self, me: int, *, inline: bool) -> _Claim | bool | None:
         """Under the lock: True to drive at once, a claim to wait for, None to hop."""
@@ -221,37 +289,32 @@ class SharedLoop:
             self.loop.stop()
 
     def _drive(
-        self, me: int, guard: bool, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any
+        self,
+        me: int,
+        sigint: _Sigint | None,
+        fn: Callable[..., Awaitable[R]],
+        args: Any,
+        kwargs: Any,
     ) -> R:
         """Run the loop on this thread until ``fn``'s task is done, then give the role back."""
         loop = self.loop
-        interrupts = 0
         task: asyncio.Future[R] | None = None
+
+        def stop(_: object) -> None:
+            if threading.get_ident() == me:
+                loop.stop()
+
         try:
             task = self.start(fn(*args, **kwargs))
-
-            def on_sigint(signum: int, frame: FrameType | None) -> None:
-                # What asyncio.Runner does: the first Ctrl-C cancels the call, between two
-                # steps of the loop; a second one interrupts whatever runs.
-                nonlocal interrupts
-                interrupts += 1
-                if interrupts > 1 or task is None or task.done():
-                    raise KeyboardInterrupt()
-                task.cancel()
-                loop.call_soon_threadsafe(_nothing)  # wake the selector
-
-            def stop(_: object) -> None:
-                if threading.get_ident() == me:
-                    loop.stop()
-
             task.add_done_callback(stop)
-            previous = _setsignal(signal.SIGINT, on_sigint) if guard else None
+            if sigint is not None:
+                sigint.watch(task)
             try:
                 while not task.done():
                     loop.run_forever()
             finally:
-                if previous is not None:
-                    _setsignal(signal.SIGINT, previous)
+                if sigint is not None:
+                    sigint.defer = True  # a Ctrl-C now must not skip the release below
                 task.remove_done_callback(stop)
         except BaseException:
             if task is not None and not task.done():
@@ -260,7 +323,8 @@ class SharedLoop:
         finally:
             with self._cv:
                 self._release()
-        if interrupts and task.cancelled():
+        if sigint is not None and sigint.count and task.cancelled():
+            sigint.count = 0
             raise KeyboardInterrupt()
         return self._outcome(task)
 
@@ -271,7 +335,9 @@ class SharedLoop:
         if self._pending or self._bg_idle or self._closing:
             self._cv.notify_all()
 
-    def _hop(self, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any) -> R:
+    def _hop(
+        self, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any, sigint: _Sigint | None
+    ) -> R:
         hop: _Hop[R] = _Hop(self, fn, args, kwargs)
         try:
             self.loop.call_soon_threadsafe(hop.start)
@@ -279,6 +345,8 @@ class SharedLoop:
             self.hop_done()
             raise ClientClosedError("the client is closed") from exc
         try:
+            if sigint is not None:
+                sigint.allow()  # Ctrl-C raises from here on, as without the guard
             hop.done.acquire()  # interruptible: Ctrl-C lands here
         except BaseException:
             with contextlib.suppress(RuntimeError):

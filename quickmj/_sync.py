@@ -170,8 +170,14 @@ class Client(_Facade[AsyncClient]):
 
     Use it as ``with Client() as mj: ...`` or call ``mj.close()``. Safe to share between
     threads. Submits return a blocking :class:`Job` (``mj.imagine(p).wait()``);
-    ``as_completed`` and ``watch`` return plain iterators. Progress callbacks run on the
-    client's loop thread: keep them quick, and do not call the client from inside them.
+    ``as_completed`` and ``watch`` return plain iterators.
+
+    A call runs the client's event loop on the calling thread when no other thread is
+    driving it, and is handed to the driving thread otherwise (see docs/sync.md). So
+    progress callbacks run on whichever thread drives the loop: the calling thread when
+    it is alone, the client's loop thread (``quickmj-loop``) or another calling thread
+    under contention or from a thread with a running event loop. Keep them quick and
+    thread-safe, and do not call the blocking client from inside them.
     """
 
     def __init__(
@@ -278,7 +284,7 @@ class Client(_Facade[AsyncClient]):
 
     @property
     def poller(self) -> Poller:
-        """The background poller (lives on the client's loop thread)."""
+        """The background poller (lives on the client's event loop)."""
         return self._async.poller
 
     @property
@@ -291,7 +297,7 @@ class Client(_Facade[AsyncClient]):
     ) -> Client:
         """This client with other HTTP timeouts or another retry policy for some calls.
 
-        The view runs on this client's loop thread and shares its connections, poller
+        The view runs on this client's event loop and shares its connections, poller
         and lifecycle (closing either closes both). See ``AsyncClient.with_options``.
 
         Args:

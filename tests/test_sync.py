@@ -654,3 +654,43 @@ def test_ctrl_c_while_another_thread_drives(relay: FakeRelay) -> None:
         relay.reads.clear()
         thread.join(10)
         assert not thread.is_alive()
+
+
+def test_a_ctrl_c_while_the_loop_changes_hands_is_deferred_not_lost() -> None:
+    """The main thread's SIGINT handler (quickmj._blocking._Sigint) only counts a Ctrl-C
+    while the thread takes or gives back the loop (raising there could leave the loop with
+    a driver that is gone); the counted one then cancels the call as it starts, raises
+    when the call was handed over instead, or raises after the handler is restored if no
+    call started. A second one while the call runs raises at once."""
+    from quickmj._blocking import _Sigint
+
+    loop = asyncio.new_event_loop()
+    try:
+        early = _Sigint(loop)
+        early(signal.SIGINT, None)  # deferred: counted, nothing raised
+        task = loop.create_task(asyncio.sleep(10))
+        early.watch(task)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert task.cancelled()
+        early.raise_if_missed()  # the call acted on it: nothing more
+
+        handed = _Sigint(loop)
+        handed(signal.SIGINT, None)
+        with pytest.raises(KeyboardInterrupt):
+            handed.allow()
+
+        never = _Sigint(loop)
+        never(signal.SIGINT, None)
+        with pytest.raises(KeyboardInterrupt):
+            never.raise_if_missed()
+
+        running = _Sigint(loop)
+        second = loop.create_task(asyncio.sleep(10))
+        running.watch(second)
+        running(signal.SIGINT, None)  # first: cancels the call, raises nothing
+        with pytest.raises(KeyboardInterrupt):
+            running(signal.SIGINT, None)
+        loop.run_until_complete(asyncio.sleep(0))
+        assert second.cancelled()
+    finally:
+        loop.close()
