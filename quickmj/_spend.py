@@ -494,8 +494,7 @@ def remaining_submits(
         return (0, 0)  # killed mid-submit: the run marks it unknown and sends nothing
     if row.task_id is None:
         return (1, len(upscale))
-    if row.phase is Phase.UNKNOWN:  # a press of unknown outcome, sent again
-        return (0, sum(1 for label in upscale if label not in row.upscales))
+    # A paid grid: the presses not made yet (one of unknown outcome is sent again).
     return (0, sum(1 for label in upscale if label not in row.upscales))
 
 

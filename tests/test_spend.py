@@ -17,7 +17,7 @@ from quickmj._batch import BatchItem, plan_batch, run_batch
 from quickmj._cli import main
 from quickmj._outdir import JOURNAL_NAME
 from quickmj._spend import SPEND_NAME, Ledger, PriceBook, SpendFile, parse_prices
-from quickmj.testing import SimulatorConfig, simulate
+from quickmj.testing import FaultConfig, SimulatorConfig, simulate
 
 FAST = PollPolicy(interval=0.02, first_poll=0.01, near_done_interval=0.01, adaptive=False)
 PRICES = {"imagine": 0.10, "upscale": 0.05}
@@ -266,6 +266,27 @@ async def test_balance_reads_catch_a_price_given_too_low(
     assert charged <= 1.0 + 4 * 0.05 + 1e-6  # at most the 4 in flight, at the error
     assert summary.pending >= 27  # without the reads: 20 prompts, 2.00 USD charged
     assert summary.spend is not None and summary.spend.beyond_prices > 0.3
+
+
+async def test_unknown_outcomes_count_as_paid_and_stay_counted_when_resent(
+    tmp_path: Path,
+) -> None:
+    """A submit whose answer was lost may be paid: counted. Sent again with
+    --resubmit-unknown, the first attempt stays counted (spend.json), the new one too."""
+    lost = FaultConfig(drop_after_create_rate=1.0, routes=frozenset({"submit"}))
+    config = SimulatorConfig(seed=3, queue_seconds=0.0, run_seconds=0.02, faults=lost)
+    async with simulate(config) as relay, client(relay) as mj:
+        first = await run_batch(mj, prompts(2), tmp_path, prices=PRICES, download=False)
+    assert 2 == first.unknown
+    assert first.spend is not None and first.spend.usd == pytest.approx(0.2)
+    clean = SimulatorConfig(queue_seconds=0.0, run_seconds=0.02)
+    async with simulate(clean) as relay, client(relay) as mj:
+        again = await run_batch(
+            mj, prompts(2), tmp_path, resume=True, resubmit_unknown=True, download=False
+        )
+    assert again.ok
+    assert again.spend is not None and again.spend.usd == pytest.approx(0.4)
+    assert 2 == sum(SpendFile.load(tmp_path).resent.values())
 
 
 async def test_ledger_holds_in_flight_and_waits_for_money_that_may_come_back() -> None:
