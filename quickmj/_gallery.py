@@ -88,16 +88,16 @@ def write_gallery(
     Args:
         out_dir: a batch's output directory (``run_batch``'s ``out``, ``batch --out``).
         output: write the page here instead (a file, or a directory to hold
-            ``index.html``; its image links point into ``out_dir``). The way to look at a
-            batch that is still running: its directory belongs to the run, and the page
-            is a snapshot of that moment.
+            ``index.html``; its image links point into ``out_dir``). Outside ``out_dir``,
+            the way to look at a batch that is still running: its directory belongs to
+            the run, and the page is a snapshot of that moment.
 
     Returns:
         The path of the page written.
 
     Raises:
         UsageError: ``out_dir`` is not a batch directory (it holds no batch journal).
-        BatchLockedError: a run holds ``out_dir`` (and ``output`` was not given).
+        BatchLockedError: a run holds ``out_dir`` (and ``output`` is not outside it).
         JournalError: the journal is damaged.
         StorageError: the page could not be written (disk full, read-only, ...).
     """
@@ -108,12 +108,13 @@ def write_gallery(
             f"{str(base)!r} is not a batch directory (no {JOURNAL_NAME} in it): "
             "pass the --out of a batch run"
         )
-    if output is not None:
-        page = Path(output)
-        page = page / GALLERY_NAME if page.is_dir() else page
+    page = base / GALLERY_NAME if output is None else Path(output)
+    page = page / GALLERY_NAME if page.is_dir() else page
+    if not _inside(page, base):
         snap = read_snapshot(journal)
         note = _RUNNING_NOTE if snap.run_open else None
         return save_gallery(snap.rows, base, page, note=note)
+    # Writing into the batch directory: as its one writer, for that moment.
     try:
         bdir = BatchDir(base)
         bdir.acquire()
@@ -121,7 +122,7 @@ def write_gallery(
         raise BatchLockedError(
             f"{str(base)!r} belongs to a running batch ({_holder(exc)}): "
             "batch --gallery writes its page when it ends; for a snapshot now, "
-            "write it elsewhere with --output FILE",
+            "write it outside the directory with --output FILE",
             pid=exc.pid,
             host=exc.host,
             started=exc.started,
@@ -129,9 +130,14 @@ def write_gallery(
     try:
         snap = read_snapshot(journal)
         note = _KILLED_NOTE if snap.run_open else None
-        return save_gallery(snap.rows, base, base / GALLERY_NAME, note=note)
+        return save_gallery(snap.rows, base, page, note=note)
     finally:
         bdir.release()
+
+
+def _inside(page: Path, base: Path) -> bool:
+    where, root = page.parent.resolve(), base.resolve()
+    return where == root or root in where.parents
 
 
 _RUNNING_NOTE = (

@@ -201,9 +201,13 @@ def test_a_running_batch_is_refused_and_a_snapshot_goes_elsewhere(
     """A directory a run holds gets no page; --output writes a snapshot with working links."""
     journal = Journal(batch / JOURNAL_NAME, create=False)
     journal.begin_run()  # a run is open (its -wal file exists)
-    with BatchDir(batch), pytest.raises(BatchLockedError, match="--output"):
-        write_gallery(batch)
+    with BatchDir(batch):
+        with pytest.raises(BatchLockedError, match="--output"):
+            write_gallery(batch)
+        with pytest.raises(BatchLockedError):  # --output inside it is refused too
+            write_gallery(batch, output=batch / "images" / "snap.html")
     assert not (batch / "index.html").exists()
+    assert not (batch / "images" / "snap.html").exists()
     snap = tmp_path / "elsewhere"
     snap.mkdir()
     journal.set_phase(5, Phase.RUNNING)  # a change the snapshot must see
