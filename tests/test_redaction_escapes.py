@@ -127,7 +127,7 @@ def spell(data: st.DataObject, text: str) -> str:
     return "".join(out)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     key=st.text(alphabet=ALPHABET, min_size=4, max_size=14),
     before=st.text(alphabet=ALPHABET + " ,:{}[]u0", max_size=6),

@@ -66,7 +66,7 @@ async def test_upscale_presses_meet_the_faults_too(tmp_path: Path, dialect: str)
     midjourney-proxy): no press sent twice or lost. Where the relay lists tasks,
     reconcile then adopts the unknown outcomes whose job exists, by their tag; where it
     has quotas, the key runs out midway: refused presses leave their grids incomplete."""
-    n = min(PROMPTS, 60)
+    n = min(PROMPTS, 40)
     settle = dialect != "quickrouter"
     quota = None if dialect == "midjourney-proxy" else n
     report = await soak(n, tmp_path, dialect=dialect, upscale=("U1",), settle=settle, quota=quota)
