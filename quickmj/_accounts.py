@@ -39,6 +39,7 @@ from ._admission import (
 )
 from ._client import AsyncClient
 from ._config import (
+    MODES,
     AuthScheme,
     Dialect,
     Mode,
@@ -61,8 +62,6 @@ if TYPE_CHECKING:
     from ._aiohttp import BaseConnector, ClientSession, TraceConfig
 
 __all__ = ("Account", "AccountPool", "Reservation", "read_keys")
-
-_MODES = ("fast", "relax", "turbo")
 
 
 class ClientOptions(TypedDict, total=False):
@@ -161,7 +160,7 @@ def _parse_key_line(line: str, where: str) -> Account | None:
     for column in columns:
         if column.lower().startswith(("http://", "https://")) and base_url is None:
             base_url = column
-        elif column.lower() in _MODES and mode is None:
+        elif column.lower() in MODES and mode is None:
             mode = column.lower()
         else:
             raise InvalidInputError(

@@ -33,9 +33,10 @@ from typing import Any, Final
 
 import attrs
 
+from ._config import DIALECTS
 from ._converter import structure
 from ._models import BillingSubscription, BillingUsage, SiteStatus, TokenUsage
-from ._protocol import EMPTY, relay_words
+from ._protocol import EMPTY, NEW_API_DIALECTS, ROUTES, relay_words
 from ._relay import Relay
 from .errors import (
     APIError,
@@ -60,8 +61,8 @@ logger = logging.getLogger("quickmj")
 DEFAULT_QUOTA_PER_UNIT: Final = 500_000.0
 #: What new-api's OpenAI-compatible routes report for an unlimited token (display unit).
 _UNLIMITED_AMOUNT: Final = 100_000_000.0
-#: Dialects whose servers keep no accounts of money (self-hosted proxies).
-NO_BILLING_DIALECTS: Final = ("midjourney-proxy", "trueai")
+#: Dialects whose servers keep no accounts of money (self-hosted proxies: not new-api).
+NO_BILLING_DIALECTS: Final = tuple(d for d in DIALECTS if d not in NEW_API_DIALECTS)
 
 TOKEN_USAGE: Final = "/api/usage/token/"
 SUBSCRIPTION: Final = "/dashboard/billing/subscription"
@@ -157,7 +158,7 @@ async def read_balance(relay: Relay) -> Balance:
             f"the {relay.dialect} relay keeps no billing: there the cost of a run is the "
             "count of its jobs (by action and mode)",
             route=f"GET {TOKEN_USAGE}",
-            dialects=("quickrouter",),
+            dialects=ROUTES[f"GET {TOKEN_USAGE}"],
             path=TOKEN_USAGE,
         )
     try:
@@ -205,7 +206,7 @@ async def _read(relay: Relay, path: str, *, retry_rate_limit: bool = True) -> An
             f"{path}: this relay does not serve GET {path} (HTTP {exc.status}): "
             f"{relay_words(exc.body)[:200]}",
             route=f"GET {path}",
-            dialects=("quickrouter",),
+            dialects=ROUTES[f"GET {path}"],
             status=exc.status,
             body=exc.body,
             path=path,

@@ -71,7 +71,7 @@ from ._models import (
 )
 from ._otel import Tracing
 from ._poller import Final, Poller, PollPolicy
-from ._protocol import ROUTES, check_task_id
+from ._protocol import ROUTES, check_task_id, serves
 from ._relay import Relay, Submitted
 from ._transport import AsyncTransport
 from .errors import (
@@ -638,7 +638,7 @@ class AsyncClient:
         """
         from ._models import ActionRequest
 
-        if self._dialect == "midjourney-proxy":
+        if not serves(self._dialect, "POST /submit/action"):
             raise _no_action_route(button)
 
         async def request() -> ActionRequest:

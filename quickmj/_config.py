@@ -18,6 +18,7 @@ __all__ = (
     "ENV_API_KEY",
     "ENV_BASE_URL",
     "ENV_MODE",
+    "MODES",
     "RETRY_AFTER_CAP",
     "RETRY_AFTER_FLOOR",
     "AuthScheme",
@@ -75,7 +76,7 @@ def clamp_retry_after(seconds: float, cap: float = RETRY_AFTER_CAP) -> float:
     return max(min(seconds, cap, RETRY_AFTER_CAP), RETRY_AFTER_FLOOR)
 
 
-_MODES = ("fast", "relax", "turbo")
+MODES: tuple[Mode, ...] = ("fast", "relax", "turbo")
 _SCHEMES = ("bearer", "mj-api-secret", "raw")
 #: The auth header each dialect's server reads (TrueAI also reads Authorization, but
 #: compares its whole value, so a Bearer prefix would fail there).
@@ -464,9 +465,9 @@ def resolve_mode(mode: str | None) -> Mode | None:
     value = value.strip().lower()
     if value in ("", "default", "none"):
         return None
-    if value not in _MODES:
-        raise ConfigurationError(f"mode must be one of {', '.join(_MODES)} or None, got {value!r}")
-    return cast(Mode, value)
+    if value not in MODES:
+        raise ConfigurationError(f"mode must be one of {', '.join(MODES)} or None, got {value!r}")
+    return value
 
 
 def check_auth_scheme(scheme: str) -> AuthScheme:

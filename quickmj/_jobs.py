@@ -47,6 +47,7 @@ import anyio
 
 from ._models import Button, SubmitRequest, SubmitResult, Task
 from ._poller import Final, Poller, Subscription
+from ._protocol import NEW_API_DIALECTS
 from .errors import (
     InvalidInputError,
     QuickMJError,
@@ -498,7 +499,7 @@ class AsyncJob:
         """
         if self.result.queued:
             return True
-        return None if self._client.dialect in ("quickrouter", "auto") else False
+        return None if self._client.dialect in NEW_API_DIALECTS else False
 
     @property
     def queue_position(self) -> int | None:

@@ -15,15 +15,18 @@ import re
 import typing
 from collections.abc import Mapping
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Final
 
 import attrs
 
 from .errors import ButtonNotFoundError
 
 __all__ = (
+    "FAILED_STATUSES",
     "REQUEST_CLASSES",
     "SNAKE_WIRE",
+    "SUBMIT_OK",
+    "TERMINAL_STATUSES",
     "ActionRequest",
     "BillingSubscription",
     "BillingUsage",
@@ -75,6 +78,12 @@ class _OpenEnum(str, enum.Enum):
         return str(self.value)
 
 
+#: Raw statuses of a job that ended without its result.
+FAILED_STATUSES: Final = frozenset({"FAILURE", "CANCEL"})
+#: Raw statuses after which a task never changes again (``_protocol`` rules read them too).
+TERMINAL_STATUSES: Final = FAILED_STATUSES | {"SUCCESS"}
+
+
 class TaskStatus(_OpenEnum):
     """Status of a task. Unknown values are kept (``TaskStatus("PAUSED").is_known is False``)."""
 
@@ -89,10 +98,7 @@ class TaskStatus(_OpenEnum):
     @property
     def is_terminal(self) -> bool:
         """SUCCESS, FAILURE and CANCEL: the task will not change any more."""
-        return self in _TERMINAL
-
-
-_TERMINAL = frozenset({TaskStatus.SUCCESS, TaskStatus.FAILURE, TaskStatus.CANCEL})
+        return self in TERMINAL_STATUSES  # a str enum: hashed and compared as its value
 
 
 class TaskAction(_OpenEnum):
@@ -353,7 +359,7 @@ class Task:
     @property
     def is_failed(self) -> bool:
         """FAILURE or CANCEL."""
-        return self.status in (TaskStatus.FAILURE, TaskStatus.CANCEL)
+        return self.status in FAILED_STATUSES
 
     @property
     def needs_modal(self) -> bool:
@@ -431,7 +437,8 @@ _TASK_WIRE_FIELDS = frozenset(
     }
 )  # fmt: skip
 
-_SUCCESS_CODES = frozenset({1, 21, 22})
+#: Relay codes that created a task: 1 accepted, 21 waits for a modal, 22 queued.
+SUBMIT_OK: Final = frozenset({1, 21, 22})
 
 
 @attrs.frozen
@@ -451,7 +458,7 @@ class SubmitResult:
     @property
     def ok(self) -> bool:
         """Codes 1, 21 and 22 create a task; anything else is a rejection."""
-        return self.code in _SUCCESS_CODES
+        return self.code in SUBMIT_OK
 
     @property
     def needs_modal(self) -> bool:

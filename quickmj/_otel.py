@@ -24,6 +24,7 @@ import re
 from collections.abc import Iterator
 from typing import Any
 
+from ._models import FAILED_STATUSES
 from ._version import __version__
 
 __all__ = ("Tracing", "request_span")
@@ -161,7 +162,7 @@ class Tracing:
             span.set_attribute("quickmj.status", status)
         if fail_reason:
             span.set_attribute("quickmj.fail_reason", fail_reason[:200])
-        if status in ("FAILURE", "CANCEL") or status is None:
+        if status in FAILED_STATUSES or status is None:
             from opentelemetry.trace import Status, StatusCode
 
             span.set_status(Status(StatusCode.ERROR, status or "error"))

@@ -12,6 +12,10 @@
 - :func:`change_key`: the single "the task changed" rule; :func:`merge_rows` for the
   duplicate rows new-api answers after a modal.
 - :func:`task_path`: ids as one safe path segment.
+- ``ROUTES`` and :func:`serves`: which dialect's server has which route;
+  ``NEW_API_DIALECTS``: where new-api's habits apply. ``TERMINAL_STATUSES`` and
+  ``SUBMIT_OK`` are defined with the models that read them (``TaskStatus.is_terminal``,
+  ``SubmitResult.ok``) and exported from here with the rules.
 
 Nothing here does I/O: ``_relay.py`` sends requests and applies these rules.
 """
@@ -25,7 +29,7 @@ from typing import Any, Final
 
 from ._config import Secret, clamp_retry_after
 from ._converter import as_id, loads, structure, structure_task
-from ._models import FailureBody, SubmitResult, Task
+from ._models import SUBMIT_OK, TERMINAL_STATUSES, FailureBody, SubmitResult, Task
 from ._transport import Answer
 from ._urls import display_url, segment
 from .errors import (
@@ -52,8 +56,10 @@ from .errors import (
 
 __all__ = (
     "EMPTY",
+    "NEW_API_DIALECTS",
     "QUEUED_STATUSES",
     "ROUTES",
+    "SUBMIT_OK",
     "TERMINAL_STATUSES",
     "change_key",
     "merge_rows",
@@ -69,6 +75,7 @@ __all__ = (
     "relay_words",
     "retry_read",
     "retry_submit",
+    "serves",
     "status_error",
     "store_lag",
     "task_path",
@@ -112,10 +119,19 @@ ROUTES: dict[str, tuple[str, ...]] = {
     "GET /dashboard/billing/usage": ("quickrouter",),
 }
 
+#: Dialects whose server may be new-api (``auto``: it may be anything). new-api rewrites
+#: code 22 "queued" to 1 (``AsyncJob.queued`` cannot tell) and keeps the stale MODAL row
+#: of a modal's task beside the running one, which fetch may answer (``Relay.fetch``).
+NEW_API_DIALECTS: Final = frozenset({"quickrouter", "auto"})
+
+
+def serves(dialect: str, route: str) -> bool:
+    """May this dialect's server have ``route`` (a ``ROUTES`` key)? ``auto``: it may."""
+    return dialect == "auto" or dialect in ROUTES.get(route, ())
+
 # ---- relay codes ----
 
-#: Codes that created a task: 1 accepted, 21 waits for a modal, 22 queued.
-SUBMIT_OK = frozenset({1, 21, 22})
+# SUBMIT_OK (codes 1, 21, 22: a task was created) is defined with SubmitResult.ok.
 _CODE_ERRORS: dict[int, type[SubmitRejectedError]] = {
     3: RelatedTaskNotFoundError,
     4: ValidationError,
@@ -268,8 +284,7 @@ def _unreadable(
     text = _excerpt(answer.body, key)
     html = answer.body.lstrip()[:1] == b"<"
     route = route_of(path)
-    served = dialect in ROUTES.get(route, ()) or dialect == "auto"
-    if html and (not creates or not served):
+    if html and (not creates or not serves(dialect, route)):
         # new-api answers routes it lacks with its web app (a 200 HTML page): for a read,
         # or a route this dialect's server lacks, that page means "not served here".
         common: dict[str, Any] = {"status": answer.status, "body": text, "path": path}
@@ -748,8 +763,7 @@ def change_key(raw: Mapping[str, Any]) -> tuple[Any, ...]:
 
 
 _STAGE = {"MODAL": 0, "": 1, "NOT_START": 1, "SUBMITTED": 2, "IN_PROGRESS": 3}
-#: Raw statuses after which a task never changes again.
-TERMINAL_STATUSES = frozenset({"SUCCESS", "FAILURE", "CANCEL"})
+# TERMINAL_STATUSES (SUCCESS, FAILURE, CANCEL) is defined with TaskStatus.is_terminal.
 #: Raw statuses of a job that has not started (new-api's "" before its first refresh).
 QUEUED_STATUSES = frozenset({"", "NOT_START", "SUBMITTED"})
 

@@ -24,6 +24,7 @@ from ._http import ClosedInFlight, Http
 from ._images import media_type, what_came
 from ._models import ListByIdsRequest, SubmitRequest, SubmitResult, Task, TaskStatus, UploadRequest
 from ._protocol import (
+    NEW_API_DIALECTS,
     find_request_id,
     merge_rows,
     outcome_unknown,
@@ -69,9 +70,6 @@ logger = logging.getLogger("quickmj")
 #: users saw the same call pass when simply repeated (novicezk#252).
 STORE_LAG_PAUSE = 1.5
 _CHANGE_ROUTES = frozenset({"/submit/change"})  # simple_change() takes no parent Task
-
-#: Dialects whose fetch can answer a stale row after a modal (new-api keeps two rows).
-_STALE_FETCH: frozenset[str] = frozenset({"quickrouter", "auto"})
 
 
 @attrs.frozen
@@ -227,7 +225,7 @@ class Relay:
         if task is None:
             raise TaskNotFoundError(task_id)
         _check_id(task, task_id, path)
-        if task.status is TaskStatus.MODAL and self.dialect in _STALE_FETCH:
+        if task.status is TaskStatus.MODAL and self.dialect in NEW_API_DIALECTS:
             rows = await self.read_many([task_id])
             if task_id in rows:
                 return structure_task(rows[task_id], task_id)
