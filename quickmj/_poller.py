@@ -270,6 +270,17 @@ class Subscription:
                 self._waiter = None
         return self._items.popleft()
 
+    def waiter(self) -> asyncio.Future[None]:
+        """A Future resolved when the next item is queued (check ``ready()`` first).
+
+        ``wait()`` awaits it directly instead of ``next()``: one coroutine frame less for
+        each of many thousands of concurrent waiters.
+        """
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+        return waiter
+
     def close(self) -> None:
         """Stop listening; entries nobody listens to any more are dropped."""
         self._poller.unsubscribe(self)
