@@ -46,6 +46,7 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 HOLD = 0.002  # seconds the loop thread leaves the loop to callers after an inline call
+_POLL_MAX = 0.016  # the loop thread's longest look-away while calls keep coming
 _BG = -1  # the driver id of the loop thread (thread idents are positive)
 
 
@@ -393,11 +394,14 @@ class SharedLoop:
         """Wait until the loop thread should drive; False when it is closing (it then
         holds the loop for good).
 
-        While callers drive, it looks every HOLD: short calls one after another then cost
-        no wake-up each. When it finds the same call still driving, it sleeps until that
-        call ends (one wake-up for a long call).
+        While callers drive, it looks now and then (every HOLD, then less often up to
+        _POLL_MAX while calls keep coming): short calls one after another then cost no
+        wake-up each, and background work waits at most that long once they stop. When it
+        finds the same call still driving, it sleeps until that call ends (one wake-up
+        for a long call).
         """
         seen = -1
+        poll = HOLD
         with self._cv:
             while True:
                 if self._driver is None:
@@ -408,7 +412,8 @@ class SharedLoop:
                     self._cv.wait(wait)
                 elif self._drives != seen:
                     seen = self._drives
-                    self._cv.wait(HOLD)
+                    self._cv.wait(poll)
+                    poll = min(2 * poll, _POLL_MAX)
                 else:
                     self._bg_idle = True
                     self._cv.wait()
