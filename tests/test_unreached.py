@@ -69,9 +69,11 @@ async def test_a_relay_that_goes_down_mid_run_stops_it_resumably(tmp_path: Path)
     relay = FakeRelay(ticks=2)
     handler = _GoesDown(relay, accepted=2)
     items = [BatchItem(f"prompt {i}") for i in range(12)]
-    async with AsyncClient(
-        KEY, base_url=BASE, poll=FAST, retry=NO_WAIT, transport=MockTransport(handler)
-    ) as mj:
+    # A key of its own: admission limits learned by other tests (per relay and key, for
+    # the process) must not leave the two running jobs holding every slot.
+    key = "sk-relay-goes-down-mid-run"
+    transport = MockTransport(handler)
+    async with AsyncClient(key, base_url=BASE, poll=FAST, retry=NO_WAIT, transport=transport) as mj:
         with pytest.raises(RelayUnreachableError) as info:
             await run_batch(mj, items, tmp_path, concurrency=4, download=False, timeout=30)
     assert any(p.endswith("/submit/imagine") for p in handler.refused)  # mid-run, not preflight
@@ -82,7 +84,7 @@ async def test_a_relay_that_goes_down_mid_run_stops_it_resumably(tmp_path: Path)
     assert len(pending) == info.value.not_submitted == 10
     assert 3 <= len(handler.tried) < 10  # stopped early: some prompts were never tried
     handler.down = False
-    async with make_client(relay) as mj:
+    async with AsyncClient(key, base_url=BASE, poll=FAST, transport=MockTransport(handler)) as mj:
         summary = await run_batch(mj, items, tmp_path, resume=True, download=False, timeout=30)
     assert summary.ok and 12 == summary.succeeded
     sent = [s["prompt"] for s in relay.submits]
