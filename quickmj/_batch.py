@@ -112,7 +112,10 @@ class BatchItem:
     """One prompt of a batch, with its per-line imagine options (JSONL input)."""
 
     prompt: str
+    """The prompt text."""
     options: dict[str, Any] = attrs.field(factory=dict)
+    """Imagine options from the line's JSON object (``{"mode": "relax"}``), checked by
+    ``read_prompts``."""
 
 
 @attrs.frozen
@@ -120,22 +123,32 @@ class BatchProgress:
     """Counts handed to the progress callback as the run goes."""
 
     total: int
+    """Prompts this run works on."""
     queued: int
+    """Prompts not started yet (waiting for a slot, or not sent)."""
     running: int
+    """Prompts being submitted, waited for or downloaded now."""
     succeeded: int
+    """Prompts done with their images saved."""
     failed: int
+    """Prompts whose job the relay reported failed (or cancelled)."""
     elapsed: float
+    """Seconds since the run started."""
     rejected: int = 0
+    """Prompts the relay refused at submit: nothing was created."""
     timed_out: int = 0
+    """Prompts paid but still running when the run's ``timeout`` hit (resumable)."""
     incomplete: int = 0
+    """Prompts paid but not followed to the end (files not saved, ...; resumable)."""
     unknown: int = 0
-    #: Prompts finished per second over the recent past (None until two finished).
+    """Prompts whose submit outcome is unknown: the job may exist (``reconcile``)."""
     rate: float | None = None
-    #: Seconds since the relay began refusing every submit ("queue full" or HTTP 429;
-    #: None while submits are accepted). At the run's ``timeout`` submitting stops.
+    """Prompts finished per second over the recent past (None until two finished)."""
     refused_for: float | None = None
-    #: What those refusals say: ``"queue full"`` or ``"rate limited (HTTP 429)"``.
+    """Seconds since the relay began refusing every submit ("queue full" or HTTP 429; None
+    while submits are accepted). At the run's ``timeout`` submitting stops."""
     refusal: str | None = None
+    """What those refusals say: ``"queue full"`` or ``"rate limited (HTTP 429)"``."""
 
     @property
     def done(self) -> int:
@@ -165,12 +178,12 @@ class Unsettled:
     prompt: str
     tag: str | None
     sent_at: float | None
-    #: Why it was not settled, in one line (``"2 listed tasks match (ids ...): not
-    #: adopted; check them by hand"``).
     reason: str = "no listed task carries its tag"
-    #: Listed tasks that carry the row's tag (ambiguous matches, or ones whose prompt or
-    #: submit time differ): look at them on the relay's dashboard.
+    """Why it was not settled, in one line (``"2 listed tasks match (ids ...): not adopted;
+    check them by hand"``)."""
     matches: tuple[str, ...] = ()
+    """Listed tasks that carry the row's tag (ambiguous matches, or ones whose prompt or
+    submit time differ): look at them on the relay's dashboard."""
 
 
 @attrs.frozen
@@ -178,24 +191,27 @@ class AccountSummary:
     """One account's share of a run (the account named by its key's fingerprint)."""
 
     account: str
-    #: Jobs this account created in this run (grids and presses).
+    """The account's label: its key's fingerprint (never the key)."""
     submitted: int
-    #: Prompts owned by this account that succeeded / failed (whole journal).
+    """Jobs this account created in this run (grids and presses)."""
     succeeded: int
+    """Prompts owned by this account that succeeded (whole journal)."""
     failed: int
-    #: Queue-full answers (code 23 or 9) and HTTP 429 answers in this run.
+    """Prompts owned by this account that failed (whole journal)."""
     queue_full: int
+    """Queue-full answers (code 23 or 9) in this run."""
     rate_limited: int
-    #: The number of jobs the account was found to take at once.
+    """HTTP 429 answers in this run."""
     limit: float
-    #: Why the account left the rotation (None if it stayed in).
+    """The number of jobs the account was found to take at once."""
     disabled: str | None = None
-    #: Prompts owned by this account left ``incomplete`` (paid, resumable; whole journal).
+    """Why the account left the rotation (None if it stayed in)."""
     incomplete: int = 0
-    #: The relay refused this account's key while its jobs were awaited, in the relay's
-    #: words (``"HTTP 401: 该令牌额度已用尽"``; never the key): those jobs are kept
-    #: ``incomplete`` with their ids; resume with a valid key. None: no refusal.
+    """Prompts owned by this account left ``incomplete`` (paid, resumable; whole journal)."""
     key_rejected: str | None = None
+    """The relay refused this account's key while its jobs were awaited, in the relay's
+    words (``"HTTP 401: 该令牌额度已用尽"``; never the key): those jobs are kept ``incomplete`` with
+    their ids; resume with a valid key. None: no refusal."""
 
 
 @attrs.frozen
@@ -203,27 +219,40 @@ class BatchSummary:
     """How the run ended, per prompt outcome, plus where the manifest is."""
 
     total: int
+    """Prompts in the batch directory's journal."""
     succeeded: int
+    """Prompts done with their images saved."""
     failed: int
+    """Prompts whose job the relay reported failed (or cancelled)."""
     rejected: int
+    """Prompts the relay refused at submit: nothing was created."""
     unknown: int
+    """Prompts whose submit outcome is unknown: the job may exist (``reconcile``)."""
     manifest: Path
+    """The ``manifest.jsonl`` written for the run (one line per prompt)."""
     elapsed: float
+    """Seconds the run took."""
     timed_out: int = 0
+    """Prompts paid but still running when the run's ``timeout`` hit (resumable)."""
     incomplete: int = 0
-    #: Prompts not submitted yet (the run stopped early, or was interrupted).
+    """Prompts paid but not followed to the end (files not saved, ...; resumable)."""
     pending: int = 0
-    #: Unknown outcomes ``reconcile`` could not settle (look them up by their tag).
+    """Prompts not submitted yet (the run stopped early, or was interrupted)."""
     unsettled: tuple[Unsettled, ...] = ()
-    #: Per account: jobs submitted, outcomes, queue-full and 429 answers, learned limit.
+    """Unknown outcomes ``reconcile`` could not settle (look them up by their tag)."""
     accounts: tuple[AccountSummary, ...] = ()
-    #: Why the run stopped sending submits before every prompt was sent (the relay
-    #: refused every submit for ``timeout`` seconds, or the next prompt would cross
-    #: ``max_spend``); None if it did not.
+    """Per account: jobs submitted, outcomes, queue-full and 429 answers, learned limit."""
     stopped_submitting: str | None = None
-    #: What the batch directory has spent (every run), per action and per account, at
-    #: the prices known (given or learned); the cap and why it stopped the run, if it did.
+    """Why the run stopped sending submits before every prompt was sent (the relay refused
+    every submit for ``timeout`` seconds, or the next prompt would cross ``max_spend``);
+    None if it did not."""
+    key_refused: str | None = None
+    """Why the relay refused the one key whose refusal stopped submitting (an
+    ``AuthenticationError.reason``: ``"exhausted"``, ``"expired"``..., else ``"refused"``);
+    its pending prompts created nothing. None if none did."""
     spend: SpendReport | None = None
+    """What the batch directory has spent (every run), per action and per account, at the
+    prices known (given or learned); the cap and why it stopped the run, if it did."""
 
     @property
     def ok(self) -> bool:
@@ -410,6 +439,7 @@ class _Run:
         self.refusal: str | None = None
         self._waits: set[anyio.CancelScope] = set()
         self.halted: str | None = None
+        self.key_refused: str | None = None  # why the (only) key was refused, if it was
         #: Accounts whose key the relay refused while their jobs were awaited -> why.
         self.refused: dict[str, str] = {}
         #: The run's file names (made at the first download: it lists images/).
@@ -822,6 +852,10 @@ class _Run:
             self._unmark(row, pressing)
             self._refused(exc)
             return None
+        except AuthenticationError as exc:  # the key was refused: nothing was created
+            self.breaker.ok()
+            self._unmark(row, pressing)
+            return self._key_refused(row, pressing, slot, exc)
         except QuickMJError as exc:
             if account_unusable(exc) and slot.lease.budget.disabled and pressing is None:
                 self._unmark(row, pressing)  # created nothing; another account may take it
@@ -837,6 +871,28 @@ class _Run:
         if before is not None:
             await self._learn(_action(pressing), slot.client, before)
         return job
+
+    def _key_refused(
+        self, row: JournalRow, pressing: str | None, slot: Reservation, exc: AuthenticationError
+    ) -> Phase | None:
+        """A submit refused for its key (401/403: spent, expired, revoked) created nothing.
+
+        In a pool the account has left the rotation: another takes the prompt (None). With
+        one key every submit would be refused alike: the run stops submitting (its paid
+        jobs are still followed where the relay lets the key read them) and the prompt
+        stays pending, for a resume once the key is topped up or replaced."""
+        if slot.lease.budget.disabled:
+            if pressing is None:
+                return None
+            why = account_unusable(exc) or "the key was refused"
+            return self._not_sent(row, pressing, f"account {slot.account}: {why}")
+        if self.halted is None:
+            self.halted = f"the relay refuses this key: {account_unusable(exc)}"
+            self.key_refused = exc.reason or "refused"
+            for scope in list(self._waits):
+                scope.cancel()
+            self._report()
+        return self._not_sent(row, pressing, self.halted)
 
     # ---- learning a price from the balance (a cap without it) ----
 
@@ -1529,6 +1585,7 @@ async def _drive(
         summary,
         accounts=_per_account(pool, journal, before, run.refused),
         stopped_submitting=run.halted or stopped,
+        key_refused=run.key_refused,
         spend=spend_report(
             journal.rows(),
             run.ledger.book,

@@ -1008,6 +1008,7 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
                     "seconds": round(summary.elapsed, 2),
                     "accounts": [_account_json(a) for a in summary.accounts],
                     "stopped_submitting": summary.stopped_submitting,
+                    "key_refused": getattr(summary, "key_refused", None),
                     "spend": summary.spend.as_json() if summary.spend else None,
                 }
             }
@@ -1026,7 +1027,15 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
     for line in _spend_lines(summary):
         print(line, file=out.stream)
     stopped = summary.stopped_submitting
-    if stopped and not (summary.spend and summary.spend.stopped):
+    refused = getattr(summary, "key_refused", None)  # its line says --resume
+    if stopped and refused:
+        fix = "top it up, then --resume" if refused == "exhausted" else "--resume with a valid key"
+        print(
+            f"stopped: {stopped}; {summary.pending} prompt(s) pending, nothing created for "
+            f"them: {fix}",
+            file=out.stream,
+        )
+    elif stopped and not (summary.spend and summary.spend.stopped):
         print(
             f"note: stopped submitting: {stopped}; the {summary.pending} pending prompt(s) "
             "created nothing",
@@ -1039,7 +1048,7 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
             file=out.stream,
         )
     capped = bool(summary.spend and summary.spend.stopped)  # its line says --resume
-    if summary.resumable and not capped:
+    if summary.resumable and not capped and not refused:
         print(
             "note: run again with --resume to finish timed out, incomplete and pending prompts",
             file=out.stream,

@@ -32,7 +32,7 @@ import math
 import os
 import re
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -218,9 +218,9 @@ class SpendFile:
 
     path: Path
     book: PriceBook = attrs.field(factory=PriceBook)
-    #: Submits of ``unknown`` outcome sent again by ``--resubmit-unknown``: the journal
-    #: then shows only the new attempt, but the first may have been paid.
     resent: Counter[Key] = attrs.field(factory=Counter)
+    """Submits of ``unknown`` outcome sent again by ``--resubmit-unknown``: the journal then
+    shows only the new attempt, but the first may have been paid."""
 
     @classmethod
     def load(cls, out: str | os.PathLike[str]) -> SpendFile:
@@ -287,13 +287,15 @@ class SpendLine:
     """Submits of one action, mode and account, and what they cost."""
 
     action: str
-    #: ``"fast"``, ``"relax"``, ``"turbo"``, or None: the key's default mode.
+    """The submit's action (``"imagine"``, ``"upscale"``, ...)."""
     mode: str | None
-    #: The account (its key's fingerprint label); None in a plan or when not recorded.
+    """``"fast"``, ``"relax"``, ``"turbo"``, or None: the key's default mode."""
     account: str | None
+    """The account (its key's fingerprint label); None in a plan or when not recorded."""
     submits: int
-    #: Their cost in USD (None: no price known for the action).
+    """How many such submits (paid, or maybe paid)."""
     usd: float | None
+    """Their cost in USD (None: no price known for the action)."""
 
 
 def _lines(counts: Mapping[Key, int], book: PriceBook) -> tuple[SpendLine, ...]:
@@ -327,15 +329,16 @@ class SpendReport:
     account; maybe-paid submits (unknown outcomes) count as paid."""
 
     lines: tuple[SpendLine, ...] = ()
-    #: The cap the run kept (USD), if any.
+    """The submits by action, mode and account, and what each group cost."""
     cap: float | None = None
-    #: Why the cap stopped the run from starting more prompts (None: it did not).
+    """The cap the run kept (USD), if any."""
     stopped: str | None = None
-    #: The prices used (``"imagine"`` or ``"imagine/relax"`` -> USD).
+    """Why the cap stopped the run from starting more prompts (None: it did not)."""
     prices: Mapping[str, float] = attrs.field(factory=dict)
-    #: USD the relay charged this run beyond those prices, as the key's balance showed
-    #: (a capped run reads it): a price is too low. Not in ``usd``.
+    """The prices used (``"imagine"`` or ``"imagine/relax"`` -> USD)."""
     beyond_prices: float = 0.0
+    """USD the relay charged this run beyond those prices, as the key's balance showed (a
+    capped run reads it): a price is too low. Not in ``usd``."""
 
     @property
     def submits(self) -> int:
@@ -433,22 +436,23 @@ class BatchPlan:
     """What a run would do, computed without sending anything (``quickmj batch
     --dry-run``): its submits by action and mode, and their cost where prices are known."""
 
-    #: Prompts in the input.
     prompts: int
-    #: Prompts the run would work on (all of them; on a resume only those left).
+    """Prompts in the input."""
     open: int
-    #: Submits the run would make, by action and mode (``account`` is None).
+    """Prompts the run would work on (all of them; on a resume only those left)."""
     lines: tuple[SpendLine, ...]
-    #: The prices known (``"imagine"`` -> USD) and where each came from.
+    """Submits the run would make, by action and mode (``account`` is None)."""
     prices: Mapping[str, float] = attrs.field(factory=dict)
+    """The prices known (``"imagine"`` -> USD)."""
     price_sources: Mapping[str, str] = attrs.field(factory=dict)
-    #: What the directory has spent already (a resume), None for a fresh run.
+    """Where each of those prices came from (``"given"``, ``"learned <when>"``, ``"stored"``)."""
     spent: SpendReport | None = None
-    #: Prompts whose outcome is unknown and that the run leaves alone (settle them with
-    #: ``quickmj reconcile``, or resend them with ``--resubmit-unknown``).
+    """What the directory has spent already (a resume), None for a fresh run."""
     unknown: int = 0
-    #: A cap to check the plan against (USD), if given.
+    """Prompts whose outcome is unknown and that the run leaves alone (settle them with
+    ``quickmj reconcile``, or resend them with ``--resubmit-unknown``)."""
     cap: float | None = None
+    """A cap to check the plan against (USD), if given."""
 
     @property
     def submits(self) -> int:
@@ -684,27 +688,43 @@ class Ledger:
         self._changed = anyio.Event()
 
 
-#: A capped run reads the keys' balances every this many seconds, or after this many
-#: submits, whichever comes first (``BalanceWatch``).
-WATCH_SECONDS = 10.0
+#: A capped run reads the keys' balances every ``WATCH_SECONDS``, or after
+#: ``WATCH_SUBMITS`` submits, or every ``WATCH_GAP`` seconds while the last read found the
+#: relay charging beyond the prices; never sooner than ``WATCH_GAP`` after the last read,
+#: and at most ``WATCH_READS`` GETs per ``WATCH_WINDOW`` seconds over all its keys:
+#: new-api lets a client IP read ``/api/usage/token/`` 20 times per 20 minutes (its
+#: CriticalRateLimit); the rest is left to learning prices and to the user.
+WATCH_SECONDS = 60.0
+WATCH_GAP = 15.0
 WATCH_SUBMITS = 50
+WATCH_READS = 15
+WATCH_WINDOW = 1200.0
 
 
 class BalanceWatch:
     """Reads the run's keys' balances at a modest rate and tells the ledger what the
     relay charged (``Ledger.observe``): a safety net under prices given too low."""
 
-    def __init__(self, readers: Sequence[Callable[[], Awaitable[Balance]]], ledger: Ledger):
+    def __init__(
+        self,
+        readers: Sequence[Callable[[], Awaitable[Balance]]],
+        ledger: Ledger,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.readers = list(readers)
         self.ledger = ledger
+        self.clock = clock
         self.start: list[Balance] = []
         self._reading: anyio.Event | None = None  # set when the read under way ends
         self._last = 0.0
         self._at_submits = 0
+        self._spacing = WATCH_SECONDS  # shorter after a surprise
+        self.reads: deque[float] = deque()  # when each balance GET of the window went out
 
     async def begin(self) -> bool:
         """The balances before the run's first submit; False: they cannot be read (no
         billing, a refused key, not in USD): the run goes on without the watch."""
+        self._spend_reads()
         try:
             self.start = [await read() for read in self.readers]
         except QuickMJError as exc:
@@ -713,23 +733,41 @@ class BalanceWatch:
         if any(usd_moved(b, b) is None for b in self.start):
             logger.info("the balance is not watched during this run: it is not in USD")
             return False
-        self._last = time.monotonic()
+        self._last = self.clock()
         return True
 
     def _sent(self) -> int:
         return self.ledger.sent_this_run
 
+    def _room(self) -> bool:
+        """Whether one read of every key fits in the window's allowance."""
+        now, reads = self.clock(), self.reads
+        while reads and now - reads[0] >= WATCH_WINDOW:
+            reads.popleft()
+        return len(reads) + len(self.readers) <= WATCH_READS
+
+    def _spend_reads(self) -> None:
+        now = self.clock()
+        self.reads.extend([now] * len(self.readers))
+
+    def _due(self) -> bool:
+        waited = self.clock() - self._last
+        if waited < WATCH_GAP:
+            return False
+        busy = self._sent() - self._at_submits >= WATCH_SUBMITS
+        return (waited >= self._spacing or busy) and self._room()
+
     async def check(self) -> None:
         """Read the balances if it is time; a prompt admitted meanwhile waits for the
-        read under way (one GET per account every few seconds: no real delay)."""
+        read under way (one GET per account now and then: no real delay)."""
         if self._reading is not None:
             await self._reading.wait()
             return
-        due = time.monotonic() - self._last >= WATCH_SECONDS
-        if not (due or self._sent() - self._at_submits >= WATCH_SUBMITS):
+        if not self._due():
             return
         reading = self._reading = anyio.Event()
-        self._last, self._at_submits = time.monotonic(), self._sent()
+        self._last, self._at_submits = self.clock(), self._sent()
+        self._spend_reads()
         try:
             now = [await read() for read in self.readers]
         except QuickMJError as exc:
@@ -739,4 +777,8 @@ class BalanceWatch:
             self._reading = None
             reading.set()
         moved = [usd_moved(a, b) for a, b in zip(self.start, now, strict=True)]
+        extra = self.ledger.extra
         self.ledger.observe(sum(m for m in moved if m is not None))
+        # A surprise (charged beyond the prices): read sooner while it lasts.
+        surprised = self.ledger.extra > extra + _EPS
+        self._spacing = WATCH_GAP if surprised else WATCH_SECONDS

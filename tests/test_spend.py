@@ -255,6 +255,7 @@ async def test_balance_reads_catch_a_price_given_too_low(
     admission) counts what the relay charged beyond them, so the run stops near the cap
     instead of at twice it; the error is bounded by the prompts in flight."""
     monkeypatch.setattr(spend_module, "WATCH_SUBMITS", 1)
+    monkeypatch.setattr(spend_module, "WATCH_GAP", 0.0)  # (the rate is tested apart)
     config = SimulatorConfig(seed=3, queue_seconds=0.0, run_seconds=0.02, quota_usd=20.0)
     async with simulate(config) as relay, client(relay) as mj:
         before = await mj.balance()
