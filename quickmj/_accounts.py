@@ -178,9 +178,13 @@ class Reservation:
     """
 
     lease: Lease
+    """The account's slot (given back when the submit is answered, or on ``release``)."""
     client: AsyncClient
+    """The account's client: build the one submit with it."""
     pool: AccountPool
+    """The pool the slot belongs to (it records which account owns the new job)."""
     used: bool = False
+    """Whether ``send`` was called (a slot sends one submit)."""
 
     @property
     def account(self) -> str:

@@ -230,18 +230,18 @@ def hold_floor(alive: int, in_use: int, strikes: int) -> float:
 class BudgetStats:
     """Counters of one budget since it was made (for summaries and benchmarks)."""
 
-    #: Submits sent with a slot of this budget.
     sent: int = 0
-    #: Submits that created a job.
+    """Submits sent with a slot of this budget."""
     accepted: int = 0
-    #: Answered queue full (code 23, or 9 "queue full").
+    """Submits that created a job."""
     queue_full: int = 0
-    #: Answered HTTP 429.
+    """Answered queue full (code 23, or 9 "queue full")."""
     rate_limited: int = 0
-    #: Submits whose outcome is unknown (the job may exist).
+    """Answered HTTP 429."""
     unknown: int = 0
-    #: Other answers that created nothing (a banned prompt, a bad key, ...).
+    """Submits whose outcome is unknown (the job may exist)."""
     rejected: int = 0
+    """Other answers that created nothing (a banned prompt, a bad key, ...)."""
 
 
 @attrs.define(eq=False)
@@ -251,11 +251,11 @@ class Lease:
     budget: Budget
     epoch: int
     taken_at: float
-    #: Set once the relay accepted the submit.
     task_id: str | None = None
+    """Set once the relay accepted the submit."""
     done: bool = False
-    #: The shared store's name for it (RedisBudget).
     token: str | None = None
+    """The shared store's name for it (RedisBudget)."""
 
 
 class SendPhase:

@@ -87,9 +87,9 @@ class JournalRow:
     tag: str | None = None
     sent_at: float | None = None
     account: str | None = None
-    #: The file stems chosen for this prompt's images ("grid", "U1".. -> stem), recorded
-    #: before any download so a resume saves under the same names.
     names: dict[str, str] = attrs.field(factory=dict)
+    """The file stems chosen for this prompt's images ("grid", "U1".. -> stem), recorded
+    before any download so a resume saves under the same names."""
 
 
 _SCHEMA = """
@@ -540,9 +540,9 @@ class Snapshot:
     """A journal as it stood when read, without writing anything (see :func:`read_snapshot`)."""
 
     rows: list[JournalRow]
-    #: The last run recorded in it had not ended: it is running, or it was stopped
-    #: without closing (killed); the rows are where every prompt stood then.
     run_open: bool
+    """The last run recorded in it had not ended: it is running, or it was stopped without
+    closing (killed); the rows are where every prompt stood then."""
 
 
 def read_snapshot(path: str | Path) -> Snapshot:

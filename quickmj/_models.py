@@ -159,10 +159,16 @@ class Button:
     """A button of a finished task, pressed with ``AsyncClient.action``."""
 
     custom_id: str
+    """What pressing it sends (``MJ::JOB::upsample::1::<hash>``): pass the button, or this,
+    to ``AsyncClient.action``."""
     emoji: str = ""
+    """The emoji shown on it (``"🔄"``), or ``""``."""
     label: str = ""
+    """The text shown on it (``"U1"``, ``"V2"``), or ``""``."""
     type: int = 2
+    """The Discord component type (2: a button)."""
     style: int = 2
+    """The Discord button style (1 primary/blue, 2 secondary/grey, ...)."""
 
     @property
     def kind(self) -> str:
@@ -200,7 +206,9 @@ class MediaUrl:
     """One of several result files (``imageUrls`` / ``videoUrls`` on relays that send them)."""
 
     url: str
+    """The file's address."""
     thumbnail: str | None = None
+    """A smaller preview's address, when the relay sends one."""
 
 
 def _ms_to_datetime(ms: int | None) -> dt.datetime | None:
@@ -258,27 +266,50 @@ class Task:
     """
 
     id: str
+    """The task id the relay gave at submit."""
     status: TaskStatus = TaskStatus.NOT_START
+    """Where the task stands (NOT_START, SUBMITTED, MODAL, IN_PROGRESS, SUCCESS, FAILURE,
+    CANCEL); a status quickmj does not know is kept as sent."""
     action: TaskAction | None = None
+    """What kind of job it is (IMAGINE, UPSCALE, VARIATION, ...); None if the relay sent
+    none."""
     progress: str | None = None
+    """The relay's progress text (``"46%"``); ``progress_percent`` reads it as a number."""
     prompt: str | None = None
+    """The prompt as submitted."""
     prompt_en: str | None = None
+    """The prompt as sent to Midjourney (translated to English, links and flags added)."""
     description: str | None = None
+    """The relay's one-line description (``"Submit success"``, ``"/imagine a cat"``)."""
     state: str | None = None
+    """The ``state`` string given at submit, handed back unchanged."""
     custom_id: str | None = None
+    """The button's ``customId`` an action task was created from (new-api and QuickRouter
+    send it)."""
     bot_type: str | None = None
+    """``MID_JOURNEY`` or ``NIJI_JOURNEY`` (``INSIGHT_FACE`` for a face swap), when sent."""
     submit_time: int | None = None
+    """When the relay accepted the submit, in Unix milliseconds (``submitted_at`` as a
+    datetime)."""
     start_time: int | None = None
+    """When the job started running, in Unix milliseconds (``started_at``)."""
     finish_time: int | None = None
+    """When the job ended, in Unix milliseconds (``finished_at``)."""
     image_url: str | None = None
+    """The result image (a grid for imagine); None until the task has one."""
     _image_urls: tuple[MediaUrl, ...] = attrs.field(default=(), alias="image_urls", hash=False)
     video_url: str | None = None
+    """The result video, for video actions."""
     _video_urls: tuple[MediaUrl, ...] = attrs.field(default=(), alias="video_urls", hash=False)
     fail_reason: str | None = None
+    """Why the task failed, in the relay's words (None or ``""`` otherwise)."""
     _buttons: tuple[Button, ...] = attrs.field(default=(), alias="buttons", hash=False)
     mask_base64: str | None = None
+    """The mask a vary-region (inpaint) task was given, as the relay echoes it."""
     parent_id: str | None = None
+    """The task whose button created this one (None for a new prompt)."""
     seed: str | None = None
+    """The job's Midjourney seed, on relays that report it."""
     properties: dict[str, Any] = attrs.field(factory=dict, hash=False)
     """The relay's ``properties`` object (``finalPrompt``, ...), as sent."""
     _raw: Mapping[str, Any] = attrs.field(default=_NO_JSON, alias="raw", eq=False, hash=False)
@@ -446,9 +477,13 @@ class SubmitResult:
     """The relay's answer to a submit (and to image-seed): ``{code, description, result}``."""
 
     code: int
+    """The relay's code: 1 accepted, 21 waits for a modal, 22 queued; anything else refused."""
     description: str = ""
+    """The relay's words about it (``"Submit success"``, ``"queue full"``...)."""
     result: str | None = None
+    """The new task's id (``task_id``), or None when nothing was created."""
     properties: dict[str, Any] = attrs.field(factory=dict, hash=False)
+    """The relay's ``properties`` object (``discordInstanceId``, ...), as sent."""
 
     @property
     def task_id(self) -> str:

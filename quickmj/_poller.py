@@ -94,55 +94,56 @@ _TASK_ROUTES = frozenset({"POST /task/list-by-condition", "GET /task/{id}/fetch"
 class PollPolicy:
     """How the poller schedules its batched status reads (seconds unless noted)."""
 
-    #: Between two checks of a running task. Relays refresh upstream about every 15 s;
-    #: polling much faster than a couple of seconds only burns requests.
     interval: float = 2.0
-    #: Delay before an id subscribed on its own is first checked (a burst of submits
-    #: shares one batch). Ids subscribed in bulk are checked at once.
+    """Between two checks of a running task. Relays refresh upstream about every 15 s;
+    polling much faster than a couple of seconds only burns requests."""
     first_poll: float = 0.5
-    #: Check interval once progress reaches ``near_done_percent``.
+    """Delay before an id subscribed on its own is first checked (a burst of submits shares
+    one batch). Ids subscribed in bulk are checked at once."""
     near_done_interval: float = 1.0
-    #: The progress (percent) from which ``near_done_interval`` applies.
+    """Check interval once progress reaches ``near_done_percent``."""
     near_done_percent: int = 80
-    #: Ids per list-by-condition request.
+    """The progress (percent) from which ``near_done_interval`` applies."""
     batch_size: int = 100
-    #: list-by-condition requests in flight at once.
+    """Ids per list-by-condition request."""
     max_concurrent_batches: int = 4
-    #: Rounds an id may be missing from answers before one ``fetch`` confirms it.
+    """list-by-condition requests in flight at once."""
     miss_limit: int = 3
-    #: How long a task may sit in MODAL before waiters are told it needs ``modal``.
-    #: 0 (the default): on the first read that shows it (new-api rewrites code 21 to 1,
-    #: so that read is the only sign). A task confirmed with ``modal()`` is never
-    #: reported: its MODAL rows are stale news.
+    """Rounds an id may be missing from answers before one ``fetch`` confirms it."""
     modal_timeout: float = 0.0
-    #: Upper bound of the backoff after failing requests, and of a pause a relay asks
-    #: for with Retry-After (however long it asks for).
+    """How long a task may sit in MODAL before waiters are told it needs ``modal``. 0 (the
+    default): on the first read that shows it (new-api rewrites code 21 to 1, so that read
+    is the only sign). A task confirmed with ``modal()`` is never reported: its MODAL rows
+    are stale news."""
     max_error_backoff: float = 60.0
-    #: Consecutive answers that say the wait can never succeed (the key is refused:
-    #: 401/403; the task routes are not served: a 404 or a web page) after which every
-    #: waiter of the client fails with that error. Counted across chunks and rounds; a
-    #: request counts only if it was sent after the previous such answer arrived (a
-    #: burst of parallel chunks is one answer), and any successful read starts again.
+    """Upper bound of the backoff after failing requests, and of a pause a relay asks for
+    with Retry-After (however long it asks for)."""
     dead_end_after: int = 3
-    #: ...and for at least this many seconds since the first of them: a gateway that
-    #: answers a few challenge pages (a WAF's 403) or 404s while a relay restarts does
-    #: not end every wait. With the defaults waits end about 14 s after the first such
-    #: answer (the backoff between failed reads is 2, 4, 8 s).
+    """Consecutive answers that say the wait can never succeed (the key is refused: 401/403;
+    the task routes are not served: a 404 or a web page) after which every waiter of the
+    client fails with that error. Counted across chunks and rounds; a request counts only if
+    it was sent after the previous such answer arrived (a burst of parallel chunks is one
+    answer), and any successful read starts again."""
     dead_end_grace: float = 10.0
-    #: A task whose reports have not changed for this long while it runs (IN_PROGRESS)
-    #: fails its waiters with TaskStalledError (the relay lost it). midjourney-proxy and
-    #: TrueAI fail a running task themselves after 5 min (``timeout-minutes``); 10 min
-    #: leaves room for a raised server timeout. None: never (also for queued tasks).
+    """...and (with ``dead_end_after``) for at least this many seconds since the first of
+    them: a gateway that answers a few challenge pages (a WAF's 403) or 404s while a relay
+    restarts does not end every wait. With the defaults waits end about 14 s after the first
+    such answer (the backoff between failed reads is 2, 4, 8 s)."""
     stall_after: float | None = 600.0
-    #: The same for a task still queued (status "", NOT_START, SUBMITTED; or MODAL after
-    #: ``modal()``): a relax job can wait long. new-api fails unfinished tasks after 1 h,
-    #: TrueAI queued ones after 60 min: 75 min. None: queued tasks never stall.
+    """A task whose reports have not changed for this long while it runs (IN_PROGRESS) fails
+    its waiters with TaskStalledError (the relay lost it). midjourney-proxy and TrueAI fail
+    a running task themselves after 5 min (``timeout-minutes``); 10 min leaves room for a
+    raised server timeout. None: never (also for queued tasks)."""
     stall_after_queued: float | None = 4500.0
-    #: With push updates (notifyHook), how often pushed ids are still polled as a safety net.
+    """``stall_after`` for a task still queued (status "", NOT_START, SUBMITTED; or MODAL after
+    ``modal()``): a relax job can wait long. new-api fails unfinished tasks after 1 h,
+    TrueAI queued ones after 60 min: 75 min. None: queued tasks never stall."""
     safety_net_interval: float = 30.0
-    #: Learn the relay's refresh beat from identical answers and poll on it (new-api
-    #: refreshes every ~15 s: polling every 2 s in between returns the same data).
+    """With push updates (notifyHook), how often pushed ids are still polled as a safety
+    net."""
     adaptive: bool = True
+    """Learn the relay's refresh beat from identical answers and poll on it (new-api
+    refreshes every ~15 s: polling every 2 s in between returns the same data)."""
 
     def __attrs_post_init__(self) -> None:
         sizes = (self.batch_size, self.max_concurrent_batches, self.miss_limit)

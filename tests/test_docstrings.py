@@ -9,7 +9,10 @@ and ``quickmj.webhook`` (plus a few public classes reachable from them), and eac
 method and property those classes define (or inherit from a quickmj base class; the
 machinery of ``object``, ``Exception`` and ``enum`` is skipped). Constants and type
 aliases need an attribute docstring: a string literal right after the assignment, which
-is what mkdocstrings shows (a ``#:`` comment is invisible to it).
+is what mkdocstrings shows (a ``#:`` comment is invisible to it). So does each public
+field of an exported attrs class, as griffe (mkdocstrings' reader) sees the source: a
+string right after the field, or an entry in the class docstring's ``Args:`` or
+``Attributes:`` section.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 
 PUBLIC_MODULES = ("quickmj", "quickmj.errors", "quickmj.testing", "quickmj.webhook")
@@ -79,6 +83,11 @@ _SECTIONS = (
     "Other Parameters",
 )
 _SECTION = re.compile(rf"^(\s*)(?:{'|'.join(_SECTIONS)}):\s*$")
+#: A pointer to parameters documented once elsewhere, as httpx's "See ``httpx.request``":
+#: "See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state``".
+_POINTER = re.compile(r"See :class:`~?(quickmj\.[\w.]+)` for ((?:``\w+``(?:, |,? and )?)+)")
+#: Where a pointed-at docstring lists the shared parameters (``- ``name``: text``).
+_SHARED_SECTION = re.compile(r"^(\s*)Common [a-z ]*arguments:\s*$")
 _ANY_SECTION = re.compile(r"^(\s*)[A-Z][A-Za-z ]*:\s*$")
 
 
@@ -139,13 +148,13 @@ def members(cls: type) -> Iterator[tuple[str, Any]]:
                 yield name, attr
 
 
-def documented_params(doc: str) -> set[str] | None:
+def documented_params(doc: str, section: re.Pattern[str] = _SECTION) -> set[str] | None:
     """Names listed in the docstring's ``Args:``-like sections; None without one."""
     lines = inspect.cleandoc(doc).splitlines()
     found: set[str] | None = None
     i = 0
     while i < len(lines):
-        head = _SECTION.match(lines[i])
+        head = section.match(lines[i])
         i += 1
         if head is None:
             continue
@@ -159,11 +168,29 @@ def documented_params(doc: str) -> set[str] | None:
                 width = len(line) - len(line.lstrip())
                 indent = width if indent is None else indent
                 if width == indent:
-                    entry = re.match(r"\s*(\*{0,2}[A-Za-z_]\w*)\s*(?:\([^)]*\))?\s*:", line)
+                    entry = re.match(
+                        r"\s*(?:- ``)?(\*{0,2}[A-Za-z_]\w*)(?:``)?\s*(?:\([^)]*\))?\s*:", line
+                    )
                     if entry:
                         found.add(entry.group(1).lstrip("*"))
             i += 1
     return found
+
+
+def pointed_params(doc: str) -> tuple[set[str], list[str]]:
+    """Names ``doc`` documents by a pointer, and the pointers that lead nowhere.
+
+    Each name must be listed in a "Common ... arguments:" section of the docstring
+    pointed at, so a pointer cannot vouch for a parameter nobody documents.
+    """
+    names: set[str] = set()
+    broken: list[str] = []
+    for target, listed in _POINTER.findall(" ".join(doc.split())):
+        wanted = set(re.findall(r"``(\w+)``", listed))
+        there = documented_params(resolve(target).__doc__ or "", _SHARED_SECTION) or set()
+        broken += [f"{n!r} (not in {target}'s common arguments)" for n in sorted(wanted - there)]
+        names |= wanted & there
+    return names, broken
 
 
 def signature_params(fn: Callable[..., Any], *, skip_first: bool) -> list[str]:
@@ -180,11 +207,17 @@ def param_problems(
     if not params and not (doc and documented_params(doc)):
         return []
     listed = documented_params(doc or "")
-    if listed is None:
+    pointed, broken = pointed_params(doc or "")
+    if listed is None and not pointed:
         return [f"{where}: no Args section for {', '.join(params)}"]
-    problems = [f"{where}: parameter {p!r} not in Args" for p in params if p not in listed]
+    listed = listed or set()
+    problems = [f"{where}: broken pointer: {b}" for b in broken]
     problems += [
-        f"{where}: Args documents {p!r}, not a parameter" for p in sorted(listed - set(params))
+        f"{where}: parameter {p!r} not in Args" for p in params if p not in listed | pointed
+    ]
+    problems += [
+        f"{where}: Args documents {p!r}, not a parameter"
+        for p in sorted((listed | pointed) - set(params))
     ]
     return problems
 
@@ -280,6 +313,95 @@ def test_entry_points_document_every_parameter() -> None:
     assert not problems, "parameters not documented:\n  " + "\n  ".join(problems)
 
 
+# ---- fields of attrs classes, as griffe reads them ----
+
+_FIELD_SECTIONS = frozenset({"attributes", "parameters", "other parameters"})
+
+
+@functools.cache
+def _griffe_package() -> Any:
+    """quickmj as mkdocstrings reads it (static: from the sources, without importing)."""
+    griffe = pytest.importorskip("griffe")
+    root = Path(__file__).resolve().parent.parent
+    return griffe.load("quickmj", search_paths=[str(root)], resolve_aliases=False)
+
+
+def _griffe_class(module: Any, cls: type) -> Any:
+    """The griffe object of ``cls`` (walked from the package by its defining module)."""
+    obj = module
+    for part in [*cls.__module__.split(".")[1:], *cls.__qualname__.split(".")]:
+        obj = obj[part]
+    return obj.final_target if obj.is_alias else obj
+
+
+def undocumented_fields(gcls: Any, names: list[str]) -> list[str]:
+    """``names`` that griffe finds neither an attribute docstring nor a docstring entry for."""
+    listed: set[str] = set()
+    if gcls.docstring is not None:
+        for section in gcls.docstring.parse("google", warnings=False):
+            if section.kind.value in _FIELD_SECTIONS:
+                listed |= {entry.name for entry in section.value}
+    return [
+        name
+        for name in names
+        if name not in listed
+        and not (name in gcls.members and gcls.members[name].docstring is not None)
+    ]
+
+
+def exported_attrs_classes() -> list[tuple[str, type]]:
+    """(qualified name, class) of every exported attrs class, each class once."""
+    seen: set[type] = set()
+    out: list[tuple[str, type]] = []
+    for where, obj in exported():
+        if isinstance(obj, type) and attrs.has(obj) and obj not in seen:
+            seen.add(obj)
+            out.append((where, obj))
+    return out
+
+
+def test_every_public_field_has_a_docstring() -> None:
+    """Each public field of an exported attrs class is documented where griffe reads it."""
+    package = _griffe_package()
+    missing: list[str] = []
+    for where, cls in exported_attrs_classes():
+        names = [f.name for f in attrs.fields(cls) if not f.name.startswith("_")]
+        gcls = _griffe_class(package, cls)
+        missing += [f"{where}.{name}" for name in undocumented_fields(gcls, names)]
+    assert not missing, "fields without a docstring:\n  " + "\n  ".join(missing)
+
+
+def test_a_comment_is_not_a_field_docstring() -> None:
+    """The field check sees a string after the field or a docstring entry, not ``#:``."""
+    griffe = pytest.importorskip("griffe")
+    module = griffe.visit(
+        "sample",
+        filepath=Path("sample.py"),
+        code=textwrap.dedent(
+            '''\
+            import attrs
+
+            @attrs.frozen
+            class Sample:
+                """A sample.
+
+                Attributes:
+                    listed: documented in the class docstring.
+                """
+
+                #: invisible to griffe
+                commented: int
+                stringed: int
+                """Documented."""
+                listed: int
+                bare: int
+            '''
+        ),
+    )
+    names = ["commented", "stringed", "listed", "bare"]
+    assert ["commented", "bare"] == undocumented_fields(module["Sample"], names)
+
+
 # ---- the checker checks itself ----
 
 
@@ -317,6 +439,28 @@ def test_missing_docstrings_are_reported() -> None:
     assert ["S.m: no Args section for value"] == param_problems(
         "S.m", Sample.method, Sample.method.__doc__, method=True
     )
+
+
+def test_pointers_document_only_what_their_target_lists() -> None:
+    """A "See ... for ``x``" pointer documents ``x`` only if the target's common section has it."""
+
+    def submit(
+        self: object, prompt: str, *, notify_hook: str | None = None, state: str | None = None
+    ) -> None:
+        """Submit.
+
+        Args:
+            prompt: text
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state``.
+        """
+
+    doc = submit.__doc__ or ""
+    assert [] == param_problems("s", submit, doc, method=True)
+    assert [
+        "s: broken pointer: 'retry' (not in quickmj.AsyncClient's common arguments)",
+        "s: parameter 'state' not in Args",
+    ] == param_problems("s", submit, doc.replace("``state``", "``retry``"), method=True)
 
 
 @pytest.mark.parametrize("dotted", PARAM_CLASSES + CONSTRUCTOR_CLASSES + PARAM_FUNCTIONS)

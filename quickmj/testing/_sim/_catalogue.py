@@ -55,12 +55,12 @@ class Plan:
 
     action: str
     result: Result
-    #: Always a modal (code 21) whatever the account says.
     modal: Modal | None = None
-    #: Becomes a modal when remix applies (``enableRemix`` or a remix account).
+    """Always a modal (code 21) whatever the account says."""
     remixable: bool = False
-    #: The 1-4 quadrant an upscale shows, or the prompt a PicReader picks.
+    """Becomes a modal when remix applies (``enableRemix`` or a remix account)."""
     index: int | None = None
+    """The 1-4 quadrant an upscale shows, or the prompt a PicReader picks."""
 
 
 def _b(custom_id: str, label: str = "", emoji: str = "") -> Button:

@@ -85,8 +85,11 @@ class FaultEvent:
     """One injected fault: the request's number (from 1, per simulator), route and kind."""
 
     request: int
+    """The request's number, counted from 1 per simulator."""
     route: str
+    """The route it struck (``"POST /submit/imagine"``)."""
     fault: Fault
+    """What was injected."""
 
 
 class FaultInjector:

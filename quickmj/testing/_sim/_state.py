@@ -50,55 +50,76 @@ class SimTask:
     """One simulated job: fixed facts, then the timeline set when it is activated."""
 
     id: str
-    #: Creation order (0, 1, 2, ...): stable across runs with the same requests.
+    """The task id handed to the client (a 16-digit number, as relays make them)."""
     ordinal: int
-    #: The API key (account) that created it.
+    """Creation order (0, 1, 2, ...): stable across runs with the same requests."""
     key: str
-    #: The submit route that created it (``"/submit/imagine"``).
+    """The API key (account) that created it."""
     endpoint: str
+    """The submit route that created it (``"/submit/imagine"``)."""
     action: str
+    """``IMAGINE``, ``UPSCALE``, ... as the relay reports it."""
     result: Result
+    """What the finished job shows (a grid, one upscaled image, prompts, ...)."""
     prompt: str | None
+    """The prompt as submitted (None for actions without one)."""
     message_hash: str
+    """The Discord message hash (buttons' ``customId`` carry it)."""
     nonce: str
+    """The Discord nonce of the submit."""
     submit_ms: int
+    """When it was submitted, in Unix milliseconds on the simulator's clock."""
     prompt_en: str | None = None
+    """The prompt as the proxy sent it to Midjourney."""
     description: str | None = None
+    """The relay's ``description`` text for the task."""
     state: str | None = None
+    """The submit's ``state``, handed back unchanged."""
     notify_hook: str | None = None
-    #: FAST, RELAX or TURBO when the request used a mode prefix.
+    """Where the simulator posts this task's updates (the submit's ``notifyHook``)."""
     mode: str | None = None
+    """FAST, RELAX or TURBO when the request used a mode prefix."""
     bot_type: str = "MID_JOURNEY"
+    """``MID_JOURNEY``, ``NIJI_JOURNEY`` or ``INSIGHT_FACE``."""
     custom_id: str | None = None
+    """The button pressed to create it (action tasks)."""
     parent_id: str | None = None
-    #: Whose colours the images use, and the quadrant an upscale shows.
+    """The task whose button created it."""
     image_key: str = ""
+    """Whose colours the images use, and the quadrant an upscale shows."""
     image_index: int | None = None
-    #: The modal this job waits for (it starts in MODAL until ``/submit/modal``).
+    """The image of the parent an action works on (1-4), if any."""
     modal: Modal | None = None
-    #: Prompts a DESCRIBE or SHORTEN job produces.
+    """The modal this job waits for (it starts in MODAL until ``/submit/modal``)."""
     texts: tuple[str, ...] = ()
-    #: The ``--seed`` value the proxy appended (TrueAI), once the job runs.
+    """Prompts a DESCRIBE or SHORTEN job produces."""
     seed: str | None = None
-    #: Decided at creation from the seeded generator (``failure_rate``).
+    """The ``--seed`` value the proxy appended (TrueAI), once the job runs."""
     random_failure: bool = False
-    #: Fails at start with this reason (banned word, bad index, ...), if set.
+    """Decided at creation from the seeded generator (``failure_rate``)."""
     forced_failure: str | None = None
-    #: Seeds this job's hook-drop decisions.
+    """Fails at start with this reason (banned word, bad index, ...), if set."""
     hook_seed: int = 0
-    #: The job hangs part-way and the server's timeout fails it (``FaultConfig.hang_rate``).
+    """Seeds this job's hook-drop decisions."""
     hang: bool = False
-    #: Dialect-specific facts (e.g. a change task's copied properties).
+    """The job hangs part-way and the server's timeout fails it (``FaultConfig.hang_rate``)."""
     extra: dict[str, Any] = attrs.field(factory=dict)
+    """Dialect-specific facts (e.g. a change task's copied properties)."""
     # ---- timeline (clock seconds), set by Timeline.activate ----
     activated_at: float | None = None
+    """When it took its place in the queue (clock seconds; None until then)."""
     slot_start: float | None = None
+    """When a worker slot became free for it."""
     run_start: float | None = None
+    """When it starts running (IN_PROGRESS)."""
     end: float | None = None
+    """When it ends (SUCCESS or FAILURE)."""
     fail_reason: str | None = None
+    """Why it fails, once that is decided."""
     cancel_at: float | None = None
-    #: Rendered JSON per (dialect, phase ...) key; dropped whenever the timeline changes.
+    """When it is cancelled (CANCEL), if it is."""
     cache: dict[Hashable, Any] = attrs.field(factory=dict, repr=False)
+    """Rendered JSON per (dialect, phase ...) key; dropped whenever the timeline changes."""
 
 
 class Timeline:
