@@ -162,6 +162,22 @@ class AsyncClient:
             :class:`~quickmj.AdmissionPolicy`, or a budget factory such as
             ``quickmj.RedisBudgets`` (budgets shared across processes). See
             docs/throughput.md.
+
+    Common submit arguments:
+        Every submit (:meth:`imagine`, :meth:`blend`, :meth:`describe`, :meth:`shorten`,
+        :meth:`action`, :meth:`modal`, :meth:`change`, :meth:`simple_change`,
+        :meth:`video`, :meth:`edits`, :meth:`swap_face`) takes these keywords too:
+
+        - ``notify_hook``: a URL the relay POSTs task updates to (a running
+          ``webhook_receiver`` sets it for you).
+        - ``state``: your own string (at most 255 characters), echoed on the task.
+
+        Besides the errors its own docstring lists, every submit can raise:
+
+        - ``InvalidInputError``: a bad argument (before anything is sent).
+        - ``SubmitRejectedError``: the relay refused, so nothing was created
+          (``BannedPromptError``, ``QueueFullError``, ...).
+        - ``SubmitOutcomeUnknownError``: sent, but the answer was lost: the job may exist.
     """
 
     def __init__(
@@ -487,17 +503,15 @@ class AsyncClient:
             prompt: the Midjourney prompt, parameters included (``--ar 16:9 --v 6.1``).
             images: reference images: bytes, file paths, ``data:`` URLs or http(s) URLs.
             bot_type: ``"MID_JOURNEY"`` (default) or ``"NIJI_JOURNEY"`` (``"niji"``).
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
         Raises:
             InvalidInputError: an empty prompt or an unreadable image (before sending).
-            SubmitRejectedError: the relay refused (``BannedPromptError``, ``QueueFullError``...).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/imagine",
@@ -520,17 +534,13 @@ class AsyncClient:
             dimensions: the aspect ratio: ``"PORTRAIT"`` (2:3), ``"SQUARE"`` (1:1) or
                 ``"LANDSCAPE"`` (3:2); None for the relay's default.
             bot_type: ``"MID_JOURNEY"`` (default) or ``"NIJI_JOURNEY"`` (``"niji"``).
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
-        Raises:
-            InvalidInputError: a bad argument (before anything is sent).
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/blend",
@@ -552,17 +562,13 @@ class AsyncClient:
         Args:
             image: the image: bytes, a file path or a ``data:`` URL (not an http URL).
             bot_type: ``"MID_JOURNEY"`` (default) or ``"NIJI_JOURNEY"`` (``"niji"``).
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
-        Raises:
-            InvalidInputError: a bad argument (before anything is sent).
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/describe",
@@ -584,17 +590,13 @@ class AsyncClient:
         Args:
             prompt: the prompt to analyse.
             bot_type: ``"MID_JOURNEY"`` (default) or ``"NIJI_JOURNEY"`` (``"niji"``).
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
-        Raises:
-            InvalidInputError: a bad argument (before anything is sent).
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/shorten",
@@ -622,9 +624,9 @@ class AsyncClient:
                 looked up on the task (fetched first if you pass an id).
             choose_same_channel: let the relay run the press on any account in the same
                 Discord channel (False: only the account that ran the task).
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
@@ -633,8 +635,6 @@ class AsyncClient:
             ButtonNotFoundError: no button of the task matches ``button``.
             UnsupportedByRelayError: the dialect is ``midjourney-proxy``, which has no
                 ``/submit/action`` (raised at once, nothing sent): use :meth:`change`.
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         from ._models import ActionRequest
 
@@ -671,17 +671,13 @@ class AsyncClient:
             prompt: the prompt to continue with (custom zoom, remix, vary region).
             mask: vary region: a PNG, white where to repaint (bytes, a file path or a
                 ``data:`` URL).
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
-        Raises:
-            InvalidInputError: a bad argument (before anything is sent).
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/modal",
@@ -708,17 +704,13 @@ class AsyncClient:
             task: the finished grid (its id, the Task, or a job handle).
             label: ``"U1"``-``"U4"`` (upscale), ``"V1"``-``"V4"`` (variation) or ``"R"``
                 (reroll).
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
-        Raises:
-            InvalidInputError: a bad argument (before anything is sent).
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/change",
@@ -734,17 +726,13 @@ class AsyncClient:
         Args:
             content: ``"<task id> <label>"``, such as ``"1730621826053455 U2"`` (labels as
                 in :meth:`change`).
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
-        Raises:
-            InvalidInputError: a bad argument (before anything is sent).
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/simple-change",
@@ -772,17 +760,13 @@ class AsyncClient:
             end_image: an optional last frame (same forms).
             motion: ``"low"`` or ``"high"``; None for the relay's default.
             loop: make the video loop (end where it starts); None for the default.
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
-        Raises:
-            InvalidInputError: a bad argument (before anything is sent).
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/video",
@@ -804,17 +788,13 @@ class AsyncClient:
         Args:
             prompt: what to change.
             image: the image to edit: bytes, a file path, a ``data:`` URL or an http(s) URL.
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
-        Raises:
-            InvalidInputError: a bad argument (before anything is sent).
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/submit/edits",
@@ -834,17 +814,13 @@ class AsyncClient:
         Args:
             source: the image with the face: bytes, a file path or a ``data:`` URL.
             target: the image that receives it (same forms).
-            notify_hook: a URL the relay POSTs task updates to (a running
-                ``webhook_receiver`` sets it for you).
-            state: your own string (at most 255 characters), echoed on the task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the AsyncJob, ``await ....wait()`` for the Task.
 
-        Raises:
-            InvalidInputError: a bad argument (before anything is sent).
-            SubmitRejectedError: the relay refused (nothing was created).
-            SubmitOutcomeUnknownError: sent, but the answer was lost: the job may exist.
         """
         return self._submission(
             "/insight-face/swap",

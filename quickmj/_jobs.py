@@ -617,8 +617,9 @@ class AsyncJob:
             button: a Button, a label (``"U1"``, ``"V2"``, ``"🔄"``) or a raw customId.
             choose_same_channel: let the relay run the press on any account in the same
                 Discord channel (False: only the account that ran this job).
-            notify_hook: a URL the relay POSTs updates of the new job to.
-            state: your own string, echoed on the new job's Task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission for the new job: ``await`` it for its AsyncJob.
@@ -651,8 +652,9 @@ class AsyncJob:
             prompt: the prompt to continue with (custom zoom, remix, vary region).
             mask: vary region: a PNG, white where to repaint (bytes, a path, a ``data:``
                 URL or an http(s) URL).
-            notify_hook: a URL the relay POSTs the job's updates to.
-            state: your own string, echoed on the Task.
+
+        See :class:`~quickmj.AsyncClient` for ``notify_hook`` and ``state`` and the errors
+        every submit can raise.
 
         Returns:
             A Submission: ``await`` it for the confirmed AsyncJob.

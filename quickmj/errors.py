@@ -54,6 +54,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 if typing.TYPE_CHECKING:
+    from typing_extensions import Unpack  # typing.Unpack is 3.11+; only checkers read it
+
     from ._models import SubmitRequest, Task
 
 __all__ = (
@@ -263,6 +265,16 @@ class APIError(QuickMJError):
         super().__init__(message)
 
 
+class _Answer(typing.TypedDict, total=False):
+    """The keywords every APIError takes besides ``status`` (see :class:`APIError`):
+    subclasses pass them on as ``**answer`` instead of repeating them."""
+
+    body: str
+    path: str
+    headers: Mapping[str, str] | None
+    request_id: str | None
+
+
 class HTTPStatusError(APIError):
     """An HTTP error status without a relay code in the body."""
 
@@ -284,16 +296,11 @@ class AuthenticationError(HTTPStatusError):
         message: str,
         *,
         status: int,
-        body: str = "",
-        path: str = "",
-        headers: Mapping[str, str] | None = None,
-        request_id: str | None = None,
         reason: str | None = None,
+        **answer: Unpack[_Answer],
     ) -> None:
         self.reason = reason
-        super().__init__(
-            message, status=status, body=body, path=path, headers=headers, request_id=request_id
-        )
+        super().__init__(message, status=status, **answer)
 
 
 class NotFoundError(HTTPStatusError):
@@ -315,16 +322,11 @@ class UnsupportedByRelayError(NotFoundError):
         route: str,
         dialects: Sequence[str] = (),
         status: int = 404,
-        body: str = "",
-        path: str = "",
-        headers: Mapping[str, str] | None = None,
-        request_id: str | None = None,
+        **answer: Unpack[_Answer],
     ) -> None:
         self.route = route
         self.dialects: tuple[str, ...] = tuple(dialects)
-        super().__init__(
-            message, status=status, body=body, path=path, headers=headers, request_id=request_id
-        )
+        super().__init__(message, status=status, **answer)
 
     def reworded(self, message: str) -> UnsupportedByRelayError:
         """The same answer (route, status, body, ...) told with ``message``; it chains this one."""
@@ -365,16 +367,11 @@ class ModelUnavailableError(HTTPStatusError):
         model: str | None = None,
         group: str | None = None,
         status: int = 503,
-        body: str = "",
-        path: str = "",
-        headers: Mapping[str, str] | None = None,
-        request_id: str | None = None,
+        **answer: Unpack[_Answer],
     ) -> None:
         self.model = model
         self.group = group
-        super().__init__(
-            message, status=status, body=body, path=path, headers=headers, request_id=request_id
-        )
+        super().__init__(message, status=status, **answer)
 
 
 class RateLimitError(HTTPStatusError):
@@ -385,16 +382,11 @@ class RateLimitError(HTTPStatusError):
         message: str,
         *,
         status: int = 429,
-        body: str = "",
-        path: str = "",
-        headers: Mapping[str, str] | None = None,
-        request_id: str | None = None,
         retry_after: float | None = None,
+        **answer: Unpack[_Answer],
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(
-            message, status=status, body=body, path=path, headers=headers, request_id=request_id
-        )
+        super().__init__(message, status=status, **answer)
 
 
 class ServerError(HTTPStatusError):
@@ -418,17 +410,12 @@ class SubmitRejectedError(APIError):
         description: str = "",
         properties: Mapping[str, Any] | None = None,
         status: int = 200,
-        body: str = "",
-        path: str = "",
-        headers: Mapping[str, str] | None = None,
-        request_id: str | None = None,
+        **answer: Unpack[_Answer],
     ) -> None:
         self.code = code
         self.description = description
         self.properties: dict[str, Any] = dict(properties or {})
-        super().__init__(
-            message, status=status, body=body, path=path, headers=headers, request_id=request_id
-        )
+        super().__init__(message, status=status, **answer)
 
 
 class ValidationError(SubmitRejectedError):
