@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import inspect
 import json
 import socket
 import time
 import zlib
 from collections.abc import Iterator
 from typing import Any
+from unittest import mock
 
 import aiohttp
 import pytest
@@ -47,6 +49,22 @@ IMAGINE = f"{BASE}/mj/submit/imagine"
 OK = {"code": 1, "description": "提交成功", "result": "1730621826053999", "properties": {}}
 TASK = {"id": "1", "status": "SUCCESS", "progress": "100%"}
 NO_WAIT = RetryPolicy(backoff=0, max_backoff=0, max_attempts=3)
+
+
+class _MockedResponse(aiohttp.ClientResponse):
+    """What aioresponses builds for a mocked answer, through its public ``response_class``.
+
+    aioresponses (0.7.9, the newest) leaves out the ``stream_writer`` aiohttp 3.12+ requires;
+    only the answer side is mocked, so a stand-in writer does (older aiohttp: unchanged)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if "stream_writer" in inspect.signature(aiohttp.ClientResponse.__init__).parameters:
+            kwargs.setdefault("stream_writer", mock.Mock(output_size=0))
+        super().__init__(*args, **kwargs)
+
+
+#: Pass to every aioresponses mock that answers (one raising an exception builds nothing).
+ANSWER: dict[str, Any] = {"response_class": _MockedResponse}
 
 
 def client(**kwargs: Any) -> AsyncClient:
@@ -153,7 +171,7 @@ async def test_submit_is_retried_after_a_failed_connect(exception: Exception) ->
     """A failed connect sent nothing: the submit is retried and succeeds."""
     with aioresponses() as m:
         m.post(IMAGINE, exception=exception)
-        m.post(IMAGINE, payload=OK)
+        m.post(IMAGINE, payload=OK, **ANSWER)
         async with client() as mj:
             job = await mj.imagine("x")
         assert 2 == count(m, "POST", IMAGINE)
@@ -525,7 +543,7 @@ async def test_session_is_lazy_pooled_and_closed() -> None:
 async def test_async_with_closes_the_session() -> None:
     """Leaving ``async with`` closes the aiohttp session the client created."""
     with aioresponses() as m:
-        m.get(FETCH, payload={"id": "1"})
+        m.get(FETCH, payload={"id": "1"}, **ANSWER)
         async with client() as mj:
             await mj.fetch("1")
             session = mj._http.transport._session  # type: ignore[attr-defined]
@@ -538,7 +556,7 @@ async def test_ssl_and_proxy_options_reach_aiohttp() -> None:
     """ssl= and proxy= are handed to every aiohttp request (certificate checks stay on by
     default); redirects are never followed by aiohttp itself."""
     with aioresponses() as m:
-        m.get(FETCH, payload={"id": "1"}, repeat=True)
+        m.get(FETCH, payload={"id": "1"}, repeat=True, **ANSWER)
         async with client() as mj:
             await mj.fetch("1")
         async with client(ssl=False, proxy="http://proxy.test:3128") as mj:
