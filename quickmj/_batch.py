@@ -29,7 +29,7 @@ import unicodedata
 from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path, PurePath
-from typing import Any, TextIO
+from typing import Any, NoReturn, TextIO
 
 import anyio
 import attrs
@@ -372,6 +372,15 @@ class _Settings:
     learn: tuple[str, ...] = ()  # actions whose price the capped run learns
 
 
+class _End(Exception):
+    """Ends one prompt for this run: where it stands is recorded in the journal already
+    (``_Run._ended``, or a pending mark), so the caller has nothing left to do."""
+
+    def __init__(self, phase: Phase) -> None:
+        super().__init__(phase.value)
+        self.phase = phase
+
+
 class _Stop(Exception):
     """Ends the whole run (an outage, a full disk, a closed client); rows stay resumable."""
 
@@ -493,6 +502,15 @@ class _Run:
         self._finished_at.append(time.monotonic())
         return phase
 
+    def _ended(self, row: JournalRow, phase: Phase, **fields: Any) -> _End:
+        """Record a prompt's end (``_set``) and return the exception that ends it."""
+        return _End(self._set(row, phase, **fields))
+
+    def _pending(self, row: JournalRow, reason: str) -> _End:
+        """Nothing of the prompt was sent: it stays pending for a resume."""
+        self.journal.mark_pending(row.index, reason=reason)
+        return _End(Phase.PENDING)
+
     # ---- driving ----
 
     async def run(self, rows: Sequence[JournalRow]) -> None:
@@ -520,6 +538,8 @@ class _Run:
             try:
                 try:
                     await self._advance(row)
+                except _End:
+                    pass  # the prompt's end is recorded
                 except (_Stop, StorageError):
                     raise
                 except Exception as exc:  # one prompt's trouble stays with that prompt
@@ -551,26 +571,22 @@ class _Run:
         else:
             self._set(row, Phase.INCOMPLETE, reason=reason)  # paid: resumable
 
-    async def _advance(self, row: JournalRow) -> Phase:
-        """Take one prompt as far as it goes; returns where it ends."""
+    async def _advance(self, row: JournalRow) -> None:
+        """Take one prompt as far as it goes (an ``_End`` says where it ended early)."""
         if row.phase is Phase.UNKNOWN:  # --resubmit-unknown: the user accepts paying again
             row = self._reopen(row)
         if row.task_id is None and row.phase is Phase.SUBMITTING:
             # Killed between sending and recording: the job may exist. Do not pay twice.
-            return self._set(
+            raise self._ended(
                 row, Phase.UNKNOWN, reason="the run stopped while this prompt was being submitted"
             )
-        stopped = await self._admit(row)
-        if stopped is not None:
-            return stopped
+        await self._admit(row)
         if row.task_id is None:
             job = await self._submit(
                 row,
                 None,
                 lambda mj, tag: mj.imagine(row.prompt, **_imagine_kwargs(row.options, tag)),
             )
-            if isinstance(job, Phase):
-                return job
             try:
                 self.journal.set_task(row.index, job.id, account=job.account)
             except StorageError as exc:
@@ -578,7 +594,7 @@ class _Run:
             row = self.journal.row(row.index)
         client = self._owner(row)
         if client is None:
-            return self._set(
+            raise self._ended(
                 row,
                 Phase.INCOMPLETE,
                 reason=f"account {row.account} is not among this run's keys: resume with it",
@@ -586,18 +602,18 @@ class _Run:
         self.running += 1
         self._report()
         try:
-            return await self._paid(row, client)
+            await self._paid(row, client)
         finally:
             self.running -= 1
 
-    async def _admit(self, row: JournalRow) -> Phase | None:
+    async def _admit(self, row: JournalRow) -> None:
         """Hold the price of the prompt's submits left (its imagine, its upscales) under
-        ``max_spend``; None: go on. A prompt that does not fit sends nothing: a new one
+        ``max_spend``, or end the prompt. A prompt that does not fit sends nothing: a new one
         stays pending, a paid grid whose presses do not fit is left incomplete."""
         labels = [x for x in self.s.upscale if x not in row.upscales]
         actions = (["imagine"] if row.task_id is None else []) + ["upscale"] * len(labels)
         if not actions:
-            return None  # nothing to send: following a paid job costs nothing
+            return  # nothing to send: following a paid job costs nothing
         modes = {mode_of(row.prompt, c.mode) for c in self.pool.clients}
         ledger = self.ledger
 
@@ -607,12 +623,11 @@ class _Run:
         if self.watch is not None:
             await self.watch.check()  # what the relay charged, at a modest rate
         if await ledger.admit(row.index, cost, "prompt"):
-            return None
+            return
         why = f"{ledger.stopped}; --resume with a higher --max-spend sends it"
         if row.task_id is None:
-            self.journal.mark_pending(row.index, reason=f"not sent: {why}")
-            return Phase.PENDING
-        return self._set(row, Phase.INCOMPLETE, reason=f"{', '.join(labels)} not sent: {why}")
+            raise self._pending(row, f"not sent: {why}")
+        raise self._ended(row, Phase.INCOMPLETE, reason=f"{', '.join(labels)} not sent: {why}")
 
     def _owner(self, row: JournalRow) -> AsyncClient | None:
         """The client of the account that owns the row's jobs (None: not in this run)."""
@@ -621,17 +636,13 @@ class _Run:
         except InvalidInputError:
             return None
 
-    async def _paid(self, row: JournalRow, client: AsyncClient) -> Phase:
+    async def _paid(self, row: JournalRow, client: AsyncClient) -> None:
         """Follow a paid grid to the end on its own account: wait, press, download."""
         grid = await self._follow(row, client, row.task_id or "")
-        if isinstance(grid, Phase):
-            return grid
-        finals: list[tuple[str | None, Task]] | Phase = [(None, grid)]
+        finals: list[tuple[str | None, Task]] = [(None, grid)]
         if self.s.upscale:
             finals = await self._upscales(row, client, grid)
-        if isinstance(finals, Phase):
-            return finals
-        return await self._finish(row, client, grid, finals)
+        await self._finish(row, client, grid, finals)
 
     def _reopen(self, row: JournalRow) -> JournalRow:
         """An unknown outcome to send again: the submit, or just the press it lost."""
@@ -650,7 +661,7 @@ class _Run:
 
     async def _upscales(
         self, row: JournalRow, client: AsyncClient, grid: Task
-    ) -> list[tuple[str | None, Task]] | Phase:
+    ) -> list[tuple[str | None, Task]]:
         finals: list[tuple[str | None, Task]] = []
         for label in self.s.upscale:
             current = self.journal.row(row.index)
@@ -658,7 +669,7 @@ class _Run:
             if up_id is None:
                 if current.pressing == label:
                     # A previous run stopped while this press was on the wire.
-                    return self._set(
+                    raise self._ended(
                         row, Phase.UNKNOWN, reason=f"the run stopped while pressing {label}"
                     )
 
@@ -668,16 +679,12 @@ class _Run:
                     return mj.action(grid, label, state=tag)
 
                 job = await self._submit(row, label, press, account=client.account)
-                if isinstance(job, Phase):
-                    return job
                 up_id = job.id
                 try:
                     self.journal.set_upscale(row.index, label, up_id)
                 except StorageError as exc:
                     raise _Stop(self._not_journaled(row, label, up_id, exc)) from None
             up = await self._follow(row, client, up_id)
-            if isinstance(up, Phase):
-                return up
             finals.append((label, up))
         return finals
 
@@ -687,7 +694,7 @@ class _Run:
         client: AsyncClient,
         grid: Task,
         finals: list[tuple[str | None, Task]],
-    ) -> Phase:
+    ) -> None:
         files: list[str] = []
         try:
             if self.s.download:
@@ -696,19 +703,19 @@ class _Run:
         except (StorageError, ClientClosedError) as exc:
             raise _Stop(exc) from None
         except _NameTaken as exc:
-            return self._set(
+            raise self._ended(
                 row, Phase.INCOMPLETE, status=grid.status.value, reason=str(exc), files=files
-            )
+            ) from None
         except QuickMJError as exc:
             # Paid and finished, but not saved: a resume downloads it again.
-            return self._set(
+            raise self._ended(
                 row,
                 Phase.INCOMPLETE,
                 status=grid.status.value,
                 reason=f"{type(exc).__name__}: {exc}",
                 files=files,
-            )
-        return self._set(
+            ) from None
+        self._set(
             row, Phase.SUCCEEDED, status=grid.status.value, files=files, seed=seed, reason=None
         )
 
@@ -791,7 +798,7 @@ class _Run:
         make: Callable[[AsyncClient, str], Submission],
         *,
         account: str | None = None,
-    ) -> AsyncJob | Phase:
+    ) -> AsyncJob:
         """Submit once a slot is free (of ``account``, or of any account in rotation).
 
         The slot is taken before the journal marks the submit, so a run stopped while
@@ -806,7 +813,7 @@ class _Run:
             # a cancelled run (the first Ctrl-C) could keep re-sending refused submits.
             await anyio.lowlevel.checkpoint_if_cancelled()
             if self.halted is not None:
-                return self._not_sent(row, pressing, self.halted)
+                raise self._not_sent(row, pressing, self.halted)
             try:
                 async with contextlib.AsyncExitStack() as stack:
                     slot = await self._reserve(stack, account)
@@ -816,7 +823,9 @@ class _Run:
             except NoUsableAccountError as exc:
                 if pressing is None:
                     raise _Stop(exc) from None
-                return self._set(row, Phase.INCOMPLETE, reason=f"{pressing} not sent: {exc}")
+                raise self._ended(
+                    row, Phase.INCOMPLETE, reason=f"{pressing} not sent: {exc}"
+                ) from None
             except QuickMJError as exc:  # no slot to be had (a shared store is down)
                 raise _Stop(exc) from None
             if job is not None:
@@ -829,13 +838,11 @@ class _Run:
         tag: str,
         make: Callable[[AsyncClient, str], Submission],
         slot: Reservation,
-    ) -> AsyncJob | Phase | None:
-        """One submit with a reserved slot: the job, the prompt's end, or None (again)."""
+    ) -> AsyncJob | None:
+        """One submit with a reserved slot: the job, or None (send it again)."""
         if self.stop is not None:  # stopping (a full disk): send nothing more
-            return self._not_sent(row, pressing, "the run stopped")
+            raise self._not_sent(row, pressing, "the run stopped")
         before = await self._balance_before(row, pressing, slot)  # learning a price
-        if isinstance(before, Phase):
-            return before
         self.journal.mark_submitting(row.index, tag, pressing=pressing)
         if self.journal.out_of_room:  # that write took the journal's reserve
             self._unmark(row, pressing)
@@ -855,7 +862,8 @@ class _Run:
         except AuthenticationError as exc:  # the key was refused: nothing was created
             self.breaker.ok()
             self._unmark(row, pressing)
-            return self._key_refused(row, pressing, slot, exc)
+            self._key_refused(row, pressing, slot, exc)
+            return None  # another account takes it
         except QuickMJError as exc:
             if account_unusable(exc) and slot.lease.budget.disabled and pressing is None:
                 self._unmark(row, pressing)  # created nothing; another account may take it
@@ -864,7 +872,7 @@ class _Run:
                 self._spent(row, pressing, slot)  # it may be paid: counted as paid
                 if before is not None:
                     self.ledger.cannot_learn(_action(pressing), "its submit's outcome is unknown")
-            return self._submit_failed(row, pressing, exc)
+            self._submit_failed(row, pressing, exc)
         self.breaker.ok()
         self._accepted()
         self._spent(row, pressing, slot)
@@ -874,31 +882,31 @@ class _Run:
 
     def _key_refused(
         self, row: JournalRow, pressing: str | None, slot: Reservation, exc: AuthenticationError
-    ) -> Phase | None:
+    ) -> None:
         """A submit refused for its key (401/403: spent, expired, revoked) created nothing.
 
-        In a pool the account has left the rotation: another takes the prompt (None). With
+        In a pool the account has left the rotation: another takes the prompt. With
         one key every submit would be refused alike: the run stops submitting (its paid
         jobs are still followed where the relay lets the key read them) and the prompt
         stays pending, for a resume once the key is topped up or replaced."""
         if slot.lease.budget.disabled:
             if pressing is None:
-                return None
+                return
             why = account_unusable(exc) or "the key was refused"
-            return self._not_sent(row, pressing, f"account {slot.account}: {why}")
+            raise self._not_sent(row, pressing, f"account {slot.account}: {why}") from None
         if self.halted is None:
             self.halted = f"the relay refuses this key: {account_unusable(exc)}"
             self.key_refused = exc.reason or "refused"
             for scope in list(self._waits):
                 scope.cancel()
             self._report()
-        return self._not_sent(row, pressing, self.halted)
+        raise self._not_sent(row, pressing, self.halted) from None
 
     # ---- learning a price from the balance (a cap without it) ----
 
     async def _balance_before(
         self, row: JournalRow, pressing: str | None, slot: Reservation
-    ) -> Balance | Phase | None:
+    ) -> Balance | None:
         """The balance before a submit whose price is learned (None: it is known)."""
         action = _action(pressing)
         if not self.ledger.learns(action):
@@ -907,7 +915,7 @@ class _Run:
             return await slot.client.balance()
         except QuickMJError as exc:
             self.ledger.cannot_learn(action, f"the balance cannot be read: {exc}")
-            return self._not_sent(row, pressing, self.ledger.stopped or "")
+            raise self._not_sent(row, pressing, self.ledger.stopped or "") from None
 
     async def _learn(self, action: str, client: AsyncClient, before: Balance) -> None:
         """The price of ``action``: what the balance moved by for its one submit (sent
@@ -1000,13 +1008,13 @@ class _Run:
             scope.cancel()
         self._report()
 
-    def _not_sent(self, row: JournalRow, pressing: str | None, why: str) -> Phase:
+    def _not_sent(self, row: JournalRow, pressing: str | None, why: str) -> _End:
+        """A submit not sent (nothing created): the prompt stays pending, or its paid
+        grid incomplete (a resume presses again)."""
         reason = f"not sent: {why}; nothing was created (--resume sends it)"
         if pressing is None:
-            self.journal.mark_pending(row.index, reason=reason)
-            return Phase.PENDING
-        # The grid is paid and the press created nothing: a resume presses again.
-        return self._set(row, Phase.INCOMPLETE, reason=f"{pressing} {reason}")
+            return self._pending(row, reason)
+        return self._ended(row, Phase.INCOMPLETE, reason=f"{pressing} {reason}")
 
     def _unmark(self, row: JournalRow, pressing: str | None) -> None:
         if pressing is None:
@@ -1014,7 +1022,8 @@ class _Run:
         else:
             self.journal.mark_submitting(row.index, row.tag or "", pressing=None)
 
-    def _submit_failed(self, row: JournalRow, pressing: str | None, exc: QuickMJError) -> Phase:
+    def _submit_failed(self, row: JournalRow, pressing: str | None, exc: QuickMJError) -> NoReturn:
+        """End the prompt after a submit that failed (or the run, after an outage)."""
         if isinstance(exc, ClientClosedError) and not isinstance(exc, SubmitOutcomeUnknownError):
             self._unmark(row, pressing)
             raise _Stop(exc)
@@ -1024,19 +1033,18 @@ class _Run:
             if self.breaker.failed():
                 raise _Stop(self._outage(exc))
             if pressing is None:
-                self.journal.mark_pending(row.index, reason=f"not sent: {exc}")
-                return Phase.PENDING
-            return self._set(row, Phase.INCOMPLETE, reason=f"{pressing} not sent: {exc}")
+                raise self._pending(row, f"not sent: {exc}")
+            raise self._ended(row, Phase.INCOMPLETE, reason=f"{pressing} not sent: {exc}")
         if outcome_unknown(exc) or isinstance(exc, SubmitOutcomeUnknownError):
             # Gateway errors and silence count towards an outage; a cut connection from
             # a flaky relay that otherwise answers does not.
             cause = exc.__cause__ if isinstance(exc, SubmitOutcomeUnknownError) else exc
             outage = isinstance(cause, (ServerError, RequestTimeoutError))
             stop = self.breaker.failed() if outage else False
-            phase = self._set(row, Phase.UNKNOWN, reason=str(exc))
+            ended = self._ended(row, Phase.UNKNOWN, reason=str(exc))
             if stop:
                 raise _Stop(self._outage(exc))
-            return phase
+            raise ended
         self.breaker.ok()
         reason = f"{type(exc).__name__}: {exc}"
         code = exc.code if isinstance(exc, SubmitRejectedError) else None
@@ -1044,10 +1052,10 @@ class _Run:
             reason = exc.description or reason
         if pressing is not None:
             # The grid is paid and the press created nothing: a resume presses again.
-            return self._set(
+            raise self._ended(
                 row, Phase.INCOMPLETE, reason=f"{pressing}: {reason}", code=code, pressing=None
             )
-        return self._set(row, Phase.REJECTED, reason=reason, code=code)  # nothing created
+        raise self._ended(row, Phase.REJECTED, reason=reason, code=code)  # nothing created
 
     def _outage(self, exc: QuickMJError) -> RelayUnreachableError:
         self.outage_cause = exc  # _final counts again once the submits on the wire ended
@@ -1060,13 +1068,14 @@ class _Run:
 
     # ---- following a paid job ----
 
-    async def _follow(self, row: JournalRow, client: AsyncClient, task_id: str) -> Task | Phase:
+    async def _follow(self, row: JournalRow, client: AsyncClient, task_id: str) -> Task:
+        """The job's final task, or the prompt's end (failed, timed out, unreadable)."""
         try:
             return await client.wait(task_id, timeout=self.s.timeout)
         except TaskFailedError as exc:
-            return self._set(
+            raise self._ended(
                 row, Phase.FAILED, status=exc.task.status.value, reason=exc.fail_reason or "failed"
-            )
+            ) from None
         except TaskTimeoutError as exc:
             last = exc.last_task.status.value if exc.last_task else None
             reason = f"still running after {self.s.timeout:g} s: --resume waits again"
@@ -1075,18 +1084,20 @@ class _Run:
                     f"stalled: unchanged for {exc.stalled_for:.0f} s (the relay may have "
                     "lost it): --resume waits again"
                 )
-            return self._set(row, Phase.TIMED_OUT, status=last, reason=reason)
+            raise self._ended(row, Phase.TIMED_OUT, status=last, reason=reason) from None
         except ClientClosedError as exc:
             raise _Stop(exc) from None
         except AuthenticationError as exc:
             # The key was revoked, expired or ran out while the job ran: the job is paid
             # and may finish; keep its id for a resume with a valid key.
             refusal = self.refused.setdefault(client.account, _refusal(exc))
-            return self._set(
+            raise self._ended(
                 row, Phase.INCOMPLETE, reason=f"key rejected ({refusal}): resume with a valid key"
-            )
+            ) from None
         except QuickMJError as exc:
-            return self._set(row, Phase.INCOMPLETE, reason=f"{type(exc).__name__}: {exc}")
+            raise self._ended(
+                row, Phase.INCOMPLETE, reason=f"{type(exc).__name__}: {exc}"
+            ) from None
 
 
 #: Seconds to wait before each balance read after a submit whose price is learned (a
