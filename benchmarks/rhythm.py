@@ -11,6 +11,15 @@ prompts, a wave every ``--gap`` seconds, and waits for them with ``as_completed`
 Printed per client: list-by-condition requests per finished job, and the wake-up latency
 (from the moment the relay's copy of a task showed SUCCESS to the moment its waiter got
 it) as min/median/max; then the paired ratios adaptive / fixed.
+
+    python benchmarks/rhythm.py --batch 12 [--running 3] [--queued 1]
+
+runs ``--batch`` prompts through ``run_batch`` (admission on: submits wait for slots of
+an account with ``--running`` workers and ``--queued`` waiting places, so the jobs
+holding slots are read around their expected ends, ``Poller.hurry``) with the default
+poll policy, and prints the task reads (list and fetch requests) per job and the wall
+time. Run it on two checkouts to compare them (the relay's beat is locked before the
+first job ends, so the reads should not grow).
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ import time
 from typing import Any
 
 from quickmj import AsyncClient, PollPolicy
-from quickmj.testing import simulate
+from quickmj.testing import SimulatorConfig, simulate
 
 
 async def _client_run(
@@ -94,6 +103,37 @@ async def main(args: argparse.Namespace) -> int:
     return 0
 
 
+async def batch(args: argparse.Namespace) -> int:
+    """``--batch N``: N prompts through run_batch on a slot-limited account."""
+    import tempfile
+
+    from quickmj import BatchItem, run_batch
+
+    config = SimulatorConfig(
+        dialect="quickrouter",
+        refresh_interval=args.refresh,
+        run_seconds=args.run,
+        queue_seconds=2.0,
+        shuffle_lists=False,
+        concurrency=args.running,
+        max_queue=args.queued,
+    )
+    async with simulate(config) as relay:
+        async with AsyncClient(relay.api_key, base_url=relay.base_url, dialect="quickrouter") as mj:
+            started = time.monotonic()
+            with tempfile.TemporaryDirectory() as out:
+                items = [BatchItem(f"prompt {i}") for i in range(args.batch)]
+                summary = await run_batch(mj, items, out, download=False)
+            wall = time.monotonic() - started
+            rhythm = repr(mj.poller.rhythm)
+        counters = relay.simulator.counters
+        reads = sum(n for r, n in counters.items() if r.startswith(("POST /task", "GET /task")))
+    print(f"relay refresh {args.refresh:g} s, jobs of {args.run:g} s, {args.running} running "
+          f"+ {args.queued} queued, {args.batch} prompts ({summary.succeeded} done)")  # fmt: skip
+    print(f"task reads per job: {reads / args.batch:.2f}   wall {wall:.1f} s   {rhythm}")
+    return 0
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--refresh", type=float, default=15.0)
@@ -101,4 +141,8 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=10)
     parser.add_argument("--waves", type=int, default=3)
     parser.add_argument("--gap", type=float, default=40.0, help="seconds between waves")
-    sys.exit(asyncio.run(main(parser.parse_args())))
+    parser.add_argument("--batch", type=int, default=0, help="prompts through run_batch")
+    parser.add_argument("--running", type=int, default=3, help="--batch: workers")
+    parser.add_argument("--queued", type=int, default=1, help="--batch: waiting places")
+    args = parser.parse_args()
+    sys.exit(asyncio.run(batch(args) if args.batch else main(args)))
