@@ -12,8 +12,9 @@ AsyncClient. So the loop is not owned by a thread but by whoever holds its *driv
   shared loop: no hand-off, no wake-up. Everything else due on the loop (the poller,
   admission, other threads' calls, webhook receivers) runs meanwhile on this thread.
 * **the loop thread** - after a call, the loop thread takes the role back once no call
-  has driven the loop for ``HOLD`` (2 ms), so background work waits at most that long;
-  and at once when calls are waiting for it. While it drives, a call from a thread that
+  has driven the loop for ``HOLD`` (2 ms; it looks every 2 to 16 ms while calls keep
+  coming, so background work waits at most that long once they stop); and at once when
+  calls are waiting for it. While it drives, a call from a thread that
   has not contended lately *claims* the loop (one hand-off) and then drives inline.
 * **hop** - a call that finds another driver (callers contend), or that comes from a
   thread already running an event loop (Jupyter), or from the main thread while a custom
