@@ -428,7 +428,9 @@ class Client(_Facade[AsyncClient]):
                 yield item  # type: ignore[misc]
         finally:
             if not self.is_closed:
-                with contextlib.suppress(ClientClosedError):
+                # UsageError: dropped on a thread that is driving the loop (collected in a
+                # callback); the loop's async-generator hooks close it instead.
+                with contextlib.suppress(ClientClosedError, UsageError):
                     self.run(close)
 
     def context(self, acm: AbstractAsyncContextManager[T]) -> AbstractContextManager[T]:
