@@ -306,8 +306,8 @@ class AccountPool:
         """Give a wrapped client its own admission setting back: off again, if it was
         (its jobs' slots are forgotten with the budget). Idempotent."""
         client, self._lent = self._lent, None
-        if client is not None and client._gate is not None:
-            gate, client._gate = client._gate, None
+        gate = None if client is None else client._drop_admission()
+        if gate is not None:
             await gate.aclose()
 
     async def aclose(self) -> None:

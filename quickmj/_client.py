@@ -71,7 +71,7 @@ from ._models import (
 )
 from ._otel import Tracing
 from ._poller import Final, Poller, PollPolicy
-from ._protocol import ROUTES, check_task_id, serves
+from ._protocol import CONFIRMS_MODAL, ROUTES, check_task_id, serves
 from ._relay import Relay, Submitted
 from ._transport import AsyncTransport
 from .errors import (
@@ -109,18 +109,6 @@ class _Core:
         self.poller: Poller | None = None
         self.gate: Admission | None = None
         self.webhook_url: str | None = None
-
-
-def _shared(name: str) -> Any:
-    """An attribute kept on the shared ``_Core`` (so views see the client's own)."""
-
-    def get(self: AsyncClient) -> Any:
-        return getattr(self._core, name)
-
-    def put(self: AsyncClient, value: Any) -> None:
-        setattr(self._core, name, value)
-
-    return property(get, put)
 
 
 class AsyncClient:
@@ -252,6 +240,11 @@ class AsyncClient:
         if factory is not None:
             self._set_admission(factory, rotates=False)
 
+    def _drop_admission(self) -> Admission | None:
+        """Take the admission gate away (AccountPool.restore), for the caller to close."""
+        gate, self._core.gate = self._core.gate, None
+        return gate
+
     def _set_admission(self, factory: BudgetFactory, *, rotates: bool) -> Admission:
         """Submits wait for slots of a budget made by ``factory`` (AccountPool, run_batch)."""
         budget = factory.budget(
@@ -261,13 +254,8 @@ class AsyncClient:
             label=self._account,
             rotates=rotates,
         )
-        self._gate = Admission([budget])
-        return self._gate
-
-    _state: _State = _shared("state")
-    _poller: Poller | None = _shared("poller")
-    _gate: Admission | None = _shared("gate")
-    _webhook_url: str | None = _shared("webhook_url")
+        self._core.gate = Admission([budget])
+        return self._core.gate
 
     def with_options(
         self, *, timeouts: Timeouts | None = None, retry: RetryPolicy | None = None
@@ -342,23 +330,23 @@ class AsyncClient:
     @property
     def admission(self) -> Admission | None:
         """The admission gate (``budgets[0].limit``, ``.stats``), or None when it is off."""
-        return self._gate
+        return self._core.gate
 
     @property
     def is_closed(self) -> bool:
         """True once ``aclose()`` ran."""
-        return self._state is _State.CLOSED
+        return self._core.state is _State.CLOSED
 
     @property
     def poller(self) -> Poller:
         """The background poller (created on first use; its loop starts with the first wait)."""
-        if self._state is _State.CLOSED:
+        if self._core.state is _State.CLOSED:
             raise ClientClosedError("the client is closed")
-        if self._poller is None:
-            self._poller = Poller(self._relay, self._poll_policy)
+        if self._core.poller is None:
+            self._core.poller = Poller(self._relay, self._poll_policy)
             if self._tracing.on:
-                self._poller.on_final = self._job_ended
-        return self._poller
+                self._core.poller.on_final = self._job_ended
+        return self._core.poller
 
     def _job_ended(self, task_id: str, final: Final) -> None:
         task = final.task
@@ -368,9 +356,9 @@ class AsyncClient:
     # ---- lifecycle ----
 
     async def __aenter__(self) -> AsyncClient:
-        if self._state is _State.CLOSED:
+        if self._core.state is _State.CLOSED:
             raise UsageError("cannot reopen a closed client; create a new one")
-        self._state = _State.OPENED
+        self._core.state = _State.OPENED
         return self
 
     async def __aexit__(
@@ -386,13 +374,13 @@ class AsyncClient:
 
         Idempotent; later calls raise ClientClosedError.
         """
-        if self._state is _State.CLOSED:
+        if self._core.state is _State.CLOSED:
             return
-        self._state = _State.CLOSED
-        if self._poller is not None:
-            await self._poller.aclose()  # first: its requests need the connections
-        if self._gate is not None:
-            await self._gate.aclose()
+        self._core.state = _State.CLOSED
+        if self._core.poller is not None:
+            await self._core.poller.aclose()  # first: its requests need the connections
+        if self._core.gate is not None:
+            await self._core.gate.aclose()
         await self._http.aclose()
         self._tracing.close()
 
@@ -405,9 +393,9 @@ class AsyncClient:
         *,
         parent_succeeded: bool = False,
     ) -> Submission:
-        if self._state is _State.CLOSED:
+        if self._core.state is _State.CLOSED:
             raise ClientClosedError("the client is closed")
-        gate = self._gate
+        gate = self._core.gate
         if gate is not None:
             return self._admitted(gate, route, build_request, parent_succeeded)
 
@@ -469,14 +457,14 @@ class AsyncClient:
         return traced
 
     def _hold(self, task_id: str, lease: Lease) -> None:
-        if self._gate is None or self._state is _State.CLOSED:
+        if self._core.gate is None or self._core.state is _State.CLOSED:
             lease.budget.release(lease)
             return
-        self._gate.hold(self.poller, task_id, lease)
+        self._core.gate.hold(self.poller, task_id, lease)
 
     def _job(self, route: str, request: SubmitRequest, answered: Submitted) -> AsyncJob:
         result = answered.result
-        if route == "/submit/modal" and self._state is not _State.CLOSED:
+        if route in CONFIRMS_MODAL and self._core.state is not _State.CLOSED:
             # Also before the first wait: the poller remembers it for later listeners.
             self.poller.confirm_modal(result.task_id)
         return AsyncJob(
@@ -600,7 +588,7 @@ class AsyncClient:
         """
         return self._submission(
             "/submit/shorten",
-            lambda: _ready(build.shorten(prompt, bot_type, self._hook(notify_hook), state)),
+            lambda: build.shorten(prompt, bot_type, self._hook(notify_hook), state),
         )
 
     def action(
@@ -714,7 +702,7 @@ class AsyncClient:
         """
         return self._submission(
             "/submit/change",
-            lambda: _ready(build.change(task_id_of(task), label, self._hook(notify_hook), state)),
+            lambda: build.change(task_id_of(task), label, self._hook(notify_hook), state),
             parent_succeeded=_seen_succeeded(task),
         )
 
@@ -736,7 +724,7 @@ class AsyncClient:
         """
         return self._submission(
             "/submit/simple-change",
-            lambda: _ready(build.simple_change(content, self._hook(notify_hook), state)),
+            lambda: build.simple_change(content, self._hook(notify_hook), state),
         )
 
     def video(
@@ -845,7 +833,7 @@ class AsyncClient:
 
     def _hook(self, notify_hook: str | None) -> str | None:
         """The notifyHook to send: the caller's, else an active receiver's (if any)."""
-        return self._webhook_url if notify_hook is None else notify_hook
+        return self._core.webhook_url if notify_hook is None else notify_hook
 
     def use_webhook(self, receiver: WebhookReceiver | None) -> None:
         """Send ``receiver.url`` as notifyHook on every later submit.
@@ -859,7 +847,7 @@ class AsyncClient:
         Raises:
             InvalidInputError: the receiver has no public URL yet.
         """
-        self._webhook_url = None if receiver is None else receiver.url
+        self._core.webhook_url = None if receiver is None else receiver.url
 
     @contextlib.asynccontextmanager
     async def webhook_receiver(
@@ -1203,11 +1191,6 @@ def _no_action_route(button: Button | str) -> UnsupportedByRelayError:
         dialects=ROUTES["POST /submit/action"],
         path="/submit/action",
     )
-
-
-async def _ready(value: Any) -> Any:
-    """An already built request as an awaitable (the submit path awaits every builder)."""
-    return value
 
 
 async def _first_error(fn: Callable[[Any], Awaitable[None]], items: Sequence[Any]) -> None:

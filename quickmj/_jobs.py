@@ -404,7 +404,11 @@ class Submission(Coroutine[Any, Any, "AsyncJob"]):
         return await job.wait(timeout=timeout, on_progress=on_progress)
 
     def __del__(self) -> None:
-        if getattr(self, "_task", 1) is None and not getattr(self, "_closed", False):
+        try:
+            unsent = self._task is None and not self._closed
+        except AttributeError:  # __init__ never ran (bad arguments): nothing was made
+            return
+        if unsent:
             import warnings
 
             warnings.warn(

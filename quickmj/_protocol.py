@@ -55,10 +55,12 @@ from .errors import (
 )
 
 __all__ = (
+    "CONFIRMS_MODAL",
     "EMPTY",
     "NEW_API_DIALECTS",
     "QUEUED_STATUSES",
     "ROUTES",
+    "STORE_LAG_ROUTES",
     "SUBMIT_OK",
     "TERMINAL_STATUSES",
     "change_key",
@@ -124,10 +126,19 @@ ROUTES: dict[str, tuple[str, ...]] = {
 #: of a modal's task beside the running one, which fetch may answer (``Relay.fetch``).
 NEW_API_DIALECTS: Final = frozenset({"quickrouter", "auto"})
 
+#: Submits (paths of ``ROUTES``) that confirm a task waiting in MODAL: the answer's id is
+#: that task's, which runs on (``Poller.confirm_modal``).
+CONFIRMS_MODAL: Final = frozenset({"/submit/modal"})
+#: Submits naming a parent that midjourney-proxy's lagging store may still deny after the
+#: caller saw it SUCCESS (``store_lag``): sent once more. ``simple_change()`` takes no
+#: parent Task, so it is not one.
+STORE_LAG_ROUTES: Final = frozenset({"/submit/change"})
+
 
 def serves(dialect: str, route: str) -> bool:
     """May this dialect's server have ``route`` (a ``ROUTES`` key)? ``auto``: it may."""
     return dialect == "auto" or dialect in ROUTES.get(route, ())
+
 
 # ---- relay codes ----
 

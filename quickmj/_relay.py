@@ -25,6 +25,7 @@ from ._images import media_type, what_came
 from ._models import ListByIdsRequest, SubmitRequest, SubmitResult, Task, TaskStatus, UploadRequest
 from ._protocol import (
     NEW_API_DIALECTS,
+    STORE_LAG_ROUTES,
     find_request_id,
     merge_rows,
     outcome_unknown,
@@ -69,7 +70,6 @@ logger = logging.getLogger("quickmj")
 #: midjourney-proxy saves on a background executor, normally within milliseconds; its
 #: users saw the same call pass when simply repeated (novicezk#252).
 STORE_LAG_PAUSE = 1.5
-_CHANGE_ROUTES = frozenset({"/submit/change"})  # simple_change() takes no parent Task
 
 
 @attrs.frozen
@@ -145,7 +145,7 @@ class Relay:
         """
         body = unstructure(request)
         policy = self.retry
-        lag_retry = parent_succeeded and route in _CHANGE_ROUTES
+        lag_retry = parent_succeeded and route in STORE_LAG_ROUTES
 
         async def send() -> Submitted:
             answer = await self.http.exchange("POST", route, body=body)

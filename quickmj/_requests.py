@@ -2,7 +2,9 @@
 
 Each builder validates its arguments (InvalidInputError names the problem), turns images
 (bytes, paths, data URLs, http URLs) into wire strings, and returns one of the frozen
-request classes of ``_models``. Nothing here talks to the network.
+request classes of ``_models``. Nothing here talks to the network. Every submit's
+builder is a coroutine function (those reading images await them), so the submit path
+awaits them all alike.
 """
 
 from __future__ import annotations
@@ -132,7 +134,7 @@ async def describe(
     )
 
 
-def shorten(
+async def shorten(
     prompt: str, bot: BotType | str | None, notify_hook: str | None, state: str | None
 ) -> ShortenRequest:
     return ShortenRequest(
@@ -159,7 +161,9 @@ async def modal(
     )
 
 
-def change(task_id: str, label: str, notify_hook: str | None, state: str | None) -> ChangeRequest:
+async def change(
+    task_id: str, label: str, notify_hook: str | None, state: str | None
+) -> ChangeRequest:
     """``"U1"``-``"U4"``, ``"V1"``-``"V4"`` or ``"R"`` (reroll) as /submit/change."""
     m = _CHANGE.match(label) if isinstance(label, str) else None
     if m is None:
@@ -170,7 +174,9 @@ def change(task_id: str, label: str, notify_hook: str | None, state: str | None)
     return ChangeRequest(task_id, "REROLL", None, notify_hook, state_text(state))
 
 
-def simple_change(content: str, notify_hook: str | None, state: str | None) -> SimpleChangeRequest:
+async def simple_change(
+    content: str, notify_hook: str | None, state: str | None
+) -> SimpleChangeRequest:
     """``"<task id> U1"`` as /submit/simple-change."""
     parts = content.split() if isinstance(content, str) else []
     if len(parts) != 2 or _CHANGE.match(parts[1]) is None:

@@ -35,7 +35,18 @@ from quickmj import (
 )
 from quickmj._admission import account_unusable
 from quickmj._batch import BatchItem, run_batch
-from quickmj._protocol import outcome_unknown, rejection, retry_submit, store_lag, task_unknown
+from quickmj._protocol import (
+    CONFIRMS_MODAL,
+    ROUTES,
+    STORE_LAG_ROUTES,
+    TERMINAL_STATUSES,
+    outcome_unknown,
+    rejection,
+    retry_submit,
+    serves,
+    store_lag,
+    task_unknown,
+)
 from quickmj._relay import STORE_LAG_PAUSE
 from quickmj.testing import MockTransport, Request, Response
 
@@ -424,6 +435,15 @@ def test_store_lag_rule() -> None:
     assert not store_lag(rejection(4, "prompt不能为空"))
     assert not store_lag(rejection(24, "关联任务状态错误"))
     assert isinstance(rejection(4, "关联任务状态错误"), SubmitRejectedError)
+
+
+def test_route_facts_come_from_the_route_table() -> None:
+    """The routes the rules single out are submit routes of ROUTES; serves() reads it."""
+    submits = {r.split(" ", 1)[1] for r in ROUTES if r.startswith("POST /submit/")}
+    assert CONFIRMS_MODAL | STORE_LAG_ROUTES <= submits
+    assert not serves("midjourney-proxy", "POST /submit/action")
+    assert serves("trueai", "POST /submit/action") and serves("auto", "POST /submit/action")
+    assert TERMINAL_STATUSES == {s.value for s in TaskStatus if s.is_terminal}
 
 
 async def _no_sleep(delay: float) -> None:
