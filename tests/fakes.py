@@ -22,9 +22,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mappin
 from typing import Any
 from urllib.parse import unquote
 
-from quickmj import AsyncClient, Client, RetryPolicy, Task, TaskStatus
-from quickmj._poller import PollPolicy
-from quickmj.testing import MockTransport, Request, Response
+from quickmj import AsyncClient, Client, PollPolicy, RetryPolicy, Task, TaskStatus
+from quickmj.testing import MockTransport, Request, Response, RunningSimulator
 
 BASE = "http://relay.test"
 KEY = "test-key"
@@ -168,6 +167,25 @@ def make_sync(relay: FakeRelay, policy: PollPolicy = FAST, **kwargs: Any) -> Cli
     """The blocking Client over ``relay``."""
     kwargs.setdefault("base_url", BASE)
     return Client(KEY, poll=policy, transport=MockTransport(relay.handle), **kwargs)
+
+
+# ---- the relay simulator ----
+
+#: Polling for tests against the simulator (``simulate``, ``quickmj_relay``): quick, and
+#: without learning a refresh beat from identical answers.
+SIM_POLL = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
+
+
+def sim_client(relay: RunningSimulator, key: str | None = None, **kwargs: Any) -> AsyncClient:
+    """An AsyncClient of a running simulator: its key (or ``key``), URL and dialect, polling
+    with ``SIM_POLL`` unless ``poll=`` says otherwise."""
+    kwargs.setdefault("poll", SIM_POLL)
+    return AsyncClient(
+        relay.api_key if key is None else key,
+        base_url=relay.base_url,
+        dialect=relay.dialect,
+        **kwargs,
+    )
 
 
 # ---- exact answers by route ----

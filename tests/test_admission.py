@@ -8,8 +8,10 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from fakes import SIM_POLL as FAST
+from fakes import sim_client as client
 
-from quickmj import AsyncClient, PollPolicy, QueueFullError, SubmitOutcomeUnknownError
+from quickmj import AsyncClient, QueueFullError, SubmitOutcomeUnknownError
 from quickmj._admission import (
     Admission,
     AdmissionPolicy,
@@ -21,7 +23,6 @@ from quickmj._admission import (
 )
 from quickmj.testing import MockTransport, Request, Response, SimulatorConfig, simulate
 
-FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
 POLICY = AdmissionPolicy()
 _KEYS = iter(range(10**6))
 
@@ -29,13 +30,6 @@ _KEYS = iter(range(10**6))
 def unique_key() -> str:
     """A key no earlier test used: the learned limits are remembered per key."""
     return f"sk-admission-{next(_KEYS)}-{time.time_ns()}"
-
-
-def client(relay: Any, **kwargs: Any) -> AsyncClient:
-    return AsyncClient(
-        kwargs.pop("key", relay.api_key), base_url=relay.base_url, dialect=relay.dialect,
-        poll=FAST, **kwargs,
-    )  # fmt: skip
 
 
 def test_window_rules() -> None:

@@ -16,13 +16,14 @@ from typing import Any
 
 import pytest
 from fakes import NO_WAIT, can_mount_privately
+from fakes import SIM_POLL as FAST
+from fakes import sim_client as client
 
 from quickmj import (
     AsyncClient,
     BatchLockedError,
     InvalidInputError,
     JournalError,
-    PollPolicy,
     RelayUnreachableError,
     StorageError,
     UsageError,
@@ -31,19 +32,11 @@ from quickmj._batch import BatchItem, parse_upscale, read_prompts, reconcile, ru
 from quickmj._journal import Journal, Phase
 from quickmj.testing import FaultConfig, Request, Response, SimulatorConfig, simulate
 
-FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
-
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Any]:
     async with simulate(SimulatorConfig(seed=1)) as running:
         yield running
-
-
-def client(relay: Any, **kwargs: Any) -> AsyncClient:
-    return AsyncClient(
-        relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST, **kwargs
-    )
 
 
 def prompts(n: int, word: str = "prompt") -> list[BatchItem]:
@@ -211,7 +204,7 @@ async def test_a_fresh_run_into_another_runs_output_refuses(relay: Any, tmp_path
     async with client(relay) as mj:
         with pytest.raises(JournalError, match="no batch journal"):
             await run_batch(mj, prompts(1), tmp_path)
-        with pytest.raises(UsageError, match="--resume"):
+        with pytest.raises(UsageError, match="resume=True"):
             await run_batch(mj, prompts(1), tmp_path / "new")
             await run_batch(mj, prompts(1), tmp_path / "new")
 
@@ -283,7 +276,7 @@ async def test_an_unreachable_relay_stops_at_once_and_resume_submits_later(
         with pytest.raises(RelayUnreachableError) as info:
             await run_batch(bad, items, tmp_path)
         assert asyncio.get_running_loop().time() - started < 15
-    assert 40 == info.value.not_submitted and "--resume" in str(info.value)
+    assert 40 == info.value.not_submitted and "resume=True" in str(info.value)
     assert {"pending"} == {r["status"] for r in manifest(tmp_path)}
     async with client(relay) as mj:
         summary = await run_batch(mj, items, tmp_path, resume=True, download=False)

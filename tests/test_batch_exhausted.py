@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from quickmj import AsyncClient, PollPolicy
+from fakes import sim_client
+from quickmj import PollPolicy
 from quickmj._batch import BatchItem, run_batch
 from quickmj._cli import _Output, _print_summary
 from quickmj._journal import Journal, Phase
@@ -23,10 +24,6 @@ FAST = PollPolicy(
     interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False, dead_end_grace=0.2
 )
 ITEMS = [BatchItem(f"fox {i}") for i in range(12)]
-
-
-def client(relay: Any) -> AsyncClient:
-    return AsyncClient(relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST)
 
 
 def top_up(relay: Any, usd: float) -> None:
@@ -49,7 +46,7 @@ async def test_an_exhausted_key_stops_submitting_and_leaves_prompts_pending(
     # zero, as new-api does), the fourth submit is refused with 401 and creates nothing.
     # The third grid cannot be read by the spent key: incomplete, its id kept.
     config = SimulatorConfig(quota_usd=0.25, run_seconds=0.05)
-    async with simulate(config) as relay, client(relay) as mj:
+    async with simulate(config) as relay, sim_client(relay, poll=FAST) as mj:
         summary = await run_batch(mj, ITEMS, tmp_path, concurrency=1, download=False)
         sent = relay.simulator.counters["POST /submit/imagine"]
         assert (3, 4) == (len(relay.simulator.submissions), sent)  # one refusal, not nine
@@ -87,7 +84,7 @@ async def test_paid_jobs_the_exhausted_key_cannot_read_stay_resumable(tmp_path: 
     # and the grids still running cannot be read any more (new-api's TokenAuth refuses
     # every /mj route): they end incomplete with their ids, never lost.
     config = SimulatorConfig(quota_usd=0.25, run_seconds=0.3)
-    async with simulate(config) as relay, client(relay) as mj:
+    async with simulate(config) as relay, sim_client(relay, poll=FAST) as mj:
         summary = await run_batch(mj, ITEMS[:6], tmp_path, concurrency=4, download=False)
         created = len(relay.simulator.submissions)
     assert 3 == created and 0 == summary.rejected

@@ -18,25 +18,20 @@ from typing import Any
 
 import pytest
 from fakes import can_mount_privately
+from fakes import sim_client as client
 
-from quickmj import AsyncClient, JournalError, PollPolicy, StorageError, _journal
+from quickmj import AsyncClient, JournalError, StorageError, _journal
 from quickmj._batch import BatchItem, _slug, run_batch
 from quickmj._files import safe_stem
 from quickmj._journal import Journal, Phase
 from quickmj._outdir import JOURNAL_NAME
 from quickmj.testing import SimulatorConfig, simulate
 
-FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
-
 
 @pytest.fixture
 async def relay() -> AsyncIterator[Any]:
     async with simulate(SimulatorConfig(seed=1)) as running:
         yield running
-
-
-def client(relay: Any) -> AsyncClient:
-    return AsyncClient(relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST)
 
 
 def manifest(out: Path) -> list[dict[str, Any]]:
@@ -193,7 +188,7 @@ async def test_a_hand_edited_value_names_file_row_and_column(
         and "row 1 (prompt 2 of the input)" in text
         and f"column {column!r}" in text
     )
-    assert expected in text and "--resume" in text and "UPDATE rows SET" in text
+    assert expected in text and "resume=True" in text and "UPDATE rows SET" in text
     assert "\n" not in text
 
 
@@ -205,7 +200,7 @@ async def test_a_bad_phase_on_a_paid_row_says_how_to_resume_it(relay: Any, tmp_p
     with Journal(path, create=False) as journal, pytest.raises(JournalError) as caught:
         journal.rows()
     assert "'done' is not a phase (pending, submitting" in str(caught.value)
-    assert "phase 'incomplete' makes --resume follow it again" in str(caught.value)
+    assert "phase 'incomplete' makes a resume follow it again" in str(caught.value)
 
 
 def test_a_torn_last_write_is_tolerated(tmp_path: Path) -> None:

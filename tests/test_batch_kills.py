@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import sim_client as client
 
-from quickmj import AsyncClient, JournalError, PollPolicy, UsageError
+from quickmj import JournalError, UsageError
 from quickmj._batch import BatchItem, run_batch
 from quickmj._journal import Journal, JournalRow, Phase
 from quickmj.testing import FaultConfig, SimulatorConfig, simulate
 
-FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
 JOURNAL = ".quickmj-journal.sqlite"
 ITEMS = [BatchItem("a cat"), BatchItem("a dog")]
 
@@ -46,10 +46,6 @@ async def _killed_run(journal: Path, where: str, task_id: str = "") -> None:
         sys.executable, "-c", _KILLED_RUN, str(journal), where, task_id
     )
     assert -9 == await asyncio.wait_for(proc.wait(), 60)
-
-
-def client(relay: Any) -> AsyncClient:
-    return AsyncClient(relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST)
 
 
 def imagined(relay: Any) -> list[str]:
@@ -113,7 +109,7 @@ async def test_a_fresh_run_killed_before_recording_its_prompts_starts_again(
     both refusing for good."""
     await _killed_run(tmp_path / JOURNAL, "before-load")
     async with simulate(SimulatorConfig(seed=1)) as relay, client(relay) as mj:
-        with pytest.raises(JournalError, match=r"nothing was submitted.*without --resume"):
+        with pytest.raises(JournalError, match=r"nothing was submitted.*without resume=True"):
             await run_batch(mj, ITEMS, tmp_path, resume=True, download=False)
         summary = await run_batch(mj, ITEMS, tmp_path, download=False)
         again = await run_batch(mj, ITEMS, tmp_path, resume=True, download=False)

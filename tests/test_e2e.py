@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import SIM_POLL as FAST
+from fakes import sim_client as client
 
 from quickmj import (
-    AsyncClient,
     Client,
     PollPolicy,
     SubmitOutcomeUnknownError,
@@ -28,14 +29,8 @@ from quickmj import (
 )
 from quickmj.testing import FaultConfig, simulate
 
-FAST = PollPolicy(interval=0.05, first_poll=0.01, near_done_interval=0.02, adaptive=False)
 DIALECTS = ("quickrouter", "midjourney-proxy", "trueai")
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
-
-
-def client(relay: Any, **kwargs: Any) -> AsyncClient:
-    kwargs.setdefault("poll", FAST)
-    return AsyncClient(relay.api_key, base_url=relay.base_url, dialect=relay.dialect, **kwargs)
 
 
 @pytest.fixture(params=DIALECTS)

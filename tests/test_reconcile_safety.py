@@ -17,16 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import SIM_POLL as FAST
 from fakes import Script
+from fakes import sim_client as client
 
-from quickmj import AsyncClient, PollPolicy
 from quickmj._batch import Unsettled, _adopt, _same_prompt, reconcile
 from quickmj._cli import _Output, _print_unsettled
 from quickmj._journal import Journal, Phase
 from quickmj._models import Task
 from quickmj.testing import simulate
 
-FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
 USER, STRANGER = "user-key", "stranger-key"
 TAG = "qmj:run1:0"
 
@@ -45,10 +45,6 @@ def unknown_rows(out: Path, *prompts: str) -> None:
 def row(out: Path, index: int = 0) -> Any:
     with Journal(out / ".quickmj-journal.sqlite", create=False) as journal:
         return journal.row(index)
-
-
-def client(relay: Any, key: str) -> AsyncClient:
-    return AsyncClient(key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST)
 
 
 def trueai(**kwargs: Any) -> Any:

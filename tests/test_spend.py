@@ -10,9 +10,9 @@ from typing import Any
 
 import anyio
 import pytest
-
 import quickmj._spend as spend_module
-from quickmj import AsyncClient, InvalidInputError, PollPolicy, UsageError
+from fakes import sim_client
+from quickmj import InvalidInputError, PollPolicy, UsageError
 from quickmj._batch import BatchItem, plan_batch, run_batch
 from quickmj._cli import main
 from quickmj._outdir import JOURNAL_NAME
@@ -28,10 +28,6 @@ async def relay() -> AsyncIterator[Any]:
     config = SimulatorConfig(seed=3, queue_seconds=0.0, run_seconds=0.02)
     async with simulate(config) as running:
         yield running
-
-
-def client(relay: Any) -> AsyncClient:
-    return AsyncClient(relay.api_key, base_url=relay.base_url, dialect=relay.dialect, poll=FAST)
 
 
 def prompts(n: int) -> list[BatchItem]:
@@ -122,7 +118,7 @@ async def test_dry_run_sends_nothing_and_resume_plans_only_what_is_left(
     """A capped run stops; the plan of its resume counts the prompts left and what the
     directory has spent; planning sends no request at all."""
     out = tmp_path / "out"
-    async with client(relay) as mj:
+    async with sim_client(relay, poll=FAST) as mj:
         first = await run_batch(
             mj, prompts(10), out, upscale=["U2"], prices=PRICES, max_spend=0.60, concurrency=3
         )
@@ -167,7 +163,7 @@ def test_cli_dry_run_needs_no_key_and_writes_nothing(
 async def test_cap_is_never_crossed_with_16_in_flight(relay: Any, tmp_path: Path) -> None:
     """With 16 prompts in progress, the run starts exactly the prompts whose whole cost
     (imagine and press) fits: spent <= cap, the rest pending, nothing sent for them."""
-    async with client(relay) as mj:
+    async with sim_client(relay, poll=FAST) as mj:
         summary = await run_batch(
             mj,
             prompts(40),
@@ -198,7 +194,7 @@ async def test_cap_is_never_crossed_with_16_in_flight(relay: Any, tmp_path: Path
 async def test_resume_with_a_higher_cap_goes_on_and_counts_the_whole_directory(
     relay: Any, tmp_path: Path
 ) -> None:
-    async with client(relay) as mj:
+    async with sim_client(relay, poll=FAST) as mj:
         first = await run_batch(mj, prompts(12), tmp_path, prices=PRICES, max_spend=0.5)
         assert (5, 7) == (first.succeeded, first.pending)
         # The cap counts what the directory spent: 0.5 more than 0.5 allows nothing.
@@ -216,7 +212,7 @@ async def test_without_prices_the_first_prompt_runs_alone_and_teaches_them(
     """--max-spend without prices on a relay with a balance: the first prompt's imagine
     and press are sent alone between balance reads; then the cap holds as usual."""
     config = SimulatorConfig(seed=3, queue_seconds=0.0, run_seconds=0.02, quota_usd=20.0)
-    async with simulate(config) as relay, client(relay) as mj:
+    async with simulate(config) as relay, sim_client(relay, poll=FAST) as mj:
         summary = await run_batch(
             mj, prompts(20), tmp_path, upscale=["U1"], max_spend=1.0, concurrency=16
         )
@@ -239,7 +235,7 @@ async def test_max_spend_without_a_price_is_refused_where_there_is_no_balance(
     """A self-hosted midjourney-proxy keeps no balance: nothing to learn from."""
     out = tmp_path / "out"
     config = SimulatorConfig(dialect="midjourney-proxy", queue_seconds=0.0, run_seconds=0.02)
-    async with simulate(config) as relay, client(relay) as mj:
+    async with simulate(config) as relay, sim_client(relay, poll=FAST) as mj:
         with pytest.raises(InvalidInputError, match="price of upscale"):
             await run_batch(
                 mj, prompts(3), out, upscale=["U1"], prices={"imagine": 0.1}, max_spend=1
@@ -257,7 +253,7 @@ async def test_balance_reads_catch_a_price_given_too_low(
     monkeypatch.setattr(spend_module, "WATCH_SUBMITS", 1)
     monkeypatch.setattr(spend_module, "WATCH_GAP", 0.0)  # (the rate is tested apart)
     config = SimulatorConfig(seed=3, queue_seconds=0.0, run_seconds=0.02, quota_usd=20.0)
-    async with simulate(config) as relay, client(relay) as mj:
+    async with simulate(config) as relay, sim_client(relay, poll=FAST) as mj:
         before = await mj.balance()
         summary = await run_batch(
             mj, prompts(40), tmp_path, prices={"imagine": 0.05}, max_spend=1.0, concurrency=4
@@ -276,12 +272,12 @@ async def test_unknown_outcomes_count_as_paid_and_stay_counted_when_resent(
     --resubmit-unknown, the first attempt stays counted (spend.json), the new one too."""
     lost = FaultConfig(drop_after_create_rate=1.0, routes=frozenset({"submit"}))
     config = SimulatorConfig(seed=3, queue_seconds=0.0, run_seconds=0.02, faults=lost)
-    async with simulate(config) as relay, client(relay) as mj:
+    async with simulate(config) as relay, sim_client(relay, poll=FAST) as mj:
         first = await run_batch(mj, prompts(2), tmp_path, prices=PRICES, download=False)
     assert 2 == first.unknown
     assert first.spend is not None and first.spend.usd == pytest.approx(0.2)
     clean = SimulatorConfig(queue_seconds=0.0, run_seconds=0.02)
-    async with simulate(clean) as relay, client(relay) as mj:
+    async with simulate(clean) as relay, sim_client(relay, poll=FAST) as mj:
         again = await run_batch(
             mj, prompts(2), tmp_path, resume=True, resubmit_unknown=True, download=False
         )
