@@ -59,6 +59,7 @@ import anyio
 import attrs
 
 from ._config import clamp_retry_after
+from ._protocol import quota_exhausted
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -95,18 +96,6 @@ logger = logging.getLogger("quickmj")
 
 T = TypeVar("T")
 
-# Messages of "this key has no quota left" answers: new-api's own errors, TrueAI's limits.
-_QUOTA_MARKERS = (
-    "quota_not_enough",
-    "insufficient_user_quota",
-    "insufficient quota",
-    "quota is not enough",
-    "额度不足",
-    "余额不足",
-    "绘图次数已达上限",
-)
-
-
 # AuthenticationError.reason -> what an account summary says (never the key).
 _AUTH_WHY = {
     "exhausted": "the key has no quota left",
@@ -133,10 +122,8 @@ def account_unusable(exc: BaseException) -> str | None:
         return f"{why} (HTTP {exc.status})"
     if isinstance(exc, NoAvailableAccountError):
         return None  # the relay's own accounts are busy: it passes, like a full queue
-    if isinstance(exc, SubmitRejectedError):
-        text = exc.description.lower()
-        if any(m in text for m in _QUOTA_MARKERS):
-            return f"the key has no quota left ({exc.description.strip()[:80]})"
+    if isinstance(exc, SubmitRejectedError) and quota_exhausted(exc):
+        return f"the key has no quota left ({exc.description.strip()[:80]})"
     return None
 
 

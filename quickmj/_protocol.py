@@ -67,6 +67,7 @@ __all__ = (
     "merge_rows",
     "not_started",
     "outcome_unknown",
+    "quota_exhausted",
     "read_answer",
     "read_fetch",
     "read_seed",
@@ -189,6 +190,18 @@ _UPSTREAM_FAILED_MARKERS = (
     "empty_response_body",
     "unmarshal_response_body_failed",
 )
+# new-api's RelayMidjourneySubmit when the key cannot pay this action's price.
+_NEW_API_NO_QUOTA = "quota_not_enough"
+# Messages of "this key has no quota left" answers: new-api's own errors, TrueAI's limits.
+_QUOTA_MARKERS = (
+    _NEW_API_NO_QUOTA,
+    "insufficient_user_quota",
+    "insufficient quota",
+    "quota is not enough",
+    "额度不足",
+    "余额不足",
+    "绘图次数已达上限",
+)
 _REQUEST_ID = re.compile(r"request id:\s*([A-Za-z0-9_.:-]{4,80})")
 
 
@@ -223,8 +236,7 @@ def rejection(
             "; nothing was created: AsyncClient(admission='adaptive') or an AccountPool "
             "queues submits until the account has room"
         )
-    elif "quota_not_enough" in text:
-        # new-api's RelayMidjourneySubmit: the account cannot pay this action's price.
+    elif _NEW_API_NO_QUOTA in text:
         detail += "; nothing was created: the account's quota cannot pay for it (top it up)"
     return cls(
         f"{path}: {what} (code {code}){detail}",
@@ -237,6 +249,12 @@ def rejection(
         headers=headers,
         request_id=request_id or find_request_id(headers or {}, body),
     )
+
+
+def quota_exhausted(exc: SubmitRejectedError) -> bool:
+    """The relay refused because the key has no quota left (new-api, TrueAI's limits)."""
+    text = exc.description.lower()
+    return any(m in text for m in _QUOTA_MARKERS)
 
 
 def task_unknown(exc: BaseException) -> bool:
