@@ -27,6 +27,8 @@ from ._version import __version__
 __all__ = ("EXIT_FAILED", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_OUTAGE", "EXIT_USAGE", "main")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_OUTAGE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+# _config.MODES and _config.DIALECTS, spelt here so that ``quickmj --version`` and shell
+# completion need not import attrs (tests/test_cli_honesty.py checks they agree).
 _MODES = ("fast", "relax", "turbo")
 _DIALECTS = ("auto", "quickrouter", "midjourney-proxy", "trueai")
 

@@ -275,3 +275,12 @@ def test_queue_full_suggests_admission() -> None:
     assert isinstance(exc, QueueFullError)
     assert "admission='adaptive'" in str(exc) and "AccountPool" in str(exc)
     assert "nothing was created" in str(exc)
+
+
+def test_cli_choices_are_the_library_s() -> None:
+    """The CLI spells the dialects and modes itself (no attrs import for --version): the
+    same values as the library's, so no choice is offered that AsyncClient refuses."""
+    from quickmj import _cli, _config
+
+    assert _config.DIALECTS == _cli._DIALECTS
+    assert _config.MODES == _cli._MODES
