@@ -13,10 +13,17 @@ from typing import Any
 
 import pytest
 
-from quickmj import InvalidInputError, PollPolicy
-from quickmj._accounts import Account, AccountPool, read_keys
-from quickmj._admission import NoUsableAccountError, fingerprint
-from quickmj._batch import BatchItem, run_batch
+from quickmj import (
+    Account,
+    AccountPool,
+    BatchItem,
+    InvalidInputError,
+    NoUsableAccountError,
+    PollPolicy,
+    read_keys,
+    run_batch,
+)
+from quickmj._admission import fingerprint
 from quickmj._journal import Journal
 from quickmj.testing import SimulatorConfig, simulate
 

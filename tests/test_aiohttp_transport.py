@@ -31,6 +31,7 @@ from quickmj import (
     HTTPStatusError,
     MalformedResponseError,
     QuickMJError,
+    Request,
     RequestTimeoutError,
     RetryPolicy,
     SubmitOutcomeUnknownError,
@@ -40,7 +41,6 @@ from quickmj import (
     __version__,
 )
 from quickmj._aiohttp import AiohttpTransport
-from quickmj._transport import Request
 
 BASE = "http://relay.test"
 KEY = "sk-aiohttp-key-0123456789"

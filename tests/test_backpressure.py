@@ -26,17 +26,20 @@ from conftest import Serve
 from fakes import BASE, FAST, FakeRelay, Script
 
 from quickmj import (
+    AccountPool,
+    AdmissionPolicy,
     AsyncClient,
+    BatchItem,
+    BatchProgress,
     ConfigurationError,
     ConnectError,
     RateLimitError,
     RequestTimeoutError,
     RetryPolicy,
     Timeouts,
+    run_batch,
 )
-from quickmj._accounts import AccountPool
-from quickmj._admission import AdmissionPolicy, Lease, LocalBudget
-from quickmj._batch import BatchItem, BatchProgress, run_batch
+from quickmj._admission import Lease, LocalBudget
 from quickmj._config import RETRY_AFTER_CAP, RETRY_AFTER_FLOOR, clamp_retry_after
 from quickmj._progress import PlainReporter
 from quickmj._protocol import parse_retry_after

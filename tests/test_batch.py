@@ -21,14 +21,18 @@ from fakes import sim_client as client
 
 from quickmj import (
     AsyncClient,
+    BatchItem,
     BatchLockedError,
     InvalidInputError,
     JournalError,
     RelayUnreachableError,
     StorageError,
     UsageError,
+    read_prompts,
+    reconcile,
+    run_batch,
 )
-from quickmj._batch import BatchItem, parse_upscale, read_prompts, reconcile, run_batch
+from quickmj._batch import parse_upscale
 from quickmj._journal import Journal, Phase
 from quickmj.testing import FaultConfig, Request, Response, SimulatorConfig, simulate
 

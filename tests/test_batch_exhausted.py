@@ -13,8 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fakes import sim_client
-from quickmj import PollPolicy
-from quickmj._batch import BatchItem, run_batch
+from quickmj import BatchItem, PollPolicy, run_batch
 from quickmj._cli import _Output, _print_summary
 from quickmj._journal import Journal, Phase
 from quickmj.testing import SimulatorConfig, simulate

@@ -20,8 +20,8 @@ import pytest
 from fakes import can_mount_privately
 from fakes import sim_client as client
 
-from quickmj import AsyncClient, JournalError, StorageError, _journal
-from quickmj._batch import BatchItem, _slug, run_batch
+from quickmj import AsyncClient, BatchItem, JournalError, StorageError, _journal, run_batch
+from quickmj._batch import _slug
 from quickmj._files import safe_stem
 from quickmj._journal import Journal, Phase
 from quickmj._outdir import JOURNAL_NAME

@@ -18,8 +18,7 @@ from typing import Any
 import pytest
 from fakes import sim_client as client
 
-from quickmj import JournalError, UsageError
-from quickmj._batch import BatchItem, run_batch
+from quickmj import BatchItem, JournalError, UsageError, run_batch
 from quickmj._journal import Journal, JournalRow, Phase
 from quickmj.testing import FaultConfig, SimulatorConfig, simulate
 

@@ -16,14 +16,21 @@ from typing import Any
 
 import pytest
 
-from quickmj import AsyncClient, ConnectError, PollPolicy
-from quickmj._accounts import AccountPool
-from quickmj._admission import AdmissionPolicy, Lease
-from quickmj._batch import BatchItem, run_batch
+from quickmj import (
+    AccountPool,
+    AdmissionPolicy,
+    AsyncClient,
+    BatchItem,
+    ConnectError,
+    PollPolicy,
+    run_batch,
+)
+from quickmj._admission import Lease
 from quickmj.testing import SimulatorConfig, simulate
 
 redis = pytest.importorskip("redis", reason="the redis extra is not installed (quickmj[redis])")
-from quickmj._budget_redis import RedisBudget, RedisBudgets  # noqa: E402
+from quickmj import RedisBudgets  # noqa: E402
+from quickmj._budget_redis import RedisBudget  # noqa: E402
 
 FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
 SERVER = shutil.which("redis-server")

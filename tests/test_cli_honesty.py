@@ -15,8 +15,7 @@ from typing import Any
 
 import pytest
 
-from quickmj import QueueFullError
-from quickmj._batch import AccountSummary, BatchProgress
+from quickmj import AccountSummary, BatchProgress, QueueFullError
 from quickmj._cli import _account_line, _parser
 from quickmj._completion import script
 from quickmj._outdir import BatchDir

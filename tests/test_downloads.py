@@ -30,6 +30,7 @@ from fakes import BASE, FAST, KEY, PNG, FakeRelay
 from quickmj import (
     AsyncClient,
     AuthenticationError,
+    BatchItem,
     DownloadError,
     ImageExpiredError,
     NotAnImageError,
@@ -38,8 +39,8 @@ from quickmj import (
     TaskNotFoundError,
     TaskStatus,
     UnsafeURLError,
+    run_batch,
 )
-from quickmj._batch import BatchItem, run_batch
 from quickmj._files import download_url
 from quickmj._journal import Phase
 from quickmj.testing import MockTransport, Request, Response

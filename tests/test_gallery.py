@@ -20,12 +20,13 @@ import pytest
 
 from quickmj import (
     AsyncClient,
+    BatchItem,
     BatchLockedError,
     PollPolicy,
     UsageError,
+    run_batch,
     write_gallery,
 )
-from quickmj._batch import BatchItem, run_batch
 from quickmj._cli import main
 from quickmj._gallery import _header_size, gallery_html, save_gallery
 from quickmj._journal import Journal, JournalRow, Phase, read_snapshot

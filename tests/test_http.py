@@ -36,7 +36,9 @@ from quickmj import (
     QueueFullError,
     RateLimitError,
     RelatedTaskNotFoundError,
+    Request,
     RequestTimeoutError,
+    Response,
     RetryPolicy,
     ServerError,
     SubmitOutcomeUnknownError,
@@ -49,7 +51,7 @@ from quickmj import (
     __version__,
 )
 from quickmj._protocol import parse_retry_after
-from quickmj._transport import Headers, Request, Response, read_all
+from quickmj._transport import Headers, read_all
 from quickmj.testing import MockTransport
 
 FETCH = "GET /mj/task/1/fetch"

@@ -14,6 +14,7 @@ from quickmj import (
     ClientClosedError,
     InvalidInputError,
     MalformedResponseError,
+    PollPolicy,
     QuickMJError,
     RateLimitError,
     RetryPolicy,
@@ -25,7 +26,7 @@ from quickmj import (
     TaskStatus,
     TaskTimeoutError,
 )
-from quickmj._poller import Poller, PollPolicy
+from quickmj._poller import Poller
 from quickmj.testing import Request, Response
 
 

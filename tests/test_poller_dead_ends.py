@@ -19,6 +19,7 @@ from fakes import BASE, KEY, FakeRelay, make_client
 from quickmj import (
     AsyncClient,
     AuthenticationError,
+    BatchItem,
     ConfigurationError,
     HTTPStatusError,
     PollPolicy,
@@ -30,8 +31,8 @@ from quickmj import (
     TaskStatus,
     TaskTimeoutError,
     UnsupportedByRelayError,
+    run_batch,
 )
-from quickmj._batch import BatchItem, run_batch
 from quickmj._cli import _account_line
 from quickmj._poller import Poller
 from quickmj.testing import MockTransport, Request, Response, simulate

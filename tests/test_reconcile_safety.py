@@ -21,10 +21,10 @@ from fakes import SIM_POLL as FAST
 from fakes import Script
 from fakes import sim_client as client
 
-from quickmj._batch import Unsettled, _adopt, _same_prompt, reconcile
+from quickmj import Task, reconcile
+from quickmj._batch import Unsettled, _adopt, _same_prompt
 from quickmj._cli import _Output, _print_unsettled
 from quickmj._journal import Journal, Phase
-from quickmj._models import Task
 from quickmj.testing import simulate
 
 USER, STRANGER = "user-key", "stranger-key"

@@ -17,9 +17,9 @@ from aiohttp import web
 from conftest import Serve
 from fakes import Script
 
-from quickmj import AsyncClient, QuickMJError, RetryPolicy, Task, Timeouts
+from quickmj import AsyncClient, QuickMJError, Request, RetryPolicy, Task, Timeouts
 from quickmj._config import Secret
-from quickmj._transport import Headers, Request
+from quickmj._transport import Headers
 
 KEY = "sk-Zq8vLkP3-distinctive-7f3c9e1a"
 BASE = "http://relay.test"

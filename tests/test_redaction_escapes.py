@@ -12,9 +12,7 @@ import pytest
 from fakes import Script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from quickmj import QuickMJError
-from quickmj._batch import BatchItem, run_batch
+from quickmj import BatchItem, QuickMJError, run_batch
 from quickmj._config import Secret
 
 SHORT = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n",

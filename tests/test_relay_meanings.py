@@ -19,6 +19,7 @@ import quickmj._client as client_module
 from quickmj import (
     AsyncClient,
     AuthenticationError,
+    BatchItem,
     ConfigurationError,
     ModelUnavailableError,
     NoAvailableAccountError,
@@ -32,9 +33,9 @@ from quickmj import (
     TaskStatus,
     UnsupportedByRelayError,
     ValidationError,
+    run_batch,
 )
 from quickmj._admission import account_unusable
-from quickmj._batch import BatchItem, run_batch
 from quickmj._protocol import (
     CONFIRMS_MODAL,
     ROUTES,

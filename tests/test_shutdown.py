@@ -23,14 +23,15 @@ from aiohttp import web
 
 from quickmj import (
     AsyncClient,
+    BatchItem,
     Client,
     ClientClosedError,
     PollPolicy,
     QuickMJError,
     SubmitOutcomeUnknownError,
     Task,
+    run_batch,
 )
-from quickmj._batch import BatchItem, run_batch
 from quickmj._journal import Journal, Phase
 from quickmj.testing import SimulatorConfig, simulate
 

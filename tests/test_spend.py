@@ -12,11 +12,18 @@ import anyio
 import pytest
 import quickmj._spend as spend_module
 from fakes import sim_client
-from quickmj import InvalidInputError, PollPolicy, UsageError
-from quickmj._batch import BatchItem, plan_batch, run_batch
+from quickmj import (
+    BatchItem,
+    InvalidInputError,
+    PollPolicy,
+    UsageError,
+    parse_prices,
+    plan_batch,
+    run_batch,
+)
 from quickmj._cli import main
 from quickmj._outdir import JOURNAL_NAME
-from quickmj._spend import SPEND_NAME, Ledger, PriceBook, SpendFile, parse_prices
+from quickmj._spend import SPEND_NAME, Ledger, PriceBook, SpendFile
 from quickmj.testing import FaultConfig, SimulatorConfig, simulate
 
 FAST = PollPolicy(interval=0.02, first_poll=0.01, near_done_interval=0.01, adaptive=False)
