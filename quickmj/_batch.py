@@ -350,7 +350,7 @@ def parse_upscale(values: Sequence[str] | str | None) -> tuple[str, ...]:
                 continue
             label = part.upper() if part.upper().startswith("U") else f"U{part}"
             if label not in _UPSCALE_LABELS:
-                raise InvalidInputError(f"--upscale takes U1..U4 or all, not {part!r}")
+                raise InvalidInputError(f"upscale takes U1..U4 or all, not {part!r}")
             labels.append(label)
     return tuple(dict.fromkeys(labels))
 
@@ -624,7 +624,7 @@ class _Run:
             await self.watch.check()  # what the relay charged, at a modest rate
         if await ledger.admit(row.index, cost, "prompt"):
             return
-        why = f"{ledger.stopped}; --resume with a higher --max-spend sends it"
+        why = f"{ledger.stopped}; a resume with a higher max_spend sends it"
         if row.task_id is None:
             raise self._pending(row, f"not sent: {why}")
         raise self._ended(row, Phase.INCOMPLETE, reason=f"{', '.join(labels)} not sent: {why}")
@@ -654,7 +654,7 @@ class _Run:
             self.spend_file.resent.update(lost)
             self.spend_file.save()
         if row.task_id is None:
-            self.journal.mark_pending(row.index, reason="sent again (--resubmit-unknown)")
+            self.journal.mark_pending(row.index, reason="sent again (resubmit_unknown)")
         else:
             self.journal.set_phase(row.index, Phase.RUNNING, pressing=None, reason=None)
         return self.journal.row(row.index)
@@ -1011,7 +1011,7 @@ class _Run:
     def _not_sent(self, row: JournalRow, pressing: str | None, why: str) -> _End:
         """A submit not sent (nothing created): the prompt stays pending, or its paid
         grid incomplete (a resume presses again)."""
-        reason = f"not sent: {why}; nothing was created (--resume sends it)"
+        reason = f"not sent: {why}; nothing was created (a resume sends it)"
         if pressing is None:
             return self._pending(row, reason)
         return self._ended(row, Phase.INCOMPLETE, reason=f"{pressing} {reason}")
@@ -1062,7 +1062,7 @@ class _Run:
         pending = sum(1 for r in self.journal.rows() if r.phase is Phase.PENDING)
         return RelayUnreachableError(
             f"relay unreachable: {exc}; nothing was submitted for {pending} prompts; "
-            "run again with --resume",
+            "run again with resume=True",
             not_submitted=pending,
         )
 
@@ -1078,11 +1078,11 @@ class _Run:
             ) from None
         except TaskTimeoutError as exc:
             last = exc.last_task.status.value if exc.last_task else None
-            reason = f"still running after {self.s.timeout:g} s: --resume waits again"
+            reason = f"still running after {self.s.timeout:g} s: a resume waits again"
             if isinstance(exc, TaskStalledError):
                 reason = (
                     f"stalled: unchanged for {exc.stalled_for:.0f} s (the relay may have "
-                    "lost it): --resume waits again"
+                    "lost it): a resume waits again"
                 )
             raise self._ended(row, Phase.TIMED_OUT, status=last, reason=reason) from None
         except ClientClosedError as exc:
@@ -1195,7 +1195,7 @@ def _file_stem(
     try:
         stem = template.format(**fields)
     except (KeyError, IndexError, ValueError) as exc:
-        raise InvalidInputError(f"--name {template!r}: {exc}") from None
+        raise InvalidInputError(f"name template {template!r}: {exc}") from None
     if label and "{label" not in template and "{task" not in template:
         stem = f"{stem}-{label}"  # several files per prompt must not overwrite each other
     return stem
@@ -1277,7 +1277,7 @@ def _place(staged: Path, images: Path, *, own: bool) -> Path:
             if not own:
                 raise _NameTaken(
                     f"{PurePath(IMAGES, final.name).as_posix()} already exists and is not "
-                    "this prompt's: it was kept; --resume saves this image under a new name"
+                    "this prompt's: it was kept; a resume saves this image under a new name"
                 ) from None
             os.replace(staged, final)
             return final
@@ -1462,7 +1462,7 @@ def _planned_rows(
     if not resume:
         if path.exists() and read_snapshot(path).rows:
             raise UsageError(
-                f"{os.fspath(out)!r} already holds a batch: plan the rest with --resume"
+                f"{os.fspath(out)!r} already holds a batch: plan the rest with resume=True"
             )
         fresh = [JournalRow(i, p, o, Phase.PENDING) for i, (p, o) in enumerate(pairs)]
         return fresh, None
@@ -1498,11 +1498,11 @@ def _to_learn(
     missing = spend.book.missing(["imagine"] + (["upscale"] if settings.upscale else []))
     clients = client.clients if isinstance(client, AccountPool) else [client]
     if missing and any(c.dialect in NO_BILLING_DIALECTS for c in clients):
-        flags = " ".join(f"--price {a}=USD" for a in missing)
+        given = ", ".join(f"prices[{a!r}]=USD" for a in missing)
         raise InvalidInputError(
-            f"--max-spend needs the price of {' and '.join(missing)}: give it ({flags}); "
+            f"max_spend needs the price of {' and '.join(missing)}: give it ({given}); "
             "this relay keeps no balance to learn it from (there the cost is your own: "
-            "count the jobs, see the plan of --dry-run)"
+            "count the jobs, see the plan of plan_batch())"
         )
     return missing
 
@@ -1646,7 +1646,7 @@ def _wind_down(
     try:
         bdir.write_manifest(journal, extra)
     except StorageError as exc:
-        logger.warning("%s: manifest.jsonl is not up to date (--resume rewrites it)", exc)
+        logger.warning("%s: manifest.jsonl is not up to date (a resume rewrites it)", exc)
 
 
 def _run_gallery(bdir: BatchDir, journal: Journal, settings: _Settings) -> None:
@@ -1681,7 +1681,7 @@ async def _preflight(pool: AccountPool, journal: Journal) -> None:
     pending = sum(1 for r in journal.rows() if r.phase is Phase.PENDING)
     raise RelayUnreachableError(
         f"relay unreachable: {failures[-1]}; nothing was submitted for {pending} prompts; "
-        "fix the relay address (QUICKMJ_BASE_URL) and run again with --resume",
+        "fix the relay address (base_url) and run again with resume=True",
         not_submitted=pending,
     ) from None
 

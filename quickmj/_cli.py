@@ -16,6 +16,7 @@ import contextlib
 import json
 import logging
 import os
+import re
 import sys
 import traceback
 from collections.abc import AsyncIterator, Callable, Sequence
@@ -484,7 +485,7 @@ def _price_arg(text: str) -> str:
     try:
         parse_prices([text])
     except InvalidInputError as exc:
-        raise argparse.ArgumentTypeError(str(exc).removeprefix("--price: ")) from None
+        raise argparse.ArgumentTypeError(_flag_words(str(exc)).removeprefix("--price: ")) from None
     return text
 
 
@@ -1028,7 +1029,7 @@ def _print_summary(summary: Any, out: _Output, reporter: Any) -> None:
         print(_account_line(a), file=out.stream)
     for line in _spend_lines(summary):
         print(line, file=out.stream)
-    stopped = summary.stopped_submitting
+    stopped = _flag_words(summary.stopped_submitting or "")
     refused = getattr(summary, "key_refused", None)  # its line says --resume
     if stopped and refused:
         fix = "top it up, then --resume" if refused == "exhausted" else "--resume with a valid key"
@@ -1077,7 +1078,7 @@ def _spend_lines(summary: Any) -> list[str]:
         )
     if spend.stopped:
         lines.append(
-            f"stopped: {spend.stopped}; {summary.pending} prompt(s) pending: "
+            f"stopped: {_flag_words(spend.stopped)}; {summary.pending} prompt(s) pending: "
             "--resume --max-spend <more> goes on"
         )
     return lines
@@ -1124,11 +1125,36 @@ def _exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
+#: The library's messages name what to do in its own terms (its parameters); the CLI
+#: says it with its flags. Each pattern matches only those parameter spellings.
+_FLAG_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"\bresume=True\b"), "--resume"),
+    (re.compile(r"\bresubmit_unknown\b"), "--resubmit-unknown"),
+    (re.compile(r"\bmax_spend\b"), "--max-spend"),
+    (re.compile(r"\bprices\['([\w/]+)'\]"), r"--price \1"),
+    (re.compile(r"^prices: "), "--price: "),
+    (re.compile(r"\bplan_batch\(\)"), "--dry-run"),
+    (re.compile(r"^upscale takes\b"), "--upscale takes"),
+    (re.compile(r"^name template\b"), "--name"),
+    (re.compile(r"\(base_url\)"), "(QUICKMJ_BASE_URL)"),
+    (re.compile(r"^out (?=')"), "--out "),
+    (re.compile(r"\bnew out directory\b"), "new --out"),
+    (re.compile(r"\bmakes a resume\b"), "makes --resume"),
+)
+
+
+def _flag_words(text: str) -> str:
+    """A library message in the CLI's words (``resume=True`` -> ``--resume``...)."""
+    for pattern, flag in _FLAG_WORDS:
+        text = pattern.sub(flag, text)
+    return text
+
+
 def _error_line(exc: BaseException) -> str:
     """One line for a failure, in CLI terms (never a Python call, never the key)."""
     from .errors import ConfigurationError, TaskFailedError
 
-    text = " ".join(str(exc).split()) or type(exc).__name__
+    text = _flag_words(" ".join(str(exc).split()) or type(exc).__name__)
     if isinstance(exc, ConfigurationError) and "QUICKMJ_API_KEY" in text:
         text = "no API key: pass --api-key or set QUICKMJ_API_KEY (or try --simulate)"
     if isinstance(exc, TaskFailedError):

@@ -455,14 +455,14 @@ class _Checker:
         )
         if column == "phase" and task:
             fix += (
-                f"; this prompt's job {task} is paid: phase 'incomplete' makes --resume "
+                f"; this prompt's job {task} is paid: phase 'incomplete' makes a resume "
                 "follow it again"
             )
         return JournalError(
             f"the batch journal {str(self.path)!r} has a bad value in row {self.index} "
             f"(prompt {self.index + 1 if isinstance(self.index, int) else '?'} of the input), "
             f"column {column!r}: {shown} is not {expected}; {fix}, then run again "
-            "with --resume"
+            "with resume=True"
         )
 
     def text(self, at: int, column: str, *, optional: bool = True) -> Any:

@@ -57,7 +57,7 @@ class BatchDir:
     def acquire(self) -> None:
         """Create the directory if needed and take the lock (BatchLockedError if held)."""
         if self.path.exists() and not self.path.is_dir():
-            raise UsageError(f"--out {str(self.path)!r} is a file, not a directory")
+            raise UsageError(f"out {str(self.path)!r} is a file, not a directory")
         try:
             self.path.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -101,7 +101,7 @@ class BatchDir:
         info = _parse_holder(holder)
         return BatchLockedError(
             f"{str(self.path)!r} is in use by {holder}; wait for that run to end "
-            "(or stop it), then --resume",
+            "(or stop it), then resume=True",
             pid=info.get("pid"),
             host=str(info.get("host", "")),
             started=str(info.get("started", "")),
@@ -118,8 +118,8 @@ class BatchDir:
         journal = self._unstarted_journal()
         if journal is None and self.journal_path.exists():
             raise UsageError(
-                f"{str(self.path)!r} already holds a batch: resume it with --resume, "
-                "or choose a new --out"
+                f"{str(self.path)!r} already holds a batch: resume it with resume=True, "
+                "or choose a new out directory"
             )
         leftovers = [p.name for p in (self.path / MANIFEST_NAME, self.images) if p.exists()]
         if leftovers:
@@ -127,7 +127,7 @@ class BatchDir:
                 journal.close()
             raise JournalError(
                 f"{str(self.path)!r} holds {' and '.join(leftovers)} but no batch journal: "
-                "it is another run's output; choose a new --out"
+                "it is another run's output; choose a new out directory"
             )
         if journal is None:
             journal = Journal(self.journal_path, create=True)
@@ -166,7 +166,7 @@ class BatchDir:
                 raise JournalError(
                     f"the batch journal in {str(self.path)!r} is empty: the run that made it "
                     "stopped before recording its prompts, so nothing was submitted; "
-                    "run the same command again without --resume"
+                    "run the same command again without resume=True"
                 )
             if journal.is_empty():
                 raise JournalError(

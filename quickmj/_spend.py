@@ -107,7 +107,7 @@ def _action(text: str) -> str:
     name = name.removeprefix("mj_")
     if name not in ACTIONS:
         known = ", ".join(sorted(ACTIONS))
-        raise InvalidInputError(f"--price: unknown action {text!r} (one of: {known})")
+        raise InvalidInputError(f"prices: unknown action {text!r} (one of: {known})")
     return name
 
 
@@ -118,7 +118,7 @@ def _price_key(text: str) -> str:
     if mode:
         if mode.strip().lower() not in _MODES:
             raise InvalidInputError(
-                f"--price: unknown mode {mode!r} in {text!r} (fast, relax or turbo)"
+                f"prices: unknown mode {mode!r} in {text!r} (fast, relax or turbo)"
             )
         key = f"{key}/{mode.strip().lower()}"
     return key
@@ -154,15 +154,15 @@ def parse_prices(values: Iterable[str] | Mapping[str, float] | None) -> dict[str
         for text in values:
             name, sep, price = str(text).partition("=")
             if not sep or not name.strip():
-                raise InvalidInputError(f"--price takes ACTION=USD (imagine=0.10), not {text!r}")
+                raise InvalidInputError(f"prices: ACTION=USD (imagine=0.10), not {text!r}")
             pairs.append((name, price))
     out: dict[str, float] = {}
     for name, price in pairs:
         key = _price_key(str(name))
         if isinstance(price, (int, float)) and not isinstance(price, bool):
-            out[key] = _usd(str(float(price)), f"--price {key}")
+            out[key] = _usd(str(float(price)), f"prices[{key!r}]")
         else:
-            out[key] = _usd(str(price), f"--price {key}")
+            out[key] = _usd(str(price), f"prices[{key!r}]")
     return out
 
 
@@ -610,7 +610,7 @@ class Ledger:
                 return True
             if not self.held:
                 self.stopped = (
-                    f"the next {what} would cross --max-spend {self.cap:.2f} USD "
+                    f"the next {what} would cross max_spend {self.cap:.2f} USD "
                     f"(spent {self.spent:.2f} USD, it needs {need:.2f} USD)"
                 )
                 self._wake()
@@ -625,7 +625,7 @@ class Ledger:
         known: they may cross the cap, by at most those submits."""
         if self.cap is not None and self.spent + need >= self.cap - _EPS:
             self.stopped = (
-                f"--max-spend {self.cap:.2f} USD is spent (spent {self.spent:.2f} USD) before "
+                f"max_spend {self.cap:.2f} USD is spent (spent {self.spent:.2f} USD) before "
                 f"the price of {' and '.join(sorted(self.unknown))} could be learned"
             )
             self._wake()

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from fakes import sim_client
+
 from quickmj import BatchItem, PollPolicy, run_batch
 from quickmj._cli import _Output, _print_summary
 from quickmj._journal import Journal, Phase
@@ -93,3 +94,30 @@ async def test_paid_jobs_the_exhausted_key_cannot_read_stay_resumable(tmp_path: 
     assert created == len({r.task_id for r in rows if r.task_id})
     assert all(r.phase in (Phase.SUCCEEDED, Phase.INCOMPLETE) for r in rows if r.task_id)
     assert all(r.phase is Phase.PENDING for r in rows if not r.task_id)
+
+
+def test_library_messages_name_parameters_and_the_cli_words_them_as_flags() -> None:
+    """The library says what happened in its own terms (``resume=True``, ``max_spend``);
+    the CLI's one error line says the flag."""
+    from quickmj import InvalidInputError, RelayUnreachableError
+    from quickmj._batch import check_name_template, parse_upscale
+    from quickmj._cli import _error_line, _flag_words
+    from quickmj._spend import parse_prices
+
+    errors = []
+    for bad in (lambda: parse_upscale("U5"), lambda: check_name_template("{nope}")):
+        try:
+            bad()
+        except InvalidInputError as exc:
+            errors.append(exc)
+    assert [e for e in errors if "--" in str(e)] == [] and 2 == len(errors)
+    assert _error_line(errors[0]).startswith("--upscale takes U1..U4 or all")
+    assert _error_line(errors[1]).startswith("--name '{nope}'")
+    try:
+        parse_prices(["imagine=ten"])
+    except InvalidInputError as exc:
+        assert "--" not in str(exc)
+        assert _error_line(exc).startswith("--price imagine: not a number of USD")
+    outage = RelayUnreachableError("relay down; run again with resume=True", not_submitted=1)
+    assert _error_line(outage).endswith("run again with --resume")
+    assert "would cross --max-spend 1.00 USD" == _flag_words("would cross max_spend 1.00 USD")

@@ -10,8 +10,9 @@ from typing import Any
 
 import anyio
 import pytest
-import quickmj._spend as spend_module
 from fakes import sim_client
+
+import quickmj._spend as spend_module
 from quickmj import (
     BatchItem,
     InvalidInputError,
@@ -140,7 +141,7 @@ async def test_dry_run_sends_nothing_and_resume_plans_only_what_is_left(
     assert plan.usd == pytest.approx(0.90)  # the prices were kept in spend.json
     assert plan.spent is not None and plan.spent.usd == pytest.approx(0.60)
     assert {"imagine": "given", "upscale": "given"} == plan.price_sources
-    with pytest.raises(UsageError, match="--resume"):
+    with pytest.raises(UsageError, match=r"resume=True"):  # (the CLI says --resume)
         plan_batch(prompts(10), out, upscale=["U2"])
 
 
@@ -185,7 +186,7 @@ async def test_cap_is_never_crossed_with_16_in_flight(relay: Any, tmp_path: Path
     assert (6, 34) == (summary.succeeded, summary.pending)  # 6 x 0.15 = 0.90; a 7th: 1.05
     assert {"/submit/imagine": 6, "/submit/action": 6} == submits(relay)
     assert summary.stopped_submitting is not None
-    assert "would cross --max-spend 1.00 USD" in summary.stopped_submitting
+    assert "would cross max_spend 1.00 USD" in summary.stopped_submitting
     assert {"imagine": 6, "upscale": 6} == summary.spend.submits_by_action
     assert summary.spend.by_action == pytest.approx({"imagine": 0.6, "upscale": 0.3})
     assert [summary.accounts[0].account] == list(summary.spend.by_account)
@@ -195,7 +196,7 @@ async def test_cap_is_never_crossed_with_16_in_flight(relay: Any, tmp_path: Path
     assert all(r["usd"] == pytest.approx(0.15) for r in paid)
     left = [r for r in rows if r["status"] == "pending"]
     assert all(r["submits"] == {} and r["usd"] == 0 for r in left)
-    assert all("--max-spend" in r["reason"] for r in left)
+    assert all("a resume with a higher max_spend" in r["reason"] for r in left)
 
 
 async def test_resume_with_a_higher_cap_goes_on_and_counts_the_whole_directory(
