@@ -169,6 +169,29 @@ def make_sync(relay: FakeRelay, policy: PollPolicy = FAST, **kwargs: Any) -> Cli
     return Client(KEY, poll=policy, transport=MockTransport(relay.handle), **kwargs)
 
 
+# ---- retry pauses ----
+
+
+class SleepSpy:
+    """Stands in for the retry sleep: records each delay, returns at once."""
+
+    def __init__(self) -> None:
+        self.delays: list[float] = []
+
+    async def __call__(self, seconds: float) -> None:
+        self.delays.append(seconds)
+
+
+def spy_on(mj: AsyncClient) -> SleepSpy:
+    """Make ``mj``'s retry and backoff pauses return at once, recording each delay.
+
+    AsyncClient has no public clock: this is the one place the tests reach for the pause
+    (``_http.sleep``), so a refactor of it changes one line here."""
+    spy = SleepSpy()
+    mj._http.sleep = spy  # type: ignore[method-assign]
+    return spy
+
+
 # ---- the relay simulator ----
 
 #: Polling for tests against the simulator (``simulate``, ``quickmj_relay``): quick, and

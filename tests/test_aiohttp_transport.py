@@ -23,6 +23,7 @@ import pytest
 from aiohttp import web
 from aioresponses import aioresponses
 from conftest import Serve
+from fakes import spy_on
 
 from quickmj import (
     AsyncClient,
@@ -373,15 +374,10 @@ async def test_dripping_server_is_cut_at_the_request_deadline(serve: Serve) -> N
 async def test_unreachable_relay_is_a_connect_error() -> None:
     """Nothing listening: ConnectError after the configured attempts."""
     async with client(base_url=f"http://127.0.0.1:{free_port()}") as mj:
-        delays: list[float] = []
-
-        async def spy(seconds: float) -> None:
-            delays.append(seconds)
-
-        mj._http.sleep = spy  # type: ignore[method-assign]
+        spy = spy_on(mj)
         with pytest.raises(ConnectError) as info:
             await mj.fetch("1")
-    assert 2 == len(delays)
+    assert 2 == len(spy.delays)
     assert isinstance(info.value, ConnectionError)
     no_foreign_exceptions(info.value)
 

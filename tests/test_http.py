@@ -22,10 +22,9 @@ from typing import Any
 
 import pytest
 from conftest import load_fixture
-from fakes import BASE, KEY, NO_WAIT, Script, drip
+from fakes import BASE, KEY, NO_WAIT, Script, drip, spy_on
 
 from quickmj import (
-    AsyncClient,
     AuthenticationError,
     ClientClosedError,
     ConnectError,
@@ -62,22 +61,6 @@ ACTION = "POST /mj/submit/action"
 OK = {"code": 1, "description": "提交成功", "result": "1730621826053999", "properties": {}}
 TASK = {"id": "1", "status": "SUCCESS", "progress": "100%"}
 ONCE = RetryPolicy(max_attempts=1)
-
-
-class SleepSpy:
-    """Stands in for the retry sleep: records each delay, returns at once."""
-
-    def __init__(self) -> None:
-        self.delays: list[float] = []
-
-    async def __call__(self, seconds: float) -> None:
-        self.delays.append(seconds)
-
-
-def spy_on(mj: AsyncClient) -> SleepSpy:
-    spy = SleepSpy()
-    mj._http.sleep = spy  # type: ignore[method-assign]
-    return spy
 
 
 # ---- the transport seam's own types -----------------------------------------------------------

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fakes import BASE, KEY, FakeRelay, Script, make_client
+from fakes import BASE, KEY, FakeRelay, Script, make_client, spy_on
 
 import quickmj._client as client_module
 from quickmj import (
@@ -366,16 +366,11 @@ def _succeeded() -> Task:
 async def test_change_after_success_is_sent_again_once(lag: dict[str, Any]) -> None:
     """The parent is known SUCCESS: the lagging store's answer is retried after a pause."""
     script = Script({CHANGE: [{"json": lag}, {"json": ACCEPTED}]})
-    pauses: list[float] = []
     async with script.client(dialect="midjourney-proxy") as mj:
-
-        async def sleep(delay: float) -> None:
-            pauses.append(delay)
-
-        mj._relay.http.sleep = sleep  # type: ignore[method-assign]
+        spy = spy_on(mj)
         job = await mj.change(_succeeded(), "U1")
     assert "1730621826053455" == job.id
-    assert 2 == script.count(CHANGE) and [STORE_LAG_PAUSE] == pauses
+    assert 2 == script.count(CHANGE) and [STORE_LAG_PAUSE] == spy.delays
     assert script.bodies(CHANGE)[0] == script.bodies(CHANGE)[1]
 
 
@@ -384,7 +379,7 @@ async def test_change_lag_retry_is_once_only() -> None:
     lag = {"code": 3, "description": "关联任务不存在或已失效"}
     script = Script({CHANGE: {"json": lag}})
     async with script.client(dialect="midjourney-proxy") as mj:
-        mj._relay.http.sleep = _no_sleep  # type: ignore[method-assign]
+        spy_on(mj)
         with pytest.raises(RelatedTaskNotFoundError):
             await mj.change(_succeeded(), "V2")
     assert 2 == script.count(CHANGE)
@@ -419,7 +414,7 @@ async def test_job_handle_that_saw_success_counts_as_known() -> None:
 
     relay.submit_answer = answer
     async with make_client(relay, dialect="midjourney-proxy") as mj:
-        mj._relay.http.sleep = _no_sleep  # type: ignore[method-assign]
+        spy_on(mj)
         grid = await mj.imagine("a cat")
         await grid.wait()
         upscale = await mj.change(grid, "U2")
@@ -445,7 +440,3 @@ def test_route_facts_come_from_the_route_table() -> None:
     assert not serves("midjourney-proxy", "POST /submit/action")
     assert serves("trueai", "POST /submit/action") and serves("auto", "POST /submit/action")
     assert TERMINAL_STATUSES == {s.value for s in TaskStatus if s.is_terminal}
-
-
-async def _no_sleep(delay: float) -> None:
-    return None
