@@ -1138,7 +1138,9 @@ _FLAG_WORDS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"^name template\b"), "--name"),
     (re.compile(r"\(base_url\)"), "(QUICKMJ_BASE_URL)"),
     (re.compile(r"^out (?=')"), "--out "),
-    (re.compile(r"\bnew out directory\b"), "new --out"),
+    (re.compile(r"\bout directory\b"), "--out"),
+    (re.compile(r"\ba run with gallery=True\b"), "batch --gallery"),
+    (re.compile(r"\(output=FILE\)"), "with --output FILE"),
     (re.compile(r"\bmakes a resume\b"), "makes --resume"),
 )
 

@@ -106,7 +106,7 @@ def write_gallery(
     if not base.is_dir() or not journal.is_file():
         raise UsageError(
             f"{str(base)!r} is not a batch directory (no {JOURNAL_NAME} in it): "
-            "pass the --out of a batch run"
+            "pass the out directory of a batch run"
         )
     page = base / GALLERY_NAME if output is None else Path(output)
     page = page / GALLERY_NAME if page.is_dir() else page
@@ -121,8 +121,8 @@ def write_gallery(
     except BatchLockedError as exc:
         raise BatchLockedError(
             f"{str(base)!r} belongs to a running batch ({_holder(exc)}): "
-            "batch --gallery writes its page when it ends; for a snapshot now, "
-            "write it outside the directory with --output FILE",
+            "a run with gallery=True writes its page when it ends; for a snapshot now, "
+            "write it outside the directory (output=FILE)",
             pid=exc.pid,
             host=exc.host,
             started=exc.started,

@@ -121,3 +121,8 @@ def test_library_messages_name_parameters_and_the_cli_words_them_as_flags() -> N
     outage = RelayUnreachableError("relay down; run again with resume=True", not_submitted=1)
     assert _error_line(outage).endswith("run again with --resume")
     assert "would cross --max-spend 1.00 USD" == _flag_words("would cross max_spend 1.00 USD")
+    assert "choose a new --out" == _flag_words("choose a new out directory")
+    locked = "a run with gallery=True writes its page; write it outside (output=FILE)"
+    assert "batch --gallery writes its page; write it outside with --output FILE" == (
+        _flag_words(locked)
+    )

@@ -203,7 +203,7 @@ def test_a_running_batch_is_refused_and_a_snapshot_goes_elsewhere(
     journal = Journal(batch / JOURNAL_NAME, create=False)
     journal.begin_run()  # a run is open (its -wal file exists)
     with BatchDir(batch):
-        with pytest.raises(BatchLockedError, match="--output"):
+        with pytest.raises(BatchLockedError, match=r"output=FILE"):  # (CLI: --output FILE)
             write_gallery(batch)
         with pytest.raises(BatchLockedError):  # --output inside it is refused too
             write_gallery(batch, output=batch / "images" / "snap.html")
