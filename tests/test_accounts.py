@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import SIM_POLL as FAST
 
 from quickmj import (
     Account,
@@ -19,15 +20,12 @@ from quickmj import (
     BatchItem,
     InvalidInputError,
     NoUsableAccountError,
-    PollPolicy,
     read_keys,
     run_batch,
 )
 from quickmj._admission import fingerprint
 from quickmj._journal import Journal
 from quickmj.testing import SimulatorConfig, simulate
-
-FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
 
 
 def pool_on(relay: Any, keys: list[str], **kwargs: Any) -> AccountPool:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from fakes import SIM_POLL as FAST
 
 from quickmj import (
     AccountPool,
@@ -22,7 +23,6 @@ from quickmj import (
     AsyncClient,
     BatchItem,
     ConnectError,
-    PollPolicy,
     run_batch,
 )
 from quickmj._admission import Lease
@@ -32,7 +32,6 @@ redis = pytest.importorskip("redis", reason="the redis extra is not installed (q
 from quickmj import RedisBudgets  # noqa: E402
 from quickmj._budget_redis import RedisBudget  # noqa: E402
 
-FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
 SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
     SERVER is None,

@@ -7,7 +7,6 @@ tests catch quickmj disagreeing with QuickRouter (new-api), midjourney-proxy or 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +26,21 @@ from quickmj import (
     TaskStatus,
     UnsupportedByRelayError,
 )
-from quickmj.testing import FaultConfig, simulate
+from quickmj.testing import FaultConfig, RunningSimulator, SimulatorConfig, simulate
 
 DIALECTS = ("quickrouter", "midjourney-proxy", "trueai")
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 32
 
 
 @pytest.fixture(params=DIALECTS)
-async def relay(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
-    async with simulate(dialect=request.param, seed=7) as running:
-        yield running
+def quickmj_simulator_config(request: pytest.FixtureRequest) -> SimulatorConfig:
+    """The shipped ``quickmj_relay`` fixture (quickmj's pytest plugin) serves each dialect."""
+    return SimulatorConfig(dialect=request.param, seed=7)
+
+
+@pytest.fixture
+def relay(quickmj_relay: RunningSimulator) -> RunningSimulator:
+    return quickmj_relay
 
 
 async def test_imagine_upscale_download(relay: Any, tmp_path: Path) -> None:

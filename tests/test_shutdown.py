@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 from aiohttp import web
+from fakes import SIM_POLL as FAST
 
 from quickmj import (
     AsyncClient,
     BatchItem,
     Client,
     ClientClosedError,
-    PollPolicy,
     QuickMJError,
     SubmitOutcomeUnknownError,
     Task,
@@ -35,7 +35,6 @@ from quickmj import (
 from quickmj._journal import Journal, Phase
 from quickmj.testing import SimulatorConfig, simulate
 
-FAST = PollPolicy(interval=0.05, first_poll=0.02, near_done_interval=0.02, adaptive=False)
 KEY = "sk-shutdown-key"
 CHUNK = 64 * 1024
 IMAGE_CHUNKS = 160  # a 10 MiB image, streamed over ~8 s: still going when the client closes
