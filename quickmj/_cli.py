@@ -936,6 +936,7 @@ def _print_finished(out_dir: str, rows: Sequence[Any], out: _Output) -> int:
                     "seconds": 0.0,
                     "accounts": [],
                     "stopped_submitting": None,
+                    "key_refused": None,
                     "nothing_sent": True,
                 }
             }
