@@ -415,6 +415,14 @@ class _Breaker:
 
 
 class _Run:
+    """One run over a batch directory's open prompts.
+
+    Each prompt goes straight through ``_advance``: admit, submit, follow, press,
+    download. Where it ends early (refused, failed, timed out, not sent...) the row is
+    recorded and ``_End`` is raised, so no step returns "a job or an end"; ``_Stop``
+    ends the whole run the same way.
+    """
+
     def __init__(
         self,
         pool: AccountPool,
