@@ -720,11 +720,13 @@ class BalanceWatch:
         self._at_submits = 0
         self._spacing = WATCH_SECONDS  # shorter after a surprise
         self.reads: deque[float] = deque()  # when each balance GET of the window went out
+        self.latest: list[Balance] = []  # each key's last balance read
+        self._turn = 0  # the key read first next time (in turn, when not all fit)
 
     async def begin(self) -> bool:
         """The balances before the run's first submit; False: they cannot be read (no
         billing, a refused key, not in USD): the run goes on without the watch."""
-        self._spend_reads()
+        self._spend_reads(len(self.readers))
         try:
             self.start = [await read() for read in self.readers]
         except QuickMJError as exc:
@@ -734,28 +736,28 @@ class BalanceWatch:
             logger.info("the balance is not watched during this run: it is not in USD")
             return False
         self._last = self.clock()
+        self.latest = list(self.start)
         return True
 
     def _sent(self) -> int:
         return self.ledger.sent_this_run
 
-    def _room(self) -> bool:
-        """Whether one read of every key fits in the window's allowance."""
+    def _room(self) -> int:
+        """The GETs left in the window's allowance."""
         now, reads = self.clock(), self.reads
         while reads and now - reads[0] >= WATCH_WINDOW:
             reads.popleft()
-        return len(reads) + len(self.readers) <= WATCH_READS
+        return max(0, WATCH_READS - len(reads))
 
-    def _spend_reads(self) -> None:
-        now = self.clock()
-        self.reads.extend([now] * len(self.readers))
+    def _spend_reads(self, n: int) -> None:
+        self.reads.extend([self.clock()] * n)
 
     def _due(self) -> bool:
         waited = self.clock() - self._last
         if waited < WATCH_GAP:
             return False
         busy = self._sent() - self._at_submits >= WATCH_SUBMITS
-        return (waited >= self._spacing or busy) and self._room()
+        return (waited >= self._spacing or busy) and self._room() > 0
 
     async def check(self) -> None:
         """Read the balances if it is time; a prompt admitted meanwhile waits for the
@@ -767,16 +769,22 @@ class BalanceWatch:
             return
         reading = self._reading = anyio.Event()
         self._last, self._at_submits = self.clock(), self._sent()
-        self._spend_reads()
+        # Every key, or as many as the window allows, in turn (the others' last reads
+        # stand: a stale balance can only under-count what the relay charged).
+        keys = len(self.readers)
+        picks = [(self._turn + k) % keys for k in range(min(keys, self._room()))]
+        self._turn = (self._turn + len(picks)) % keys
+        self._spend_reads(len(picks))
         try:
-            now = [await read() for read in self.readers]
+            for i in picks:
+                self.latest[i] = await self.readers[i]()
         except QuickMJError as exc:
             logger.info("balance read skipped: %s", exc)
             return
         finally:
             self._reading = None
             reading.set()
-        moved = [usd_moved(a, b) for a, b in zip(self.start, now, strict=True)]
+        moved = [usd_moved(a, b) for a, b in zip(self.start, self.latest, strict=True)]
         extra = self.ledger.extra
         self.ledger.observe(sum(m for m in moved if m is not None))
         # A surprise (charged beyond the prices): read sooner while it lasts.
