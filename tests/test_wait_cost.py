@@ -76,8 +76,9 @@ async def test_a_finished_wait_cancels_its_timer(timers: list[asyncio.TimerHandl
 
 
 async def test_the_final_wins_when_it_comes_as_the_time_runs_out() -> None:
-    """The timer fires, then the final arrives before the waiter runs: the task is returned
-    (as with the cancel scope before, a final that made it in time is not a timeout)."""
+    """The timer fires, then the final arrives before the waiter runs: the task in hand is
+    returned, not a TaskTimeoutError carrying it as ``last_task`` (what the cancel scope did
+    in this one-loop-iteration race)."""
     async with make_client(FakeRelay(), IDLE) as mj:
         waiter = asyncio.ensure_future(mj.wait("a", timeout=600))
         await asyncio.sleep(0)
