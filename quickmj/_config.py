@@ -199,12 +199,13 @@ class Secret:
     ``\\n``...), mixed freely.
     """
 
-    __slots__ = ("_escaped", "_fragment", "_probe", "_shorts", "_value")
+    __slots__ = ("_either", "_escaped", "_fragment", "_probe", "_shorts", "_value")
 
     def __init__(self, value: str) -> None:
         self._value = value
         self._escaped: re.Pattern[str] | None = None
         self._probe: re.Pattern[bytes] | None = None
+        self._either: re.Pattern[bytes] | None = None
         # The key's characters JSON has a short escape for, and its longest stretch
         # without them: a spelling that uses short escapes but no \uXXXX still holds that
         # stretch as it is, which a plain search finds at memory speed.
@@ -272,6 +273,39 @@ class Secret:
             kept = at = end
         return text if not pieces else "".join(pieces) + text[kept:]
 
+    def redact_answer(self, data: bytes) -> tuple[bytes, bool]:
+        """:meth:`redact_bytes`, and whether ``data`` certainly escapes no lone surrogate
+        (then the JSON parser can skip its own look for one).
+
+        An answer with ``\\u`` escapes (TrueAI escapes ``&<>`` and every emoji) would
+        otherwise be scanned twice, once for an escaped key character and once for a lone
+        surrogate: one regex looks for both, and only a hit runs the exact checks.
+        """
+        if b"\\u" not in data:
+            return self.redact_bytes(data), True
+        if (
+            self._long_enough()
+            and self._bytes() not in data
+            and self._either_probe().search(data) is None
+            and not self._has_short_escape(data)
+        ):
+            return data, True
+        return self.redact_bytes(data), False
+
+    def _either_probe(self) -> re.Pattern[bytes]:
+        # The escape probe and a lone surrogate escape in one pattern (its literal "\u"
+        # prefix keeps the regex's fast search): a high one not followed by a low one, or
+        # a low one not right after a high one.
+        if self._either is None:
+            probe = self._escape_probe().pattern[len(rb"\\u") :]
+            self._either = re.compile(
+                rb"\\u(?:"
+                + probe
+                + rb"|[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F][0-9a-fA-F]{2})"
+                + rb"|(?<!\\u[dD][89abAB][0-9a-fA-F]{2}\\u)[dD][c-fC-F][0-9a-fA-F]{2})"
+            )
+        return self._either
+
     def _has_escape(self, data: bytes) -> bool:
         """``data`` may hold a JSON escape of one of the key's characters."""
         if self._value.isascii():
@@ -282,6 +316,9 @@ class Secret:
                 return True
         elif b"\\u" in data and self._escape_probe().search(data) is not None:
             return True
+        return self._has_short_escape(data)
+
+    def _has_short_escape(self, data: bytes) -> bool:
         # A short escape (``\/`` in every URL PHP writes) counts only next to the rest of
         # the key, so honest PHP answers do not pay for a key holding a '/'.
         return (

@@ -113,12 +113,14 @@ _DIGIT_MAP = bytes(1 if 0x30 <= i <= 0x39 else 0 for i in range(256))
 _LONG_NUMBER = b"\x01" * 20
 
 
-def loads(body: bytes) -> Any:
+def loads(body: bytes, *, plain: bool = False) -> Any:
     """Parse a JSON answer; invalid UTF-8 and lone surrogates become U+FFFD.
 
     With orjson installed (``quickmj[speed]``) it parses first, and anything it refuses
     (NaN, lone surrogates, invalid UTF-8, absurd nesting) or could read differently
     (integers beyond 64 bits) is left to json, so the result is the same either way.
+    ``plain``: the caller already knows ``body`` escapes no lone surrogate (see
+    ``Secret.redact_answer``), so the look for one is skipped.
     Raises ValueError (or RecursionError for absurd nesting) for text that is not JSON.
     """
     if _orjson_loads is not None and _LONG_NUMBER not in body.translate(_DIGIT_MAP):
@@ -127,7 +129,7 @@ def loads(body: bytes) -> Any:
         except ValueError:
             pass  # json decides (and repairs what it can)
     data = json.loads(body.decode("utf-8", "replace"))
-    if b"\\u" in body and _has_lone_surrogate(body):
+    if not plain and b"\\u" in body and _has_lone_surrogate(body):
         data = _repair(data)
     return data
 

@@ -270,7 +270,8 @@ class Http:
             logger.debug("%s %s -> %s in %.1f ms", method, path, status, elapsed)
         # A relay that echoes the key (in an error text, say) must not hand it to error
         # messages, descriptions or parsed fields: redact it before anything reads it.
-        return Answer(response.status, self._redacted(response.headers), self.key.redact_bytes(raw))
+        body, plain = self.key.redact_answer(raw)
+        return Answer(response.status, self._redacted(response.headers), body, plain)
 
     # ---- downloads ----
 

@@ -297,7 +297,7 @@ def read_answer(
     parse_error: Exception | None = None
     if answer.status != 204 and answer.body.strip():
         try:
-            data = loads(answer.body)
+            data = loads(answer.body, plain=answer.plain)
         except (ValueError, RecursionError) as exc:
             parse_error = exc
     if 200 <= answer.status < 300 and parse_error is None:

@@ -328,9 +328,14 @@ async def read_all(response: Response, limit: int, what: str) -> bytes:
 class Answer:
     """A completed exchange: status, headers and the (capped, redacted) body."""
 
-    __slots__ = ("body", "headers", "status")
+    __slots__ = ("body", "headers", "plain", "status")
 
-    def __init__(self, status: int, headers: Mapping[str, str], body: bytes) -> None:
+    def __init__(
+        self, status: int, headers: Mapping[str, str], body: bytes, plain: bool = False
+    ) -> None:
         self.status = status
         self.headers = headers
         self.body = body
+        # The body certainly escapes no lone surrogate (found while removing the key):
+        # the parser need not look again.
+        self.plain = plain

@@ -5,6 +5,7 @@ for '/'; ``\\"``, ``\\\\``, ``\\n``...), mixed freely; the body stays JSON."""
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +13,10 @@ import pytest
 from fakes import Script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
 from quickmj import BatchItem, QuickMJError, run_batch
 from quickmj._config import Secret
+from quickmj._converter import _has_lone_surrogate, loads
 
 SHORT = {'"': '\\"', "\\": "\\\\", "/": "\\/", "\b": "\\b", "\f": "\\f", "\n": "\\n",
          "\r": "\\r", "\t": "\\t"}  # fmt: skip
@@ -241,3 +244,25 @@ def test_the_cli_names_a_bad_key_in_the_environment(tmp_path: Path) -> None:
         assert 0 != done.returncode
         assert "the API key is not valid text" in err and "Traceback" not in err, err
         assert b"distinc" not in done.stderr + done.stdout
+
+
+def test_one_scan_for_key_escapes_and_lone_surrogates_misses_neither() -> None:
+    """redact_answer's single scan says "plain" only when neither exact check would fire:
+    no escaped key character (the key is then removed) and no lone surrogate escape (the
+    parser then repairs it), whatever the mix of pairs, lone halves and other escapes."""
+    secret = Secret("sk-bench-0123456789abcdef")
+    pieces = [b"\\ud83c", b"\\udfa8", b"\\uD83D", b"\\uDE00", b"\\u0026", b"\\u0073", b"\\\\", b"a"]
+    rng = random.Random(7)
+    plain_seen = 0
+    for _ in range(3000):
+        body = b"".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
+        redacted, plain = secret.redact_answer(body)
+        exact = _has_lone_surrogate(body) or secret._has_escape(body)
+        assert not (plain and exact), body
+        assert redacted == secret.redact_bytes(body)
+        plain_seen += plain
+    assert 0 < plain_seen < 3000  # both outcomes were exercised
+    # A lone surrogate in a plain-looking answer is still repaired by the parser.
+    body, plain = secret.redact_answer(b'["\\u0026\\ud83c\\udfa8", "\\ud800"]')
+    assert not plain
+    assert loads(body, plain=plain) == ["&\U0001f3a8", "\ufffd"]
