@@ -18,7 +18,6 @@ from ._version import __version__
 
 if TYPE_CHECKING:
     from ._accounts import Account, AccountPool, Reservation, read_keys
-    from ._admission import AdmissionPolicy, BudgetStats, NoUsableAccountError
     from ._batch import (
         AccountSummary,
         BatchItem,
@@ -31,6 +30,7 @@ if TYPE_CHECKING:
     )
     from ._billing import Balance
     from ._budget_redis import RedisBudgets
+    from ._budgets import AdmissionPolicy, BudgetStats
     from ._client import AsyncClient, ProgressCallback, TaskRef
     from ._config import DEFAULT_BASE_URL, AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
     from ._gallery import write_gallery
@@ -69,6 +69,7 @@ if TYPE_CHECKING:
         NoAvailableAccountError,
         NotAnImageError,
         NotFoundError,
+        NoUsableAccountError,
         QueueFullError,
         QuickMJError,
         RateLimitError,
@@ -95,7 +96,7 @@ if TYPE_CHECKING:
 # name -> the private module that defines it (errors come from the public quickmj.errors)
 _SOURCES: dict[str, str] = {
     **dict.fromkeys(("Account", "AccountPool", "Reservation", "read_keys"), "_accounts"),
-    **dict.fromkeys(("AdmissionPolicy", "BudgetStats", "NoUsableAccountError"), "_admission"),
+    **dict.fromkeys(("AdmissionPolicy", "BudgetStats"), "_budgets"),
     **dict.fromkeys(
         (
             "AccountSummary",
@@ -154,6 +155,7 @@ _ERRORS = (
     "MalformedResponseError",
     "ModelUnavailableError",
     "NoAvailableAccountError",
+    "NoUsableAccountError",
     "NotAnImageError",
     "NotFoundError",
     "QueueFullError",

@@ -26,13 +26,12 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 import attrs
 
-from ._admission import (
-    Admission,
+from ._admission import Admission, SendPhase
+from ._budgets import (
     AdmissionSetting,
     Budget,
     Lease,
     LocalBudgets,
-    SendPhase,
     budget_factory,
     describe_budgets,
     fingerprint,

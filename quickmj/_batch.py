@@ -35,8 +35,8 @@ import anyio
 import attrs
 
 from ._accounts import AccountPool, Reservation
-from ._admission import BudgetStats, NoUsableAccountError, account_unusable
 from ._billing import NO_BILLING_DIALECTS, Balance
+from ._budgets import BudgetStats, account_unusable
 from ._client import AsyncClient
 from ._converter import structure_task
 from ._files import STEM_BYTES, cap_utf8, safe_stem, storage_error
@@ -44,7 +44,7 @@ from ._jobs import AsyncJob, Submission
 from ._journal import Journal, JournalRow, Phase, read_snapshot
 from ._models import Task
 from ._outdir import IMAGES, JOURNAL_NAME, STAGING, BatchDir
-from ._protocol import outcome_unknown, relay_words
+from ._protocol import outage_error, outcome_unknown, relay_words
 from ._spend import (
     SPEND_NAME,
     BalanceWatch,
@@ -69,12 +69,11 @@ from .errors import (
     InvalidInputError,
     JournalError,
     MalformedResponseError,
+    NoUsableAccountError,
     QueueFullError,
     QuickMJError,
     RateLimitError,
     RelayUnreachableError,
-    RequestTimeoutError,
-    ServerError,
     StorageError,
     SubmitOutcomeUnknownError,
     SubmitRejectedError,
@@ -572,7 +571,9 @@ class _Run:
     def _unexpected(self, row: JournalRow, exc: Exception) -> None:
         current = self.journal.row(row.index)
         reason = f"{type(exc).__name__}: {exc}"
-        if current.task_id is None and current.phase is Phase.SUBMITTING:
+        if _press_on_wire(current) or (
+            current.task_id is None and current.phase is Phase.SUBMITTING
+        ):
             self._set(row, Phase.UNKNOWN, reason=reason)
         elif current.task_id is None:
             self._set(row, Phase.FAILED, reason=reason)
@@ -587,6 +588,12 @@ class _Run:
             # Killed between sending and recording: the job may exist. Do not pay twice.
             raise self._ended(
                 row, Phase.UNKNOWN, reason="the run stopped while this prompt was being submitted"
+            )
+        if _press_on_wire(row):
+            # Killed with a press sent and its id not recorded: that job may be paid. Settled
+            # first: a grid wait that fails or a cap must not end the row "incomplete".
+            raise self._ended(
+                row, Phase.UNKNOWN, reason=f"the run stopped while pressing {row.pressing}"
             )
         await self._admit(row)
         if row.task_id is None:
@@ -1046,8 +1053,7 @@ class _Run:
         if outcome_unknown(exc) or isinstance(exc, SubmitOutcomeUnknownError):
             # Gateway errors and silence count towards an outage; a cut connection from
             # a flaky relay that otherwise answers does not.
-            cause = exc.__cause__ if isinstance(exc, SubmitOutcomeUnknownError) else exc
-            outage = isinstance(cause, (ServerError, RequestTimeoutError))
+            outage = outage_error(exc)
             stop = self.breaker.failed() if outage else False
             ended = self._ended(row, Phase.UNKNOWN, reason=str(exc))
             if stop:
@@ -1095,6 +1101,13 @@ class _Run:
             raise self._ended(row, Phase.TIMED_OUT, status=last, reason=reason) from None
         except ClientClosedError as exc:
             raise _Stop(exc) from None
+        except RelayUnreachableError as exc:
+            # Every read failed for PollPolicy.unreachable_after (all slots may be held by
+            # running jobs, so no submit trips the breaker): the job is paid and may still
+            # run; its id stays on the row, and the run stops like an outage of submits.
+            self._set(row, Phase.TIMED_OUT, reason="relay unreachable: a resume waits again")
+            cause = exc.__cause__
+            raise _Stop(self._outage(cause if isinstance(cause, QuickMJError) else exc)) from None
         except AuthenticationError as exc:
             # The key was revoked, expired or ran out while the job ran: the job is paid
             # and may finish; keep its id for a resume with a valid key.
@@ -1111,6 +1124,11 @@ class _Run:
 #: Seconds to wait before each balance read after a submit whose price is learned (a
 #: relay may apply a charge a moment later: new-api can batch its quota updates).
 LEARN_DELAYS = (0.0, 1.0, 4.0)
+
+
+def _press_on_wire(row: JournalRow) -> bool:
+    """The row's press was sent (or about to be) and its job's id was never recorded."""
+    return row.pressing is not None and row.pressing not in row.upscales
 
 
 def _action(pressing: str | None) -> str:

@@ -3,7 +3,7 @@
 Several workers (processes, hosts) submitting on the same keys each see only their own
 jobs; learning each account's limit apart, they overshoot it together (see
 docs/throughput.md). Here an account's budget lives in Redis: the learned limit (the
-same AIMD state as :class:`~quickmj._admission.LocalBudget`, updated by Lua scripts so
+same AIMD state as :class:`~quickmj._budgets.LocalBudget`, updated by Lua scripts so
 every change is atomic) and one *lease* per slot in a sorted set, scored by its expiry.
 A worker renews its leases while it holds them; a worker that dies stops renewing, and
 its slots come back when the leases expire (``lease_ttl``). Time is Redis's own
@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 
 import anyio
 
-from ._admission import AdmissionPolicy, Budget, Lease, _capacity
+from ._budgets import AdmissionPolicy, Budget, Lease, _capacity
 from .errors import ConfigurationError, ConnectError
 
 __all__ = ("RedisBudget", "RedisBudgets")

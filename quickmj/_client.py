@@ -21,17 +21,9 @@ from typing import TYPE_CHECKING, Any
 import anyio
 
 from . import _requests as build
-from ._admission import (
-    Admission,
-    AdmissionSetting,
-    BudgetFactory,
-    Lease,
-    SendPhase,
-    budget_factory,
-    fingerprint,
-    submit_with,
-)
+from ._admission import Admission, SendPhase, submit_with
 from ._billing import Balance, read_balance
+from ._budgets import AdmissionSetting, BudgetFactory, Lease, budget_factory, fingerprint
 from ._config import (
     AuthScheme,
     Dialect,

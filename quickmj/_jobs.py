@@ -60,7 +60,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
-    from ._admission import Lease, SendPhase
+    from ._admission import SendPhase
+    from ._budgets import Lease
     from ._images import ImageInput
 
 __all__ = (

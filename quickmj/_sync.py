@@ -33,8 +33,9 @@ from contextlib import AbstractAsyncContextManager, AbstractContextManager
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Concatenate, Generic, ParamSpec, TypeVar
 
-from ._admission import Admission, AdmissionSetting
+from ._admission import Admission
 from ._blocking import SharedLoop
+from ._budgets import AdmissionSetting
 from ._client import AsyncClient
 from ._config import AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
 from ._jobs import AsyncJob, Submission

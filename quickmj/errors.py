@@ -33,10 +33,11 @@ all; the branches let callers react at the right level::
     │   ├── NotAnImageError                      a 200 answer that is no image (HTML, empty)
     │   └── UnsafeURLError (ValueError)          a URL the SDK refuses to follow
     ├── StorageError (OSError)               the disk is full or read-only
+    ├── NoUsableAccountError                 every account of a pool is out of rotation
     ├── BatchError                           the batch job cannot go on
     │   ├── BatchLockedError                     another run owns the output directory
     │   ├── JournalError                         the journal is missing or damaged
-    │   └── RelayUnreachableError                an outage: the run stopped early
+    │   └── RelayUnreachableError                an outage: a run stopped early, waits gave up
     └── TaskError                            about one task
         ├── TaskFailedError                      the task ended in FAILURE (.task, .fail_reason)
         ├── TaskNeedsModalError                  the task waits in MODAL for ``modal()``
@@ -76,6 +77,7 @@ __all__ = (
     "MalformedResponseError",
     "ModelUnavailableError",
     "NoAvailableAccountError",
+    "NoUsableAccountError",
     "NotAnImageError",
     "NotFoundError",
     "QueueFullError",
@@ -546,6 +548,11 @@ class StorageError(QuickMJError, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+class NoUsableAccountError(QuickMJError):
+    """Every account of a pool was taken out of rotation (401/403 or no quota): nothing
+    more can be submitted. Nothing was sent for the submit that raised it."""
+
+
 class BatchError(QuickMJError):
     """The batch job cannot start or go on (the run stops; finished work is kept)."""
 
@@ -565,14 +572,22 @@ class JournalError(BatchError):
 
 
 class RelayUnreachableError(BatchError):
-    """The relay stayed unreachable (connect failures or only 5xx): the run stopped early.
+    """The relay stayed unreachable (connect failures, or only 5xx and timeouts): a batch
+    run stopped early, or waits gave up (``PollPolicy.unreachable_after``).
 
     ``not_submitted`` prompts were never sent (nothing was created): a ``--resume``
     submits them once the relay (or ``QUICKMJ_BASE_URL``) is fixed.
+
+    From a wait, ``task_ids`` are the jobs the poller was following: paid, and possibly
+    still running on the relay. Nothing about them is lost: wait on them again (or resume
+    the batch) once the relay answers.
     """
 
-    def __init__(self, message: str, *, not_submitted: int) -> None:
+    def __init__(
+        self, message: str, *, not_submitted: int = 0, task_ids: Sequence[str] = ()
+    ) -> None:
         self.not_submitted = not_submitted
+        self.task_ids: tuple[str, ...] = tuple(task_ids)
         super().__init__(message)
 
 

@@ -23,7 +23,7 @@ from quickmj import (
     read_keys,
     run_batch,
 )
-from quickmj._admission import fingerprint
+from quickmj._budgets import fingerprint
 from quickmj._journal import Journal
 from quickmj.testing import SimulatorConfig, simulate
 

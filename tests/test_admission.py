@@ -12,7 +12,8 @@ from fakes import SIM_POLL as FAST
 from fakes import sim_client as client
 
 from quickmj import AdmissionPolicy, AsyncClient, QueueFullError, SubmitOutcomeUnknownError
-from quickmj._admission import Admission, LocalBudget, fingerprint, grow, hold_floor, shrink
+from quickmj._admission import Admission
+from quickmj._budgets import LocalBudget, fingerprint, grow, hold_floor, shrink
 from quickmj.testing import MockTransport, Request, Response, SimulatorConfig, simulate
 
 POLICY = AdmissionPolicy()

@@ -39,7 +39,7 @@ from quickmj import (
     Timeouts,
     run_batch,
 )
-from quickmj._admission import Lease, LocalBudget
+from quickmj._budgets import Lease, LocalBudget
 from quickmj._config import RETRY_AFTER_CAP, RETRY_AFTER_FLOOR, clamp_retry_after
 from quickmj._progress import PlainReporter
 from quickmj._protocol import parse_retry_after

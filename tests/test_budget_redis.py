@@ -25,7 +25,7 @@ from quickmj import (
     ConnectError,
     run_batch,
 )
-from quickmj._admission import Lease
+from quickmj._budgets import Lease
 from quickmj.testing import SimulatorConfig, simulate
 
 redis = pytest.importorskip("redis", reason="the redis extra is not installed (quickmj[redis])")

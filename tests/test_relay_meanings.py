@@ -35,7 +35,7 @@ from quickmj import (
     ValidationError,
     run_batch,
 )
-from quickmj._admission import account_unusable
+from quickmj._budgets import account_unusable
 from quickmj._protocol import (
     CONFIRMS_MODAL,
     ROUTES,
