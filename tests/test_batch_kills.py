@@ -237,3 +237,30 @@ async def test_cli_resume_killed_while_it_only_waits_resumes_again(tmp_path: Pat
     assert 0 == last.returncode, stderr.decode()
     assert "2/2 succeeded" in stdout.decode()
     assert ["a cat", "a dog"] == sorted(imagined(relay))
+
+
+@pytest.mark.parametrize("ends", ["grid-unreadable", "over-budget"])
+async def test_a_press_cut_by_a_kill_ends_unknown_whatever_else_ends_the_row(
+    tmp_path: Path, ends: str
+) -> None:
+    """The kill soak's finding: a run killed with a U1 press on the wire left the row
+    'pressing U1'; its resume looked at that only after following the grid and admitting
+    the press, so a grid wait that failed (or a cap that no longer fits) ended the row
+    'incomplete', "U1 not sent", with the press's tag and without its job, which may be
+    paid: never listed for reconcile. It ends 'unknown' first, before anything else."""
+    journal = Journal(tmp_path / JOURNAL, create=True)
+    journal.load_prompts([("a cat", {})])
+    async with simulate(SimulatorConfig(seed=1)) as relay, client(relay) as mj:
+        grid = "999999" if ends == "grid-unreadable" else relay.simulator.submit_imagine("a cat")
+        journal.set_task(0, grid)
+        journal.mark_submitting(0, "qmj:old:0:U1", pressing="U1")  # then kill -9
+        journal.close()
+        cap = {"max_spend": 0.01, "prices": {"upscale": 0.05}} if ends == "over-budget" else {}
+        summary = await run_batch(
+            mj, [BatchItem("a cat")], tmp_path, resume=True, upscale=["U1"], **cap
+        )
+        presses = relay.simulator.counters["POST /submit/action"]
+    with Journal(tmp_path / JOURNAL, create=False) as journal:
+        row = journal.row(0)
+    assert (Phase.UNKNOWN, "qmj:old:0:U1", "U1") == (row.phase, row.tag, row.pressing)
+    assert (1, 0) == (summary.unknown, presses)
