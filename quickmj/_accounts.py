@@ -204,10 +204,7 @@ class Reservation:
         if self.used:
             raise UsageError("a reserved slot sends one submit")
         self.used = True
-        submission._use_slot(self.lease)
-        job = await submission
-        self.pool._owners[job.id] = self.client
-        return job
+        return await self.pool._send_with(self.lease, self.client, submission)
 
 
 class AccountPool:
@@ -253,9 +250,20 @@ class AccountPool:
             )
             client._set_admission(factory, rotates=True)
             clients.append(client)
-        self._init(clients, owned=True)
+        self._setup(clients, owned=True, lent=None)
 
-    def _init(self, clients: list[AsyncClient], *, owned: bool) -> None:
+    @classmethod
+    def _of(
+        cls, clients: list[AsyncClient], *, owned: bool, lent: AsyncClient | None
+    ) -> AccountPool:
+        """Internal alternate constructor: a pool of clients made already (:meth:`wrap`);
+        ``__init__`` makes its clients from keys. Both set the pool up with :meth:`_setup`."""
+        pool = cls.__new__(cls)
+        pool._setup(clients, owned=owned, lent=lent)
+        return pool
+
+    def _setup(self, clients: list[AsyncClient], *, owned: bool, lent: AsyncClient | None) -> None:
+        """Every field of a pool, from its clients (each with admission on)."""
         self._clients = {c.account: c for c in clients}
         if len(self._clients) != len(clients):
             raise ConfigurationError("the same key (and mode) appears twice in the pool")
@@ -263,7 +271,7 @@ class AccountPool:
         self._by_budget = {_budget_of(c): c for c in clients}
         self._gate = Admission(list(self._by_budget))
         self._owners: dict[str, AsyncClient] = {}
-        self._lent: AsyncClient | None = None  # a wrapped client whose admission we lent
+        self._lent = lent  # a wrapped client whose admission we lent (restore() ends it)
 
     @classmethod
     def wrap(cls, client: AsyncClient) -> AccountPool:
@@ -273,14 +281,11 @@ class AccountPool:
         off again by :meth:`restore`). With one account there is no rotation: a key that
         answers 401/403 or "no quota" keeps answering each submit, as without a pool.
         """
-        pool = cls.__new__(cls)
-        had = client.admission
-        if had is None:
+        lent = None
+        if client.admission is None:
             client._set_admission(LocalBudgets(), rotates=False)
-        pool._init([client], owned=False)
-        if had is None:
-            pool._lent = client
-        return pool
+            lent = client
+        return cls._of([client], owned=False, lent=lent)
 
     def __repr__(self) -> str:
         return f"<AccountPool {', '.join(self._clients)}>"
@@ -404,17 +409,23 @@ class AccountPool:
             if not slot.used:
                 lease.budget.release(lease)
 
+    async def _send_with(
+        self, lease: Lease, client: AsyncClient, submission: Submission
+    ) -> AsyncJob:
+        """Internal (``Reservation.send``, :meth:`_route`): send ``submission``, made by
+        ``client``, with ``lease`` of its budget, and remember ``client`` owns the job."""
+        submission._use_slot(lease)
+        job = await submission
+        self._owners[job.id] = client
+        return job
+
     def _route(self, what: str, make: Callable[[AsyncClient], Submission]) -> Submission:
         phase = SendPhase()
 
         async def send() -> AsyncJob:
             async def attempt(lease: Lease) -> AsyncJob:
                 client = self._by_budget[lease.budget]
-                submission = make(client)
-                submission._use_slot(lease)
-                job = await submission
-                self._owners[job.id] = client
-                return job
+                return await self._send_with(lease, client, make(client))
 
             return await self._gate.run(attempt, phase)
 

@@ -233,12 +233,14 @@ class AsyncClient:
             self._set_admission(factory, rotates=False)
 
     def _drop_admission(self) -> Admission | None:
-        """Take the admission gate away (AccountPool.restore), for the caller to close."""
+        """Internal API (``AccountPool.restore``): take the admission gate away, for the
+        caller to close; submits go out without waiting for slots again."""
         gate, self._core.gate = self._core.gate, None
         return gate
 
     def _set_admission(self, factory: BudgetFactory, *, rotates: bool) -> Admission:
-        """Submits wait for slots of a budget made by ``factory`` (AccountPool, run_batch)."""
+        """Internal API (``AccountPool``, ``AccountPool.wrap`` for ``run_batch``): submits
+        wait for slots of a budget made by ``factory`` for this client's key and mode."""
         budget = factory.budget(
             account=self._fingerprint,
             base_url=self.base_url,

@@ -361,7 +361,8 @@ class Submission(Coroutine[Any, Any, "AsyncJob"]):
             task.cancel()
 
     def _use_slot(self, lease: Lease) -> None:
-        """Send with this slot, reserved beforehand (``AccountPool.reserve``), once."""
+        """Internal API (``AccountPool``): send with this slot, reserved beforehand
+        (``AccountPool.reserve``), once; only before the submission is awaited."""
         if self._phase is None or self._task is not None or self._phase.lease is not None:
             raise UsageError(f"{self.what}: a reserved slot fits only an unsent submission")
         self._phase.lease = lease

@@ -206,28 +206,35 @@ class Client(_Facade[AsyncClient]):
         admission: AdmissionSetting = None,
     ) -> None:
         # Built here so configuration errors surface at once; it opens nothing yet.
-        self._async = AsyncClient(
-            api_key,
-            base_url=base_url,
-            mode=mode,
-            dialect=dialect,
-            auth_scheme=auth_scheme,
-            timeouts=timeouts,
-            retry=retry,
-            poll=poll,
-            max_connections=max_connections,
-            list_chunk_size=list_chunk_size,
-            transport=transport,
-            proxy=proxy,
-            trust_env=trust_env,
-            ssl=ssl,
-            headers=headers,
-            user_agent=user_agent,
-            session=session,
-            connector=connector,
-            trace_configs=trace_configs,
-            admission=admission,
+        self._attach(
+            AsyncClient(
+                api_key,
+                base_url=base_url,
+                mode=mode,
+                dialect=dialect,
+                auth_scheme=auth_scheme,
+                timeouts=timeouts,
+                retry=retry,
+                poll=poll,
+                max_connections=max_connections,
+                list_chunk_size=list_chunk_size,
+                transport=transport,
+                proxy=proxy,
+                trust_env=trust_env,
+                ssl=ssl,
+                headers=headers,
+                user_agent=user_agent,
+                session=session,
+                connector=connector,
+                trace_configs=trace_configs,
+                admission=admission,
+            )
         )
+
+    def _attach(self, client: AsyncClient) -> None:
+        """Every field of a Client around ``client``, unopened (``__init__``, and
+        ``_ClientView``, whose lifecycle is its original's)."""
+        self._async = client
         self._lock = threading.Lock()
         self._state = _State.UNOPENED
         self._shared: SharedLoop | None = None
@@ -561,9 +568,10 @@ class _ClientView(Client):
     """``Client.with_options()``: its own AsyncClient view, everything run by the original."""
 
     def __init__(self, root: Client, view: AsyncClient) -> None:
-        # Not Client.__init__: the view owns no loop, thread or state of its own.
+        # Client.__init__ would build an AsyncClient from settings: the view has one.
+        # Its own lifecycle fields stay unopened: every lifecycle call goes to ``root``.
+        self._attach(view)
         self._root = root
-        self._async = view
 
     def __repr__(self) -> str:
         return repr(self._root)
