@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from fakes import sim_client as client
 
-from quickmj import BatchItem, JournalError, UsageError, run_batch
+from quickmj import AsyncClient, BatchItem, JournalError, UsageError, run_batch
 from quickmj._journal import Journal, JournalRow, Phase
 from quickmj.testing import FaultConfig, SimulatorConfig, simulate
 
@@ -264,3 +264,22 @@ async def test_a_press_cut_by_a_kill_ends_unknown_whatever_else_ends_the_row(
         row = journal.row(0)
     assert (Phase.UNKNOWN, "qmj:old:0:U1", "U1") == (row.phase, row.tag, row.pressing)
     assert (1, 0) == (summary.unknown, presses)
+
+
+async def test_an_unexpected_error_during_a_press_leaves_the_row_unknown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An unexpected error (a bug) while a press is on the wire ended the row 'incomplete'
+    with the press's tag and no job; the press may have reached the relay, so 'unknown'
+    (the next resume said so anyway; now the run that saw it does too)."""
+
+    def broken(self: AsyncClient, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("a bug after sending")
+
+    monkeypatch.setattr(AsyncClient, "action", broken)
+    async with simulate(SimulatorConfig(seed=1)) as relay, client(relay) as mj:
+        summary = await run_batch(mj, [BatchItem("a cat")], tmp_path, upscale=["U1"])
+    with Journal(tmp_path / JOURNAL, create=False) as journal:
+        row = journal.row(0)
+    assert (Phase.UNKNOWN, "U1", {}) == (row.phase, row.pressing, row.upscales)
+    assert row.tag and row.tag.endswith(":0:U1") and 1 == summary.unknown
