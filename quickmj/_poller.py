@@ -63,6 +63,7 @@ from ._protocol import (
     check_task_id,
     how_far,
     not_started,
+    outage_error,
     progress_of,
     route_of,
 )
@@ -76,6 +77,7 @@ from .errors import (
     MalformedResponseError,
     QuickMJError,
     RateLimitError,
+    RelayUnreachableError,
     TaskNotFoundError,
     TaskStalledError,
     UnsupportedByRelayError,
@@ -88,6 +90,8 @@ logger = logging.getLogger("quickmj")
 # MODAL after a queued read is news (see _moves_back): new-api hides a remix's code 21.
 _BEFORE_MODAL = QUEUED_STATUSES | {"MODAL"}
 _TASK_ROUTES = frozenset({"POST /task/list-by-condition", "GET /task/{id}/fetch"})
+#: Failed reads in a row (besides ``unreachable_after``) before waits end on an outage.
+_UNREACHABLE_READS = 3
 
 
 @attrs.frozen
@@ -129,6 +133,15 @@ class PollPolicy:
     them: a gateway that answers a few challenge pages (a WAF's 403) or 404s while a relay
     restarts does not end every wait. With the defaults waits end about 14 s after the first
     such answer (the backoff between failed reads is 2, 4, 8 s)."""
+    unreachable_after: float | None = 300.0
+    """When every read for this long (and at least 3 reads in a row, a round's parallel
+    chunks counting once) found the relay out of reach (a refused connect, a name that no
+    longer resolves, only 5xx or timeouts: ``_protocol.outage_error``, the batch breaker's
+    rule), every waiter of the client fails with RelayUnreachableError; the jobs may still
+    run and keep their ids. Any answer of the relay's own starts again. 5 min outlasts a
+    relay's restart or a gateway's short 5xx spell (reads back off up to
+    ``max_error_backoff`` meanwhile), yet ends a wait on a relay that is gone long before
+    its timeout (1 h by default). None: never."""
     stall_after: float | None = 600.0
     """A task whose reports have not changed for this long while it runs (IN_PROGRESS) fails
     its waiters with TaskStalledError (the relay lost it). midjourney-proxy and TrueAI fail
@@ -149,7 +162,7 @@ class PollPolicy:
         sizes = (self.batch_size, self.max_concurrent_batches, self.miss_limit)
         if min(*sizes, self.dead_end_after) < 1:
             raise ConfigurationError("PollPolicy sizes must be at least 1")
-        for name in ("stall_after", "stall_after_queued"):
+        for name in ("stall_after", "stall_after_queued", "unreachable_after"):
             value = getattr(self, name)
             if value is not None and not value > 0:  # also refuses NaN
                 raise ConfigurationError(f"PollPolicy.{name} must be positive or None")
@@ -351,6 +364,10 @@ class Poller:
         self._dead_count = 0
         self._dead_since = 0.0  # when the first answer of the current streak came
         self._dead_barrier = 0  # requests up to this number were sent before the last one
+        # Reads that found the relay out of reach (see PollPolicy.unreachable_after).
+        self._down_since: float | None = None  # when the first of the current streak failed
+        self._down_reads = 0
+        self._down_barrier = 0
         self.rhythm: Rhythm = Rhythm(policy)
         #: How long this account's jobs run (see ``hurry``).
         self.lengths: JobLengths = JobLengths()
@@ -637,6 +654,7 @@ class Poller:
     def _answered(self) -> None:
         """A read succeeded: the key works and the routes are served."""
         self._dead_kind, self._dead_count = None, 0
+        self._down_since, self._down_reads = None, 0
 
     def _dead_end(self, exc: Exception, seq: int) -> bool:
         """Count an answer that says no wait can succeed; True once every waiter failed.
@@ -670,11 +688,38 @@ class Poller:
             self._finish(task_id, Final(error=error))
         return True
 
+    def _unreachable(self, exc: QuickMJError, seq: int) -> bool:
+        """Count a read that found the relay out of reach; True once every waiter failed
+        (``PollPolicy.unreachable_after``). Any other error is an answer of the relay's
+        own and starts again; a request sent before the last counted failure arrived is
+        part of the same burst and does not count again. Waits begun after the others
+        ended get a whole window of their own."""
+        after = self.policy.unreachable_after
+        if not outage_error(exc):
+            self._down_since, self._down_reads = None, 0
+            return False
+        if after is None or seq <= self._down_barrier:
+            return False
+        self._down_barrier = self._sent
+        now = self._clock()
+        if self._down_since is None:
+            self._down_since = now
+        self._down_reads += 1
+        down_for = now - self._down_since
+        if self._down_reads < _UNREACHABLE_READS or down_for < after or not self._entries:
+            return False
+        error = _unreachable_error(tuple(self._entries), down_for, self._down_reads, exc)
+        self._down_since, self._down_reads = None, 0
+        logger.warning("quickmj: %s", error)
+        for task_id in list(self._entries):
+            self._finish(task_id, Final(error=error))
+        return True
+
     def _chunk_failed(self, ids: list[str], exc: Exception, seq: int) -> None:
         now = self._clock()
         if not isinstance(exc, QuickMJError):
             logger.error("quickmj: a poll request failed unexpectedly: %r", exc)
-        elif self._dead_end(exc, seq):
+        elif self._dead_end(exc, seq) or self._unreachable(exc, seq):
             return
         retry_after = exc.retry_after if isinstance(exc, RateLimitError) else None
         if retry_after is not None:
@@ -911,6 +956,24 @@ def _dead_error(exc: Exception) -> QuickMJError:
         "wait can end: check base_url; it must be the relay's root address, where it "
         "serves /mj/task/..."
     )
+
+
+def _unreachable_error(
+    ids: tuple[str, ...], down_for: float, reads: int, last: QuickMJError
+) -> RelayUnreachableError:
+    """What the waiters get when no read reached the relay for ``unreachable_after``."""
+    head = ", ".join(ids[:10]) + (f", ... ({len(ids)} in all)" if len(ids) > 10 else "")
+    jobs = "job may still be running; its id is"
+    if len(ids) > 1:
+        jobs = "jobs may still be running; their ids are"
+    error = RelayUnreachableError(
+        f"relay unreachable: every read failed for {down_for:.0f} s ({reads} in a row; "
+        f"last: {type(last).__name__}: {last}); the {jobs} kept ({head}): wait again "
+        "once the relay answers",
+        task_ids=ids,
+    )
+    error.__cause__ = last
+    return error
 
 
 def _leaf(exc: BaseException) -> BaseException:

@@ -46,7 +46,9 @@ from .errors import (
     QuickMJError,
     RateLimitError,
     RelatedTaskNotFoundError,
+    RequestTimeoutError,
     ServerError,
+    SubmitOutcomeUnknownError,
     SubmitRejectedError,
     TransportError,
     UnsupportedByRelayError,
@@ -683,6 +685,20 @@ def outcome_unknown(exc: QuickMJError) -> bool:
         text = exc.description.lower()
         return exc.code == 5 or any(m in text for m in _UPSTREAM_FAILED_MARKERS)
     return False
+
+
+def outage_error(exc: BaseException) -> bool:
+    """Does ``exc`` say the relay is out of reach: nothing reached it (a refused connect,
+    a name that no longer resolves), or only a gateway's 5xx or silence came back?
+
+    The one rule behind both outage stops: the batch's breaker counts such submits, the
+    poller such reads (``PollPolicy.unreachable_after``). A connection cut by a relay that
+    otherwise answers does not count, nor does any answer of the relay's own (4xx, 429, a
+    rejection). A SubmitOutcomeUnknownError counts by what caused it.
+    """
+    if isinstance(exc, SubmitOutcomeUnknownError):
+        return isinstance(exc.__cause__, (ConnectError, ServerError, RequestTimeoutError))
+    return isinstance(exc, (ConnectError, ServerError, RequestTimeoutError))
 
 
 def retry_read(exc: QuickMJError) -> bool:

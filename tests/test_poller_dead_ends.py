@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,10 +22,15 @@ from quickmj import (
     AuthenticationError,
     BatchItem,
     ConfigurationError,
+    ConnectError,
     HTTPStatusError,
+    MalformedResponseError,
     PollPolicy,
     RateLimitError,
+    RelayUnreachableError,
+    RequestTimeoutError,
     RetryPolicy,
+    ServerError,
     Task,
     TaskNeedsModalError,
     TaskStalledError,
@@ -33,7 +39,8 @@ from quickmj import (
     UnsupportedByRelayError,
     run_batch,
 )
-from quickmj._cli import _account_line
+from quickmj._cli import EXIT_OUTAGE, _account_line, _exit_code
+from quickmj._jobs import wait
 from quickmj._poller import Poller
 from quickmj.testing import MockTransport, Request, Response, simulate
 
@@ -516,3 +523,132 @@ async def test_a_batch_records_a_stalled_job_as_timed_out(tmp_path: Path) -> Non
     assert 1 == summary.timed_out and 1 == summary.resumable
     (row,) = (tmp_path / "out" / "manifest.jsonl").read_text(encoding="utf-8").splitlines()
     assert '"status": "timed_out"' in row and "stalled: unchanged for" in row
+
+
+# ---- a relay out of reach (PollPolicy.unreachable_after) ----
+
+LIST = "/mj/task/list-by-condition"
+
+
+def _outage(kind: str) -> Exception:
+    """A read that found the relay out of reach, as the transport reports it."""
+    if kind == "refused":
+        return ConnectError("connection refused", method="POST", path=LIST)
+    if kind == "502":
+        return ServerError("HTTP 502: Bad Gateway", status=502, path=LIST)
+    return RequestTimeoutError("no answer in 30 s", method="POST", path=LIST)
+
+
+class _Reads:
+    """The relay side of a Poller on a clock that jumps: each read takes ``step`` more
+    seconds (the loop's short sleeps between reads pass in real time) and raises the next
+    scripted error (None: it answers, every task finished)."""
+
+    def __init__(self, errors: list[Exception | None], step: float) -> None:
+        self.errors = errors
+        self.step = step
+        self.reads = 0
+
+    def clock(self) -> float:
+        return time.monotonic() + self.reads * self.step
+
+    async def read_many(self, ids: list[str]) -> dict[str, Any]:
+        self.reads += 1
+        error = self.errors.pop(0) if self.errors else None
+        if error is not None:
+            raise error
+        url = f"{BASE}/img/x.png"
+        return {i: {"id": i, "status": "SUCCESS", "progress": "100%", "imageUrl": url} for i in ids}
+
+    async def fetch(self, task_id: str) -> Task:  # pragma: no cover - never missing
+        raise AssertionError(task_id)
+
+
+def _window(after: float | None = 60.0) -> PollPolicy:
+    # Backoffs are on the fake clock: the real sleeps between reads stay tiny.
+    return policy(first_poll=0.0, max_error_backoff=0.02, unreachable_after=after)
+
+
+async def _waits(reads: _Reads, poll: PollPolicy, ids: tuple[str, ...]) -> list[Any]:
+    poller = Poller(reads, poll, clock=reads.clock)  # type: ignore[arg-type]
+    try:
+        waits = [wait(poller, i, timeout=None) for i in ids]
+        return await asyncio.wait_for(asyncio.gather(*waits, return_exceptions=True), 20)
+    finally:
+        await poller.aclose()
+
+
+@pytest.mark.parametrize("kind", ["refused", "502", "timeout"])
+async def test_reads_failing_for_the_whole_window_end_every_wait(kind: str) -> None:
+    """Every read finds the relay out of reach (15 s each on the fake clock): at the
+    first failed read 60 s after the first, every wait ends with RelayUnreachableError,
+    which names the ids (the jobs may still run) and chains the last read's error."""
+    reads = _Reads([_outage(kind)] * 100, step=15.0)
+    results = await _waits(reads, _window(60.0), ("1001", "1002"))
+    assert 5 == reads.reads  # failed at 15 (the first), 30, 45, 60 and 75 s
+    error = results[0]
+    assert isinstance(error, RelayUnreachableError) and results[1] is error
+    assert ("1001", "1002") == error.task_ids and 0 == error.not_submitted
+    assert type(error.__cause__) is type(_outage(kind))
+    assert "every read failed for 60 s" in str(error) and "may still be running" in str(error)
+    assert "1001, 1002" in str(error) and EXIT_OUTAGE == _exit_code(error)
+
+
+@pytest.mark.parametrize(
+    ("failures", "step"),
+    [(4, 15.0), (2, 100.0)],
+    ids=["a 45 s blip of four reads", "two reads 100 s apart"],
+)
+async def test_an_outage_shorter_than_the_window_or_too_few_reads_ends_nothing(
+    failures: int, step: float
+) -> None:
+    """Both gates hold: four failed reads within 45 s (a relay restarting), and two
+    failed reads however far apart; then the relay answers and the wait succeeds."""
+    reads = _Reads([_outage("refused")] * failures, step=step)
+    (task,) = await _waits(reads, _window(60.0), ("1001",))
+    assert isinstance(task, Task) and task.is_success
+    assert failures + 1 == reads.reads
+
+
+async def test_an_answer_of_the_relay_own_starts_the_window_again() -> None:
+    """A garbled answer (the relay was reached) between failed reads starts the window
+    again: 30 s steps, failing at 30, 60 | 90 (answered) | 120, 150 never add up to 60 s
+    of failures in a row; without the restart the read at 120 s would end the wait."""
+    garbled = MalformedResponseError("an HTML page", status=200, path=LIST)
+    errors: list[Exception | None] = [_outage("refused")] * 2 + [garbled]
+    reads = _Reads(errors + [_outage("502")] * 2, step=30.0)
+    (task,) = await _waits(reads, _window(60.0), ("1001",))
+    assert isinstance(task, Task) and task.is_success and 6 == reads.reads
+
+
+async def test_unreachable_after_none_keeps_polling_through_an_outage() -> None:
+    """``unreachable_after=None``: ten failed reads over 150 s end nothing."""
+    reads = _Reads([_outage("refused")] * 10, step=15.0)
+    (task,) = await _waits(reads, _window(None), ("1001",))
+    assert isinstance(task, Task) and task.is_success and 11 == reads.reads
+    with pytest.raises(ConfigurationError, match="unreachable_after"):
+        PollPolicy(unreachable_after=0)
+
+
+async def test_a_job_whose_relay_went_down_keeps_its_id() -> None:
+    """Through the client: the relay answers the submit, then refuses every connection.
+    ``job.wait()`` ends with RelayUnreachableError instead of polling until its timeout;
+    the handle keeps the id, and a wait once the relay is back gets the job's result."""
+    down = False
+
+    def reads(request: Request) -> Response | None:
+        if down:
+            raise ConnectError("connection refused", method=request.method, path=request.path)
+        return None
+
+    relay = Relay(reads)
+    poll = policy(unreachable_after=0.05)
+    async with relay.client(poll, retry=RetryPolicy(backoff=0, max_backoff=0)) as mj:
+        job = await mj.imagine("a fox")
+        down = True
+        with pytest.raises(RelayUnreachableError) as info:
+            await job.wait(timeout=20)
+        assert (job.id,) == info.value.task_ids and 0 == mj.poller.tracked
+        assert relay.list_requests >= 3
+        down = False
+        assert (await job.wait(timeout=20)).is_success

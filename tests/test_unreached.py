@@ -15,6 +15,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from fakes import BASE, FAST, KEY, NO_WAIT, FakeRelay, make_client
 
@@ -30,6 +31,7 @@ from quickmj import (
     TaskStatus,
     run_batch,
 )
+from quickmj._cli import EXIT_OUTAGE, _error_line, _exit_code
 from quickmj._jobs import wait
 from quickmj._poller import Poller
 from quickmj.testing import MockTransport, Request, Response
@@ -300,3 +302,38 @@ async def test_a_raising_on_final_observer_does_not_break_the_waits(
     assert {"a", "b", "c", "f"} == set(observed) and again.is_success
     failed = [r for r in caplog.records if "on_final failed" in r.getMessage()]
     assert 4 == len(failed)
+
+
+# ---- the relay goes down while every slot is held by a running job ----
+
+
+async def test_a_relay_down_while_every_slot_is_held_stops_the_run_resumably(
+    tmp_path: Path,
+) -> None:
+    """Both slots hold running jobs when the relay starts refusing connections, so no
+    submit is tried and the submit breaker cannot trip: the waits end after
+    ``unreachable_after`` and the run stops with RelayUnreachableError (exit 3, "run
+    again with --resume"), the paid ids kept on their rows (timed_out), the prompts
+    never sent pending; a resume waits on the paid jobs and sends only those."""
+    relay = FakeRelay(ticks=2)
+    handler = _GoesDown(relay, accepted=2)
+    items = [BatchItem(f"prompt {i}") for i in range(4)]
+    key = "sk-relay-goes-down-slots-held"  # a key of its own (see the test above)
+    poll = attrs.evolve(FAST, unreachable_after=0.05, max_error_backoff=0.02)
+    transport = MockTransport(handler)
+    async with AsyncClient(key, base_url=BASE, poll=poll, retry=NO_WAIT, transport=transport) as mj:
+        with pytest.raises(RelayUnreachableError) as info:
+            await run_batch(mj, items, tmp_path, concurrency=2, download=False, timeout=20)
+    assert not handler.tried  # no submit was tried: the waits ended the run
+    assert 2 == info.value.not_submitted and EXIT_OUTAGE == _exit_code(info.value)
+    line = _error_line(info.value)
+    assert line.startswith("relay unreachable") and line.endswith("run again with --resume")
+    rows = _rows(tmp_path)
+    paid = {r["task_id"]: r["status"] for r in rows if r.get("task_id")}
+    assert {"1001": "timed_out", "1002": "timed_out"} == paid
+    assert 2 == sum(r["status"] == "pending" for r in rows)
+    handler.down = False
+    async with AsyncClient(key, base_url=BASE, poll=FAST, transport=MockTransport(handler)) as mj:
+        summary = await run_batch(mj, items, tmp_path, resume=True, download=False, timeout=30)
+    assert summary.ok and 4 == summary.succeeded
+    assert sorted(s["prompt"] for s in relay.submits) == sorted(i.prompt for i in items)
