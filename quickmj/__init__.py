@@ -31,7 +31,7 @@ if TYPE_CHECKING:
     from ._billing import Balance
     from ._budget_redis import RedisBudgets
     from ._budgets import AdmissionPolicy, BudgetStats
-    from ._client import AsyncClient, ProgressCallback, TaskRef
+    from ._client import AsyncClient
     from ._config import DEFAULT_BASE_URL, AuthScheme, Dialect, Mode, RetryPolicy, Timeouts
     from ._gallery import write_gallery
     from ._jobs import AsyncJob, Submission
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
     from ._spend import BatchPlan, SpendLine, SpendReport, parse_prices
     from ._sync import Client, Job
     from ._transport import AsyncTransport, Request, Response
+    from ._types import ProgressCallback, TaskRef
     from .errors import (
         APIError,
         AuthenticationError,
@@ -113,7 +114,8 @@ _SOURCES: dict[str, str] = {
     **dict.fromkeys(("BatchPlan", "SpendLine", "SpendReport", "parse_prices"), "_spend"),
     "Balance": "_billing",
     "RedisBudgets": "_budget_redis",
-    **dict.fromkeys(("AsyncClient", "ProgressCallback", "TaskRef"), "_client"),
+    "AsyncClient": "_client",
+    **dict.fromkeys(("ProgressCallback", "TaskRef"), "_types"),
     **dict.fromkeys(
         ("DEFAULT_BASE_URL", "AuthScheme", "Dialect", "Mode", "RetryPolicy", "Timeouts"),
         "_config",

@@ -48,11 +48,11 @@ from ._config import (
     check_api_key,
     resolve_mode,
 )
-from ._images import ImageInput
-from ._jobs import AsyncJob, ProgressCallback, Submission, TaskRef, task_id_of
+from ._jobs import AsyncJob, Submission, task_id_of
 from ._models import BlendDimensions, BotType, Button, Task
 from ._poller import PollPolicy
 from ._transport import AsyncTransport
+from ._types import ImageInput, ProgressCallback, TaskRef
 from .errors import ConfigurationError, InvalidInputError, TaskNotFoundError, UsageError
 
 if TYPE_CHECKING:

@@ -40,12 +40,9 @@ from ._config import (
 from ._converter import structure_task
 from ._files import save_task_media
 from ._http import Http
-from ._images import ImageInput
 from ._jobs import (
     AsyncJob,
-    ProgressCallback,
     Submission,
-    TaskRef,
     as_completed,
     task_id_of,
     wait,
@@ -66,6 +63,7 @@ from ._poller import Final, Poller, PollPolicy
 from ._protocol import CONFIRMS_MODAL, ROUTES, check_task_id, serves
 from ._relay import Relay, Submitted
 from ._transport import AsyncTransport
+from ._types import ImageInput, ProgressCallback, TaskRef
 from .errors import (
     ClientClosedError,
     ConfigurationError,
@@ -80,7 +78,7 @@ if TYPE_CHECKING:
     from ._aiohttp import BaseConnector, ClientSession, TraceConfig
     from .webhook import WebhookReceiver
 
-__all__ = ("AsyncClient", "ProgressCallback", "TaskRef")
+__all__ = ("AsyncClient",)
 
 logger = logging.getLogger("quickmj")
 

@@ -7,23 +7,19 @@ import binascii
 import os
 import re
 from pathlib import Path
-from typing import Union
 
 from ._blocking import off_loop
+from ._types import ImageInput
 from .errors import InvalidInputError
 
 __all__ = (
     "SNIFF_BYTES",
-    "ImageInput",
     "media_type",
     "sniff_mime",
     "to_data_url",
     "to_wire_images",
     "what_came",
 )
-
-#: What the SDK accepts wherever an image is expected.
-ImageInput = Union[bytes, bytearray, memoryview, str, "os.PathLike[str]"]
 
 #: Images larger than this are refused before upload (the relays reject them anyway).
 MAX_IMAGE_BYTES = 20 * 1024 * 1024

@@ -41,13 +41,14 @@ from collections.abc import (
 )
 from pathlib import Path
 from types import FrameType, TracebackType
-from typing import TYPE_CHECKING, Any, Protocol, TypeAlias
+from typing import TYPE_CHECKING, Any, Protocol
 
 import anyio
 
 from ._models import Button, SubmitRequest, SubmitResult, Task
 from ._poller import Final, Poller, Subscription
 from ._protocol import NEW_API_DIALECTS
+from ._types import ProgressCallback, TaskRef
 from .errors import (
     InvalidInputError,
     QuickMJError,
@@ -62,14 +63,11 @@ from .errors import (
 if TYPE_CHECKING:
     from ._admission import SendPhase
     from ._budgets import Lease
-    from ._images import ImageInput
+    from ._types import ImageInput
 
 __all__ = (
     "AsyncJob",
-    "HasTaskId",
-    "ProgressCallback",
     "Submission",
-    "TaskRef",
     "as_completed",
     "task_id_of",
     "wait",
@@ -142,21 +140,6 @@ class _Client(Protocol):
     async def cancel(self, task: TaskRef) -> None:
         """``AsyncClient.cancel``."""
         ...
-
-
-class HasTaskId(Protocol):
-    """Anything with a task ``id``: a Task, an AsyncJob, a (sync) Job."""
-
-    @property
-    def id(self) -> str: ...
-
-
-TaskRef: TypeAlias = "str | HasTaskId | SubmitResult"
-"""Wherever a task is expected: its id, a Task, a job handle, or a SubmitResult."""
-
-ProgressCallback: TypeAlias = Callable[[Task], Any]
-"""Called with each new state of a task (a real change of status, progress, result);
-may be a coroutine function."""
 
 
 def _current_task() -> asyncio.Task[Any] | None:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import cast
 
-from ._images import ImageInput, to_data_url, to_wire_images
+from ._images import to_data_url, to_wire_images
 from ._models import (
     BlendDimensions,
     BlendRequest,
@@ -30,6 +30,7 @@ from ._models import (
     UploadRequest,
     VideoRequest,
 )
+from ._types import ImageInput
 from .errors import InvalidInputError
 
 __all__ = (
