@@ -40,14 +40,7 @@ from ._config import (
 from ._converter import structure_task
 from ._files import save_task_media
 from ._http import Http
-from ._jobs import (
-    AsyncJob,
-    Submission,
-    as_completed,
-    task_id_of,
-    wait,
-    watch,
-)
+from ._jobs import AsyncJob, Submission, task_id_of
 from ._logs import configure_from_env
 from ._models import (
     BlendDimensions,
@@ -64,6 +57,7 @@ from ._protocol import CONFIRMS_MODAL, ROUTES, check_task_id, serves
 from ._relay import Relay, Submitted
 from ._transport import AsyncTransport
 from ._types import ImageInput, ProgressCallback, TaskRef
+from ._waiting import as_completed, wait, watch
 from .errors import (
     ClientClosedError,
     ConfigurationError,

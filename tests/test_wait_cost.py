@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from fakes import FakeRelay, make_client
 
-from quickmj import PollPolicy, TaskStatus, TaskTimeoutError, _jobs
+from quickmj import PollPolicy, TaskStatus, TaskTimeoutError, _waiting
 from quickmj._converter import structure_task
 from quickmj._poller import Final
 
@@ -36,13 +36,13 @@ def await_chain(task: asyncio.Task[Any]) -> tuple[list[str], Any]:
 def timers(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.TimerHandle | None]:
     """The timer handles plain waits arm (None: no timeout)."""
     armed: list[asyncio.TimerHandle | None] = []
-    real = _jobs._timer
+    real = _waiting._timer
 
     def spy(waiter: asyncio.Future[None], timeout: float | None) -> asyncio.TimerHandle | None:
         armed.append(real(waiter, timeout))
         return armed[-1]
 
-    monkeypatch.setattr(_jobs, "_timer", spy)
+    monkeypatch.setattr(_waiting, "_timer", spy)
     return armed
 
 
@@ -50,7 +50,7 @@ def timers(monkeypatch: pytest.MonkeyPatch) -> list[asyncio.TimerHandle | None]:
 async def test_a_pending_wait_is_two_frames_on_one_future(
     timeout: float | None, timers: list[asyncio.TimerHandle | None]
 ) -> None:
-    """AsyncClient.wait -> _jobs.wait -> a Future, with or without a timeout (the old
+    """AsyncClient.wait -> _waiting.wait -> a Future, with or without a timeout (the old
     path nested three more coroutines and, with a timeout, a cancel scope)."""
     async with make_client(FakeRelay(), IDLE) as mj:
         waiter = asyncio.ensure_future(mj.wait("a", timeout=timeout))
@@ -83,7 +83,7 @@ async def test_the_final_wins_when_it_comes_as_the_time_runs_out() -> None:
         waiter = asyncio.ensure_future(mj.wait("a", timeout=600))
         await asyncio.sleep(0)
         sub = mj.poller._entries["a"].listeners[0]
-        _jobs._wake(sub.waiter())  # the time is up...
+        _waiting._wake(sub.waiter())  # the time is up...
         done = structure_task({"id": "a", "status": "SUCCESS", "progress": "100%"}, "a")
         mj.poller._finish("a", Final(task=done))  # ...and the final is in before it runs
         assert done is await waiter
