@@ -80,6 +80,7 @@ from .errors import (
     RelayUnreachableError,
     TaskNotFoundError,
     TaskStalledError,
+    TransportError,
     UnsupportedByRelayError,
 )
 
@@ -138,10 +139,10 @@ class PollPolicy:
     chunks counting once) found the relay out of reach (a refused connect, a name that no
     longer resolves, only 5xx or timeouts: ``_protocol.outage_error``, the batch breaker's
     rule), every waiter of the client fails with RelayUnreachableError; the jobs may still
-    run and keep their ids. Any answer of the relay's own starts again. 5 min outlasts a
-    relay's restart or a gateway's short 5xx spell (reads back off up to
-    ``max_error_backoff`` meanwhile), yet ends a wait on a relay that is gone long before
-    its timeout (1 h by default). None: never."""
+    run and keep their ids. Any answer of the relay's own starts again (a cut connection
+    neither counts nor does). 5 min outlasts a relay's restart or a gateway's short 5xx
+    spell (reads back off up to ``max_error_backoff`` meanwhile), yet ends a wait on a
+    relay that is gone long before its timeout (1 h by default). None: never."""
     stall_after: float | None = 600.0
     """A task whose reports have not changed for this long while it runs (IN_PROGRESS) fails
     its waiters with TaskStalledError (the relay lost it). midjourney-proxy and TrueAI fail
@@ -690,13 +691,15 @@ class Poller:
 
     def _unreachable(self, exc: QuickMJError, seq: int) -> bool:
         """Count a read that found the relay out of reach; True once every waiter failed
-        (``PollPolicy.unreachable_after``). Any other error is an answer of the relay's
-        own and starts again; a request sent before the last counted failure arrived is
-        part of the same burst and does not count again. Waits begun after the others
-        ended get a whole window of their own."""
+        (``PollPolicy.unreachable_after``). Any answer of the relay's own starts again; a
+        cut connection is no answer, yet the batch breaker's rule does not count it
+        either: it neither counts nor starts again. A request sent before the last
+        counted failure arrived is part of the same burst and does not count again.
+        Waits begun after the others ended get a whole window of their own."""
         after = self.policy.unreachable_after
         if not outage_error(exc):
-            self._down_since, self._down_reads = None, 0
+            if not isinstance(exc, TransportError):
+                self._down_since, self._down_reads = None, 0
             return False
         if after is None or seq <= self._down_barrier:
             return False

@@ -36,6 +36,7 @@ from quickmj import (
     TaskStalledError,
     TaskStatus,
     TaskTimeoutError,
+    TransportError,
     UnsupportedByRelayError,
     run_batch,
 )
@@ -619,6 +620,18 @@ async def test_an_answer_of_the_relay_own_starts_the_window_again() -> None:
     reads = _Reads(errors + [_outage("502")] * 2, step=30.0)
     (task,) = await _waits(reads, _window(60.0), ("1001",))
     assert isinstance(task, Task) and task.is_success and 6 == reads.reads
+
+
+async def test_a_cut_connection_neither_counts_nor_starts_the_window_again() -> None:
+    """A connection cut mid-outage (no answer, and not the breaker's kind of failure):
+    failing at 30, 60 | 90 (cut) | 120 s, the window still runs from 30 s and the read at
+    120 s ends the wait (three failures counted over 90 s)."""
+    cut = TransportError("the relay closed the connection", method="POST", path=LIST)
+    refused = _outage("refused")
+    reads = _Reads([refused, refused, cut, refused, refused], step=30.0)
+    (error,) = await _waits(reads, _window(60.0), ("1001",))
+    assert isinstance(error, RelayUnreachableError) and 4 == reads.reads
+    assert "(3 in a row;" in str(error)
 
 
 async def test_unreachable_after_none_keeps_polling_through_an_outage() -> None:
