@@ -1849,7 +1849,7 @@ async def _listing(client: AsyncClient, skipped: list[int]) -> list[Task] | None
     """The account's listed tasks; a malformed entry (another user's, say) is skipped
     and logged, never the end of reconcile. None: the list itself is unreadable."""
     try:
-        entries = await client._relay.task_list()
+        entries = await client._recent_entries()
     except MalformedResponseError as exc:
         logger.warning(
             "reconcile: account %s: the task list is unreadable: %s", client.account, exc

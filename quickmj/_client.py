@@ -956,7 +956,12 @@ class AsyncClient:
     async def recent_tasks(self) -> list[Task]:
         """``GET /task/list``: the relay's latest tasks (self-hosted midjourney-proxy,
         TrueAI). QuickRouter does not serve it (UnsupportedByRelayError)."""
-        return [structure_task(raw) for raw in await self._relay.task_list()]
+        return [structure_task(raw) for raw in await self._recent_entries()]
+
+    async def _recent_entries(self) -> list[Any]:
+        """Internal API (batch reconcile): ``GET /task/list`` as raw entries, for a caller
+        that reads each one itself and skips the malformed (another user's, say)."""
+        return await self._relay.task_list()
 
     async def balance(self) -> Balance:
         """What the key has left and has used (new-api / QuickRouter billing routes).
