@@ -445,6 +445,14 @@ class Client(_Facade[AsyncClient]):
         """Enter and exit an async context manager in one task on the client's loop."""
         return _Context(self, acm)
 
+    def _context_entered(self, ctx: _Context[Any]) -> None:
+        """Internal API (``_Context``): ``close()`` ends ``ctx`` first while it is open."""
+        self._contexts.add(ctx)
+
+    def _context_left(self, ctx: _Context[Any]) -> None:
+        """Internal API (``_Context``): ``ctx`` ended by itself."""
+        self._contexts.discard(ctx)
+
     # ---- the API: one line per AsyncClient method ----
 
     imagine = _blocking_submit(AsyncClient.imagine)
@@ -491,7 +499,7 @@ class _Context(AbstractContextManager[T]):
         held = _Held(shared, self._acm)
         value = shared.call(held.enter)
         self._inner = (shared, held)
-        self._client._contexts.add(self)
+        self._client._context_entered(self)
         return value
 
     def __exit__(
@@ -502,7 +510,7 @@ class _Context(AbstractContextManager[T]):
     ) -> bool | None:
         with self._lock:
             inner, self._inner = self._inner, None
-        self._client._contexts.discard(self)
+        self._client._context_left(self)
         if inner is None:
             return None
         shared, held = inner
