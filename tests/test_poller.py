@@ -54,8 +54,9 @@ async def test_wait_returns_success_task() -> None:
 async def test_many_waiters_share_batches() -> None:
     """1000 waiters cost ceil(1000/batch) list requests per tick, never one per task."""
     relay = FakeRelay(ticks=2)
-    # first_poll is long enough for all 1000 subscriptions to share the first check.
-    async with make_client(relay, policy(interval=0.02, first_poll=0.2, batch_size=100)) as mj:
+    # first_poll is long enough for all 1000 subscriptions to share the first check
+    # (0.6 s: on a loaded machine 1000 tasks may take more than 0.2 s to subscribe).
+    async with make_client(relay, policy(interval=0.02, first_poll=0.6, batch_size=100)) as mj:
         ids = [f"t{i}" for i in range(1000)]
         tasks = await asyncio.gather(*(mj.wait(i) for i in ids))
         stats = dict(mj.poller.stats)
@@ -80,7 +81,7 @@ async def test_1000_tasks_over_http_cost_ceil_n_over_batch_per_tick() -> None:
         return Response(200, json=out[::-1])
 
     script = Script({"POST /mj/task/list-by-condition": listing})
-    async with script.client(poll=policy(interval=0.05, first_poll=0.2, batch_size=100)) as mj:
+    async with script.client(poll=policy(interval=0.05, first_poll=0.6, batch_size=100)) as mj:
         ids = [str(1730621826053000 + i) for i in range(1000)]
         done = await asyncio.gather(*(mj.wait(i, timeout=10) for i in ids))
         ticks = mj.poller.stats["ticks"]
