@@ -38,6 +38,7 @@ all; the branches let callers react at the right level::
     │   ├── BatchLockedError                     another run owns the output directory
     │   ├── JournalError                         the journal is missing or damaged
     │   └── RelayUnreachableError                an outage: a run stopped early, waits gave up
+    │                                            (also a TransportError)
     └── TaskError                            about one task
         ├── TaskFailedError                      the task ended in FAILURE (.task, .fail_reason)
         ├── TaskNeedsModalError                  the task waits in MODAL for ``modal()``
@@ -571,9 +572,11 @@ class JournalError(BatchError):
     """The batch journal (the record of paid work) is missing, unreadable or damaged."""
 
 
-class RelayUnreachableError(BatchError):
+class RelayUnreachableError(BatchError, TransportError):
     """The relay stayed unreachable (connect failures, or only 5xx and timeouts): a batch
-    run stopped early, or waits gave up (``PollPolicy.unreachable_after``).
+    run stopped early, or waits gave up (``PollPolicy.unreachable_after``). Also a
+    :class:`TransportError`, so code that handles network trouble around ``wait()``
+    catches it without knowing about batches.
 
     ``not_submitted`` prompts were never sent (nothing was created): a ``--resume``
     submits them once the relay (or ``QUICKMJ_BASE_URL``) is fixed.
