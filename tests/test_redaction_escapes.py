@@ -252,6 +252,7 @@ def test_one_scan_for_key_escapes_and_lone_surrogates_misses_neither() -> None:
     parser then repairs it), whatever the mix of pairs, lone halves and other escapes."""
     secret = Secret("sk-bench-0123456789abcdef")
     pieces = [b"\\ud83c", b"\\udfa8", b"\\uD83D", b"\\uDE00", b"\\u0026", b"\\u0073", b"\\\\", b"a"]
+    pieces += [b"\\u006B", b"\\ud8", b"\\udcx", b"\\u", b"d"]  # upper-case key escape, cut escapes
     rng = random.Random(7)
     plain_seen = 0
     for _ in range(3000):
