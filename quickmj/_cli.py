@@ -289,7 +289,7 @@ def _parser(*, json_errors: bool = False) -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--quota",
-        type=_quota_usd,
+        type=_usd_arg,
         default=None,
         metavar="USD",
         help="quickrouter: each key's quota in USD, charged per action at new-api's prices; "
@@ -342,15 +342,23 @@ def _gallery(args: argparse.Namespace, out: _Output) -> int:
     return EXIT_OK
 
 
-def _seconds(text: str) -> float:
-    """An argparse type: a finite, non-negative number of seconds."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"seconds must be finite and not negative: {text!r}")
-    return value
+def _amount(unit: str) -> Callable[[str], float]:
+    """An argparse type: a finite, non-negative number of ``unit`` (USD may carry a ``$``)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text.strip().removeprefix("$") if unit == "USD" else text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a number of {unit}: {text!r}") from None
+        if not 0 <= value < float("inf"):
+            raise argparse.ArgumentTypeError(f"{unit} must be finite and not negative: {text!r}")
+        return value
+
+    return parse
+
+
+_seconds = _amount("seconds")
+_usd_arg = _amount("USD")
 
 
 def _simulator_config(args: argparse.Namespace) -> Any:
@@ -368,17 +376,6 @@ def _simulator_config(args: argparse.Namespace) -> Any:
     if getattr(args, "quota", None) is not None:
         overrides["quota_usd"] = args.quota
     return SimulatorConfig.preset(args.preset, **overrides)
-
-
-def _quota_usd(text: str) -> float:
-    """An argparse type for ``simulate --quota``: a finite amount of USD, at least 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not an amount of USD: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"not an amount of USD at least 0: {text!r}")
-    return value
 
 
 def _keys_option(p: argparse.ArgumentParser) -> None:
@@ -487,17 +484,6 @@ def _price_arg(text: str) -> str:
     except InvalidInputError as exc:
         raise argparse.ArgumentTypeError(_flag_words(str(exc)).removeprefix("--price: ")) from None
     return text
-
-
-def _usd_arg(text: str) -> float:
-    """An argparse type: a finite, non-negative amount of USD."""
-    try:
-        value = float(text.strip().removeprefix("$"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of USD: {text!r}") from None
-    if not 0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"USD must be finite and not negative: {text!r}")
-    return value
 
 
 # ---- output ----

@@ -323,8 +323,26 @@ def _grouped(lines: Sequence[SpendLine], field: str) -> dict[str, float | None]:
     return out
 
 
+class _Totals:
+    """``submits`` and ``usd`` over ``lines``: shared by what was spent and what a plan
+    would spend."""
+
+    __slots__ = ()
+    lines: tuple[SpendLine, ...]
+
+    @property
+    def submits(self) -> int:
+        """Submits in all (spent: paid or maybe paid; a plan: those it would make)."""
+        return sum(line.submits for line in self.lines)
+
+    @property
+    def usd(self) -> float | None:
+        """Their cost in USD (None when an action's price is unknown)."""
+        return _total(self.lines)
+
+
 @attrs.frozen
-class SpendReport:
+class SpendReport(_Totals):
     """What a batch directory has spent (whole directory, every run), by action and
     account; maybe-paid submits (unknown outcomes) count as paid."""
 
@@ -339,16 +357,6 @@ class SpendReport:
     beyond_prices: float = 0.0
     """USD the relay charged this run beyond those prices, as the key's balance showed (a
     capped run reads it): a price is too low. Not in ``usd``."""
-
-    @property
-    def submits(self) -> int:
-        """Paid (or maybe paid) submits in all."""
-        return sum(line.submits for line in self.lines)
-
-    @property
-    def usd(self) -> float | None:
-        """The spend in USD (None when an action's price is unknown)."""
-        return _total(self.lines)
 
     @property
     def by_action(self) -> dict[str, float | None]:
@@ -432,7 +440,7 @@ def spend_report(
 
 
 @attrs.frozen
-class BatchPlan:
+class BatchPlan(_Totals):
     """What a run would do, computed without sending anything (``quickmj batch
     --dry-run``): its submits by action and mode, and their cost where prices are known."""
 
@@ -453,16 +461,6 @@ class BatchPlan:
     ``quickmj reconcile``, or resend them with ``--resubmit-unknown``)."""
     cap: float | None = None
     """A cap to check the plan against (USD), if given."""
-
-    @property
-    def submits(self) -> int:
-        """Submits the run would make."""
-        return sum(line.submits for line in self.lines)
-
-    @property
-    def usd(self) -> float | None:
-        """Their cost in USD (None when a price is missing)."""
-        return _total(self.lines)
 
     @property
     def missing(self) -> tuple[str, ...]:
