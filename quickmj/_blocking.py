@@ -48,6 +48,7 @@ R = TypeVar("R")
 
 HOLD = 0.002  # seconds the loop thread leaves the loop to callers after an inline call
 _POLL_MAX = 0.016  # the loop thread's longest look-away while calls keep coming
+QUIET = 0.05  # seconds without contention before calls drive inline again
 _BG = -1  # the driver id of the loop thread (thread idents are positive)
 
 
@@ -143,7 +144,7 @@ class _Claim:
 class _Hop(Generic[R]):
     """One call handed to the loop's current driver as a task."""
 
-    __slots__ = ("args", "done", "fn", "kwargs", "owner", "task")
+    __slots__ = ("args", "done", "dropped", "fn", "kwargs", "owner", "task")
 
     def __init__(
         self, owner: SharedLoop, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any
@@ -151,6 +152,7 @@ class _Hop(Generic[R]):
         self.owner = owner
         self.fn, self.args, self.kwargs = fn, args, kwargs
         self.task: asyncio.Future[R] | None = None
+        self.dropped = False  # its caller left (Ctrl-C) before the task started
         self.done = threading.Lock()
         self.done.acquire()  # released when the task is done
 
@@ -158,7 +160,7 @@ class _Hop(Generic[R]):
         """On the driving thread: start the task (or record why it could not start)."""
         loop = self.owner.loop
         try:
-            if self.owner.closing:  # handed over while the loop closes: never started
+            if self.owner.closing or self.dropped:  # never started
                 raise asyncio.CancelledError()
             self.task = self.owner.start(self.fn(*self.args, **self.kwargs))
         except BaseException as exc:
@@ -177,8 +179,16 @@ class _Hop(Generic[R]):
         self.done.release()
 
     def cancel(self) -> None:
+        self.dropped = True
         if self.task is not None:
             self.task.cancel()
+
+    def fail_closed(self) -> None:
+        """The loop closed before the task could start: the call sees a cancelled task."""
+        failed: asyncio.Future[R] = asyncio.Future(loop=self.owner.loop)
+        failed.cancel()
+        self.task = failed
+        self.finished(failed)
 
 
 class SharedLoop:
@@ -192,12 +202,16 @@ class SharedLoop:
         self._drives = 0  # inline drives so far: tells the loop thread a long one from many
         self._pending = 0  # hopped calls not finished yet
         self._released = 0.0  # when an inline caller last stopped driving
-        self._contended = -HOLD  # when a call last had to hop because another drove
+        self._contended = -QUIET  # when a call last had to hop because another drove
         self._claim: _Claim | None = None
         self._closing = False
         self._bg_idle = False  # the loop thread waits for a caller's release, untimed
         self._tasks: set[asyncio.Future[Any]] = set()  # calls' tasks, cancelled by close
         self._finishing = False
+        # Calls handed over and not started yet. One wake-up of the loop (one write to its
+        # self-pipe, which also releases the GIL) serves all that arrive before it runs.
+        self._inbox: list[_Hop[Any]] = []
+        self._inbox_armed = False
         self.thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self.thread.start()
 
@@ -253,12 +267,15 @@ class SharedLoop:
             if self._closing:
                 raise ClientClosedError("the client is closed")
             now = time.monotonic()
-            if inline and not self._pending:
+            # After calls contended, they keep hopping to the loop thread until QUIET
+            # passes without contention: a caller that drove would serve the others'
+            # calls and then hand the loop back, two extra hand-offs each time.
+            if inline and not self._pending and now - self._contended >= QUIET:
                 if self._driver is None:
                     self._driver = me
                     self._drives += 1
                     return True
-                if self._driver == _BG and self._claim is None and now - self._contended >= HOLD:
+                if self._driver == _BG and self._claim is None:
                     self._claim = _Claim(me)
                     return self._claim
             if inline:
@@ -341,11 +358,17 @@ class SharedLoop:
         self, fn: Callable[..., Awaitable[R]], args: Any, kwargs: Any, sigint: _Sigint | None
     ) -> R:
         hop: _Hop[R] = _Hop(self, fn, args, kwargs)
-        try:
-            self.loop.call_soon_threadsafe(hop.start)
-        except RuntimeError as exc:  # the loop closed meanwhile
-            self.hop_done()
-            raise ClientClosedError("the client is closed") from exc
+        with self._cv:
+            self._inbox.append(hop)
+            wake, self._inbox_armed = not self._inbox_armed, True
+        if wake:
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:  # the loop closed meanwhile: no call queued can start
+                with self._cv:
+                    orphans, self._inbox, self._inbox_armed = self._inbox, [], False
+                for orphan in orphans:
+                    orphan.fail_closed()
         try:
             if sigint is not None:
                 sigint.allow()  # Ctrl-C raises from here on, as without the guard
@@ -356,6 +379,13 @@ class SharedLoop:
             raise
         assert hop.task is not None
         return self._outcome(hop.task)
+
+    def _drain(self) -> None:
+        """On the driving thread: start the calls handed over since the last wake-up."""
+        with self._cv:
+            hops, self._inbox, self._inbox_armed = self._inbox, [], False
+        for hop in hops:
+            hop.start()
 
     def hop_done(self) -> None:
         with self._cv:

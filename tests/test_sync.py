@@ -595,6 +595,52 @@ def test_contending_threads_share_one_driver_at_a_time(relay: FakeRelay) -> None
     assert names and all(n.startswith(("caller", "quickmj-loop")) for n in names)
 
 
+def test_after_contention_calls_stay_with_the_loop_thread(relay: FakeRelay) -> None:
+    """Once calls contended, later calls hop to the loop thread (no calling thread drives
+    and serves the others) until QUIET passes without contention; then they drive again."""
+    from quickmj._blocking import QUIET
+
+    relay.ticks = 3
+    with make_sync(relay) as mj:
+        shared = mj._open()
+        shared._contended = time.monotonic() + 3600  # contended "just now", for an hour
+        assert {"quickmj-loop"} == _callback_threads(mj, "a")
+        assert {"quickmj-loop"} == _callback_threads(mj, "b")
+        shared._contended = time.monotonic() - QUIET
+        assert {threading.current_thread().name} == _callback_threads(mj, "c")
+
+
+def test_a_call_dropped_before_it_starts_never_runs() -> None:
+    """A handed-over call whose caller left (Ctrl-C) before the driver started it is not
+    started at all; calls queued together start in one wake-up of the loop."""
+    from quickmj._blocking import SharedLoop, _Hop
+
+    ran: list[str] = []
+
+    async def work(name: str) -> None:
+        ran.append(name)
+
+    shared = SharedLoop()
+    try:
+        dropped: _Hop[None] = _Hop(shared, work, ("dropped",), {})
+        kept: _Hop[None] = _Hop(shared, work, ("kept",), {})
+        dropped.cancel()
+        with shared._cv:
+            shared._pending += 2
+            shared._inbox += [dropped, kept]
+
+        async def drive() -> None:
+            shared._drain()
+            assert kept.task is not None
+            await kept.task
+
+        shared.call(drive)
+        assert dropped.task is not None and dropped.task.cancelled()
+        assert ["kept"] == ran and 0 == shared._pending and [] == shared._inbox
+    finally:
+        shared.close()
+
+
 def test_background_work_runs_between_calls(sync: Client) -> None:
     """After a call returns, the loop thread takes the loop back: a timer scheduled during
     the call fires while no call is running."""
