@@ -247,8 +247,9 @@ class BatchSummary:
     None if it did not."""
     key_refused: str | None = None
     """Why the relay refused the one key whose refusal stopped submitting (an
-    ``AuthenticationError.reason``: ``"exhausted"``, ``"expired"``..., else ``"refused"``);
-    its pending prompts created nothing. None if none did."""
+    ``AuthenticationError.reason``: ``"exhausted"``, ``"expired"``..., else ``"refused"``;
+    ``"exhausted"`` too when its account cannot pay: new-api's ``quota_not_enough``,
+    TrueAI's limits); its pending prompts created nothing. None if none did."""
     spend: SpendReport | None = None
     """What the batch directory has spent (every run), per action and per account, at the
     prices known (given or learned); the cap and why it stopped the run, if it did."""
@@ -874,15 +875,12 @@ class _Run:
             self._unmark(row, pressing)
             self._refused(exc)
             return None
-        except AuthenticationError as exc:  # the key was refused: nothing was created
-            self.breaker.ok()
-            self._unmark(row, pressing)
-            self._key_refused(row, pressing, slot, exc)
-            return None  # another account takes it
         except QuickMJError as exc:
-            if account_unusable(exc) and slot.lease.budget.disabled and pressing is None:
-                self._unmark(row, pressing)  # created nothing; another account may take it
-                return None
+            if account_unusable(exc):  # 401/403, or the account cannot pay: nothing created
+                self.breaker.ok()
+                self._unmark(row, pressing)
+                self._key_refused(row, pressing, slot, exc)
+                return None  # another account takes it
             if outcome_unknown(exc) or isinstance(exc, SubmitOutcomeUnknownError):
                 self._spent(row, pressing, slot)  # it may be paid: counted as paid
                 if before is not None:
@@ -896,22 +894,30 @@ class _Run:
         return job
 
     def _key_refused(
-        self, row: JournalRow, pressing: str | None, slot: Reservation, exc: AuthenticationError
+        self, row: JournalRow, pressing: str | None, slot: Reservation, exc: QuickMJError
     ) -> None:
-        """A submit refused for its key (401/403: spent, expired, revoked) created nothing.
+        """A submit refused for its key created nothing: 401/403 (spent, expired,
+        revoked), or an account that cannot pay the action's price (new-api's
+        ``quota_not_enough``, TrueAI's limits: ``account_unusable``).
 
         In a pool the account has left the rotation: another takes the prompt. With
         one key every submit would be refused alike: the run stops submitting (its paid
         jobs are still followed where the relay lets the key read them) and the prompt
-        stays pending, for a resume once the key is topped up or replaced."""
+        stays pending (a press: its paid grid incomplete), for a resume once the key or
+        its account is topped up or the key replaced."""
         if slot.lease.budget.disabled:
             if pressing is None:
                 return
             why = account_unusable(exc) or "the key was refused"
             raise self._not_sent(row, pressing, f"account {slot.account}: {why}") from None
         if self.halted is None:
-            self.halted = f"the relay refuses this key: {account_unusable(exc)}"
-            self.key_refused = exc.reason or "refused"
+            if isinstance(exc, AuthenticationError):
+                self.halted = f"the relay refuses this key: {account_unusable(exc)}"
+                self.key_refused = exc.reason or "refused"
+            else:  # an answer, not a status: the account's balance is what ran out
+                said = exc.description.strip()[:80] if isinstance(exc, SubmitRejectedError) else ""
+                self.halted = f"the account's quota cannot pay for a submit ({said or exc})"
+                self.key_refused = "exhausted"
             for scope in list(self._waits):
                 scope.cancel()
             self._report()

@@ -1,4 +1,5 @@
-"""A key that runs out of quota in the middle of a batch (new-api: 401 "exhausted").
+"""A key that runs out of quota in the middle of a batch (new-api: 401 "exhausted"), or
+whose account cannot pay (new-api: code 4 ``quota_not_enough``).
 
 The refused submit created nothing, so its prompt stays pending, the run stops
 submitting on that key instead of sending (and losing) every remaining prompt once,
@@ -94,6 +95,80 @@ async def test_paid_jobs_the_exhausted_key_cannot_read_stay_resumable(tmp_path: 
     assert created == len({r.task_id for r in rows if r.task_id})
     assert all(r.phase in (Phase.SUCCEEDED, Phase.INCOMPLETE) for r in rows if r.task_id)
     assert all(r.phase is Phase.PENDING for r in rows if not r.task_id)
+
+
+def account_top_up(relay: Any, usd: float) -> None:
+    """Give the simulated new-api key's account (the user's quota) more money."""
+    ledger = relay.simulator.dialect.ledger
+    ledger.of(relay.api_key).account += ledger.quota(usd)
+
+
+async def test_an_account_that_cannot_pay_stops_submitting_like_a_spent_key(
+    tmp_path: Path,
+) -> None:
+    # An unlimited token whose account holds 0.25 USD: two grids at 0.10, then new-api
+    # answers the third submit "quota_not_enough" (code 4) before asking the upstream:
+    # nothing created. That prompt and the nine after it stay pending (not "rejected",
+    # which a resume would never send), and no further submit is sent.
+    config = SimulatorConfig(account_quota_usd=0.25, run_seconds=0.05)
+    async with simulate(config) as relay, sim_client(relay, poll=FAST) as mj:
+        summary = await run_batch(mj, ITEMS, tmp_path, concurrency=1, download=False)
+        sent = relay.simulator.counters["POST /submit/imagine"]
+        assert (2, 3) == (len(relay.simulator.submissions), sent)  # one refusal, not ten
+        assert (2, 0, 0, 10) == (
+            summary.succeeded,
+            summary.incomplete,
+            summary.rejected,
+            summary.pending,
+        )
+        assert summary.key_refused == "exhausted" and not summary.ok
+        assert summary.stopped_submitting is not None
+        assert "quota cannot pay" in summary.stopped_submitting
+        assert "quota_not_enough" in summary.stopped_submitting
+        assert phases(tmp_path)[2:] == [Phase.PENDING] * 10
+        rows = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+        assert all("nothing was created" in r["reason"] and not r["task_id"] for r in rows[2:])
+
+        stream = io.StringIO()
+        _print_summary(summary, _Output(stream=stream, as_json=False), None)
+        lines = [x for x in stream.getvalue().splitlines() if x.startswith("stopped:")]
+        assert 1 == len(lines) and lines[0].endswith("top it up, then --resume")
+        assert lines[0].startswith("stopped: the account's quota cannot pay")
+        assert "10 prompt(s) pending" in lines[0] and "note: run again" not in stream.getvalue()
+
+        account_top_up(relay, 5.0)
+        again = await run_batch(mj, ITEMS, tmp_path, download=False, resume=True)
+        assert 12 == len(relay.simulator.submissions)
+        assert 13 == relay.simulator.counters["POST /submit/imagine"]  # 12 + the refusal
+    assert again.ok and again.key_refused is None and again.stopped_submitting is None
+
+
+async def test_a_press_the_account_cannot_pay_leaves_its_paid_grid_incomplete(
+    tmp_path: Path,
+) -> None:
+    # 0.12 USD: the first grid (0.10) is paid, its U1 (0.05) is not: the grid's row is
+    # incomplete with its task id (a resume presses again), the other prompts pending.
+    config = SimulatorConfig(account_quota_usd=0.12, run_seconds=0.05)
+    items = ITEMS[:4]
+    async with simulate(config) as relay, sim_client(relay, poll=FAST) as mj:
+        summary = await run_batch(
+            mj, items, tmp_path, concurrency=1, upscale=["U1"], download=False
+        )
+        assert 1 == relay.simulator.counters["POST /submit/action"]
+        assert 1 == relay.simulator.counters["POST /submit/imagine"]
+        assert (0, 1, 0, 3) == (
+            summary.succeeded,
+            summary.incomplete,
+            summary.rejected,
+            summary.pending,
+        )
+        assert summary.key_refused == "exhausted"
+        rows = [json.loads(x) for x in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+        assert rows[0]["task_id"] and rows[0]["reason"].startswith("U1 not sent: ")
+        account_top_up(relay, 5.0)
+        again = await run_batch(mj, items, tmp_path, upscale=["U1"], download=False, resume=True)
+        assert 8 == len(relay.simulator.submissions)  # 4 grids, 4 presses: none twice
+    assert again.ok
 
 
 def test_library_messages_name_parameters_and_the_cli_words_them_as_flags() -> None:

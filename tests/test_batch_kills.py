@@ -188,7 +188,8 @@ async def test_a_refused_press_keeps_the_paid_grid_resumable(tmp_path: Path) -> 
     assert (1, 1, 0) == (again.succeeded, again.incomplete, again.unknown)
     assert 3 == presses  # the cat's U1, the dog's refused U1, and its retry on resume
     rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
-    assert rows[1]["task_id"] and rows[1]["reason"].startswith("U1: ") and rows[1]["code"]
+    assert rows[1]["task_id"] and rows[1]["reason"].startswith("U1 not sent: ")
+    assert "总绘图次数已达上限" in rows[1]["reason"] and first.key_refused == "exhausted"
 
 
 async def _cli(relay: Any, *args: str, cwd: Path) -> asyncio.subprocess.Process:
