@@ -236,7 +236,9 @@ async def test_a_forged_failure_does_not_end_a_wait_whose_job_succeeds() -> None
         assert 200 == await post(rx.url, hook(job.id, "SUCCESS", "100%"))
         task = await asyncio.wait_for(waiter, 3)
     assert TaskStatus.SUCCESS == task.status
-    assert 2 == rx.stats["verified"]
+    # The forged FAILURE was checked; the SUCCESS push is checked too unless polling (every
+    # 20 ms here) saw the end first, and then no waiter is left to check it for.
+    assert rx.stats["verified"] in (1, 2) and relay.reads[job.id] > reads
 
 
 async def test_a_final_push_ahead_of_the_relays_copy_ends_by_normal_polling() -> None:
