@@ -28,7 +28,10 @@ job carries its row's tag (``qmj:<run>:<index>[:<label>]``).
 The invariants checked at the end (each violation is one line in ``problems``):
 
 * every prompt has exactly one manifest row, in input order, and the journal agrees;
-* no row is ``pending``, ``submitting`` or ``running`` (the last run was not interrupted);
+* no row is ``pending``, ``submitting`` or ``running`` (the last run was not interrupted),
+  except ``pending`` rows of a run that stopped submitting because its key's quota ran
+  out (``BatchSummary.key_refused``): those created nothing, say so, and no more submits
+  reached the relay after its first quota refusal than prompts were in flight;
 * ``succeeded`` rows have their PNG files on disk and their jobs are SUCCESS on the relay;
   ``failed`` rows have a reason; ``rejected`` rows a relay code, a reason and no job;
   ``timed_out``/``incomplete`` rows keep their task id;
@@ -144,6 +147,8 @@ _AMBIGUOUS = frozenset(
     }
 )
 _BANNED = "badword"  # SimulatorConfig's default banned word
+#: The simulator's answers to a submit its key's quota cannot pay (quickrouter, trueai).
+_QUOTA_WORDS = ("quota_not_enough", "总绘图次数已达上限")
 _INTRUDER_KEY = "soak-intruder-key"
 _JOURNAL = ".quickmj-journal.sqlite"
 _LOCK = ".quickmj-lock"
@@ -207,6 +212,16 @@ class SoakReport:
     #: process (kills).
     peak_rss: int
     problems: tuple[str, ...]
+    #: Rows left ``pending``: only by a run that stopped because its key's quota ran out
+    #: (``key_refused``), and only rows the relay created nothing for.
+    pending: int = 0
+    #: The run's ``BatchSummary.key_refused`` (in-process): why it stopped submitting.
+    key_refused: str | None = None
+    #: Submits the relay refused for quota (new-api ``quota_not_enough``, TrueAI's limit).
+    quota_refusals: int = 0
+    #: Submits (distinct tags) that reached the relay after it answered the first quota
+    #: refusal: at most the submits already on their way (one per prompt in flight).
+    sent_after_refusal: int = 0
 
     @property
     def ok(self) -> bool:
@@ -234,7 +249,8 @@ class SoakReport:
             f"unknown={self.unknown} (ambiguous={self.ambiguous_submits} "
             f"interrupted={self.interrupted_submits} paid={self.unknown_created} "
             f"adopted={self.adopted}) "
-            f"incomplete={self.incomplete} timed_out={self.timed_out} "
+            f"incomplete={self.incomplete} timed_out={self.timed_out} pending={self.pending} "
+            f"quota-refusals={self.quota_refusals} (sent after={self.sent_after_refusal}) "
             f"queue-full={self.queue_full} outage-stops={self.outage_stops} "
             f"duplicates={self.duplicates} lost-paid-jobs={self.lost_paid_jobs} "
             f"wall={self.wall:.1f}s peak-rss={self.peak_rss / 2**20:.0f}MiB{traced} {verdict}"
@@ -322,6 +338,7 @@ class _Seen:
 
     kind: str  # "submit", "download" (an image) or "other"
     tag: str | None = None
+    quota: bool = False  # a submit the relay refused for quota (nothing created)
     fault: Fault | None = None
 
 
@@ -341,6 +358,8 @@ class _Recorder:
         self.submits: list[_Seen] = []
         self.arrivals: Counter[str] = Counter()
         self.intruder_requests = 0
+        #: Submits arrived when the relay answered the first quota refusal (None: none).
+        self.refused_at: int | None = None
         self._watch: tuple[str, int, asyncio.Event] | None = None
         draw = sim.faults.draw
 
@@ -371,9 +390,14 @@ class _Recorder:
             self._arrived(seen.kind)
             token = _CURRENT.set(seen)
             try:
-                return await handler(request)
+                response = await handler(request)
             finally:
                 _CURRENT.reset(token)
+            if seen.kind == "submit" and _quota_refusal(response):
+                seen.quota = True
+                if self.refused_at is None:
+                    self.refused_at = len(self.submits)
+            return response
 
         sim.app.middlewares.append(middleware)
 
@@ -395,6 +419,15 @@ class _Recorder:
                 event.set()
                 self._watch = None
 
+    def quota_refusals(self) -> int:
+        return sum(1 for seen in self.submits if seen.quota)
+
+    def sent_after_refusal(self) -> int:
+        """Distinct submits that arrived after the relay answered the first quota refusal."""
+        if self.refused_at is None:
+            return 0
+        return len({seen.tag for seen in self.submits[self.refused_at :]})
+
     def ambiguous(self) -> dict[str, Fault]:
         """Tags of submits answered ambiguously, with the fault (the last one per tag)."""
         found: dict[str, Fault] = {}
@@ -411,6 +444,20 @@ def _kind(request: web.Request) -> str:
     if request.method == "GET" and ("/attachments/" in path or "/image/" in path):
         return "download"
     return "other"
+
+
+def _quota_refusal(response: web.StreamResponse) -> bool:
+    """The simulator's "no quota" answer to a submit (quickrouter: code 4
+    ``quota_not_enough``; trueai: ``总绘图次数已达上限``), read from its JSON body."""
+    raw = getattr(response, "body", None)
+    if not isinstance(raw, bytes) or not raw:
+        return False
+    try:
+        body = json.loads(raw)
+    except ValueError:
+        return False
+    said = str(body.get("description", "")) if isinstance(body, dict) else ""
+    return any(word in said for word in _QUOTA_WORDS)
 
 
 def _body_tag(raw: bytes) -> str | None:
@@ -520,8 +567,9 @@ async def soak(
     the soak's random 5xx answers trip the breaker about once per 1,500 prompts).
     ``settle`` runs ``reconcile`` afterwards (relays with ``GET /task/list``): it adopts
     the unknown outcomes whose job it finds by tag (``adopted``). ``quota`` limits the
-    jobs the key may create (not on midjourney-proxy): beyond it imagines are rejected
-    and presses refused, which leaves their paid grids ``incomplete``.
+    jobs the key may create (not on midjourney-proxy): beyond it the relay refuses
+    submits, and the run stops submitting: prompts not created stay ``pending``, paid
+    grids whose press was refused or not sent ``incomplete`` (a resume goes on).
     """
     _check_settle(settle, dialect)
     if out is None:
@@ -574,6 +622,7 @@ async def soak(
         tracemalloc.start()
     before = asyncio.all_tasks()
     summary: BatchSummary | None = None
+    refused: str | None = None
     outage_stops = 0
     interrupted: set[str] = set()
     peak: int | None = None
@@ -603,6 +652,7 @@ async def soak(
                                 on_progress=on_progress,
                                 name=name,
                             )
+                            refused = summary.key_refused  # reconcile's summary has none
                         except RelayUnreachableError as exc:
                             outage_stops += 1
                             cut = _cut_submits(Path(out))
@@ -637,7 +687,14 @@ async def soak(
             await asyncio.sleep(0)  # let the closed session's callbacks run
             peak = tracemalloc.get_traced_memory()[1] if tracing else None
             labels = parse_upscale(list(upscale))
-            counts = _Checker(items, Path(out), labels, sim, recorder, interrupted, problems).run()
+            counts = _Checker(
+                items, Path(out), labels, sim, recorder, interrupted, problems, refused
+            ).run()
+            if refused is not None and counts.sent_after_refusal > concurrency:
+                problems.append(
+                    f"{counts.sent_after_refusal} submits reached the relay after its first "
+                    f"quota refusal, more than the {concurrency} prompts in flight"
+                )
     finally:
         if tracing:
             tracemalloc.stop()
@@ -651,8 +708,9 @@ async def soak(
     if peak is not None and peak > limit:
         problems.append(f"tracemalloc peak {peak / 2**20:.1f} MiB exceeds {limit / 2**20:.1f} MiB")
     if summary is not None:
-        got = (summary.succeeded, summary.failed, summary.rejected, summary.unknown)
-        want = tuple(counts.phases[p] for p in ("succeeded", "failed", "rejected", "unknown"))
+        kinds = ("succeeded", "failed", "rejected", "unknown", "pending")
+        got = tuple(getattr(summary, k) for k in kinds)
+        want = tuple(counts.phases[k] for k in kinds)
         if got != want or summary.total != len(items):
             problems.append(f"BatchSummary {got} disagrees with the manifest {want}")
     return counts.report(
@@ -1169,6 +1227,9 @@ class _Counts:
     queue_full: int
     requests: dict[str, int]
     faults: dict[str, int]
+    quota_refusals: int = 0
+    sent_after_refusal: int = 0
+    key_refused: str | None = None
 
     def report(self, **fields: Any) -> SoakReport:
         fields.setdefault("kills", {})
@@ -1185,6 +1246,10 @@ class _Counts:
             unknown=p["unknown"],
             timed_out=p["timed_out"],
             incomplete=p["incomplete"],
+            pending=p["pending"],
+            key_refused=self.key_refused,
+            quota_refusals=self.quota_refusals,
+            sent_after_refusal=self.sent_after_refusal,
             duplicates=self.duplicates,
             lost_paid_jobs=self.lost,
             ambiguous_submits=self.ambiguous,
@@ -1221,6 +1286,7 @@ class _Checker:
         recorder: _Recorder,
         interrupted: set[str],
         problems: list[str],
+        key_refused: str | None = None,
     ) -> None:
         self.items = items
         self.out = out
@@ -1229,6 +1295,9 @@ class _Checker:
         self.recorder = recorder
         self.interrupted = interrupted
         self.problems = problems
+        #: The run stopped submitting because its key was refused (its quota ran out):
+        #: rows it never sent, or sent and had refused, stay ``pending``.
+        self.key_refused = key_refused
         self.jobs: list[_Job] = []
         self.by_row: dict[int, list[_Job]] = {}
         for task in sim.tasks.values():
@@ -1259,7 +1328,9 @@ class _Checker:
         parts = sorted(p.name for p in self.out.rglob("*") if p.name.endswith(".part"))
         if parts:
             self.problem(f"{len(parts)} partial files left: {parts[:3]}")
-        queue_full = sum(a.rejected for a in self.sim.accounts.values())
+        # The simulator counts its "no quota" answers as refusals too.
+        refused = sum(a.rejected for a in self.sim.accounts.values())
+        queue_full = max(0, refused - self.recorder.quota_refusals())
         return _Counts(
             phases=phases,
             duplicates=duplicates,
@@ -1271,6 +1342,9 @@ class _Checker:
             queue_full=queue_full,
             requests=dict(self.sim.counters),
             faults=dict(Counter(e.fault.value for e in self.sim.fault_log)),
+            quota_refusals=self.recorder.quota_refusals(),
+            sent_after_refusal=self.recorder.sent_after_refusal(),
+            key_refused=self.key_refused,
         )
 
     def _rows(self) -> list[dict[str, Any]]:
@@ -1394,6 +1468,15 @@ class _Checker:
         elif status in ("timed_out", "incomplete"):
             if not task_id:
                 self.problem(f"{where}: {status} without its task id")
+        elif status == "pending" and self.key_refused is not None:
+            # The key (its account) could not pay: the run stopped submitting, and the
+            # prompts it had not sent, or sent and had refused, created nothing.
+            if mine or task_id:
+                self.problem(f"{where}: pending, but the relay created {[j.id for j in mine]}")
+            if "nothing was created" not in str(row.get("reason")):
+                self.problem(
+                    f"{where}: pending without 'nothing was created' ({row.get('reason')!r})"
+                )
         else:
             self.problem(f"{where}: left {status!r} by a run that was not interrupted")
 

@@ -26,7 +26,8 @@ pytestmark = pytest.mark.soak
 
 
 def _accounted(report: SoakReport) -> int:
-    """Rows in a phase a finished run may leave (the checks flag any other)."""
+    """Rows in a phase a finished run may leave (the checks flag any other; ``pending``
+    only where the key's quota ran out and the relay created nothing for the row)."""
     return (
         report.succeeded
         + report.failed
@@ -34,6 +35,7 @@ def _accounted(report: SoakReport) -> int:
         + report.unknown
         + report.timed_out
         + report.incomplete
+        + report.pending
     )
 
 
@@ -65,7 +67,9 @@ async def test_upscale_presses_meet_the_faults_too(tmp_path: Path, dialect: str)
     """The same with one U1 press per grid on every dialect (buttons, or /submit/change on
     midjourney-proxy): no press sent twice or lost. Where the relay lists tasks,
     reconcile then adopts the unknown outcomes whose job exists, by their tag; where it
-    has quotas, the key runs out midway: refused presses leave their grids incomplete."""
+    has quotas, the key runs out midway: the run stops submitting, the prompts it did not
+    create stay pending (a resume sends them after a top-up, none rejected), and refused
+    or unsent presses leave their grids incomplete."""
     n = min(PROMPTS, 40)
     settle = dialect != "quickrouter"
     quota = None if dialect == "midjourney-proxy" else n
@@ -77,8 +81,14 @@ async def test_upscale_presses_meet_the_faults_too(tmp_path: Path, dialect: str)
     presses = report.requests.get("POST /submit/action", 0)
     presses += report.requests.get("POST /submit/change", 0)
     assert presses > 0 and report.succeeded > 0
-    if quota is not None:  # the quota ran out: imagines rejected, presses refused
-        assert report.rejected > 1 and report.incomplete > 0
+    if quota is None:
+        assert (0, None) == (report.pending, report.key_refused)
+    else:  # the quota ran out: submitting stopped, the rest pending, presses incomplete
+        assert report.key_refused == "exhausted" and report.quota_refusals > 0
+        assert report.pending > 0 and report.incomplete > 0 and report.rejected == 0
+        # Only the submits already on their way met the refusal (not every prompt left).
+        assert report.sent_after_refusal <= 32
+        assert report.quota_refusals <= 32
 
 
 @pytest.mark.timeout(180)
