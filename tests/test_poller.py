@@ -62,8 +62,10 @@ async def test_many_waiters_share_batches() -> None:
         stats = dict(mj.poller.stats)
     assert ids == [t.id for t in tasks]
     assert all(len(c) <= 100 for c in relay.list_calls)
-    assert math.ceil(1000 / 100) * stats["ticks"] == len(relay.list_calls)
-    assert 2 == stats["ticks"]
+    assert 2000 == sum(len(c) for c in relay.list_calls)  # each task read twice, no more
+    # ceil(1000/100) requests per round of reads: on a slow machine (coverage) the 1000
+    # subscriptions may fall due over more than one round, each with one partial chunk.
+    assert math.ceil(1000 / 100) * 2 <= len(relay.list_calls) <= 20 + stats["ticks"]
 
 
 async def test_1000_tasks_over_http_cost_ceil_n_over_batch_per_tick() -> None:
@@ -86,8 +88,8 @@ async def test_1000_tasks_over_http_cost_ceil_n_over_batch_per_tick() -> None:
         done = await asyncio.gather(*(mj.wait(i, timeout=10) for i in ids))
         ticks = mj.poller.stats["ticks"]
     assert ids == [t.id for t in done]
-    assert 2 == ticks
-    assert [100] * 20 == sizes
+    assert 2000 == sum(sizes) and max(sizes) == 100  # each task read twice, in chunks
+    assert 20 <= len(sizes) <= 20 + ticks  # one partial chunk per round at most
 
 
 async def test_submit_then_wait_over_http() -> None:
